@@ -1,0 +1,11 @@
+"""Functional API of cnnext's operators; each mirrors its torch.nn.functional counterpart.
+
+Every op is a real PyTorch operator (``torch.ops.cnnext.*``) whose backward is its own private
+op, joined here with ``torch.library.register_autograd``; ``torch.library.register_fake`` makes
+each traceable by ``torch.compile`` without graph breaks.
+"""
+
+from . import reference
+from .conv2d import conv2d
+
+__all__ = ["conv2d", "reference"]

@@ -1,0 +1,56 @@
+// Shared helpers for every cnnext operator: boundary checks that name the argument and say what
+// was expected and what was got, small integer helpers, and the dtype dispatch lists.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/irange.h>
+
+#include <string>
+
+namespace cnnext {
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// One requirement per check; every message names the argument.
+inline void check_ndim(const at::Tensor& t, const char* name, int64_t ndim) {
+  TORCH_CHECK(t.dim() == ndim, name, " must be a ", ndim, "-D tensor, got ", t.dim(), "-D with shape ",
+              t.sizes());
+}
+
+inline void check_floating(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), name, " must be a floating-point tensor, got ",
+              t.scalar_type());
+}
+
+inline void check_same_dtype(const at::Tensor& a, const char* a_name, const at::Tensor& b,
+                             const char* b_name) {
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "expected ", b_name, " to have the dtype of ", a_name,
+              " (", a.scalar_type(), "), got ", b.scalar_type());
+}
+
+inline void check_same_device(const at::Tensor& a, const char* a_name, const at::Tensor& b,
+                              const char* b_name) {
+  TORCH_CHECK(a.device() == b.device(), "expected ", b_name, " to be on the device of ", a_name, " (",
+              a.device(), "), got ", b.device());
+}
+
+inline void check_device_type(const at::Tensor& t, const char* name, c10::DeviceType type) {
+  TORCH_CHECK(t.device().type() == type, name, " must be a ", c10::DeviceTypeName(type), " tensor, got ",
+              t.device());
+}
+
+// An int[2] schema argument: exactly two entries, each satisfying `min_value`.
+inline void check_pair(at::IntArrayRef v, const char* name, int64_t min_value) {
+  TORCH_CHECK(v.size() == 2, name, " must have 2 entries (height, width), got ", v.size());
+  for (const auto x : v) {
+    TORCH_CHECK(x >= min_value, name, " must be >= ", min_value, ", got ", v);
+  }
+}
+
+}  // namespace cnnext
+
+// Dtypes per device: float32/float64 everywhere (float64 makes gradcheck possible), half and
+// bfloat16 on CUDA with float32 accumulation.
+#define CNNEXT_DISPATCH_CPU_TYPES(TYPE, NAME, ...) AT_DISPATCH_FLOATING_TYPES(TYPE, NAME, __VA_ARGS__)
+#define CNNEXT_DISPATCH_CUDA_TYPES(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)

@@ -1,0 +1,353 @@
+// conv2d on CUDA: our own tiled implicit-GEMM kernels (no cuDNN, no cuBLAS).
+//
+// One kernel template, `implicit_gemm_kernel`, computes C[g] = A[g] @ B[g] for every group g with
+// 64x64 output tiles and 16-deep shared-memory stages; 256 threads, each accumulating a 4x4 micro
+// tile (rows ty + 16 i, columns tx + 16 j, so a warp's stores are coalesced along columns).
+// The three convolution GEMMs differ only in how A and B are read and C is written ("problems"):
+//
+//   forward      out[g]    (Cout/G, N*Ho*Wo) = W[g] (Cout/G, K)   @ cols[g] (K, N*Ho*Wo)
+//   grad input   dinput[g] (C/G,    N*H*W)   = W[g]^T             @ dY patches (Cout/G*kh*kw, N*H*W)
+//   grad weight  dW[g]     (Cout/G, K)       = dY[g] (Cout/G, N*Ho*Wo) @ cols[g]^T
+//
+// with K = C/G * kh * kw. Columns of the implicit matrices are gathered on the fly from the
+// tensors through their strides, so NCHW, channels_last and strided views are read in place.
+// Accumulation is in float for half/bfloat16/float and in double for double. Outputs are written
+// (=), never accumulated. grad weight reduces over N*Ho*Wo, so it is split along that axis over
+// blocks (split-K) into a float workspace, summed by a second kernel in a fixed order: the result
+// is deterministic, with no atomics. grad bias is a per-channel block reduction, also deterministic.
+//
+// Only c10/cuda headers are included (not ATen/cuda/CUDAContext.h, which pulls in cuBLAS and
+// cuSPARSE headers that a bare CUDA toolkit may lack and these kernels do not use).
+#include <ATen/AccumulateType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "common.h"
+#include "conv2d/conv2d.h"
+
+namespace cnnext {
+namespace {
+
+constexpr int kTileM = 64, kTileN = 64, kTileK = 16, kThreads = 256;
+constexpr int kMaxGridZ = 65535;
+
+// Strides of a 4-D tensor, in elements.
+struct Strides4 {
+  int64_t n, c, h, w;
+};
+Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
+// The geometry as the kernels see it (plain data, derived sizes precomputed).
+struct KernelGeometry {
+  int64_t N, C, H, W, Cout, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, groups, Cg, Coutg, K, L;
+};
+
+KernelGeometry kernel_geometry(const Conv2dGeometry& g) {
+  return {g.batch,    g.in_channels, g.in_h,     g.in_w,    g.out_channels, g.out_h,    g.out_w,
+          g.kernel_h, g.kernel_w,    g.stride_h, g.stride_w, g.pad_h,       g.pad_w,    g.dil_h,
+          g.dil_w,    g.groups,      g.in_per_group(), g.out_per_group(), g.patch_size(), g.out_pixels()};
+}
+
+// cols[g][k][pix]: the input value under kernel tap k = (c, ki, kj) of group g when the window
+// sits at output pixel pix = (n, oh, ow); zero where the tap falls in the padding.
+template <typename acc_t, typename scalar_t>
+__device__ __forceinline__ acc_t patch_value(const scalar_t* x, const Strides4& xs, const KernelGeometry& p,
+                                             int64_t g, int64_t k, int64_t pix) {
+  const int64_t khkw = p.kh * p.kw;
+  const int64_t c = k / khkw, r = k % khkw, ki = r / p.kw, kj = r % p.kw;
+  const int64_t n = pix / p.L, l = pix % p.L, oh = l / p.Wo, ow = l % p.Wo;
+  const int64_t ih = oh * p.sh - p.ph + ki * p.dh, iw = ow * p.sw - p.pw + kj * p.dw;
+  if (ih < 0 || ih >= p.H || iw < 0 || iw >= p.W) return acc_t(0);
+  return static_cast<acc_t>(x[n * xs.n + (g * p.Cg + c) * xs.c + ih * xs.h + iw * xs.w]);
+}
+
+// dY[n, g*Coutg + co, oh, ow] for output pixel pix = (n, oh, ow).
+template <typename acc_t, typename scalar_t>
+__device__ __forceinline__ acc_t grad_output_value(const scalar_t* dy, const Strides4& ys, const KernelGeometry& p,
+                                                   int64_t g, int64_t co, int64_t pix) {
+  const int64_t n = pix / p.L, l = pix % p.L, oh = l / p.Wo, ow = l % p.Wo;
+  return static_cast<acc_t>(dy[n * ys.n + (g * p.Coutg + co) * ys.c + oh * ys.h + ow * ys.w]);
+}
+
+// Each problem says which operand index varies fastest in memory (kAKFast: A's k, else A's m;
+// kBKFast: B's k, else B's n) so the tile loaders give consecutive threads consecutive addresses.
+
+template <typename scalar_t>
+struct ForwardProblem {
+  using acc_t = at::acc_type<scalar_t, true>;
+  static constexpr bool kAKFast = true, kBKFast = false;
+  const scalar_t* x;      // (N, C, H, W), any strides
+  const scalar_t* w;      // (Cout, C/G, kh, kw), contiguous
+  const scalar_t* bias;   // (Cout) or null
+  scalar_t* out;          // (N, Cout, Ho, Wo), any strides
+  Strides4 xs, os;
+  KernelGeometry p;
+
+  __device__ int64_t rows() const { return p.Coutg; }
+  __device__ int64_t cols() const { return p.N * p.L; }
+  __device__ int64_t depth() const { return p.K; }
+  __device__ acc_t a(int64_t g, int64_t m, int64_t k) const {
+    return static_cast<acc_t>(w[(g * p.Coutg + m) * p.K + k]);
+  }
+  __device__ acc_t b(int64_t g, int64_t k, int64_t pix) const { return patch_value<acc_t>(x, xs, p, g, k, pix); }
+  __device__ void store(int64_t g, int64_t /*split*/, int64_t m, int64_t pix, acc_t v) const {
+    const int64_t co = g * p.Coutg + m, n = pix / p.L, l = pix % p.L, oh = l / p.Wo, ow = l % p.Wo;
+    if (bias != nullptr) v += static_cast<acc_t>(bias[co]);
+    out[n * os.n + co * os.c + oh * os.h + ow * os.w] = static_cast<scalar_t>(v);
+  }
+};
+
+template <typename scalar_t>
+struct GradInputProblem {
+  using acc_t = at::acc_type<scalar_t, true>;
+  static constexpr bool kAKFast = true, kBKFast = false;
+  const scalar_t* dy;  // (N, Cout, Ho, Wo), any strides
+  const scalar_t* w;   // (Cout, C/G, kh, kw), contiguous
+  scalar_t* dx;        // (N, C, H, W), any strides
+  Strides4 ys, xs;
+  KernelGeometry p;
+
+  __device__ int64_t rows() const { return p.Cg; }
+  __device__ int64_t cols() const { return p.N * p.H * p.W; }
+  __device__ int64_t depth() const { return p.Coutg * p.kh * p.kw; }
+  // A[c][(co, ki, kj)] = W[g*Coutg + co, c, ki, kj]
+  __device__ acc_t a(int64_t g, int64_t c, int64_t k) const {
+    const int64_t khkw = p.kh * p.kw, co = k / khkw, r = k % khkw;
+    return static_cast<acc_t>(w[((g * p.Coutg + co) * p.Cg + c) * khkw + r]);
+  }
+  // B[(co, ki, kj)][(n, ih, iw)] = dY[n, co, oh, ow] where the tap (ki, kj) at output (oh, ow)
+  // reads input (ih, iw); zero where no output pixel does (stride gaps, borders).
+  __device__ acc_t b(int64_t g, int64_t k, int64_t pixel) const {
+    const int64_t khkw = p.kh * p.kw, co = k / khkw, r = k % khkw, ki = r / p.kw, kj = r % p.kw;
+    const int64_t hw = p.H * p.W, n = pixel / hw, rem = pixel % hw, ih = rem / p.W, iw = rem % p.W;
+    const int64_t th = ih + p.ph - ki * p.dh, tw = iw + p.pw - kj * p.dw;
+    if (th < 0 || tw < 0 || th % p.sh != 0 || tw % p.sw != 0) return acc_t(0);
+    const int64_t oh = th / p.sh, ow = tw / p.sw;
+    if (oh >= p.Ho || ow >= p.Wo) return acc_t(0);
+    return static_cast<acc_t>(dy[n * ys.n + (g * p.Coutg + co) * ys.c + oh * ys.h + ow * ys.w]);
+  }
+  __device__ void store(int64_t g, int64_t /*split*/, int64_t c, int64_t pixel, acc_t v) const {
+    const int64_t hw = p.H * p.W, n = pixel / hw, rem = pixel % hw, ih = rem / p.W, iw = rem % p.W;
+    dx[n * xs.n + (g * p.Cg + c) * xs.c + ih * xs.h + iw * xs.w] = static_cast<scalar_t>(v);
+  }
+};
+
+template <typename scalar_t>
+struct GradWeightProblem {
+  using acc_t = at::acc_type<scalar_t, true>;
+  static constexpr bool kAKFast = true, kBKFast = true;
+  const scalar_t* dy;  // (N, Cout, Ho, Wo), any strides
+  const scalar_t* x;   // (N, C, H, W), any strides
+  acc_t* partial;      // (splits, Cout, K) workspace, one slice per split
+  Strides4 ys, xs;
+  KernelGeometry p;
+
+  __device__ int64_t rows() const { return p.Coutg; }
+  __device__ int64_t cols() const { return p.K; }
+  __device__ int64_t depth() const { return p.N * p.L; }
+  __device__ acc_t a(int64_t g, int64_t co, int64_t pix) const { return grad_output_value<acc_t>(dy, ys, p, g, co, pix); }
+  __device__ acc_t b(int64_t g, int64_t pix, int64_t k) const { return patch_value<acc_t>(x, xs, p, g, k, pix); }
+  __device__ void store(int64_t g, int64_t split, int64_t co, int64_t k, acc_t v) const {
+    partial[(split * p.Cout + g * p.Coutg + co) * p.K + k] = v;
+  }
+};
+
+// C[g] = A[g] @ B[g] over depth range [split * depth_per_split, ...) for blockIdx.z = split * G + g.
+template <typename Problem>
+__global__ void __launch_bounds__(kThreads) implicit_gemm_kernel(const Problem prob, int64_t depth_per_split) {
+  using acc_t = typename Problem::acc_t;
+  __shared__ acc_t a_tile[kTileK][kTileM + 4];  // +4: fewer bank conflicts when k varies per thread
+  __shared__ acc_t b_tile[kTileK][kTileN + 4];
+
+  const int64_t group = blockIdx.z % prob.p.groups, split = blockIdx.z / prob.p.groups;
+  const int64_t rows = prob.rows(), cols = prob.cols();
+  const int64_t m0 = int64_t(blockIdx.y) * kTileM, n0 = int64_t(blockIdx.x) * kTileN;
+  const int64_t k_begin = split * depth_per_split;
+  const int64_t k_end = min(prob.depth(), k_begin + depth_per_split);
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+
+  acc_t acc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = acc_t(0);
+
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kTileK) {
+#pragma unroll
+    for (int i = 0; i < (kTileM * kTileK) / kThreads; ++i) {
+      const int e = threadIdx.x + i * kThreads;
+      const int mm = Problem::kAKFast ? e / kTileK : e % kTileM;
+      const int kk = Problem::kAKFast ? e % kTileK : e / kTileM;
+      const int64_t m = m0 + mm, k = k0 + kk;
+      a_tile[kk][mm] = (m < rows && k < k_end) ? prob.a(group, m, k) : acc_t(0);
+    }
+#pragma unroll
+    for (int i = 0; i < (kTileN * kTileK) / kThreads; ++i) {
+      const int e = threadIdx.x + i * kThreads;
+      const int nn = Problem::kBKFast ? e / kTileK : e % kTileN;
+      const int kk = Problem::kBKFast ? e % kTileK : e / kTileN;
+      const int64_t n = n0 + nn, k = k0 + kk;
+      b_tile[kk][nn] = (n < cols && k < k_end) ? prob.b(group, k, n) : acc_t(0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kTileK; ++kk) {
+      acc_t a_frag[4], b_frag[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a_frag[i] = a_tile[kk][ty + 16 * i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) b_frag[j] = b_tile[kk][tx + 16 * j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] += a_frag[i] * b_frag[j];
+    }
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t m = m0 + ty + 16 * i, n = n0 + tx + 16 * j;
+      if (m < rows && n < cols) prob.store(group, split, m, n, acc[i][j]);
+    }
+  }
+}
+
+// Launches the GEMM of `prob` with rows x cols of C per group, split `splits` ways along depth.
+template <typename Problem>
+void launch_implicit_gemm(const Problem& prob, int64_t rows, int64_t cols, int64_t depth, int64_t groups,
+                          int64_t splits = 1) {
+  const int64_t depth_per_split = ceil_div(ceil_div(depth, splits), kTileK) * kTileK;
+  TORCH_CHECK(ceil_div(rows, kTileM) <= 65535, "conv2d (CUDA): too many channels per group (", rows, ")");
+  TORCH_CHECK(groups * splits <= kMaxGridZ, "conv2d (CUDA): too many groups (", groups, ")");
+  const dim3 grid(static_cast<unsigned>(ceil_div(cols, kTileN)), static_cast<unsigned>(ceil_div(rows, kTileM)),
+                  static_cast<unsigned>(groups * splits));
+  implicit_gemm_kernel<Problem>
+      <<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(prob, std::max<int64_t>(depth_per_split, kTileK));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// dW[i] = sum over splits of partial[s][i], in split order (deterministic).
+template <typename scalar_t, typename acc_t>
+__global__ void sum_splits_kernel(const acc_t* partial, scalar_t* dw, int64_t splits, int64_t size) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < size; i += int64_t(gridDim.x) * blockDim.x) {
+    acc_t sum = 0;
+    for (int64_t s = 0; s < splits; ++s) sum += partial[s * size + i];
+    dw[i] = static_cast<scalar_t>(sum);
+  }
+}
+
+// dbias[co] = sum over (n, oh, ow) of dY[n, co, oh, ow]; one block per output channel.
+template <typename scalar_t, typename acc_t>
+__global__ void bias_grad_kernel(const scalar_t* dy, Strides4 ys, KernelGeometry p, scalar_t* dbias) {
+  __shared__ acc_t partial[kThreads];
+  const int64_t co = blockIdx.x;
+  acc_t sum = 0;
+  for (int64_t pix = threadIdx.x; pix < p.N * p.L; pix += kThreads) {
+    sum += grad_output_value<acc_t>(dy, ys, p, /*g=*/0, co, pix);  // with g = 0, co is the channel
+  }
+  partial[threadIdx.x] = sum;
+  __syncthreads();
+  for (int width = kThreads / 2; width > 0; width /= 2) {
+    if (threadIdx.x < width) partial[threadIdx.x] += partial[threadIdx.x + width];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) dbias[co] = static_cast<scalar_t>(partial[0]);
+}
+
+// Blocks of the split-K grad-weight GEMM: enough to fill the device a few times over, never more
+// splits than 16-deep stages, never past the grid's z limit.
+int64_t grad_weight_splits(const KernelGeometry& p) {
+  const int64_t tiles = ceil_div(p.Coutg, kTileM) * ceil_div(p.K, kTileN) * p.groups;
+  int device = 0, sm_count = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+  const int64_t target_blocks = 4 * int64_t{sm_count};
+  const int64_t splits = std::clamp<int64_t>(ceil_div(target_blocks, tiles), 1, ceil_div(p.N * p.L, kTileK));
+  return std::min<int64_t>(splits, kMaxGridZ / p.groups);
+}
+
+void check_cuda(const at::Tensor& t, const char* name) { check_device_type(t, name, c10::DeviceType::CUDA); }
+
+}  // namespace
+
+at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const auto geometry = conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
+  check_cuda(input, "conv2d: input");
+  const c10::cuda::CUDAGuard guard(input.device());
+  const bool has_bias = bias.has_value() && bias->defined();
+  auto out = at::empty({geometry.batch, geometry.out_channels, geometry.out_h, geometry.out_w},
+                       input.options().memory_format(conv2d_output_format(input)));
+  if (out.numel() == 0) return out;
+  const auto p = kernel_geometry(geometry);
+  const auto w = weight.contiguous();
+  const auto b = has_bias ? bias->contiguous() : at::Tensor();
+  CNNEXT_DISPATCH_CUDA_TYPES(input.scalar_type(), "conv2d_forward_cuda", [&] {
+    const ForwardProblem<scalar_t> prob{input.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                        has_bias ? b.const_data_ptr<scalar_t>() : nullptr,
+                                        out.mutable_data_ptr<scalar_t>(), strides_of(input), strides_of(out), p};
+    launch_implicit_gemm(prob, p.Coutg, p.N * p.L, p.K, p.groups);
+  });
+  return out;
+}
+
+Conv2dGrads conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
+                                 const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+                                 at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask) {
+  const auto geometry = conv2d_backward_geometry(grad_output, input, weight, stride, padding, dilation, groups);
+  check_cuda(input, "_conv2d_backward: input");
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto [need_input, need_weight, need_bias] = output_mask;
+  const auto p = kernel_geometry(geometry);
+  const auto w = weight.contiguous();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+
+  at::Tensor dinput, dweight, dbias;
+  CNNEXT_DISPATCH_CUDA_TYPES(input.scalar_type(), "conv2d_backward_cuda", [&] {
+    using acc_t = at::acc_type<scalar_t, true>;
+    if (need_input) {
+      dinput = at::empty(input.sizes(), input.options().memory_format(conv2d_output_format(input)));
+      if (dinput.numel() > 0) {
+        const GradInputProblem<scalar_t> prob{grad_output.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                              dinput.mutable_data_ptr<scalar_t>(), strides_of(grad_output),
+                                              strides_of(dinput), p};
+        launch_implicit_gemm(prob, p.Cg, p.N * p.H * p.W, p.Coutg * p.kh * p.kw, p.groups);
+      }
+    }
+    if (need_weight) {
+      dweight = at::empty(weight.sizes(), weight.options());
+      if (p.N * p.L == 0) {
+        dweight.zero_();  // nothing to sum over: the gradient is exactly zero
+      } else if (dweight.numel() > 0) {
+        const int64_t splits = grad_weight_splits(p);
+        auto partial = at::empty({splits, p.Cout, p.K}, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        const GradWeightProblem<scalar_t> prob{grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+                                               partial.mutable_data_ptr<acc_t>(), strides_of(grad_output),
+                                               strides_of(input), p};
+        launch_implicit_gemm(prob, p.Coutg, p.K, p.N * p.L, p.groups, splits);
+        const int64_t size = p.Cout * p.K;
+        const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(size, kThreads), 4096));
+        sum_splits_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(partial.const_data_ptr<acc_t>(),
+                                                                            dweight.mutable_data_ptr<scalar_t>(),
+                                                                            splits, size);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    }
+    if (need_bias) {
+      dbias = at::empty({p.Cout}, weight.options());
+      if (p.Cout > 0) {
+        bias_grad_kernel<scalar_t, acc_t><<<static_cast<unsigned>(p.Cout), kThreads, 0, stream>>>(
+            grad_output.const_data_ptr<scalar_t>(), strides_of(grad_output), p, dbias.mutable_data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    }
+  });
+  return {dinput, dweight, dbias};
+}
+
+}  // namespace cnnext

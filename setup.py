@@ -1,0 +1,104 @@
+"""Build cnnext and its one compiled extension, cnnext._C.
+
+C++ sources (csrc/**/*.cpp) are always built. CUDA sources (csrc/**/*.cu) are built when torch is
+a CUDA build and nvcc is found. Environment switches:
+
+  CNNEXT_CUDA=0            never build CUDA sources (CPU-only extension)
+  FORCE_CUDA=1             build CUDA sources even if detection says no (fails loudly without nvcc)
+  CUDA_HOME=/path          the CUDA toolkit to use (else found from /usr/local/cuda or nvcc on PATH)
+  TORCH_CUDA_ARCH_LIST     archs to compile for; default: the visible GPUs, or "8.0;9.0+PTX" when
+                           no GPU is visible (enough for A100/H100 and JIT on newer cards)
+  MAX_JOBS                 parallel compile jobs (ninja)
+"""
+
+import glob
+import os
+import shutil
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCHS_WITHOUT_GPU = "8.0;9.0+PTX"
+
+
+def _is_toolkit(path):
+    """A CUDA toolkit root has nvcc and the runtime headers (a bare nvcc wrapper dir does not)."""
+    return bool(path) and os.path.isfile(os.path.join(path, "bin", "nvcc")) and os.path.isfile(
+        os.path.join(path, "include", "cuda_runtime.h")
+    )
+
+
+def find_cuda_home():
+    """Where the CUDA toolkit lives, or None.
+
+    torch guesses CUDA_HOME from `which nvcc`; when nvcc on PATH is a wrapper script (e.g.
+    /usr/local/bin/nvcc) that guess is /usr/local and the link fails for want of libcudart. So an
+    explicit CUDA_HOME/CUDA_PATH wins, then the usual install dirs, then nvcc's resolved path.
+    """
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]
+    candidates = ["/usr/local/cuda", "/opt/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    return next((c for c in candidates if _is_toolkit(c)), None)
+
+
+def want_cuda(torch, cuda_home):
+    if os.environ.get("CNNEXT_CUDA", "") == "0":
+        return False
+    if os.environ.get("FORCE_CUDA", "") == "1":
+        return True
+    return torch.version.cuda is not None and cuda_home is not None
+
+
+def extensions():
+    import torch
+
+    cuda_home = find_cuda_home()
+    with_cuda = want_cuda(torch, cuda_home)
+    if with_cuda and cuda_home:
+        # Must be set before torch.utils.cpp_extension is imported: it reads CUDA_HOME once.
+        os.environ["CUDA_HOME"] = cuda_home
+    if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS_WITHOUT_GPU
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
+    cxx_flags = ["-O3", "-fopenmp"]  # the C++ standard is chosen by torch (C++20 for 2.14)
+    define_macros = []
+    nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+    if with_cuda:
+        sources += sorted(glob.glob("csrc/**/*.cu", recursive=True))
+        define_macros.append(("CNNEXT_WITH_CUDA", "1"))
+        ext_type = CUDAExtension
+        extra = {"cxx": cxx_flags, "nvcc": nvcc_flags}
+    else:
+        ext_type = CppExtension
+        extra = {"cxx": cxx_flags}
+    print(f"cnnext: building {'CPU + CUDA' if with_cuda else 'CPU only'} "
+          f"(CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')})")
+    ext = ext_type(
+        name="cnnext._C",
+        sources=sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        define_macros=define_macros,
+        extra_compile_args=extra,
+        extra_link_args=["-fopenmp"],
+    )
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = extensions()
+
+setup(
+    name="cnnext",
+    version="0.1.0",
+    description="Hand-written C++/CUDA convolution, pooling and attention operators for PyTorch",
+    packages=find_packages(include=["cnnext", "cnnext.*"]),
+    python_requires=">=3.10",
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    zip_safe=False,
+)

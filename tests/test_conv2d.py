@@ -1,0 +1,295 @@
+"""cnnext.ops.conv2d against F.conv2d (computed in float64), gradcheck, opcheck, torch.compile,
+and a table of bad inputs that must raise clear errors."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cnnext
+from cnnext.ops import reference
+
+from .conftest import DEVICES, FULL_PRECISION, LOW_PRECISION, needs_cuda
+
+# Float32 kernels sum at most a few hundred products here; against a float64 reference their
+# error is ~1e-6 relative, so 1e-4 catches any real mistake without flaking.
+TOLERANCES = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-10, atol=1e-10)}
+
+# (in_channels, out_channels, groups) per grouping kind.
+GROUPINGS = {"dense": (4, 6, 1), "grouped": (4, 6, 2), "depthwise": (4, 8, 4)}
+
+GRID = list(
+    itertools.product(
+        [1, 3, 5, 7],  # kernel
+        [1, 2],  # stride
+        [0, 1, 3],  # padding
+        [1, 2],  # dilation
+        list(GROUPINGS),
+    )
+)
+
+
+def _grid_id(case):
+    k, s, p, d, g = case
+    return f"k{k}-s{s}-p{p}-d{d}-{g}"
+
+
+def make_layout(x, layout):
+    """The same values in another memory layout."""
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # every other column of a wider tensor: no layout fits it
+        wide = torch.empty(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype, device=x.device)
+        wide[..., ::2] = x
+        return wide[..., ::2]
+    return x.contiguous()
+
+
+def check_against_native(x, w, b, tol, **conv_args):
+    """Forward and all three gradients of cnnext.ops.conv2d vs F.conv2d in float64."""
+    leaves = [t.detach().requires_grad_() for t in (x, w, b) if t is not None]
+    x_, w_, b_ = leaves[0], leaves[1], (leaves[2] if b is not None else None)
+    out = cnnext.ops.conv2d(x_, w_, b_, **conv_args)
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    ref = F.conv2d(ref_leaves[0], ref_leaves[1], ref_leaves[2] if b is not None else None, **conv_args)
+    assert out.shape == ref.shape
+    assert out.dtype == x.dtype
+    torch.testing.assert_close(out.double(), ref, **tol)
+
+    grad_out = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, leaves, grad_out.to(out.dtype))
+    ref_grads = torch.autograd.grad(ref, ref_leaves, grad_out)
+    for name, got, want in zip(["input", "weight", "bias"], grads, ref_grads):
+        torch.testing.assert_close(got.double(), want, **tol, msg=lambda m, n=name: f"grad {n}: {m}")
+    return out, grads
+
+
+@pytest.mark.parametrize("device, dtype", FULL_PRECISION)
+@pytest.mark.parametrize("case", GRID, ids=_grid_id)
+def test_forward_and_gradients_match_native_over_geometry_grid(case, device, dtype):
+    kernel, stride, padding, dilation, grouping = case
+    cin, cout, groups = GROUPINGS[grouping]
+    x = torch.randn(2, cin, 15, 13, dtype=dtype, device=device)
+    w = torch.randn(cout, cin // groups, kernel, kernel, dtype=dtype, device=device)
+    b = torch.randn(cout, dtype=dtype, device=device)
+    check_against_native(
+        x, w, b, TOLERANCES[dtype], stride=stride, padding=padding, dilation=dilation, groups=groups
+    )
+
+
+@pytest.mark.parametrize("device, dtype", FULL_PRECISION)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("batch", [0, 1, 4])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("grouping", list(GROUPINGS))
+def test_layouts_batches_and_bias(grouping, with_bias, batch, layout, device, dtype):
+    cin, cout, groups = GROUPINGS[grouping]
+    x = make_layout(torch.randn(batch, cin, 9, 11, dtype=dtype, device=device), layout)
+    w = torch.randn(cout, cin // groups, 3, 2, dtype=dtype, device=device)  # non-square kernel
+    b = torch.randn(cout, dtype=dtype, device=device) if with_bias else None
+    out, (grad_input, *_) = check_against_native(
+        x, w, b, TOLERANCES[dtype], stride=(2, 1), padding=(1, 0), groups=groups
+    )
+    # The layout a user expects back: channels_last in, channels_last out (as F.conv2d does).
+    if layout == "channels_last" and batch > 0:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert grad_input.is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert out.is_contiguous()
+
+
+@pytest.mark.parametrize("device, dtype", LOW_PRECISION)
+@pytest.mark.parametrize("case", GRID[::7], ids=_grid_id)
+def test_low_precision_error_is_comparable_to_native(case, device, dtype):
+    """float16/bfloat16 (float32 accumulation): our error vs a float64 reference must stay within
+    a small factor of native's own error on the same inputs."""
+    kernel, stride, padding, dilation, grouping = case
+    cin, cout, groups = GROUPINGS[grouping]
+    args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    x = torch.randn(2, cin, 15, 13, device=device).to(dtype)
+    w = torch.randn(cout, cin // groups, kernel, kernel, device=device).to(dtype)
+    ref = F.conv2d(x.double(), w.double(), **args)
+    ours = cnnext.ops.conv2d(x, w, **args)
+    native = F.conv2d(x, w, **args)
+    assert ours.dtype == dtype
+    err_ours = (ours.double() - ref).abs().max().item()
+    err_native = (native.double() - ref).abs().max().item()
+    assert err_ours <= 2 * err_native + 1e-2 * ref.abs().max().item()
+
+
+def test_reference_matches_native():
+    x, w, b = torch.randn(2, 6, 10, 9), torch.randn(9, 2, 3, 5), torch.randn(9)
+    args = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=3)
+    torch.testing.assert_close(reference.conv2d(x, w, b, **args), F.conv2d(x, w, b, **args))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("padding", ["same", "valid", (2, 1), [1]])
+@pytest.mark.parametrize("kernel", [(3, 3), (4, 2)])
+def test_padding_forms_match_native(padding, kernel, device):
+    """Ints, pairs, "valid" and "same" (asymmetric for even kernels), like F.conv2d."""
+    x = torch.randn(2, 3, 8, 7, dtype=torch.float64, device=device)
+    w = torch.randn(5, 3, *kernel, dtype=torch.float64, device=device)
+    check_against_native(x, w, None, TOLERANCES[torch.float64], padding=padding, dilation=(1, 2))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unbatched_input(device):
+    x = torch.randn(3, 8, 8, dtype=torch.float64, device=device)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, device=device)
+    out = cnnext.ops.conv2d(x, w, padding=1)
+    torch.testing.assert_close(out, F.conv2d(x, w, padding=1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "conv_args",
+    [
+        dict(stride=1, padding=1, dilation=1, groups=1),
+        dict(stride=2, padding=2, dilation=2, groups=2),
+        dict(stride=(1, 2), padding=(0, 1), dilation=(2, 1), groups=4),  # depthwise
+    ],
+    ids=["plain", "strided-dilated-grouped", "depthwise-anisotropic"],
+)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gradcheck_float64(conv_args, seed, device):
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64).to(device).requires_grad_()
+
+    groups = conv_args["groups"]
+    x, w, b = rand(2, 4, 7, 6), rand(4, 4 // groups, 3, 2), rand(4)
+    assert torch.autograd.gradcheck(lambda *t: cnnext.ops.conv2d(*t, **conv_args), (x, w, b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_opcheck(with_bias, device):
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(6, 2, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, device=device, requires_grad=True) if with_bias else None
+    torch.library.opcheck(torch.ops.cnnext.conv2d.default, (x, w, b, [2, 1], [1, 1], [1, 2], 2))
+    grad_out = torch.randn(2, 6, 4, 4, dtype=torch.float64, device=device)
+    backward_args = (grad_out, x.detach(), w.detach(), [2, 1], [1, 1], [1, 2], 2)
+    for mask in ([True, True, with_bias], [False, True, False], [True, False, False]):
+        torch.library.opcheck(torch.ops.cnnext._conv2d_backward.default, (*backward_args, mask))
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    def block(x, w, b):
+        return torch.relu(cnnext.ops.conv2d(x, w, b, stride=2, padding=1)).sum(dim=(2, 3))
+
+    x, w, b = torch.randn(4, 3, 16, 16), torch.randn(8, 3, 3, 3), torch.randn(8)
+    compiled = torch.compile(block, fullgraph=True, backend="inductor")
+    torch.testing.assert_close(compiled(x, w, b), block(x, w, b))
+
+
+@needs_cuda
+def test_cuda_backward_is_deterministic():
+    x = torch.randn(8, 16, 32, 32, device="cuda", requires_grad=True)
+    w = torch.randn(32, 16, 3, 3, device="cuda", requires_grad=True)
+    b = torch.randn(32, device="cuda", requires_grad=True)
+    grad_out = torch.randn(8, 32, 32, 32, device="cuda")
+
+    def grads():
+        return torch.autograd.grad(cnnext.ops.conv2d(x, w, b, padding=1), (x, w, b), grad_out)
+
+    first, second = grads(), grads()
+    for a, b_ in zip(first, second):
+        assert torch.equal(a, b_)
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+def _inputs(**overrides):
+    args = dict(
+        input=torch.randn(2, 4, 8, 8),
+        weight=torch.randn(6, 4, 3, 3),
+        bias=None,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+    )
+    args.update(overrides)
+    return args
+
+
+BAD_INPUTS = {
+    "input 2-D": (_inputs(input=torch.randn(8, 8)), RuntimeError, "input must be a 4-D tensor, got 2-D"),
+    "input 5-D": (_inputs(input=torch.randn(1, 2, 4, 8, 8)), RuntimeError, "input must be a 4-D tensor, got 5-D"),
+    "weight 3-D": (_inputs(weight=torch.randn(6, 4, 3)), RuntimeError, "weight must be a 4-D tensor"),
+    "channel mismatch": (
+        _inputs(input=torch.randn(2, 3, 8, 8)),
+        RuntimeError,
+        "weight expects 4 input channels .* but input has 3 channels",
+    ),
+    "groups not dividing input channels": (
+        _inputs(weight=torch.randn(6, 2, 3, 3), groups=3),
+        RuntimeError,
+        r"groups \(3\) must divide the input channels \(4\)",
+    ),
+    "groups not dividing output channels": (
+        _inputs(weight=torch.randn(5, 2, 3, 3), groups=2),
+        RuntimeError,
+        r"groups \(2\) must divide the output channels",
+    ),
+    "groups zero": (_inputs(groups=0), RuntimeError, "groups must be >= 1, got 0"),
+    "stride 0": (_inputs(stride=0), RuntimeError, "stride must be >= 1"),
+    "negative padding": (_inputs(padding=-1), RuntimeError, "padding must be >= 0"),
+    "dilation 0": (_inputs(dilation=(1, 0)), RuntimeError, "dilation must be >= 1"),
+    "dtype mismatch": (
+        _inputs(weight=torch.randn(6, 4, 3, 3, dtype=torch.float64)),
+        RuntimeError,
+        "expected weight to have the dtype of input",
+    ),
+    "integer input": (
+        _inputs(input=torch.ones(2, 4, 8, 8, dtype=torch.int32), weight=torch.ones(6, 4, 3, 3, dtype=torch.int32)),
+        RuntimeError,
+        "input must be a floating-point tensor, got Int",
+    ),
+    "kernel larger than padded input": (
+        _inputs(weight=torch.randn(6, 4, 5, 5), input=torch.randn(2, 4, 3, 8), padding=0),
+        RuntimeError,
+        "kernel size .* 5x5 is larger than the padded input 3x8",
+    ),
+    "dilated kernel larger than padded input": (
+        _inputs(dilation=5, padding=1),
+        RuntimeError,
+        "kernel size .* 11x11 is larger than the padded input 10x10",
+    ),
+    "bias wrong length": (_inputs(bias=torch.randn(5)), RuntimeError, "bias must have 6 entries"),
+    "bias dtype mismatch": (
+        _inputs(bias=torch.randn(6, dtype=torch.float64)),
+        RuntimeError,
+        "expected bias to have the dtype of input",
+    ),
+    "unknown padding string": (_inputs(padding="full"), ValueError, "padding must be .* 'valid' or 'same'"),
+    "same padding with stride": (_inputs(padding="same", stride=2), ValueError, "not supported for strided"),
+    "stride triple": (_inputs(stride=(1, 1, 1)), TypeError, "stride must be an int or a pair of ints"),
+}
+
+
+@pytest.mark.parametrize("args, error, message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_raises_clear_error(args, error, message):
+    with pytest.raises(error, match=message):
+        cnnext.ops.conv2d(**args)
+
+
+def test_backward_op_rejects_wrong_grad_output_shape():
+    x, w = torch.randn(2, 4, 8, 8), torch.randn(6, 4, 3, 3)
+    with pytest.raises(RuntimeError, match=r"grad_output must have shape \[2, 6, 6, 6\]"):
+        torch.ops.cnnext._conv2d_backward(torch.randn(2, 6, 5, 5), x, w, [1, 1], [0, 0], [1, 1], 1, [True] * 3)
+
+
+@needs_cuda
+@pytest.mark.parametrize("moved", ["weight", "bias"])
+def test_tensors_on_different_devices_raise(moved):
+    args = _inputs(bias=torch.randn(6))
+    for name in ("input", "weight", "bias"):
+        if name != moved:
+            args[name] = args[name].cuda()
+    with pytest.raises(RuntimeError, match=f"expected {moved} to be on the device of input"):
+        cnnext.ops.conv2d(**args)

@@ -1,18 +1,24 @@
 // conv2d on the CPU, lowered to GEMM (im2col / col2im) with the GEMMs in BLAS (at::bmm).
 //
-// The batch is processed in chunks of `nb` samples so that one GEMM per group covers many samples
-// (large GEMMs run near peak; per-sample GEMMs on 8x8 maps do not) while the column buffer stays
-// bounded. For a chunk and group g, with K = C/groups * kh * kw and L = Ho * Wo:
-//   cols[g]   (K, nb*L)        im2col of the chunk, zeros where the window hits padding
-//   forward:  out[g]  = W[g] (Cout/groups, K) @ cols[g]                         -> (Cout/groups, nb*L)
-//   dweight:  dW[g]  += dY[g] (Cout/groups, nb*L) @ cols[g]^T                   (accumulated over chunks)
-//   dinput:   dcols[g] = W[g]^T @ dY[g], then col2im sums dcols back into dinput (written =)
-//   dbias:    sum of dY over (N, Ho, Wo)                                        (written =)
+// Work is split by sample: each thread takes a run of samples and, one sample at a time, builds
+// that sample's column matrix in a private buffer and multiplies it while it is still in cache
+// (a per-sample cols matrix is (C/groups*kh*kw) x (Ho*Wo): 590 KB for 16 channels, 3x3, 32x32).
+// Measured on the 2-core dev box this beats one big GEMM over the whole batch by about 2x,
+// whose operands stream from DRAM. With fewer samples than threads, samples run one after the
+// other and the GEMM and im2col parallelise inside instead. For sample n and group g, with
+// K = C/groups * kh * kw and L = Ho * Wo:
+//   cols[g]  (K, L)                 im2col of sample n, zeros where the window hits padding
+//   forward: out[n, g]  = W[g] (Cout/groups, K) @ cols[g]              -> (Cout/groups, L) (written =)
+//   dweight: dW[g]     += dY[n, g] (Cout/groups, L) @ cols[g]^T        (per-thread partial sums,
+//                                                                       added in thread order)
+//   dinput:  dcols[g]   = W[g]^T @ dY[n, g], col2im sums dcols into dinput[n]       (written =)
+//   dbias:   sum of dY over (N, Ho, Wo)                                             (written =)
 // Tensors are computed in NCHW; channels_last inputs get channels_last results.
 #include <ATen/AccumulateType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "common.h"
 #include "conv2d/conv2d.h"
@@ -20,13 +26,13 @@
 namespace cnnext {
 namespace {
 
-// Upper bound on the elements of one chunk's column buffer (32 MiB of float32): big enough for
-// efficient GEMMs, small enough to stay friendly to the caches and memory.
-constexpr int64_t kColumnBudget = int64_t{8} << 20;
-
-int64_t samples_per_chunk(const Conv2dGeometry& g) {
-  const int64_t per_sample = std::max<int64_t>(1, g.groups * g.patch_size() * g.out_pixels());
-  return std::clamp<int64_t>(kColumnBudget / per_sample, 1, std::max<int64_t>(g.batch, 1));
+// Runs fn(begin, end) over samples: split across threads when there are at least as many
+// samples as threads; otherwise in one call on this thread, so that the BLAS calls and the
+// im2col/col2im loops inside can use the threads themselves.
+template <typename Fn>
+void for_sample_ranges(int64_t batch, const Fn& fn) {
+  const int64_t grain = batch >= at::get_num_threads() ? 1 : std::max<int64_t>(batch, 1);
+  at::parallel_for(0, batch, grain, fn);
 }
 
 // Output columns [lo, hi) whose input column ow * stride - pad + offset lies inside [0, size).
@@ -39,21 +45,17 @@ std::pair<int64_t, int64_t> valid_range(int64_t out_size, int64_t size, int64_t 
   return {std::min(lo, out_size), std::clamp(hi, std::min(lo, out_size), out_size)};
 }
 
-// x (nb, C, H, W) -> cols (groups, K, nb*L). One task per (sample, channel) plane; each writes
-// its own kh*kw rows, so tasks never collide.
+// One sample: x (C, H, W) -> cols (groups, K, L), i.e. row k = (c % Cg, ki, kj) of group c / Cg.
+// One task per channel plane; each writes its own kh*kw rows, so tasks never collide.
 template <typename scalar_t>
-void im2col(const scalar_t* x, scalar_t* cols, const Conv2dGeometry& g, int64_t nb) {
-  const int64_t C = g.in_channels, H = g.in_h, W = g.in_w, Wo = g.out_w, L = g.out_pixels();
-  const int64_t Cg = g.in_per_group(), khkw = g.kernel_h * g.kernel_w, K = g.patch_size();
-  const int64_t row_len = nb * L;
-  at::parallel_for(0, nb * C, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t plane_index = begin; plane_index < end; ++plane_index) {
-      const int64_t n = plane_index / C, c = plane_index % C;
-      const scalar_t* plane = x + plane_index * H * W;
+void im2col(const scalar_t* x, scalar_t* cols, const Conv2dGeometry& g) {
+  const int64_t H = g.in_h, W = g.in_w, Wo = g.out_w, L = g.out_pixels(), khkw = g.kernel_h * g.kernel_w;
+  at::parallel_for(0, g.in_channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const scalar_t* plane = x + c * H * W;
       for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
         for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-          const int64_t k = (c % Cg) * khkw + ki * g.kernel_w + kj;
-          scalar_t* row = cols + ((c / Cg) * K + k) * row_len + n * L;
+          scalar_t* row = cols + (c * khkw + ki * g.kernel_w + kj) * L;  // groups are stacked in c
           const auto [ow_lo, ow_hi] = valid_range(Wo, W, g.stride_w, g.pad_w, kj * g.dil_w);
           for (int64_t oh = 0; oh < g.out_h; ++oh) {
             scalar_t* dst = row + oh * Wo;
@@ -73,22 +75,18 @@ void im2col(const scalar_t* x, scalar_t* cols, const Conv2dGeometry& g, int64_t 
   });
 }
 
-// cols (groups, K, nb*L) -> dx (nb, C, H, W), summing every column entry that came from a pixel.
-// One task per (sample, channel) plane: it reads only its own rows and writes only its plane.
+// One sample: cols (groups, K, L) -> dx (C, H, W), summing every column entry that came from a
+// pixel. One task per channel plane: it reads only its own rows and writes only its plane.
 template <typename scalar_t>
-void col2im(const scalar_t* cols, scalar_t* dx, const Conv2dGeometry& g, int64_t nb) {
-  const int64_t C = g.in_channels, H = g.in_h, W = g.in_w, Wo = g.out_w, L = g.out_pixels();
-  const int64_t Cg = g.in_per_group(), khkw = g.kernel_h * g.kernel_w, K = g.patch_size();
-  const int64_t row_len = nb * L;
-  at::parallel_for(0, nb * C, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t plane_index = begin; plane_index < end; ++plane_index) {
-      const int64_t n = plane_index / C, c = plane_index % C;
-      scalar_t* plane = dx + plane_index * H * W;
+void col2im(const scalar_t* cols, scalar_t* dx, const Conv2dGeometry& g) {
+  const int64_t H = g.in_h, W = g.in_w, Wo = g.out_w, L = g.out_pixels(), khkw = g.kernel_h * g.kernel_w;
+  at::parallel_for(0, g.in_channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      scalar_t* plane = dx + c * H * W;
       std::fill(plane, plane + H * W, scalar_t(0));
       for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
         for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-          const int64_t k = (c % Cg) * khkw + ki * g.kernel_w + kj;
-          const scalar_t* row = cols + ((c / Cg) * K + k) * row_len + n * L;
+          const scalar_t* row = cols + (c * khkw + ki * g.kernel_w + kj) * L;
           const auto [ow_lo, ow_hi] = valid_range(Wo, W, g.stride_w, g.pad_w, kj * g.dil_w);
           for (int64_t oh = 0; oh < g.out_h; ++oh) {
             const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dil_h;
@@ -98,27 +96,6 @@ void col2im(const scalar_t* cols, scalar_t* dx, const Conv2dGeometry& g, int64_t
             for (int64_t ow = ow_lo; ow < ow_hi; ++ow) dst[ow * g.stride_w] += src[ow];
           }
         }
-      }
-    }
-  });
-}
-
-// (nb, Cout, L) <-> (groups, Cout/groups, nb*L): the sample-major tensor layout vs the GEMM
-// layout. `to_gemm` picks the direction; `bias` (may be null) is added on the way to tensor layout.
-template <typename scalar_t>
-void regroup(scalar_t* tensor, scalar_t* gemm, const scalar_t* bias, const Conv2dGeometry& g, int64_t nb,
-             bool to_gemm) {
-  const int64_t Cout = g.out_channels, L = g.out_pixels();
-  at::parallel_for(0, nb * Cout, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t index = begin; index < end; ++index) {
-      const int64_t n = index / Cout, co = index % Cout;
-      scalar_t* t = tensor + index * L;
-      scalar_t* m = gemm + (co * nb + n) * L;  // gemm row (group, co % Coutg) is row co
-      if (to_gemm) {
-        std::copy(t, t + L, m);
-      } else {
-        const scalar_t b = bias ? bias[co] : scalar_t(0);
-        for (int64_t l = 0; l < L; ++l) t[l] = m[l] + b;
       }
     }
   });
@@ -150,6 +127,8 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const auto g = conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
   check_cpu(input, "conv2d: input");
+  // The kernel's own ATen calls (bmm, views) are implementation, not graph: keep autograd out.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const bool has_bias = bias.has_value() && bias->defined();
 
   auto out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());  // (N, Cout, Ho, Wo)
@@ -157,23 +136,24 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   const auto x = input.contiguous();                                                  // (N, C, H, W)
   const auto w = weight.contiguous().view({g.groups, g.out_per_group(), g.patch_size()});
   const auto b = has_bias ? bias->contiguous() : at::Tensor();
+  const int64_t L = g.out_pixels(), in_sample = g.in_channels * g.in_h * g.in_w;
 
-  const int64_t nb = samples_per_chunk(g), L = g.out_pixels();
-  auto cols = at::empty({g.groups * g.patch_size() * nb * L}, input.options());
-  auto prod = at::empty({g.groups * g.out_per_group() * nb * L}, input.options());
   CNNEXT_DISPATCH_CPU_TYPES(input.scalar_type(), "conv2d_forward_cpu", [&] {
-    for (int64_t n0 = 0; n0 < g.batch; n0 += nb) {
-      const int64_t cur = std::min(nb, g.batch - n0);
-      auto cols_chunk = cols.narrow(0, 0, g.groups * g.patch_size() * cur * L)
-                            .view({g.groups, g.patch_size(), cur * L});
-      auto prod_chunk = prod.narrow(0, 0, g.groups * g.out_per_group() * cur * L)
-                            .view({g.groups, g.out_per_group(), cur * L});
-      im2col(x.data_ptr<scalar_t>() + n0 * g.in_channels * g.in_h * g.in_w, cols_chunk.data_ptr<scalar_t>(), g,
-             cur);
-      at::bmm_out(prod_chunk, w, cols_chunk);
-      regroup(out.data_ptr<scalar_t>() + n0 * g.out_channels * L, prod_chunk.data_ptr<scalar_t>(),
-              has_bias ? b.data_ptr<scalar_t>() : nullptr, g, cur, /*to_gemm=*/false);
-    }
+    for_sample_ranges(g.batch, [&](int64_t begin, int64_t end) {
+      auto cols = at::empty({g.groups, g.patch_size(), L}, input.options());
+      for (int64_t n = begin; n < end; ++n) {
+        im2col(x.const_data_ptr<scalar_t>() + n * in_sample, cols.mutable_data_ptr<scalar_t>(), g);
+        auto out_n = out.select(0, n);  // (Cout, Ho, Wo), contiguous
+        auto out_gemm = out_n.view({g.groups, g.out_per_group(), L});
+        at::bmm_out(out_gemm, w, cols);
+        if (has_bias) {
+          scalar_t* o = out_n.mutable_data_ptr<scalar_t>();
+          const scalar_t* bias_values = b.const_data_ptr<scalar_t>();
+          for (int64_t co = 0; co < g.out_channels; ++co)
+            for (int64_t l = 0; l < L; ++l) o[co * L + l] += bias_values[co];
+        }
+      }
+    });
   });
   return out.contiguous(conv2d_output_format(input));
 }
@@ -183,44 +163,47 @@ Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
                                 at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask) {
   const auto g = conv2d_backward_geometry(grad_output, input, weight, stride, padding, dilation, groups);
   check_cpu(input, "_conv2d_backward: input");
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto [need_input, need_weight, need_bias] = output_mask;
 
-  const auto x = input.contiguous();        // (N, C, H, W)
-  const auto dy = grad_output.contiguous(); // (N, Cout, Ho, Wo)
+  const auto x = input.contiguous();         // (N, C, H, W)
+  const auto dy = grad_output.contiguous();  // (N, Cout, Ho, Wo)
   const auto w = weight.contiguous().view({g.groups, g.out_per_group(), g.patch_size()});
+  const auto w_t = w.transpose(1, 2);        // (groups, K, Cout/groups)
+  const int64_t L = g.out_pixels(), in_sample = g.in_channels * g.in_h * g.in_w;
   at::Tensor dinput, dweight, dbias;
   if (need_input) dinput = at::empty(input.sizes(), input.options());
-  // dweight is accumulated chunk by chunk, so it starts at zero (also the answer for batch 0).
-  if (need_weight) dweight = at::zeros({g.groups, g.out_per_group(), g.patch_size()}, weight.options());
   if (need_bias) dbias = at::empty({g.out_channels}, weight.options());
+  // One partial dW per thread, summed in thread order at the end (zero for batch 0).
+  const int64_t partial_count = need_weight ? at::get_num_threads() : 0;
+  std::vector<at::Tensor> partial_dweight(partial_count);
+  for (auto& partial : partial_dweight) partial = at::zeros({g.groups, g.out_per_group(), g.patch_size()}, w.options());
 
-  const int64_t nb = samples_per_chunk(g), L = g.out_pixels();
-  const int64_t in_sample = g.in_channels * g.in_h * g.in_w, out_sample = g.out_channels * L;
   CNNEXT_DISPATCH_CPU_TYPES(input.scalar_type(), "conv2d_backward_cpu", [&] {
-    if (need_bias) bias_grad(dy.data_ptr<scalar_t>(), dbias.data_ptr<scalar_t>(), g);
-    if (!(need_input || need_weight) || g.batch == 0) return;
-    auto cols = at::empty({g.groups * g.patch_size() * nb * L}, input.options());
-    auto dy_gemm = at::empty({g.groups * g.out_per_group() * nb * L}, input.options());
-    for (int64_t n0 = 0; n0 < g.batch; n0 += nb) {
-      const int64_t cur = std::min(nb, g.batch - n0);
-      auto cols_chunk = cols.narrow(0, 0, g.groups * g.patch_size() * cur * L)
-                            .view({g.groups, g.patch_size(), cur * L});
-      auto dy_chunk = dy_gemm.narrow(0, 0, g.groups * g.out_per_group() * cur * L)
-                          .view({g.groups, g.out_per_group(), cur * L});
-      regroup<scalar_t>(const_cast<scalar_t*>(dy.data_ptr<scalar_t>()) + n0 * out_sample, dy_chunk.data_ptr<scalar_t>(),
-              nullptr, g, cur, /*to_gemm=*/true);
-      if (need_weight) {
-        im2col(x.data_ptr<scalar_t>() + n0 * in_sample, cols_chunk.data_ptr<scalar_t>(), g, cur);
-        dweight.baddbmm_(dy_chunk, cols_chunk.transpose(1, 2));
+    if (need_bias) bias_grad(dy.const_data_ptr<scalar_t>(), dbias.mutable_data_ptr<scalar_t>(), g);
+    if (!(need_input || need_weight)) return;
+    for_sample_ranges(g.batch, [&](int64_t begin, int64_t end) {
+      auto cols = at::empty({g.groups, g.patch_size(), L}, input.options());
+      at::Tensor partial = need_weight ? partial_dweight[at::get_thread_num()] : at::Tensor();
+      for (int64_t n = begin; n < end; ++n) {
+        const auto dy_n = dy.select(0, n).view({g.groups, g.out_per_group(), L});
+        if (need_weight) {
+          im2col(x.const_data_ptr<scalar_t>() + n * in_sample, cols.mutable_data_ptr<scalar_t>(), g);
+          partial.baddbmm_(dy_n, cols.transpose(1, 2));
+        }
+        if (need_input) {
+          at::bmm_out(cols, w_t, dy_n);  // dcols (groups, K, L)
+          col2im(cols.const_data_ptr<scalar_t>(), dinput.mutable_data_ptr<scalar_t>() + n * in_sample, g);
+        }
       }
-      if (need_input) {
-        at::bmm_out(cols_chunk, w.transpose(1, 2), dy_chunk);  // dcols (groups, K, cur*L)
-        col2im(cols_chunk.data_ptr<scalar_t>(), dinput.data_ptr<scalar_t>() + n0 * in_sample, g, cur);
-      }
-    }
+    });
   });
   if (need_input) dinput = dinput.contiguous(conv2d_output_format(input));
-  if (need_weight) dweight = dweight.view(weight.sizes());
+  if (need_weight) {
+    dweight = partial_dweight[0];
+    for (int64_t t = 1; t < partial_count; ++t) dweight.add_(partial_dweight[t]);
+    dweight = dweight.view(weight.sizes());
+  }
   return {dinput, dweight, dbias};
 }
 

@@ -25,12 +25,15 @@ DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=[needs_cuda])]
 @pytest.fixture(autouse=True)
 def poison_cuda_memory():
     """Fill the CUDA caching allocator's free blocks with NaN before each test, so an output
-    element a kernel forgets to write shows up as NaN instead of as a stale plausible number."""
+    element a kernel forgets to write shows up as NaN instead of as a stale plausible number.
+    Both pools are poisoned: tensors up to 1 MB come from the small-block pool, larger ones from
+    the large-block pool."""
     if HAS_CUDA:
+        nan = float("nan")
+        small = [torch.full((1 << 18,), nan, device="cuda") for _ in range(32)]  # 32 x 1 MB
+        large = torch.full((64 << 20,), nan, device="cuda")  # 256 MB
         torch.cuda.synchronize()
-        free, _ = torch.cuda.mem_get_info()
-        poison = torch.full((min(free // 8, 256 << 20) // 4,), float("nan"), device="cuda")
-        del poison  # the block returns to the cache, still holding NaN
+        del small, large  # the blocks return to the cache, still holding NaN
     yield
 
 

@@ -23,8 +23,10 @@ DEFAULT_ARCHS_WITHOUT_GPU = "8.0;9.0+PTX"
 
 def _is_toolkit(path):
     """A CUDA toolkit root has nvcc and the runtime headers (a bare nvcc wrapper dir does not)."""
-    return bool(path) and os.path.isfile(os.path.join(path, "bin", "nvcc")) and os.path.isfile(
-        os.path.join(path, "include", "cuda_runtime.h")
+    return (
+        bool(path)
+        and os.path.isfile(os.path.join(path, "bin", "nvcc"))
+        and os.path.isfile(os.path.join(path, "include", "cuda_runtime.h"))
     )
 
 
@@ -77,8 +79,10 @@ def extensions():
     else:
         ext_type = CppExtension
         extra = {"cxx": cxx_flags}
-    print(f"cnnext: building {'CPU + CUDA' if with_cuda else 'CPU only'} "
-          f"(CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')})")
+    print(
+        f"cnnext: building {'CPU + CUDA' if with_cuda else 'CPU only'} "
+        f"(CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')})"
+    )
     ext = ext_type(
         name="cnnext._C",
         sources=sources,

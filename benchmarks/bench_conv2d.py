@@ -58,7 +58,11 @@ def test_conv2d_speed(benchmark, shape, direction, impl, device):
 
     flops = conv_flops(batch, cin, cout, size, kernel, stride) * (3 if backward else 1)
     benchmark.extra_info.update(
-        shape=name, direction=direction, impl=impl, device=device, flops=flops,
+        shape=name,
+        direction=direction,
+        impl=impl,
+        device=device,
+        flops=flops,
         peak_gflops=measured_peak_gflops(device),
         device_name=torch.cuda.get_device_name() if device == "cuda" else "cpu",
     )

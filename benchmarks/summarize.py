@@ -49,7 +49,9 @@ def table(rows, device=None):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("json", help="output of pytest --benchmark-json")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="only this device's rows")
     args = parser.parse_args()

@@ -60,7 +60,7 @@ def check_against_native(x, w, b, tol, **conv_args):
     grad_out = torch.randn_like(ref)
     grads = torch.autograd.grad(out, leaves, grad_out.to(out.dtype))
     ref_grads = torch.autograd.grad(ref, ref_leaves, grad_out)
-    for name, got, want in zip(["input", "weight", "bias"], grads, ref_grads):
+    for name, got, want in zip(["input", "weight", "bias"][: len(grads)], grads, ref_grads, strict=True):
         torch.testing.assert_close(got.double(), want, **tol, msg=lambda m, n=name: f"grad {n}: {m}")
     return out, grads
 
@@ -197,11 +197,12 @@ def test_cuda_backward_is_deterministic():
         return torch.autograd.grad(cnnext.ops.conv2d(x, w, b, padding=1), (x, w, b), grad_out)
 
     first, second = grads(), grads()
-    for a, b_ in zip(first, second):
+    for a, b_ in zip(first, second, strict=True):
         assert torch.equal(a, b_)
 
 
 # --- bad input ------------------------------------------------------------------------------
+
 
 def _inputs(**overrides):
     args = dict(
@@ -219,7 +220,11 @@ def _inputs(**overrides):
 
 BAD_INPUTS = {
     "input 2-D": (_inputs(input=torch.randn(8, 8)), RuntimeError, "input must be a 4-D tensor, got 2-D"),
-    "input 5-D": (_inputs(input=torch.randn(1, 2, 4, 8, 8)), RuntimeError, "input must be a 4-D tensor, got 5-D"),
+    "input 5-D": (
+        _inputs(input=torch.randn(1, 2, 4, 8, 8)),
+        RuntimeError,
+        "input must be a 4-D tensor, got 5-D",
+    ),
     "weight 3-D": (_inputs(weight=torch.randn(6, 4, 3)), RuntimeError, "weight must be a 4-D tensor"),
     "channel mismatch": (
         _inputs(input=torch.randn(2, 3, 8, 8)),
@@ -246,7 +251,9 @@ BAD_INPUTS = {
         "expected weight to have the dtype of input",
     ),
     "integer input": (
-        _inputs(input=torch.ones(2, 4, 8, 8, dtype=torch.int32), weight=torch.ones(6, 4, 3, 3, dtype=torch.int32)),
+        _inputs(
+            input=torch.ones(2, 4, 8, 8, dtype=torch.int32), weight=torch.ones(6, 4, 3, 3, dtype=torch.int32)
+        ),
         RuntimeError,
         "input must be a floating-point tensor, got Int",
     ),
@@ -281,7 +288,9 @@ def test_bad_input_raises_clear_error(args, error, message):
 def test_backward_op_rejects_wrong_grad_output_shape():
     x, w = torch.randn(2, 4, 8, 8), torch.randn(6, 4, 3, 3)
     with pytest.raises(RuntimeError, match=r"grad_output must have shape \[2, 6, 6, 6\]"):
-        torch.ops.cnnext._conv2d_backward(torch.randn(2, 6, 5, 5), x, w, [1, 1], [0, 0], [1, 1], 1, [True] * 3)
+        torch.ops.cnnext._conv2d_backward(
+            torch.randn(2, 6, 5, 5), x, w, [1, 1], [0, 0], [1, 1], 1, [True] * 3
+        )
 
 
 @needs_cuda

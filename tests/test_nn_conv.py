@@ -31,7 +31,7 @@ def test_module_matches_torch_nn_with_shared_state_dict(config, device):
     torch.testing.assert_close(ours(x), native(x))
     ours(x).square().sum().backward()
     native(x).square().sum().backward()
-    for (name, p_ours), p_native in zip(ours.named_parameters(), native.parameters()):
+    for (name, p_ours), p_native in zip(ours.named_parameters(), native.parameters(), strict=True):
         torch.testing.assert_close(p_ours.grad, p_native.grad, msg=lambda m, n=name: f"{n}: {m}")
 
 

@@ -19,6 +19,7 @@ except ImportError:  # pragma: no cover - older torch (e.g. 2.11 on the GPU mach
         channels_last = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
         return torch.channels_last if channels_last and not t.is_contiguous() else torch.contiguous_format
 
+
 __all__ = ["conv2d", "conv2d_output_size"]
 
 
@@ -67,9 +68,9 @@ def _string_padding(input: Tensor, weight: Tensor, padding: str, stride, dilatio
         raise ValueError("padding='same' is not supported for strided convolutions")
     if weight.dim() != 4:
         raise RuntimeError(f"conv2d: weight must be a 4-D tensor, got {weight.dim()}-D")
-    totals = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:])]
+    totals = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:], strict=True)]
     symmetric = [t // 2 for t in totals]
-    extra_h, extra_w = (t - 2 * s for t, s in zip(totals, symmetric))
+    extra_h, extra_w = (t - 2 * s for t, s in zip(totals, symmetric, strict=True))
     if extra_h or extra_w:
         input = F.pad(input, (0, extra_w, 0, extra_h))
     return input, symmetric

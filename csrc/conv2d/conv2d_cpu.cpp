@@ -1,18 +1,20 @@
-// conv2d on the CPU, lowered to GEMM (im2col / col2im) with the GEMMs in BLAS (at::bmm).
+// conv2d on the CPU, lowered to GEMM (im2col / col2im) with the GEMMs in BLAS (at::mm / at::bmm).
 //
-// Work is split by sample: each thread takes a run of samples and, one sample at a time, builds
-// that sample's column matrix in a private buffer and multiplies it while it is still in cache
-// (a per-sample cols matrix is (C/groups*kh*kw) x (Ho*Wo): 590 KB for 16 channels, 3x3, 32x32).
-// Measured on the 2-core dev box this beats one big GEMM over the whole batch by about 2x,
-// whose operands stream from DRAM. With fewer samples than threads, samples run one after the
-// other and the GEMM and im2col parallelise inside instead. For sample n and group g, with
-// K = C/groups * kh * kw and L = Ho * Wo:
-//   cols[g]  (K, L)                 im2col of sample n, zeros where the window hits padding
-//   forward: out[n, g]  = W[g] (Cout/groups, K) @ cols[g]              -> (Cout/groups, L) (written =)
-//   dweight: dW[g]     += dY[n, g] (Cout/groups, L) @ cols[g]^T        (per-thread partial sums,
-//                                                                       added in thread order)
-//   dinput:  dcols[g]   = W[g]^T @ dY[n, g], col2im sums dcols into dinput[n]       (written =)
-//   dbias:   sum of dY over (N, Ho, Wo)                                             (written =)
+// Work is split by sample, and each sample into blocks of output rows: a thread builds the column
+// matrix of one block in a private buffer small enough to stay in L2 (kColumnBlockBytes) and
+// multiplies it while it is there. Whole-sample column matrices are 3.2 MB for 16 channels and a
+// 7x7 kernel on 32x32 maps; written and re-read through DRAM they made the 7x7 case twice as slow
+// and its timing depend on what else the machine was doing. With fewer samples than threads,
+// samples run one after another and the GEMMs and im2col/col2im loops parallelise inside instead.
+//
+// For sample n, group g and a block of Lb output positions, with K = C/groups * kh * kw:
+//   cols[g]  (K, Lb)                    im2col of the block, zeros where the window hits padding
+//   forward: out[n, g, block]   = W[g] (Cout/groups, K) @ cols[g]                       (written =)
+//   dweight: dW[g]             += dY[n, g, block] (Cout/groups, Lb) @ cols[g]^T
+//                                 (a partial sum per thread, the partials added in thread order)
+//   dinput:  dcols[g]           = W[g]^T @ dY[n, g, block]; col2im adds dcols into dinput[n],
+//                                 which is zeroed per sample first (so dinput is written, not +=)
+//   dbias:   sum of dY over (N, Ho, Wo)                                                 (written =)
 // Tensors are computed in NCHW; channels_last inputs get channels_last results.
 #include <ATen/AccumulateType.h>
 #include <ATen/Parallel.h>
@@ -26,6 +28,9 @@
 namespace cnnext {
 namespace {
 
+// Half of this machine's 1 MiB L2 per core: room for the block's columns plus the GEMM's panels.
+constexpr int64_t kColumnBlockBytes = 512 * 1024;
+
 // Runs fn(begin, end) over samples: split across threads when there are at least as many
 // samples as threads; otherwise in one call on this thread, so that the BLAS calls and the
 // im2col/col2im loops inside can use the threads themselves.
@@ -33,6 +38,12 @@ template <typename Fn>
 void for_sample_ranges(int64_t batch, const Fn& fn) {
   const int64_t grain = batch >= at::get_num_threads() ? 1 : std::max<int64_t>(batch, 1);
   at::parallel_for(0, batch, grain, fn);
+}
+
+// Output rows per block so that one block's columns (groups * K * rows * Wo values) fit the budget.
+int64_t rows_per_block(const Conv2dGeometry& g, int64_t element_size) {
+  const int64_t row_bytes = g.groups * g.patch_size() * g.out_w * element_size;
+  return std::clamp<int64_t>(kColumnBlockBytes / std::max<int64_t>(row_bytes, 1), 1, g.out_h);
 }
 
 // Output columns [lo, hi) whose input column ow * stride - pad + offset lies inside [0, size).
@@ -45,29 +56,26 @@ std::pair<int64_t, int64_t> valid_range(int64_t out_size, int64_t size, int64_t 
   return {std::min(lo, out_size), std::clamp(hi, std::min(lo, out_size), out_size)};
 }
 
-// One sample: x (C, H, W) -> cols (groups, K, L), i.e. row k = (c % Cg, ki, kj) of group c / Cg.
-// One task per channel plane; each writes its own kh*kw rows, so tasks never collide.
-template <typename scalar_t>
-void im2col(const scalar_t* x, scalar_t* cols, const Conv2dGeometry& g) {
-  const int64_t H = g.in_h, W = g.in_w, Wo = g.out_w, L = g.out_pixels(), khkw = g.kernel_h * g.kernel_w;
+// Visits every (channel c, column row k, output row oh, input row ih) of output rows [oh0, oh1)
+// whose input row is inside the image, calling fn(column_row_offset, input_row_offset, ow_lo,
+// ow_hi, kj) where the valid output columns are [ow_lo, ow_hi). Channels are split across
+// threads; every call for channel c touches only column rows of c and input plane c.
+template <typename Fn>
+void for_each_tap_row(const Conv2dGeometry& g, int64_t oh0, int64_t oh1, bool visit_padding_rows,
+                      const Fn& fn) {
+  const int64_t Wo = g.out_w, block_len = (oh1 - oh0) * Wo, khkw = g.kernel_h * g.kernel_w;
   at::parallel_for(0, g.in_channels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      const scalar_t* plane = x + c * H * W;
       for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
         for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-          scalar_t* row = cols + (c * khkw + ki * g.kernel_w + kj) * L;  // groups are stacked in c
-          const auto [ow_lo, ow_hi] = valid_range(Wo, W, g.stride_w, g.pad_w, kj * g.dil_w);
-          for (int64_t oh = 0; oh < g.out_h; ++oh) {
-            scalar_t* dst = row + oh * Wo;
+          const int64_t row = (c * khkw + ki * g.kernel_w + kj) * block_len;  // groups stack in c
+          const auto [ow_lo, ow_hi] = valid_range(Wo, g.in_w, g.stride_w, g.pad_w, kj * g.dil_w);
+          for (int64_t oh = oh0; oh < oh1; ++oh) {
             const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dil_h;
-            if (ih < 0 || ih >= H) {
-              std::fill(dst, dst + Wo, scalar_t(0));
-              continue;
+            const bool inside = ih >= 0 && ih < g.in_h;
+            if (inside || visit_padding_rows) {
+              fn(row + (oh - oh0) * Wo, inside ? (c * g.in_h + ih) * g.in_w : -1, ow_lo, ow_hi, kj);
             }
-            const scalar_t* src = plane + ih * W - g.pad_w + kj * g.dil_w;
-            std::fill(dst, dst + ow_lo, scalar_t(0));
-            for (int64_t ow = ow_lo; ow < ow_hi; ++ow) dst[ow] = src[ow * g.stride_w];
-            std::fill(dst + ow_hi, dst + Wo, scalar_t(0));
           }
         }
       }
@@ -75,30 +83,52 @@ void im2col(const scalar_t* x, scalar_t* cols, const Conv2dGeometry& g) {
   });
 }
 
-// One sample: cols (groups, K, L) -> dx (C, H, W), summing every column entry that came from a
-// pixel. One task per channel plane: it reads only its own rows and writes only its plane.
+// x (C, H, W) of one sample, output rows [oh0, oh1) -> cols (groups, K, Lb).
 template <typename scalar_t>
-void col2im(const scalar_t* cols, scalar_t* dx, const Conv2dGeometry& g) {
-  const int64_t H = g.in_h, W = g.in_w, Wo = g.out_w, L = g.out_pixels(), khkw = g.kernel_h * g.kernel_w;
-  at::parallel_for(0, g.in_channels, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      scalar_t* plane = dx + c * H * W;
-      std::fill(plane, plane + H * W, scalar_t(0));
-      for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-        for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-          const scalar_t* row = cols + (c * khkw + ki * g.kernel_w + kj) * L;
-          const auto [ow_lo, ow_hi] = valid_range(Wo, W, g.stride_w, g.pad_w, kj * g.dil_w);
-          for (int64_t oh = 0; oh < g.out_h; ++oh) {
-            const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dil_h;
-            if (ih < 0 || ih >= H) continue;
-            const scalar_t* src = row + oh * Wo;
-            scalar_t* dst = plane + ih * W - g.pad_w + kj * g.dil_w;
-            for (int64_t ow = ow_lo; ow < ow_hi; ++ow) dst[ow * g.stride_w] += src[ow];
-          }
-        }
-      }
-    }
-  });
+void im2col(const scalar_t* x, scalar_t* cols, const Conv2dGeometry& g, int64_t oh0, int64_t oh1) {
+  const int64_t Wo = g.out_w;
+  for_each_tap_row(g, oh0, oh1, /*visit_padding_rows=*/true,
+                   [&](int64_t col_offset, int64_t in_offset, int64_t ow_lo, int64_t ow_hi, int64_t kj) {
+                     scalar_t* dst = cols + col_offset;
+                     if (in_offset < 0) {
+                       std::fill(dst, dst + Wo, scalar_t(0));
+                       return;
+                     }
+                     const scalar_t* src = x + in_offset - g.pad_w + kj * g.dil_w;
+                     std::fill(dst, dst + ow_lo, scalar_t(0));
+                     if (g.stride_w == 1) {  // contiguous run: a plain copy the compiler vectorises
+                       std::copy(src + ow_lo, src + ow_hi, dst + ow_lo);
+                     } else {
+                       for (int64_t ow = ow_lo; ow < ow_hi; ++ow) dst[ow] = src[ow * g.stride_w];
+                     }
+                     std::fill(dst + ow_hi, dst + Wo, scalar_t(0));
+                   });
+}
+
+// cols (groups, K, Lb) of output rows [oh0, oh1) -> added into dx (C, H, W) of one sample.
+template <typename scalar_t>
+void col2im_add(const scalar_t* cols, scalar_t* dx, const Conv2dGeometry& g, int64_t oh0, int64_t oh1) {
+  for_each_tap_row(g, oh0, oh1, /*visit_padding_rows=*/false,
+                   [&](int64_t col_offset, int64_t in_offset, int64_t ow_lo, int64_t ow_hi, int64_t kj) {
+                     const scalar_t* src = cols + col_offset;
+                     scalar_t* __restrict__ dst = dx + in_offset - g.pad_w + kj * g.dil_w;
+                     const int64_t stride_w = g.stride_w;
+                     if (stride_w == 1) {
+                       for (int64_t ow = ow_lo; ow < ow_hi; ++ow) dst[ow] += src[ow];
+                     } else {
+                       for (int64_t ow = ow_lo; ow < ow_hi; ++ow) dst[ow * stride_w] += src[ow];
+                     }
+                   });
+}
+
+// out = a @ b for (groups, m, k) x (groups, k, n); one plain GEMM when there is one group.
+void gemm_out(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
+  if (a.size(0) == 1) {
+    auto out_matrix = out.select(0, 0);
+    at::mm_out(out_matrix, a.select(0, 0), b.select(0, 0));
+  } else {
+    at::bmm_out(out, a, b);
+  }
 }
 
 // dbias[co] = sum over (n, l) of dy[n, co, l], accumulated in double for float inputs.
@@ -127,7 +157,7 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const auto g = conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
   check_cpu(input, "conv2d: input");
-  // The kernel's own ATen calls (bmm, views) are implementation, not graph: keep autograd out.
+  // The kernel's own ATen calls (mm, views) are implementation, not graph: keep autograd out.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const bool has_bias = bias.has_value() && bias->defined();
 
@@ -137,15 +167,21 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   const auto w = weight.contiguous().view({g.groups, g.out_per_group(), g.patch_size()});
   const auto b = has_bias ? bias->contiguous() : at::Tensor();
   const int64_t L = g.out_pixels(), in_sample = g.in_channels * g.in_h * g.in_w;
+  const int64_t block_rows = rows_per_block(g, input.element_size());
 
   CNNEXT_DISPATCH_CPU_TYPES(input.scalar_type(), "conv2d_forward_cpu", [&] {
     for_sample_ranges(g.batch, [&](int64_t begin, int64_t end) {
-      auto cols = at::empty({g.groups, g.patch_size(), L}, input.options());
+      auto cols = at::empty({g.groups * g.patch_size() * block_rows * g.out_w}, input.options());
       for (int64_t n = begin; n < end; ++n) {
-        im2col(x.const_data_ptr<scalar_t>() + n * in_sample, cols.mutable_data_ptr<scalar_t>(), g);
-        auto out_n = out.select(0, n);  // (Cout, Ho, Wo), contiguous
-        auto out_gemm = out_n.view({g.groups, g.out_per_group(), L});
-        at::bmm_out(out_gemm, w, cols);
+        const auto out_n = out.select(0, n).view({g.groups, g.out_per_group(), L});
+        for (int64_t oh0 = 0; oh0 < g.out_h; oh0 += block_rows) {
+          const int64_t oh1 = std::min(g.out_h, oh0 + block_rows), block_len = (oh1 - oh0) * g.out_w;
+          const auto cols_block = cols.narrow(0, 0, g.groups * g.patch_size() * block_len)
+                                      .view({g.groups, g.patch_size(), block_len});
+          im2col(x.const_data_ptr<scalar_t>() + n * in_sample, cols_block.mutable_data_ptr<scalar_t>(), g, oh0,
+                 oh1);
+          gemm_out(out_n.narrow(2, oh0 * g.out_w, block_len), w, cols_block);
+        }
         if (has_bias) {
           scalar_t* o = out_n.mutable_data_ptr<scalar_t>();
           const scalar_t* bias_values = b.const_data_ptr<scalar_t>();
@@ -171,6 +207,7 @@ Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
   const auto w = weight.contiguous().view({g.groups, g.out_per_group(), g.patch_size()});
   const auto w_t = w.transpose(1, 2);        // (groups, K, Cout/groups)
   const int64_t L = g.out_pixels(), in_sample = g.in_channels * g.in_h * g.in_w;
+  const int64_t block_rows = rows_per_block(g, input.element_size());
   at::Tensor dinput, dweight, dbias;
   if (need_input) dinput = at::empty(input.sizes(), input.options());
   if (need_bias) dbias = at::empty({g.out_channels}, weight.options());
@@ -183,17 +220,26 @@ Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
     if (need_bias) bias_grad(dy.const_data_ptr<scalar_t>(), dbias.mutable_data_ptr<scalar_t>(), g);
     if (!(need_input || need_weight)) return;
     for_sample_ranges(g.batch, [&](int64_t begin, int64_t end) {
-      auto cols = at::empty({g.groups, g.patch_size(), L}, input.options());
+      auto cols = at::empty({g.groups * g.patch_size() * block_rows * g.out_w}, input.options());
       at::Tensor partial = need_weight ? partial_dweight[at::get_thread_num()] : at::Tensor();
       for (int64_t n = begin; n < end; ++n) {
         const auto dy_n = dy.select(0, n).view({g.groups, g.out_per_group(), L});
-        if (need_weight) {
-          im2col(x.const_data_ptr<scalar_t>() + n * in_sample, cols.mutable_data_ptr<scalar_t>(), g);
-          partial.baddbmm_(dy_n, cols.transpose(1, 2));
-        }
-        if (need_input) {
-          at::bmm_out(cols, w_t, dy_n);  // dcols (groups, K, L)
-          col2im(cols.const_data_ptr<scalar_t>(), dinput.mutable_data_ptr<scalar_t>() + n * in_sample, g);
+        scalar_t* dx_n = need_input ? dinput.mutable_data_ptr<scalar_t>() + n * in_sample : nullptr;
+        if (need_input) std::fill(dx_n, dx_n + in_sample, scalar_t(0));
+        for (int64_t oh0 = 0; oh0 < g.out_h; oh0 += block_rows) {
+          const int64_t oh1 = std::min(g.out_h, oh0 + block_rows), block_len = (oh1 - oh0) * g.out_w;
+          const auto cols_block = cols.narrow(0, 0, g.groups * g.patch_size() * block_len)
+                                      .view({g.groups, g.patch_size(), block_len});
+          const auto dy_block = dy_n.narrow(2, oh0 * g.out_w, block_len);
+          if (need_weight) {
+            im2col(x.const_data_ptr<scalar_t>() + n * in_sample, cols_block.mutable_data_ptr<scalar_t>(), g, oh0,
+                   oh1);
+            partial.baddbmm_(dy_block, cols_block.transpose(1, 2));
+          }
+          if (need_input) {
+            gemm_out(cols_block, w_t, dy_block);  // dcols (groups, K, Lb)
+            col2im_add(cols_block.const_data_ptr<scalar_t>(), dx_n, g, oh0, oh1);
+          }
         }
       }
     });

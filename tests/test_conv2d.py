@@ -99,6 +99,17 @@ def test_layouts_batches_and_bias(grouping, with_bias, batch, layout, device, dt
         assert out.is_contiguous()
 
 
+@pytest.mark.parametrize("device, dtype", FULL_PRECISION)
+@pytest.mark.parametrize("stride, groups", [(1, 1), (2, 2)])
+def test_large_patches_are_processed_in_row_blocks(stride, groups, device, dtype):
+    """64 channels x 7x7 taps x 40 columns is 0.5 MB (float32) of im2col per output row, so the CPU
+    kernel splits each sample into blocks of one or two output rows: the block seams must not show."""
+    x = torch.randn(3, 64, 12, 40, dtype=dtype, device=device)
+    w = torch.randn(6, 64 // groups, 7, 7, dtype=dtype, device=device)
+    b = torch.randn(6, dtype=dtype, device=device)
+    check_against_native(x, w, b, TOLERANCES[dtype], stride=stride, padding=3, groups=groups)
+
+
 @pytest.mark.parametrize("device, dtype", LOW_PRECISION)
 @pytest.mark.parametrize("case", GRID[::7], ids=_grid_id)
 def test_low_precision_error_is_comparable_to_native(case, device, dtype):

@@ -1,0 +1,68 @@
+// pool2d: max, average and adaptive-average pooling over (N, C, H, W) tensors, same semantics
+// and output sizes as torch.nn.functional.{max_pool2d, avg_pool2d, adaptive_avg_pool2d}.
+//
+//   input  (N, C, H, W), NCHW or channels_last (used in place; other strides are copied once)
+//   output (N, C, OH, OW) in the input's memory format
+//   max_pool2d also returns indices (N, C, OH, OW) int64: the argmax as ih * W + iw within its
+//   (n, c) plane, as native does. NaN propagates: a NaN in a window wins (the last one seen, in
+//   row-major window order, again as native does); ties keep the first maximum.
+//
+// Backward ops (private, joined in Python with register_autograd):
+//   _max_pool2d_backward:          grad_input[n, c, indices[n, c, o]] += grad_output[n, c, o]
+//   _avg_pool2d_backward,
+//   _adaptive_avg_pool2d_backward: every input in a window gets grad_output / divisor
+// grad_input is written (=) in full, zeros where no window reads.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+namespace cnnext {
+
+// Sizes and window parameters of max/avg pooling, validated at the boundary.
+struct Pool2dGeometry {
+  int64_t batch, channels, in_h, in_w, out_h, out_w;
+  int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+};
+
+// Checks input, kernel_size, stride, padding, dilation (naming each in its message) and computes
+// the output size as native does (floor or ceil mode, the last window starting inside the input).
+Pool2dGeometry pool2d_geometry(const char* op, const at::Tensor& input, at::IntArrayRef kernel_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                               bool ceil_mode);
+// Output size (N, C, OH, OW) of adaptive pooling, with the input checks.
+Pool2dGeometry adaptive_pool2d_geometry(const char* op, const at::Tensor& input, at::IntArrayRef output_size);
+// grad_output must be shaped like the forward output.
+void check_pool2d_grad_output(const char* op, const at::Tensor& grad_output, const at::Tensor& input,
+                              const Pool2dGeometry& g);
+// The layout the kernels compute in: channels_last if the input is laid out that way, else NCHW.
+bool pool2d_channels_last(const at::Tensor& input);
+// divisor_override, if given, must be nonzero.
+void check_divisor_override(std::optional<int64_t> divisor_override);
+
+#define CNNEXT_POOL2D_DECLARE(device)                                                                         \
+  std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_##device(                                            \
+      const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,   \
+      at::IntArrayRef dilation, bool ceil_mode);                                                               \
+  at::Tensor max_pool2d_backward_##device(const at::Tensor& grad_output, const at::Tensor& input,              \
+                                          const at::Tensor& indices, at::IntArrayRef kernel_size,              \
+                                          at::IntArrayRef stride, at::IntArrayRef padding,                     \
+                                          at::IntArrayRef dilation, bool ceil_mode);                           \
+  at::Tensor avg_pool2d_forward_##device(const at::Tensor& input, at::IntArrayRef kernel_size,                 \
+                                         at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,      \
+                                         bool count_include_pad, std::optional<int64_t> divisor_override);     \
+  at::Tensor avg_pool2d_backward_##device(const at::Tensor& grad_output, const at::Tensor& input,              \
+                                          at::IntArrayRef kernel_size, at::IntArrayRef stride,                 \
+                                          at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,     \
+                                          std::optional<int64_t> divisor_override);                            \
+  at::Tensor adaptive_avg_pool2d_forward_##device(const at::Tensor& input, at::IntArrayRef output_size);       \
+  at::Tensor adaptive_avg_pool2d_backward_##device(const at::Tensor& grad_output, const at::Tensor& input);
+
+CNNEXT_POOL2D_DECLARE(cpu)
+#ifdef CNNEXT_WITH_CUDA
+CNNEXT_POOL2D_DECLARE(cuda)
+#endif
+#undef CNNEXT_POOL2D_DECLARE
+
+}  // namespace cnnext

@@ -5,11 +5,24 @@
 #include <ATen/ATen.h>
 #include <c10/util/irange.h>
 
+#include <algorithm>
 #include <string>
+#include <utility>
 
 namespace cnnext {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// For a sliding window tap at input position o * stride - pad + offset (offset = tap * dilation):
+// the outputs [lo, hi) of [0, out_size) for which that position lies inside the input [0, size).
+inline std::pair<int64_t, int64_t> tap_output_range(int64_t out_size, int64_t size, int64_t stride, int64_t pad,
+                                                    int64_t offset) {
+  const int64_t shift = pad - offset;  // input position = o * stride - shift
+  const int64_t lo = std::min(shift > 0 ? ceil_div(shift, stride) : 0, out_size);
+  const int64_t last = size - 1 + shift;  // o * stride <= last
+  const int64_t hi = last < 0 ? 0 : last / stride + 1;
+  return {lo, std::clamp(hi, lo, out_size)};
+}
 
 // One requirement per check; every message names the argument.
 inline void check_ndim(const at::Tensor& t, const char* name, int64_t ndim) {

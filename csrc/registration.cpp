@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "conv2d/conv2d.h"
+#include "pool2d/pool2d.h"
 
 TORCH_LIBRARY(cnnext, m) {
   m.def(
@@ -11,16 +12,44 @@ TORCH_LIBRARY(cnnext, m) {
   m.def(
       "_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
       "int[2] padding, int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+
+  // Pooling: forward returns what backward needs (max: the argmax indices, int64, as native).
+  m.def(
+      "max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
+      "bool ceil_mode) -> (Tensor, Tensor)");
+  m.def(
+      "_max_pool2d_backward(Tensor grad_output, Tensor input, Tensor indices, int[2] kernel_size, "
+      "int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor");
+  m.def(
+      "avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode, "
+      "bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def(
+      "_avg_pool2d_backward(Tensor grad_output, Tensor input, int[2] kernel_size, int[2] stride, "
+      "int[2] padding, bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def("adaptive_avg_pool2d(Tensor input, int[2] output_size) -> Tensor");
+  m.def("_adaptive_avg_pool2d_backward(Tensor grad_output, Tensor input) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(cnnext, CPU, m) {
   m.impl("conv2d", &cnnext::conv2d_forward_cpu);
   m.impl("_conv2d_backward", &cnnext::conv2d_backward_cpu);
+  m.impl("max_pool2d", &cnnext::max_pool2d_forward_cpu);
+  m.impl("_max_pool2d_backward", &cnnext::max_pool2d_backward_cpu);
+  m.impl("avg_pool2d", &cnnext::avg_pool2d_forward_cpu);
+  m.impl("_avg_pool2d_backward", &cnnext::avg_pool2d_backward_cpu);
+  m.impl("adaptive_avg_pool2d", &cnnext::adaptive_avg_pool2d_forward_cpu);
+  m.impl("_adaptive_avg_pool2d_backward", &cnnext::adaptive_avg_pool2d_backward_cpu);
 }
 
 #ifdef CNNEXT_WITH_CUDA
 TORCH_LIBRARY_IMPL(cnnext, CUDA, m) {
   m.impl("conv2d", &cnnext::conv2d_forward_cuda);
   m.impl("_conv2d_backward", &cnnext::conv2d_backward_cuda);
+  m.impl("max_pool2d", &cnnext::max_pool2d_forward_cuda);
+  m.impl("_max_pool2d_backward", &cnnext::max_pool2d_backward_cuda);
+  m.impl("avg_pool2d", &cnnext::avg_pool2d_forward_cuda);
+  m.impl("_avg_pool2d_backward", &cnnext::avg_pool2d_backward_cuda);
+  m.impl("adaptive_avg_pool2d", &cnnext::adaptive_avg_pool2d_forward_cuda);
+  m.impl("_adaptive_avg_pool2d_backward", &cnnext::adaptive_avg_pool2d_backward_cuda);
 }
 #endif

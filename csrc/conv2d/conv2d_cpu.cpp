@@ -46,16 +46,6 @@ int64_t rows_per_block(const Conv2dGeometry& g, int64_t element_size) {
   return std::clamp<int64_t>(kColumnBlockBytes / std::max<int64_t>(row_bytes, 1), 1, g.out_h);
 }
 
-// Output columns [lo, hi) whose input column ow * stride - pad + offset lies inside [0, size).
-std::pair<int64_t, int64_t> valid_range(int64_t out_size, int64_t size, int64_t stride, int64_t pad,
-                                        int64_t offset) {
-  const int64_t shift = pad - offset;  // input index = o * stride - shift
-  const int64_t lo = shift > 0 ? ceil_div(shift, stride) : 0;
-  const int64_t last = size - 1 + shift;  // o * stride <= last
-  const int64_t hi = last < 0 ? 0 : last / stride + 1;
-  return {std::min(lo, out_size), std::clamp(hi, std::min(lo, out_size), out_size)};
-}
-
 // Visits every (channel c, column row k, output row oh, input row ih) of output rows [oh0, oh1)
 // whose input row is inside the image, calling fn(column_row_offset, input_row_offset, ow_lo,
 // ow_hi, kj) where the valid output columns are [ow_lo, ow_hi). Channels are split across
@@ -69,7 +59,7 @@ void for_each_tap_row(const Conv2dGeometry& g, int64_t oh0, int64_t oh1, bool vi
       for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
         for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
           const int64_t row = (c * khkw + ki * g.kernel_w + kj) * block_len;  // groups stack in c
-          const auto [ow_lo, ow_hi] = valid_range(Wo, g.in_w, g.stride_w, g.pad_w, kj * g.dil_w);
+          const auto [ow_lo, ow_hi] = tap_output_range(Wo, g.in_w, g.stride_w, g.pad_w, kj * g.dil_w);
           for (int64_t oh = oh0; oh < oh1; ++oh) {
             const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dil_h;
             const bool inside = ih >= 0 && ih < g.in_h;

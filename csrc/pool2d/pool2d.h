@@ -17,6 +17,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <tuple>
 
 namespace cnnext {
 
@@ -41,28 +42,36 @@ bool pool2d_channels_last(const at::Tensor& input);
 // divisor_override, if given, must be nonzero.
 void check_divisor_override(std::optional<int64_t> divisor_override);
 
-#define CNNEXT_POOL2D_DECLARE(device)                                                                         \
-  std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_##device(                                            \
-      const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,   \
-      at::IntArrayRef dilation, bool ceil_mode);                                                               \
-  at::Tensor max_pool2d_backward_##device(const at::Tensor& grad_output, const at::Tensor& input,              \
-                                          const at::Tensor& indices, at::IntArrayRef kernel_size,              \
-                                          at::IntArrayRef stride, at::IntArrayRef padding,                     \
-                                          at::IntArrayRef dilation, bool ceil_mode);                           \
-  at::Tensor avg_pool2d_forward_##device(const at::Tensor& input, at::IntArrayRef kernel_size,                 \
-                                         at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,      \
-                                         bool count_include_pad, std::optional<int64_t> divisor_override);     \
-  at::Tensor avg_pool2d_backward_##device(const at::Tensor& grad_output, const at::Tensor& input,              \
-                                          at::IntArrayRef kernel_size, at::IntArrayRef stride,                 \
-                                          at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,     \
-                                          std::optional<int64_t> divisor_override);                            \
-  at::Tensor adaptive_avg_pool2d_forward_##device(const at::Tensor& input, at::IntArrayRef output_size);       \
-  at::Tensor adaptive_avg_pool2d_backward_##device(const at::Tensor& grad_output, const at::Tensor& input);
+using PoolWithIndices = std::tuple<at::Tensor, at::Tensor>;
 
-CNNEXT_POOL2D_DECLARE(cpu)
+PoolWithIndices max_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                       at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
+at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
+                                   at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                   at::IntArrayRef dilation, bool ceil_mode);
+at::Tensor avg_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                                  std::optional<int64_t> divisor_override);
+at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                   at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                   bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override);
+at::Tensor adaptive_avg_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef output_size);
+at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input);
+
 #ifdef CNNEXT_WITH_CUDA
-CNNEXT_POOL2D_DECLARE(cuda)
+PoolWithIndices max_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                        at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
+at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
+                                    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                    at::IntArrayRef dilation, bool ceil_mode);
+at::Tensor avg_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                   at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                                   std::optional<int64_t> divisor_override);
+at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
+                                    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                    bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override);
+at::Tensor adaptive_avg_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef output_size);
+at::Tensor adaptive_avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input);
 #endif
-#undef CNNEXT_POOL2D_DECLARE
 
 }  // namespace cnnext

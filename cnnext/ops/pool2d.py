@@ -1,0 +1,170 @@
+"""cnnext.ops max_pool2d / avg_pool2d / adaptive_avg_pool2d: pooling on cnnext's kernels, drop-ins
+for their torch.nn.functional namesakes (same arguments, output sizes, NaN and index semantics).
+
+The operators take explicit int[2] arguments; these wrappers accept what F.* accepts on top
+(ints or pairs, stride=None, unbatched (C, H, W) inputs, None entries in adaptive output sizes).
+"""
+
+import torch
+from torch import Tensor
+
+from ._args import pair
+from .conv2d import suggest_memory_format
+
+__all__ = ["adaptive_avg_pool2d", "avg_pool2d", "max_pool2d"]
+
+
+def _batched(input: Tensor) -> tuple[Tensor, bool]:
+    """(C, H, W) inputs run as a batch of one, as F.*_pool2d accepts them."""
+    if input.dim() == 3:
+        return input.unsqueeze(0), True
+    return input, False
+
+
+def _stride(stride, kernel_size):
+    # F.max_pool2d / F.avg_pool2d: stride None (or an empty list) means stride = kernel_size.
+    if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
+        return kernel_size
+    return pair(stride, "stride")
+
+
+def max_pool2d(
+    input: Tensor,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+):
+    """Same arguments and result as :func:`torch.nn.functional.max_pool2d`.
+
+    Returns the pooled tensor, or (pooled, indices) with ``return_indices=True``; indices are
+    int64 positions ``ih * W + iw`` within each (n, c) plane, as native returns them.
+    """
+    kernel_size = pair(kernel_size, "kernel_size")
+    input, unbatched = _batched(input)
+    out, indices = torch.ops.cnnext.max_pool2d.default(
+        input, kernel_size, _stride(stride, kernel_size), pair(padding, "padding"), pair(dilation, "dilation"),
+        ceil_mode,
+    )
+    if unbatched:
+        out, indices = out.squeeze(0), indices.squeeze(0)
+    return (out, indices) if return_indices else out
+
+
+def avg_pool2d(
+    input: Tensor,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> Tensor:
+    """Same arguments and result as :func:`torch.nn.functional.avg_pool2d`."""
+    kernel_size = pair(kernel_size, "kernel_size")
+    input, unbatched = _batched(input)
+    out = torch.ops.cnnext.avg_pool2d.default(
+        input, kernel_size, _stride(stride, kernel_size), pair(padding, "padding"), ceil_mode,
+        count_include_pad, divisor_override,
+    )
+    return out.squeeze(0) if unbatched else out
+
+
+def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
+    """Same arguments and result as :func:`torch.nn.functional.adaptive_avg_pool2d`; an entry of
+    ``output_size`` may be None to keep that input size."""
+    if isinstance(output_size, int) or output_size is None:
+        output_size = (output_size, output_size)
+    if len(output_size) != 2:
+        raise TypeError(f"output_size must be an int or a pair, got {output_size!r}")
+    sizes = [input.shape[-2 + i] if s is None else s for i, s in enumerate(output_size)]
+    input, unbatched = _batched(input)
+    out = torch.ops.cnnext.adaptive_avg_pool2d.default(input, pair(tuple(sizes), "output_size"))
+    return out.squeeze(0) if unbatched else out
+
+
+# --- fake (meta) implementations: shapes and layouts only ------------------------------------
+
+
+def pooled_size(size, kernel, stride, pad, dilation, ceil_mode):
+    """Output length along one axis, as native pooling computes it (works on SymInts)."""
+    span = dilation * (kernel - 1) + 1
+    out = (size + 2 * pad - span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out = out - 1
+    return out
+
+
+def _empty_output(input, out_hw, dtype=None):
+    out = input.new_empty((input.shape[0], input.shape[1], *out_hw), dtype=dtype)
+    return out.contiguous(memory_format=suggest_memory_format(input))
+
+
+@torch.library.register_fake("cnnext::max_pool2d")
+def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+    out_hw = [
+        pooled_size(input.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i], ceil_mode)
+        for i in range(2)
+    ]
+    torch._check(out_hw[0] >= 1 and out_hw[1] >= 1, lambda: "max_pool2d: the output would be empty")
+    return _empty_output(input, out_hw), _empty_output(input, out_hw, dtype=torch.long)
+
+
+@torch.library.register_fake("cnnext::avg_pool2d")
+def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    out_hw = [pooled_size(input.shape[2 + i], kernel_size[i], stride[i], padding[i], 1, ceil_mode) for i in range(2)]
+    torch._check(out_hw[0] >= 1 and out_hw[1] >= 1, lambda: "avg_pool2d: the output would be empty")
+    return _empty_output(input, out_hw)
+
+
+@torch.library.register_fake("cnnext::adaptive_avg_pool2d")
+def _adaptive_avg_pool2d_fake(input, output_size):
+    return _empty_output(input, output_size)
+
+
+def _grad_input_fake(grad_output, input, *args):
+    return input.new_empty(input.shape).contiguous(memory_format=suggest_memory_format(input))
+
+
+for _name in ("_max_pool2d_backward", "_avg_pool2d_backward", "_adaptive_avg_pool2d_backward"):
+    torch.library.register_fake(f"cnnext::{_name}")(_grad_input_fake)
+
+
+# --- autograd ----------------------------------------------------------------------------------
+
+
+def _max_setup(ctx, inputs, output):
+    input, *params = inputs
+    ctx.save_for_backward(input, output[1])
+    ctx.params = params
+    ctx.mark_non_differentiable(output[1])
+
+
+def _max_backward(ctx, grad_output, grad_indices):
+    input, indices = ctx.saved_tensors
+    grad = torch.ops.cnnext._max_pool2d_backward.default(grad_output, input, indices, *ctx.params)
+    return grad, None, None, None, None, None
+
+
+def _avg_setup(ctx, inputs, output):
+    input, *params = inputs
+    ctx.save_for_backward(input)
+    ctx.params = params
+
+
+def _avg_backward(ctx, grad_output):
+    (input,) = ctx.saved_tensors
+    grad = torch.ops.cnnext._avg_pool2d_backward.default(grad_output, input, *ctx.params)
+    return grad, None, None, None, None, None, None
+
+
+def _adaptive_backward(ctx, grad_output):
+    (input,) = ctx.saved_tensors
+    return torch.ops.cnnext._adaptive_avg_pool2d_backward.default(grad_output, input), None
+
+
+torch.library.register_autograd("cnnext::max_pool2d", _max_backward, setup_context=_max_setup)
+torch.library.register_autograd("cnnext::avg_pool2d", _avg_backward, setup_context=_avg_setup)
+torch.library.register_autograd("cnnext::adaptive_avg_pool2d", _adaptive_backward, setup_context=_avg_setup)

@@ -1,0 +1,465 @@
+// Pooling on the CPU: max (with argmax indices), average and adaptive average, forward and backward,
+// computed directly in the input's layout.
+//
+//   NCHW:          one task per (n, c) plane; the window bounds of every output row and column are
+//                  computed once per call (they are the same for every plane), so the inner loops
+//                  only read, compare/add and write.
+//   channels_last: one task per (n, output row) in forward, looping channels innermost over
+//                  contiguous memory (vectorisable); backward tasks own (n, channel block) slices.
+// Backward scatters: each task zeroes the grad_input slice it owns, then adds every grad_output
+// of that slice into the input positions its window read (max: the saved argmax only). Tasks never
+// share a grad_input element, so there are no races and the result does not depend on threads.
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "common.h"
+#include "pool2d/pool2d.h"
+#include "pool2d/pool2d_window.h"
+
+namespace cnnext {
+namespace {
+
+void check_cpu(const at::Tensor& t, const char* name) { check_device_type(t, name, c10::DeviceType::CPU); }
+
+// Below this many elements of work a task is not worth a thread.
+constexpr int64_t kMinTaskWork = 32768;
+int64_t grain_for(int64_t work_per_task) { return std::max<int64_t>(1, kMinTaskWork / std::max<int64_t>(work_per_task, 1)); }
+
+// Runs fn(n, c_begin, c_end) over (sample, channel block) slices, enough of them to occupy every
+// thread even for a small batch. Used by the channels_last backward scatters.
+template <typename Fn>
+void for_channel_slices(int64_t batch, int64_t channels, const Fn& fn) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t blocks_per_sample = batch >= threads ? 1 : ceil_div(threads, std::max<int64_t>(batch, 1));
+  const int64_t block = ceil_div(channels, blocks_per_sample);
+  const int64_t blocks = ceil_div(channels, block);
+  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t c0 = (task % blocks) * block;
+      fn(task / blocks, c0, std::min(channels, c0 + block));
+    }
+  });
+}
+
+// The window of every output position along one axis, computed once per call.
+template <typename Fn>
+std::vector<Span> spans_of(int64_t out_size, const Fn& fn) {
+  std::vector<Span> spans(out_size);
+  for (int64_t o = 0; o < out_size; ++o) spans[o] = fn(o);
+  return spans;
+}
+
+
+// Runs body(o, x) for o in [lo, hi) with x = o * stride, with the stride a compile-time constant
+// for the common strides 1 and 2 so the compiler can vectorise the loop (strided loads included).
+template <typename Body>
+inline void strided_loop(int64_t lo, int64_t hi, int64_t stride, const Body& body) {
+  if (stride == 1) {
+    for (int64_t o = lo; o < hi; ++o) body(o, o);
+  } else if (stride == 2) {
+    for (int64_t o = lo; o < hi; ++o) body(o, 2 * o);
+  } else {
+    for (int64_t o = lo; o < hi; ++o) body(o, o * stride);
+  }
+}
+
+// Window column u of every output column: the outputs it lands inside the input for, and the input
+// column of output 0 (input column = o * stride + offset).
+struct ColumnTap {
+  int64_t lo, hi, offset;
+};
+std::vector<ColumnTap> column_taps(const Pool2dGeometry& g, int64_t dilation) {
+  std::vector<ColumnTap> taps(g.kernel_w);
+  for (int64_t u = 0; u < g.kernel_w; ++u) {
+    const auto [lo, hi] = tap_output_range(g.out_w, g.in_w, g.stride_w, g.pad_w, u * dilation);
+    taps[u] = {lo, hi, u * dilation - g.pad_w};
+  }
+  return taps;
+}
+
+// NCHW planes work row by row: for each output row, each window row and each window column, one
+// loop over the output columns updates a row of accumulators (vectorisable), instead of a short
+// window loop per output element.
+
+// ---------------------------------------------------------------------------------------------
+// Max pooling
+
+template <typename scalar_t>
+inline bool replaces_max(scalar_t v, scalar_t best) {
+  return (v > best) | (v != v);  // NaN wins, as in native max pooling; branch-free for vectorising
+}
+
+template <typename scalar_t>
+void max_forward(const scalar_t* x, scalar_t* out, int64_t* indices, const Pool2dGeometry& g, bool channels_last) {
+  const MaxAxis rows = max_rows(g), cols = max_cols(g);
+  const auto row_taps = spans_of(g.out_h, [&](int64_t o) { return rows.taps(o); });
+  const auto col_taps = spans_of(g.out_w, [&](int64_t o) { return cols.taps(o); });
+  const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, C = g.channels;
+  const scalar_t lowest = -std::numeric_limits<scalar_t>::infinity();
+  // Argmax of a window that never beats -inf: its first tap inside the input, as native.
+  std::vector<int32_t> first_col(OW);
+  for (int64_t ow = 0; ow < OW; ++ow) first_col[ow] = static_cast<int32_t>(cols.position(ow, col_taps[ow].lo));
+
+  if (!channels_last) {
+    const auto taps = column_taps(g, g.dil_w);
+    at::parallel_for(0, g.batch * C, grain_for(H * W), [&](int64_t begin, int64_t end) {
+      std::vector<int32_t> argmax_row(OW);  // int32 beside float lanes vectorises; planes < 2^31
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const scalar_t* src = x + plane * H * W;  // (H, W)
+        for (int64_t oh = 0; oh < OH; ++oh) {
+          scalar_t* __restrict__ best = out + (plane * OH + oh) * OW;  // (OW), built in place
+          int32_t* __restrict__ arg = argmax_row.data();
+          const Span r = row_taps[oh];
+          const int32_t first_row = static_cast<int32_t>(rows.position(oh, r.lo) * W);
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            best[ow] = lowest;
+            arg[ow] = first_row + first_col[ow];
+          }
+          for (int64_t t = r.lo; t < r.hi; ++t) {  // window rows, then columns: row-major, as native
+            const int64_t ih = rows.position(oh, t);
+            for (const ColumnTap& tap : taps) {
+              const scalar_t* __restrict__ line = src + ih * W + tap.offset;
+              const int32_t base = static_cast<int32_t>(ih * W + tap.offset);
+              strided_loop(tap.lo, tap.hi, g.stride_w, [&](int64_t ow, int64_t at) {
+                const scalar_t v = line[at];
+                const bool take = replaces_max(v, best[ow]);
+                best[ow] = take ? v : best[ow];
+                arg[ow] = take ? base + static_cast<int32_t>(at) : arg[ow];
+              });
+            }
+          }
+          int64_t* argmax = indices + (plane * OH + oh) * OW;
+          for (int64_t ow = 0; ow < OW; ++ow) argmax[ow] = arg[ow];
+        }
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, g.batch * OH, grain_for(OW * C * g.kernel_h * g.kernel_w), [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> argmax_pixel(C);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / OH, oh = task % OH;
+      const Span r = row_taps[oh];
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        const Span c = col_taps[ow];
+        scalar_t* __restrict__ best = out + ((n * OH + oh) * OW + ow) * C;  // (C), built in place
+        int32_t* __restrict__ arg = argmax_pixel.data();
+        const int32_t first = static_cast<int32_t>(rows.position(oh, r.lo) * W) + first_col[ow];
+        for (int64_t ch = 0; ch < C; ++ch) {
+          best[ch] = lowest;
+          arg[ch] = first;
+        }
+        for (int64_t t = r.lo; t < r.hi; ++t) {
+          const int64_t ih = rows.position(oh, t);
+          for (int64_t u = c.lo; u < c.hi; ++u) {
+            const int32_t index = static_cast<int32_t>(ih * W + cols.position(ow, u));
+            const scalar_t* __restrict__ src = x + (n * H * W + index) * C;  // (C)
+            for (int64_t ch = 0; ch < C; ++ch) {
+              const bool take = replaces_max(src[ch], best[ch]);
+              best[ch] = take ? src[ch] : best[ch];
+              arg[ch] = take ? index : arg[ch];
+            }
+          }
+        }
+        int64_t* argmax = indices + ((n * OH + oh) * OW + ow) * C;
+        for (int64_t ch = 0; ch < C; ++ch) argmax[ch] = arg[ch];
+      }
+    }
+  });
+}
+
+void check_index(int64_t index, int64_t plane_size) {
+  TORCH_CHECK(index >= 0 && index < plane_size, "_max_pool2d_backward: index ", index,
+              " is outside the input plane of ", plane_size, " elements");
+}
+
+template <typename scalar_t>
+void max_backward(const scalar_t* dy, const int64_t* indices, scalar_t* dx, const Pool2dGeometry& g,
+                  bool channels_last) {
+  const int64_t HW = g.in_h * g.in_w, OHW = g.out_h * g.out_w, C = g.channels;
+  if (!channels_last) {
+    at::parallel_for(0, g.batch * C, grain_for(HW), [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        scalar_t* dst = dx + plane * HW;
+        std::fill(dst, dst + HW, scalar_t(0));
+        const scalar_t* src = dy + plane * OHW;
+        const int64_t* argmax = indices + plane * OHW;
+        for (int64_t o = 0; o < OHW; ++o) {
+          check_index(argmax[o], HW);
+          dst[argmax[o]] += src[o];
+        }
+      }
+    });
+    return;
+  }
+  for_channel_slices(g.batch, C, [&](int64_t n, int64_t c0, int64_t c1) {
+    scalar_t* dst = dx + n * HW * C;  // (HW, C)
+    for (int64_t i = 0; i < HW; ++i) std::fill(dst + i * C + c0, dst + i * C + c1, scalar_t(0));
+    for (int64_t o = 0; o < OHW; ++o) {
+      const scalar_t* src = dy + (n * OHW + o) * C;
+      const int64_t* argmax = indices + (n * OHW + o) * C;
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        check_index(argmax[ch], HW);
+        dst[argmax[ch] * C + ch] += src[ch];
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Average and adaptive-average pooling (AvgAxis::kernel == 0 means adaptive). The NCHW row loops
+// need a fixed window width, so adaptive NCHW pooling sums each window directly instead.
+
+// Sum of n contiguous values with independent partial sums (a single running sum would serialise
+// on the add latency and could not be vectorised without reassociating).
+template <typename acc_t, typename scalar_t>
+inline acc_t sum_contiguous(const scalar_t* p, int64_t n) {
+  constexpr int kLanes = 8;
+  acc_t lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) lanes[j] += p[i + j];
+  acc_t sum = 0;
+  for (int j = 0; j < kLanes; ++j) sum += lanes[j];
+  for (; i < n; ++i) sum += p[i];
+  return sum;
+}
+
+template <typename scalar_t>
+void avg_forward(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g, AvgDivisor divisor, bool channels_last) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const AvgAxis rows = avg_rows(g), cols = avg_cols(g);
+  const auto row_windows = spans_of(g.out_h, [&](int64_t o) { return rows.window(o); });
+  const auto col_windows = spans_of(g.out_w, [&](int64_t o) { return cols.window(o); });
+  const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, C = g.channels;
+  const bool adaptive = rows.kernel == 0;
+
+  if (!channels_last) {
+    const auto taps = column_taps(g, 1);
+    at::parallel_for(0, g.batch * C, grain_for(H * W), [&](int64_t begin, int64_t end) {
+      std::vector<opmath_t> sum_row(OW);
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const scalar_t* src = x + plane * H * W;
+        for (int64_t oh = 0; oh < OH; ++oh) {
+          const Span r = row_windows[oh];
+          opmath_t* __restrict__ sum = sum_row.data();
+          std::fill(sum, sum + OW, opmath_t(0));
+          for (int64_t ih = r.lo; ih < r.hi; ++ih) {
+            if (adaptive) {
+              for (int64_t ow = 0; ow < OW; ++ow) {
+                const Span c = col_windows[ow];
+                sum[ow] += sum_contiguous<opmath_t>(src + ih * W + c.lo, c.hi - c.lo);
+              }
+              continue;
+            }
+            for (const ColumnTap& tap : taps) {
+              const scalar_t* __restrict__ line = src + ih * W + tap.offset;
+              strided_loop(tap.lo, tap.hi, g.stride_w, [&](int64_t ow, int64_t at) { sum[ow] += line[at]; });
+            }
+          }
+          scalar_t* dst = out + (plane * OH + oh) * OW;
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            const int64_t d = divisor(r, col_windows[ow]);
+            dst[ow] = d == 0 ? scalar_t(0) : static_cast<scalar_t>(sum[ow] / d);
+          }
+        }
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, g.batch * OH, grain_for(OW * C), [&](int64_t begin, int64_t end) {
+    std::vector<opmath_t> sum_pixel(C);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / OH, oh = task % OH;
+      const Span r = row_windows[oh];
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        const Span c = col_windows[ow];
+        opmath_t* __restrict__ sum = sum_pixel.data();
+        std::fill(sum, sum + C, opmath_t(0));
+        for (int64_t ih = r.lo; ih < r.hi; ++ih) {
+          for (int64_t iw = c.lo; iw < c.hi; ++iw) {
+            const scalar_t* __restrict__ src = x + ((n * H + ih) * W + iw) * C;
+            for (int64_t ch = 0; ch < C; ++ch) sum[ch] += src[ch];
+          }
+        }
+        const int64_t d = divisor(r, c);
+        scalar_t* __restrict__ dst = out + ((n * OH + oh) * OW + ow) * C;
+        for (int64_t ch = 0; ch < C; ++ch) dst[ch] = d == 0 ? scalar_t(0) : static_cast<scalar_t>(sum[ch] / d);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void avg_backward(const scalar_t* dy, scalar_t* dx, const Pool2dGeometry& g, AvgDivisor divisor, bool channels_last) {
+  const AvgAxis rows = avg_rows(g), cols = avg_cols(g);
+  const auto row_windows = spans_of(g.out_h, [&](int64_t o) { return rows.window(o); });
+  const auto col_windows = spans_of(g.out_w, [&](int64_t o) { return cols.window(o); });
+  const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, C = g.channels;
+  const bool adaptive = rows.kernel == 0;
+
+  if (!channels_last) {
+    const auto taps = column_taps(g, 1);
+    at::parallel_for(0, g.batch * C, grain_for(H * W), [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> share_row(OW);
+      for (int64_t plane = begin; plane < end; ++plane) {
+        scalar_t* dst = dx + plane * H * W;
+        std::fill(dst, dst + H * W, scalar_t(0));
+        for (int64_t oh = 0; oh < OH; ++oh) {
+          const Span r = row_windows[oh];
+          scalar_t* __restrict__ share = share_row.data();  // each output's gradient per input it read
+          const scalar_t* src = dy + (plane * OH + oh) * OW;
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            const int64_t d = divisor(r, col_windows[ow]);
+            share[ow] = d == 0 ? scalar_t(0) : src[ow] / static_cast<scalar_t>(d);
+          }
+          for (int64_t ih = r.lo; ih < r.hi; ++ih) {
+            scalar_t* __restrict__ line = dst + ih * W;
+            if (adaptive) {
+              for (int64_t ow = 0; ow < OW; ++ow) {
+                const Span c = col_windows[ow];
+                for (int64_t iw = c.lo; iw < c.hi; ++iw) line[iw] += share[ow];
+              }
+              continue;
+            }
+            for (const ColumnTap& tap : taps) {
+              scalar_t* __restrict__ shifted = line + tap.offset;
+              strided_loop(tap.lo, tap.hi, g.stride_w, [&](int64_t ow, int64_t at) { shifted[at] += share[ow]; });
+            }
+          }
+        }
+      }
+    });
+    return;
+  }
+  for_channel_slices(g.batch, C, [&](int64_t n, int64_t c0, int64_t c1) {
+    scalar_t* dst = dx + n * H * W * C;  // (H, W, C)
+    for (int64_t i = 0; i < H * W; ++i) std::fill(dst + i * C + c0, dst + i * C + c1, scalar_t(0));
+    for (int64_t oh = 0; oh < OH; ++oh) {
+      const Span r = row_windows[oh];
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        const Span c = col_windows[ow];
+        const int64_t d = divisor(r, c);
+        if (d == 0) continue;
+        const scalar_t inv = scalar_t(1) / static_cast<scalar_t>(d);
+        const scalar_t* __restrict__ src = dy + ((n * OH + oh) * OW + ow) * C;
+        for (int64_t ih = r.lo; ih < r.hi; ++ih)
+          for (int64_t iw = c.lo; iw < c.hi; ++iw) {
+            scalar_t* __restrict__ pixel = dst + (ih * W + iw) * C;
+            for (int64_t ch = c0; ch < c1; ++ch) pixel[ch] += src[ch] * inv;
+          }
+      }
+    }
+  });
+}
+
+// Shared body of the average-pooling entry points (plain and adaptive).
+at::Tensor avg_forward_entry(const at::Tensor& input, const Pool2dGeometry& g, AvgDivisor divisor) {
+  const bool channels_last = pool2d_channels_last(input);
+  const auto format = pool2d_memory_format(channels_last);
+  auto out = at::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options().memory_format(format));
+  if (out.numel() == 0) return out;
+  const auto x = input.contiguous(format);
+  CNNEXT_DISPATCH_CPU_TYPES(input.scalar_type(), "avg_pool2d_forward_cpu", [&] {
+    avg_forward(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g, divisor, channels_last);
+  });
+  return out;
+}
+
+at::Tensor avg_backward_entry(const char* op, const at::Tensor& grad_output, const at::Tensor& input,
+                              const Pool2dGeometry& g, AvgDivisor divisor) {
+  check_pool2d_grad_output(op, grad_output, input, g);
+  const bool channels_last = pool2d_channels_last(input);
+  const auto format = pool2d_memory_format(channels_last);
+  auto dx = at::empty(input.sizes(), input.options().memory_format(format));
+  if (dx.numel() == 0) return dx;
+  const auto dy = grad_output.contiguous(format);
+  CNNEXT_DISPATCH_CPU_TYPES(input.scalar_type(), "avg_pool2d_backward_cpu", [&] {
+    avg_backward(dy.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), g, divisor, channels_last);
+  });
+  return dx;
+}
+
+}  // namespace
+
+PoolWithIndices max_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                       at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  const auto g = pool2d_geometry("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode);
+  check_cpu(input, "max_pool2d: input");
+  TORCH_CHECK(g.in_h * g.in_w <= std::numeric_limits<int32_t>::max(),
+              "max_pool2d (CPU): planes of more than 2^31 - 1 elements are not supported, got ", g.in_h, "x",
+              g.in_w);
+  const bool channels_last = pool2d_channels_last(input);
+  const auto format = pool2d_memory_format(channels_last);
+  auto out = at::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options().memory_format(format));
+  auto indices = at::empty(out.sizes(), out.options().dtype(at::kLong).memory_format(format));
+  if (out.numel() == 0) return {out, indices};
+  const auto x = input.contiguous(format);
+  CNNEXT_DISPATCH_CPU_TYPES(input.scalar_type(), "max_pool2d_forward_cpu", [&] {
+    max_forward(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(),
+                g, channels_last);
+  });
+  return {out, indices};
+}
+
+at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
+                                   at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                   at::IntArrayRef dilation, bool ceil_mode) {
+  const auto g = pool2d_geometry("_max_pool2d_backward", input, kernel_size, stride, padding, dilation, ceil_mode);
+  check_cpu(input, "_max_pool2d_backward: input");
+  check_pool2d_grad_output("_max_pool2d_backward", grad_output, input, g);
+  TORCH_CHECK(indices.scalar_type() == at::kLong, "_max_pool2d_backward: indices must be int64, got ",
+              indices.scalar_type());
+  TORCH_CHECK(indices.sizes() == grad_output.sizes(), "_max_pool2d_backward: indices must have shape ",
+              grad_output.sizes(), ", got ", indices.sizes());
+  const bool channels_last = pool2d_channels_last(input);
+  const auto format = pool2d_memory_format(channels_last);
+  auto dx = at::empty(input.sizes(), input.options().memory_format(format));
+  if (dx.numel() == 0) return dx;
+  const auto dy = grad_output.contiguous(format);
+  const auto argmax = indices.contiguous(format);
+  CNNEXT_DISPATCH_CPU_TYPES(input.scalar_type(), "max_pool2d_backward_cpu", [&] {
+    max_backward(dy.const_data_ptr<scalar_t>(), argmax.const_data_ptr<int64_t>(), dx.mutable_data_ptr<scalar_t>(), g,
+                 channels_last);
+  });
+  return dx;
+}
+
+at::Tensor avg_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                                  std::optional<int64_t> divisor_override) {
+  const auto g = pool2d_geometry("avg_pool2d", input, kernel_size, stride, padding, {1, 1}, ceil_mode);
+  check_cpu(input, "avg_pool2d: input");
+  check_divisor_override(divisor_override);
+  return avg_forward_entry(input, g, {count_include_pad, divisor_override.value_or(0)});
+}
+
+at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                   at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                   bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
+  const auto g = pool2d_geometry("_avg_pool2d_backward", input, kernel_size, stride, padding, {1, 1}, ceil_mode);
+  check_cpu(input, "_avg_pool2d_backward: input");
+  check_divisor_override(divisor_override);
+  return avg_backward_entry("_avg_pool2d_backward", grad_output, input, g,
+                            {count_include_pad, divisor_override.value_or(0)});
+}
+
+at::Tensor adaptive_avg_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef output_size) {
+  const auto g = adaptive_pool2d_geometry("adaptive_avg_pool2d", input, output_size);
+  check_cpu(input, "adaptive_avg_pool2d: input");
+  return avg_forward_entry(input, g, {true, 0});
+}
+
+at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input) {
+  check_ndim(grad_output, "_adaptive_avg_pool2d_backward: grad_output", 4);
+  const auto g = adaptive_pool2d_geometry("_adaptive_avg_pool2d_backward", input,
+                                          {grad_output.size(-2), grad_output.size(-1)});
+  check_cpu(input, "_adaptive_avg_pool2d_backward: input");
+  return avg_backward_entry("_adaptive_avg_pool2d_backward", grad_output, input, g, {true, 0});
+}
+
+}  // namespace cnnext

@@ -1,0 +1,257 @@
+"""cnnext.ops max_pool2d / avg_pool2d / adaptive_avg_pool2d against their F.* namesakes: values,
+indices and gradients over a grid of windows, layouts, batches and dtypes; gradcheck, opcheck,
+torch.compile, NaN propagation, and bad inputs that must raise clear errors."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cnnext
+
+from .conftest import DEVICES, FULL_PRECISION, LOW_PRECISION
+from .test_conv2d import make_layout
+
+TOLERANCES = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-12)}
+LAYOUTS = ["contiguous", "channels_last", "strided"]
+
+
+def window_grid():
+    """(kernel, stride, padding) with every padding from 0 to kernel // 2 (the legal range)."""
+    for kernel, stride in itertools.product([1, 2, 3, 5], [1, 2, 3]):
+        for padding in range(kernel // 2 + 1):
+            yield kernel, stride, padding
+
+
+WINDOWS = list(window_grid())
+
+
+def _window_id(w):
+    return "k{}-s{}-p{}".format(*w)
+
+
+def distinct_values(shape, dtype, device):
+    """A random permutation of distinct values: no ties, so argmax and gradients are unambiguous
+    (and finite differences in gradcheck cannot flip a maximum)."""
+    values = torch.randperm(int(torch.tensor(shape).prod()), dtype=torch.float64) / 7.0
+    return values.reshape(shape).to(dtype=dtype, device=device)
+
+
+def compare(ours_fn, native_fn, x, dtype, tol=None):
+    """Outputs and input gradients of ours vs native, native run in float64."""
+    tol = tol or TOLERANCES[dtype]
+    x_ours = x.detach().requires_grad_()
+    x_native = x.detach().double().requires_grad_()
+    out, out_native = ours_fn(x_ours), native_fn(x_native)
+    out_t = out[0] if isinstance(out, tuple) else out
+    out_native_t = out_native[0] if isinstance(out_native, tuple) else out_native
+    assert out_t.shape == out_native_t.shape and out_t.dtype == dtype
+    torch.testing.assert_close(out_t.double(), out_native_t, **tol)
+    grad = torch.randn_like(out_native_t)
+    (g_ours,) = torch.autograd.grad(out_t, x_ours, grad.to(dtype))
+    (g_native,) = torch.autograd.grad(out_native_t, x_native, grad)
+    torch.testing.assert_close(g_ours.double(), g_native, **tol)
+    return out, out_native
+
+
+@pytest.mark.parametrize("device, dtype", FULL_PRECISION)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("ceil_mode", [False, True], ids=["floor", "ceil"])
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("window", WINDOWS, ids=_window_id)
+def test_max_pool2d_matches_native(window, dilation, ceil_mode, layout, device, dtype):
+    kernel, stride, padding = window  # padding <= kernel // 2, so also legal for dilation 2
+    args = dict(kernel_size=kernel, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+    x = make_layout(distinct_values((2, 3, 11, 10), dtype, device), layout)
+    (out, idx), (out_native, idx_native) = compare(
+        lambda t: cnnext.ops.max_pool2d(t, **args, return_indices=True),
+        lambda t: F.max_pool2d(t, **args, return_indices=True),
+        x,
+        dtype,
+    )
+    assert torch.equal(idx, idx_native)
+    if layout == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("device, dtype", FULL_PRECISION)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(
+    "ceil_mode, count_include_pad, divisor_override",
+    [(False, True, None), (True, True, None), (False, False, None), (True, False, None), (True, True, 3)],
+    ids=["floor", "ceil", "floor-exclude_pad", "ceil-exclude_pad", "ceil-divisor3"],
+)
+@pytest.mark.parametrize("window", WINDOWS, ids=_window_id)
+def test_avg_pool2d_matches_native(window, ceil_mode, count_include_pad, divisor_override, layout, device, dtype):
+    kernel, stride, padding = window
+    args = dict(
+        kernel_size=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode,
+        count_include_pad=count_include_pad, divisor_override=divisor_override,
+    )
+    x = make_layout(torch.randn(2, 3, 11, 10, dtype=dtype, device=device), layout)
+    out, _ = compare(lambda t: cnnext.ops.avg_pool2d(t, **args), lambda t: F.avg_pool2d(t, **args), x, dtype)
+    if layout == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("device, dtype", FULL_PRECISION)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("output_size", [1, (1, 1), (3, 4), (5, 5), (11, 10), (7, None), (13, 17)])
+def test_adaptive_avg_pool2d_matches_native(output_size, layout, device, dtype):
+    """Global (1x1, every ResNet head), shrinking, identity, uneven and growing output sizes."""
+    x = make_layout(torch.randn(2, 3, 11, 10, dtype=dtype, device=device), layout)
+    compare(
+        lambda t: cnnext.ops.adaptive_avg_pool2d(t, output_size),
+        lambda t: F.adaptive_avg_pool2d(t, output_size),
+        x,
+        dtype,
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch", [0, 1, 4])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_batches_including_empty(batch, layout, device):
+    x = make_layout(distinct_values((batch, 4, 9, 9), torch.float64, device), layout)
+    for ours, native in [
+        (lambda t: cnnext.ops.max_pool2d(t, 3, 2, 1), lambda t: F.max_pool2d(t, 3, 2, 1)),
+        (lambda t: cnnext.ops.avg_pool2d(t, 3, 2, 1), lambda t: F.avg_pool2d(t, 3, 2, 1)),
+        (lambda t: cnnext.ops.adaptive_avg_pool2d(t, 1), lambda t: F.adaptive_avg_pool2d(t, 1)),
+    ]:
+        compare(ours, native, x, torch.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unbatched_input(device):
+    x = distinct_values((3, 8, 7), torch.float64, device)
+    out, idx = cnnext.ops.max_pool2d(x, 2, return_indices=True)
+    out_native, idx_native = F.max_pool2d(x, 2, return_indices=True)
+    assert torch.equal(out, out_native) and torch.equal(idx, idx_native)
+    torch.testing.assert_close(cnnext.ops.avg_pool2d(x, 3, 1, 1), F.avg_pool2d(x, 3, 1, 1))
+    torch.testing.assert_close(cnnext.ops.adaptive_avg_pool2d(x, (2, 3)), F.adaptive_avg_pool2d(x, (2, 3)))
+
+
+@pytest.mark.parametrize("device, dtype", FULL_PRECISION + LOW_PRECISION)
+def test_max_pool2d_propagates_nan_like_native(device, dtype):
+    x = torch.randn(2, 3, 8, 8, device=device).to(dtype)
+    x[0, 0, 1, 1] = float("nan")
+    x[0, 0, 1, 2] = float("nan")  # two NaNs in one window: native reports the last one
+    x[1, 2, 5, 6] = float("nan")
+    x[1, 1, 6, 6] = float("-inf")
+    out, idx = cnnext.ops.max_pool2d(x, 3, 2, 1, return_indices=True)
+    out_native, idx_native = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+    torch.testing.assert_close(out, out_native, equal_nan=True, rtol=0, atol=0)
+    assert torch.equal(idx, idx_native)
+
+
+@pytest.mark.parametrize("device, dtype", LOW_PRECISION)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_low_precision_matches_native(layout, device, dtype):
+    x = make_layout(torch.randn(2, 8, 13, 12, device=device).to(dtype), layout)
+    tol = dict(rtol=1e-2, atol=1e-2)
+    compare(lambda t: cnnext.ops.max_pool2d(t, 3, 2, 1), lambda t: F.max_pool2d(t, 3, 2, 1), x, dtype, tol)
+    compare(lambda t: cnnext.ops.avg_pool2d(t, 3, 2, 1), lambda t: F.avg_pool2d(t, 3, 2, 1), x, dtype, tol)
+    compare(
+        lambda t: cnnext.ops.adaptive_avg_pool2d(t, 1), lambda t: F.adaptive_avg_pool2d(t, 1), x, dtype, tol
+    )
+
+
+POOLS = {
+    "max": lambda t: cnnext.ops.max_pool2d(t, 3, 2, 1, dilation=(1, 2), ceil_mode=True),
+    "avg": lambda t: cnnext.ops.avg_pool2d(t, (3, 2), 2, (1, 0), ceil_mode=True, count_include_pad=False),
+    "avg_divisor": lambda t: cnnext.ops.avg_pool2d(t, 2, 1, divisor_override=3),
+    "adaptive": lambda t: cnnext.ops.adaptive_avg_pool2d(t, (3, 4)),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("pool", list(POOLS))
+def test_gradcheck_float64(pool, layout, device):
+    x = make_layout(distinct_values((2, 3, 7, 9), torch.float64, device), layout).requires_grad_()
+    assert torch.autograd.gradcheck(POOLS[pool], (x,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    x = distinct_values((2, 3, 7, 9), torch.float64, device).requires_grad_()
+    torch.library.opcheck(torch.ops.cnnext.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], [1, 2], True))
+    torch.library.opcheck(torch.ops.cnnext.avg_pool2d.default, (x, [3, 2], [2, 2], [1, 0], True, False, None))
+    torch.library.opcheck(torch.ops.cnnext.avg_pool2d.default, (x, [2, 2], [1, 1], [0, 0], False, True, 3))
+    torch.library.opcheck(torch.ops.cnnext.adaptive_avg_pool2d.default, (x, [3, 4]))
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    def head(x):
+        x = cnnext.ops.max_pool2d(x, 3, 2, 1)
+        x = cnnext.ops.avg_pool2d(x, 2)
+        return cnnext.ops.adaptive_avg_pool2d(x, 1).flatten(1)
+
+    x = torch.randn(4, 8, 16, 16)
+    torch.testing.assert_close(torch.compile(head, fullgraph=True)(x), head(x))
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+X = torch.randn(2, 3, 8, 8)
+BAD_INPUTS = {
+    "max padding beyond half kernel": (
+        lambda: cnnext.ops.max_pool2d(X, 2, padding=2),
+        RuntimeError, r"padding must be at most half of the \(dilated\) kernel size",
+    ),
+    "avg padding beyond half kernel": (
+        lambda: cnnext.ops.avg_pool2d(X, 3, padding=2),
+        RuntimeError, "padding must be at most half",
+    ),
+    "max stride 0": (lambda: cnnext.ops.max_pool2d(X, 2, stride=0), RuntimeError, "stride must be >= 1"),
+    "avg stride 0": (lambda: cnnext.ops.avg_pool2d(X, 2, stride=0), RuntimeError, "stride must be >= 1"),
+    "kernel 0": (lambda: cnnext.ops.max_pool2d(X, 0), RuntimeError, "kernel_size must be >= 1"),
+    "dilation 0": (lambda: cnnext.ops.max_pool2d(X, 2, dilation=0), RuntimeError, "dilation must be >= 1"),
+    "negative padding": (lambda: cnnext.ops.avg_pool2d(X, 2, padding=-1), RuntimeError, "padding must be >= 0"),
+    "max kernel larger than padded input": (
+        lambda: cnnext.ops.max_pool2d(X, 9), RuntimeError, "the output would be empty: input 8x8",
+    ),
+    "avg kernel larger than input": (
+        lambda: cnnext.ops.avg_pool2d(torch.randn(1, 1, 3, 8), (4, 2)), RuntimeError, "would be empty",
+    ),
+    "dilated kernel larger than input": (
+        lambda: cnnext.ops.max_pool2d(X, 3, dilation=4), RuntimeError, "would be empty",
+    ),
+    "adaptive output size 0": (
+        lambda: cnnext.ops.adaptive_avg_pool2d(X, 0), RuntimeError, "output_size must be >= 1",
+    ),
+    "adaptive negative output": (
+        lambda: cnnext.ops.adaptive_avg_pool2d(X, (2, -1)), RuntimeError, "output_size must be >= 1",
+    ),
+    "input 2-D": (lambda: cnnext.ops.max_pool2d(torch.randn(8, 8), 2), RuntimeError, "must be a 4-D"),
+    "input 5-D": (lambda: cnnext.ops.avg_pool2d(torch.randn(1, 1, 1, 8, 8), 2), RuntimeError, "must be a 4-D"),
+    "zero-size plane": (
+        lambda: cnnext.ops.adaptive_avg_pool2d(torch.randn(1, 3, 0, 8), 1), RuntimeError, "non-zero channels",
+    ),
+    "integer input max": (
+        lambda: cnnext.ops.max_pool2d(torch.ones(1, 1, 4, 4, dtype=torch.int64), 2),
+        RuntimeError, "input must be a floating-point tensor, got Long",
+    ),
+    "integer input avg": (
+        lambda: cnnext.ops.avg_pool2d(torch.ones(1, 1, 4, 4, dtype=torch.int32), 2),
+        RuntimeError, "floating-point",
+    ),
+    "divisor 0": (
+        lambda: cnnext.ops.avg_pool2d(X, 2, divisor_override=0), RuntimeError, "divisor_override must be nonzero",
+    ),
+    "kernel triple": (lambda: cnnext.ops.max_pool2d(X, (2, 2, 2)), TypeError, "kernel_size must be an int or a pair"),
+}
+
+
+@pytest.mark.parametrize("call, error, message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_raises_clear_error(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_max_pool2d_backward_rejects_out_of_range_indices():
+    x = torch.randn(1, 1, 4, 4)
+    grad, bad_indices = torch.randn(1, 1, 2, 2), torch.full((1, 1, 2, 2), 16, dtype=torch.long)
+    with pytest.raises(RuntimeError, match="index 16 is outside the input plane of 16 elements"):
+        torch.ops.cnnext._max_pool2d_backward(grad, x, bad_indices, [2, 2], [2, 2], [0, 0], [1, 1], False)

@@ -3,8 +3,9 @@
     python benchmarks/summarize.py results.json [--device cpu]
 
 Per (shape, direction, device): native and cnnext medians, the ratio native/cnnext (above 1 means
-cnnext is faster), and the floor = FLOPs / measured float32 GEMM rate; then the geometric mean of
-the ratios per (device, direction).
+cnnext is faster), and the floor; then the geometric mean of
+the ratios per (device, direction). The floor is FLOPs over the measured float32 GEMM rate
+(convolution) or bytes over the measured copy rate (pooling), whichever the benchmark recorded.
 """
 
 import argparse
@@ -21,8 +22,12 @@ def load(path):
         info = bench["extra_info"]
         key = (info["device"], info["direction"], info["shape"])
         rows[key][info["impl"]] = bench["stats"]["median"]
-        rows[key]["floor"] = info["flops"] / (info["peak_gflops"] * 1e9)
-        rows[key]["peak"] = info["peak_gflops"]
+        if "flops" in info:  # arithmetic-bound: FLOPs over the measured GEMM rate
+            rows[key]["floor"] = info["flops"] / (info["peak_gflops"] * 1e9)
+            rows[key]["peak"] = f"float32 GEMM rate {info['peak_gflops']:.0f} GFLOP/s"
+        else:  # memory-bound: bytes over the measured copy rate
+            rows[key]["floor"] = info["bytes"] / (info["copy_gbps"] * 1e9)
+            rows[key]["peak"] = f"copy rate {info['copy_gbps']:.1f} GB/s"
     return data.get("machine_info", {}), rows
 
 
@@ -60,7 +65,7 @@ def main():
     cpu = machine.get("cpu", {}).get("brand_raw", "?")
     print(f"machine: {machine.get('node', '?')}, CPU {cpu}, {machine.get('cpu', {}).get('count', '?')} cores")
     for dev, peak in peaks:
-        print(f"measured float32 GEMM rate on {dev}: {peak:.0f} GFLOP/s")
+        print(f"measured on {dev}: {peak}")
     print()
     print(table(rows, args.device))
 

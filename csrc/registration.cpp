@@ -18,6 +18,9 @@ TORCH_LIBRARY(cnnext, m) {
       "max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
       "bool ceil_mode) -> (Tensor, Tensor)");
   m.def(
+      "max_pool2d_values(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
+      "bool ceil_mode) -> Tensor");
+  m.def(
       "_max_pool2d_backward(Tensor grad_output, Tensor input, Tensor indices, int[2] kernel_size, "
       "int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor");
   m.def(
@@ -34,6 +37,7 @@ TORCH_LIBRARY_IMPL(cnnext, CPU, m) {
   m.impl("conv2d", &cnnext::conv2d_forward_cpu);
   m.impl("_conv2d_backward", &cnnext::conv2d_backward_cpu);
   m.impl("max_pool2d", &cnnext::max_pool2d_forward_cpu);
+  m.impl("max_pool2d_values", &cnnext::max_pool2d_values_cpu);
   m.impl("_max_pool2d_backward", &cnnext::max_pool2d_backward_cpu);
   m.impl("avg_pool2d", &cnnext::avg_pool2d_forward_cpu);
   m.impl("_avg_pool2d_backward", &cnnext::avg_pool2d_backward_cpu);
@@ -46,6 +50,7 @@ TORCH_LIBRARY_IMPL(cnnext, CUDA, m) {
   m.impl("conv2d", &cnnext::conv2d_forward_cuda);
   m.impl("_conv2d_backward", &cnnext::conv2d_backward_cuda);
   m.impl("max_pool2d", &cnnext::max_pool2d_forward_cuda);
+  m.impl("max_pool2d_values", &cnnext::max_pool2d_values_cuda);
   m.impl("_max_pool2d_backward", &cnnext::max_pool2d_backward_cuda);
   m.impl("avg_pool2d", &cnnext::avg_pool2d_forward_cuda);
   m.impl("_avg_pool2d_backward", &cnnext::avg_pool2d_backward_cuda);

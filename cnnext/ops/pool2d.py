@@ -44,10 +44,12 @@ def max_pool2d(
     """
     kernel_size = pair(kernel_size, "kernel_size")
     input, unbatched = _batched(input)
-    out, indices = torch.ops.cnnext.max_pool2d.default(
-        input, kernel_size, _stride(stride, kernel_size), pair(padding, "padding"), pair(dilation, "dilation"),
-        ceil_mode,
-    )
+    args = (input, kernel_size, _stride(stride, kernel_size), pair(padding, "padding"), pair(dilation, "dilation"))
+    if not return_indices and not (torch.is_grad_enabled() and input.requires_grad):
+        # Nothing will need the argmax: the inference op skips computing and storing it.
+        out = torch.ops.cnnext.max_pool2d_values.default(*args, ceil_mode)
+        return out.squeeze(0) if unbatched else out
+    out, indices = torch.ops.cnnext.max_pool2d.default(*args, ceil_mode)
     if unbatched:
         out, indices = out.squeeze(0), indices.squeeze(0)
     return (out, indices) if return_indices else out
@@ -110,6 +112,11 @@ def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
     ]
     torch._check(out_hw[0] >= 1 and out_hw[1] >= 1, lambda: "max_pool2d: the output would be empty")
     return _empty_output(input, out_hw), _empty_output(input, out_hw, dtype=torch.long)
+
+
+@torch.library.register_fake("cnnext::max_pool2d_values")
+def _max_pool2d_values_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+    return _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode)[0]
 
 
 @torch.library.register_fake("cnnext::avg_pool2d")

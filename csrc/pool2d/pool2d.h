@@ -7,6 +7,9 @@
 //   (n, c) plane, as native does. NaN propagates: a NaN in a window wins (the last one seen, in
 //   row-major window order, again as native does); ties keep the first maximum.
 //
+// max_pool2d_values: max_pool2d without indices, for inference (not differentiable); cnnext.ops
+// uses it when no gradient is needed and no indices were asked for.
+//
 // Backward ops (private, joined in Python with register_autograd):
 //   _max_pool2d_backward:          grad_input[n, c, indices[n, c, o]] += grad_output[n, c, o]
 //   _avg_pool2d_backward,
@@ -46,6 +49,8 @@ using PoolWithIndices = std::tuple<at::Tensor, at::Tensor>;
 
 PoolWithIndices max_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                        at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
+at::Tensor max_pool2d_values_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                 at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
                                    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                    at::IntArrayRef dilation, bool ceil_mode);
@@ -61,6 +66,8 @@ at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, const
 #ifdef CNNEXT_WITH_CUDA
 PoolWithIndices max_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                         at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
+at::Tensor max_pool2d_values_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                 at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
 at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
                                     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                     at::IntArrayRef dilation, bool ceil_mode);

@@ -55,7 +55,7 @@ std::vector<Span> spans_of(int64_t out_size, const Fn& fn) {
 
 
 // Runs body(o, x) for o in [lo, hi) with x = o * stride, with the stride a compile-time constant
-// for the common strides 1 and 2 so the compiler can vectorise the loop (strided loads included).
+// for the common strides 1 and 2 (used by the scatter of the average backward).
 template <typename Body>
 inline void strided_loop(int64_t lo, int64_t hi, int64_t stride, const Body& body) {
   if (stride == 1) {
@@ -81,6 +81,17 @@ std::vector<ColumnTap> column_taps(const Pool2dGeometry& g, int64_t dilation) {
   return taps;
 }
 
+// The inputs of window column `tap` for every output column o of one input row: line[o * stride +
+// tap.offset] for o in [tap.lo, tap.hi), indexable by o. Stride 1 reads the row in place; other
+// strides are gathered into `buffer` first, so the loops that consume them run over contiguous
+// memory and vectorise (a strided load in those loops kept them scalar).
+template <typename scalar_t>
+const scalar_t* tap_inputs(const scalar_t* line, const ColumnTap& tap, int64_t stride, scalar_t* buffer) {
+  if (stride == 1) return line + tap.offset;
+  for (int64_t o = tap.lo; o < tap.hi; ++o) buffer[o] = line[o * stride + tap.offset];
+  return buffer;
+}
+
 // NCHW planes work row by row: for each output row, each window row and each window column, one
 // loop over the output columns updates a row of accumulators (vectorisable), instead of a short
 // window loop per output element.
@@ -93,7 +104,8 @@ inline bool replaces_max(scalar_t v, scalar_t best) {
   return (v > best) | (v != v);  // NaN wins, as in native max pooling; branch-free for vectorising
 }
 
-template <typename scalar_t>
+// kWithIndices = false (inference: nothing to save for backward) skips the argmax bookkeeping.
+template <bool kWithIndices, typename scalar_t>
 void max_forward(const scalar_t* x, scalar_t* out, int64_t* indices, const Pool2dGeometry& g, bool channels_last) {
   const MaxAxis rows = max_rows(g), cols = max_cols(g);
   const auto row_taps = spans_of(g.out_h, [&](int64_t o) { return rows.taps(o); });
@@ -106,34 +118,40 @@ void max_forward(const scalar_t* x, scalar_t* out, int64_t* indices, const Pool2
 
   if (!channels_last) {
     const auto taps = column_taps(g, g.dil_w);
+    const int64_t kw = g.kernel_w;
     at::parallel_for(0, g.batch * C, grain_for(H * W), [&](int64_t begin, int64_t end) {
-      std::vector<int32_t> argmax_row(OW);  // int32 beside float lanes vectorises; planes < 2^31
+      // Per row: the winning tap t * kw + u (a loop constant in the inner loop, and int32 beside the
+      // float lanes), turned into ih * W + iw once per output at the end; and the tap's inputs.
+      std::vector<int32_t> winner_row(OW);
+      std::vector<scalar_t> tap_row(OW);
       for (int64_t plane = begin; plane < end; ++plane) {
         const scalar_t* src = x + plane * H * W;  // (H, W)
         for (int64_t oh = 0; oh < OH; ++oh) {
           scalar_t* __restrict__ best = out + (plane * OH + oh) * OW;  // (OW), built in place
-          int32_t* __restrict__ arg = argmax_row.data();
+          int32_t* __restrict__ winner = winner_row.data();
           const Span r = row_taps[oh];
-          const int32_t first_row = static_cast<int32_t>(rows.position(oh, r.lo) * W);
           for (int64_t ow = 0; ow < OW; ++ow) {
             best[ow] = lowest;
-            arg[ow] = first_row + first_col[ow];
+            winner[ow] = static_cast<int32_t>(r.lo * kw + col_taps[ow].lo);  // kept if nothing beats -inf
           }
           for (int64_t t = r.lo; t < r.hi; ++t) {  // window rows, then columns: row-major, as native
-            const int64_t ih = rows.position(oh, t);
-            for (const ColumnTap& tap : taps) {
-              const scalar_t* __restrict__ line = src + ih * W + tap.offset;
-              const int32_t base = static_cast<int32_t>(ih * W + tap.offset);
-              strided_loop(tap.lo, tap.hi, g.stride_w, [&](int64_t ow, int64_t at) {
-                const scalar_t v = line[at];
-                const bool take = replaces_max(v, best[ow]);
-                best[ow] = take ? v : best[ow];
-                arg[ow] = take ? base + static_cast<int32_t>(at) : arg[ow];
-              });
+            const scalar_t* line = src + rows.position(oh, t) * W;
+            for (int64_t u = 0; u < kw; ++u) {
+              const scalar_t* __restrict__ v = tap_inputs(line, taps[u], g.stride_w, tap_row.data());
+              const int32_t tap_id = static_cast<int32_t>(t * kw + u);
+              for (int64_t ow = taps[u].lo; ow < taps[u].hi; ++ow) {
+                const bool take = replaces_max(v[ow], best[ow]);
+                best[ow] = take ? v[ow] : best[ow];
+                if constexpr (kWithIndices) winner[ow] = take ? tap_id : winner[ow];
+              }
             }
           }
-          int64_t* argmax = indices + (plane * OH + oh) * OW;
-          for (int64_t ow = 0; ow < OW; ++ow) argmax[ow] = arg[ow];
+          if constexpr (kWithIndices) {
+            int64_t* argmax = indices + (plane * OH + oh) * OW;
+            for (int64_t ow = 0; ow < OW; ++ow) {
+              argmax[ow] = rows.position(oh, winner[ow] / kw) * W + cols.position(ow, winner[ow] % kw);
+            }
+          }
         }
       }
     });
@@ -161,12 +179,14 @@ void max_forward(const scalar_t* x, scalar_t* out, int64_t* indices, const Pool2
             for (int64_t ch = 0; ch < C; ++ch) {
               const bool take = replaces_max(src[ch], best[ch]);
               best[ch] = take ? src[ch] : best[ch];
-              arg[ch] = take ? index : arg[ch];
+              if constexpr (kWithIndices) arg[ch] = take ? index : arg[ch];
             }
           }
         }
-        int64_t* argmax = indices + ((n * OH + oh) * OW + ow) * C;
-        for (int64_t ch = 0; ch < C; ++ch) argmax[ch] = arg[ch];
+        if constexpr (kWithIndices) {
+          int64_t* argmax = indices + ((n * OH + oh) * OW + ow) * C;
+          for (int64_t ch = 0; ch < C; ++ch) argmax[ch] = arg[ch];
+        }
       }
     }
   });
@@ -242,23 +262,28 @@ void avg_forward(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g, AvgD
     const auto taps = column_taps(g, 1);
     at::parallel_for(0, g.batch * C, grain_for(H * W), [&](int64_t begin, int64_t end) {
       std::vector<opmath_t> sum_row(OW);
+      std::vector<scalar_t> tap_row(OW);
       for (int64_t plane = begin; plane < end; ++plane) {
         const scalar_t* src = x + plane * H * W;
         for (int64_t oh = 0; oh < OH; ++oh) {
           const Span r = row_windows[oh];
           opmath_t* __restrict__ sum = sum_row.data();
           std::fill(sum, sum + OW, opmath_t(0));
-          for (int64_t ih = r.lo; ih < r.hi; ++ih) {
-            if (adaptive) {
+          if (adaptive && OW == 1) {  // whole rows (e.g. global pooling): one contiguous run
+            sum[0] = sum_contiguous<opmath_t>(src + r.lo * W, (r.hi - r.lo) * W);
+          } else if (adaptive) {
+            for (int64_t ih = r.lo; ih < r.hi; ++ih) {
               for (int64_t ow = 0; ow < OW; ++ow) {
                 const Span c = col_windows[ow];
                 sum[ow] += sum_contiguous<opmath_t>(src + ih * W + c.lo, c.hi - c.lo);
               }
-              continue;
             }
-            for (const ColumnTap& tap : taps) {
-              const scalar_t* __restrict__ line = src + ih * W + tap.offset;
-              strided_loop(tap.lo, tap.hi, g.stride_w, [&](int64_t ow, int64_t at) { sum[ow] += line[at]; });
+          } else {
+            for (int64_t ih = r.lo; ih < r.hi; ++ih) {
+              for (const ColumnTap& tap : taps) {
+                const scalar_t* __restrict__ v = tap_inputs(src + ih * W, tap, g.stride_w, tap_row.data());
+                for (int64_t ow = tap.lo; ow < tap.hi; ++ow) sum[ow] += v[ow];
+              }
             }
           }
           scalar_t* dst = out + (plane * OH + oh) * OW;
@@ -286,9 +311,12 @@ void avg_forward(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g, AvgD
             for (int64_t ch = 0; ch < C; ++ch) sum[ch] += src[ch];
           }
         }
+        // One reciprocal per pixel and a multiply per channel: a division per element cost more than
+        // the summing (rounding differs from a true division by at most one ulp).
         const int64_t d = divisor(r, c);
+        const opmath_t scale = d == 0 ? opmath_t(0) : opmath_t(1) / static_cast<opmath_t>(d);
         scalar_t* __restrict__ dst = out + ((n * OH + oh) * OW + ow) * C;
-        for (int64_t ch = 0; ch < C; ++ch) dst[ch] = d == 0 ? scalar_t(0) : static_cast<scalar_t>(sum[ch] / d);
+        for (int64_t ch = 0; ch < C; ++ch) dst[ch] = static_cast<scalar_t>(sum[ch] * scale);
       }
     }
   });
@@ -386,24 +414,45 @@ at::Tensor avg_backward_entry(const char* op, const at::Tensor& grad_output, con
 
 }  // namespace
 
-PoolWithIndices max_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                       at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  const auto g = pool2d_geometry("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode);
-  check_cpu(input, "max_pool2d: input");
+namespace {
+
+// Forward of max pooling; without indices (inference) the argmax is not tracked and is returned undefined.
+PoolWithIndices max_forward_entry(const at::Tensor& input, const Pool2dGeometry& g, bool with_indices) {
   TORCH_CHECK(g.in_h * g.in_w <= std::numeric_limits<int32_t>::max(),
               "max_pool2d (CPU): planes of more than 2^31 - 1 elements are not supported, got ", g.in_h, "x",
               g.in_w);
   const bool channels_last = pool2d_channels_last(input);
   const auto format = pool2d_memory_format(channels_last);
   auto out = at::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options().memory_format(format));
-  auto indices = at::empty(out.sizes(), out.options().dtype(at::kLong).memory_format(format));
+  at::Tensor indices;
+  if (with_indices) indices = at::empty(out.sizes(), out.options().dtype(at::kLong).memory_format(format));
   if (out.numel() == 0) return {out, indices};
   const auto x = input.contiguous(format);
   CNNEXT_DISPATCH_CPU_TYPES(input.scalar_type(), "max_pool2d_forward_cpu", [&] {
-    max_forward(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(),
-                g, channels_last);
+    if (with_indices) {
+      max_forward<true>(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+                        indices.mutable_data_ptr<int64_t>(), g, channels_last);
+    } else {
+      max_forward<false>(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), nullptr, g, channels_last);
+    }
   });
   return {out, indices};
+}
+
+}  // namespace
+
+PoolWithIndices max_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                       at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  const auto g = pool2d_geometry("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode);
+  check_cpu(input, "max_pool2d: input");
+  return max_forward_entry(input, g, /*with_indices=*/true);
+}
+
+at::Tensor max_pool2d_values_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                 at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  const auto g = pool2d_geometry("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode);
+  check_cpu(input, "max_pool2d: input");
+  return std::get<0>(max_forward_entry(input, g, /*with_indices=*/false));
 }
 
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,

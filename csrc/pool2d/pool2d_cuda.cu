@@ -71,7 +71,7 @@ __global__ void max_forward_kernel(const scalar_t* x, Strides4 xs, scalar_t* out
     }
     const int64_t at = os.offset(o.n, o.c, o.h, o.w);
     out[at] = static_cast<scalar_t>(best);
-    indices[at] = best_index;
+    if (indices != nullptr) indices[at] = best_index;  // null: inference, no argmax wanted
   }
 }
 
@@ -186,24 +186,42 @@ at::Tensor avg_backward_entry(const char* op, const at::Tensor& grad_output, con
 
 }  // namespace
 
-PoolWithIndices max_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                        at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  const auto g = pool2d_geometry("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode);
-  check_cuda(input, "max_pool2d: input");
+namespace {
+
+// Forward of max pooling; without indices (inference) they are not written and returned undefined.
+PoolWithIndices max_forward_entry(const at::Tensor& input, const Pool2dGeometry& g, bool with_indices) {
   const c10::cuda::CUDAGuard guard(input.device());
   const bool channels_last = pool2d_channels_last(input);
   const auto format = pool2d_memory_format(channels_last);
   auto out = at::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options().memory_format(format));
-  auto indices = at::empty(out.sizes(), out.options().dtype(at::kLong).memory_format(format));
+  at::Tensor indices;
+  if (with_indices) indices = at::empty(out.sizes(), out.options().dtype(at::kLong).memory_format(format));
   if (out.numel() == 0) return {out, indices};
   const auto x = input.contiguous(format);
   const int64_t total = out.numel();
   CNNEXT_DISPATCH_CUDA_TYPES(input.scalar_type(), "max_pool2d_forward_cuda", [&] {
     CNNEXT_LAUNCH_POOL(max_forward_kernel, channels_last, total, x.const_data_ptr<scalar_t>(), strides_of(x),
-                       out.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(), strides_of(out),
-                       g.channels, max_rows(g), max_cols(g));
+                       out.mutable_data_ptr<scalar_t>(),
+                       with_indices ? indices.mutable_data_ptr<int64_t>() : nullptr, strides_of(out), g.channels,
+                       max_rows(g), max_cols(g));
   });
   return {out, indices};
+}
+
+}  // namespace
+
+PoolWithIndices max_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                        at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  const auto g = pool2d_geometry("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode);
+  check_cuda(input, "max_pool2d: input");
+  return max_forward_entry(input, g, /*with_indices=*/true);
+}
+
+at::Tensor max_pool2d_values_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  const auto g = pool2d_geometry("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode);
+  check_cuda(input, "max_pool2d: input");
+  return std::get<0>(max_forward_entry(input, g, /*with_indices=*/false));
 }
 
 at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,

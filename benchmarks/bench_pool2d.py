@@ -1,0 +1,63 @@
+"""Pooling speed: cnnext vs native, forward and forward+backward, NCHW and channels_last.
+
+The headline case is the issue's: float32 128x64x32x32, 2x2 window, stride 2. Each case records
+the bytes it must move at least (read the input, write the output; for max with a gradient also
+the int64 indices; backward: read grad_output (+ indices), write grad_input) so the summary can
+show the floor: bytes / the machine's measured copy rate.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cnnext
+
+from .conftest import measured_copy_gbps, synchronize
+
+N, C, H, W = 128, 64, 32, 32
+CASES = {  # name: (cnnext op, native op, output H x W)
+    "max 2x2 s2": (lambda x: cnnext.ops.max_pool2d(x, 2, 2), lambda x: F.max_pool2d(x, 2, 2), 16),
+    "max 3x3 s2 p1": (lambda x: cnnext.ops.max_pool2d(x, 3, 2, 1), lambda x: F.max_pool2d(x, 3, 2, 1), 16),
+    "avg 2x2 s2": (lambda x: cnnext.ops.avg_pool2d(x, 2, 2), lambda x: F.avg_pool2d(x, 2, 2), 16),
+    "avg 3x3 s2 p1": (lambda x: cnnext.ops.avg_pool2d(x, 3, 2, 1), lambda x: F.avg_pool2d(x, 3, 2, 1), 16),
+    "global avg": (lambda x: cnnext.ops.adaptive_avg_pool2d(x, 1), lambda x: F.adaptive_avg_pool2d(x, 1), 1),
+}
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def bytes_moved(case, out_hw, backward):
+    element = 4
+    inp, out = N * C * H * W * element, N * C * out_hw * out_hw * element
+    indices = 2 * out if case.startswith("max") and backward else 0  # int64: twice a float32
+    total = inp + out + indices
+    if backward:
+        total += out + indices + inp  # read grad_output and indices, write grad_input
+    return total
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("impl", ["native", "cnnext"])
+@pytest.mark.parametrize("direction", ["forward", "forward+backward"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_pool2d_speed(benchmark, case, direction, impl, layout, device):
+    ours, native, out_hw = CASES[case]
+    pool = ours if impl == "cnnext" else native
+    backward = direction == "forward+backward"
+    x = torch.randn(N, C, H, W, device=device)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(backward)
+    grad = torch.randn_like(pool(x)) if backward else None
+
+    def step():
+        out = pool(x)
+        if backward:
+            torch.autograd.grad(out, x, grad)
+        synchronize(device)
+
+    benchmark.extra_info.update(
+        shape=f"{case} {layout}", direction=direction, impl=impl, device=device,
+        bytes=bytes_moved(case, out_hw, backward), copy_gbps=measured_copy_gbps(device),
+    )
+    benchmark.pedantic(step, rounds=30 if device == "cuda" else 15, iterations=1, warmup_rounds=2)

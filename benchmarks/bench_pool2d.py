@@ -57,7 +57,11 @@ def test_pool2d_speed(benchmark, case, direction, impl, layout, device):
         synchronize(device)
 
     benchmark.extra_info.update(
-        shape=f"{case} {layout}", direction=direction, impl=impl, device=device,
-        bytes=bytes_moved(case, out_hw, backward), copy_gbps=measured_copy_gbps(device),
+        shape=f"{case} {layout}",
+        direction=direction,
+        impl=impl,
+        device=device,
+        bytes=bytes_moved(case, out_hw, backward),
+        copy_gbps=measured_copy_gbps(device),
     )
     benchmark.pedantic(step, rounds=30 if device == "cuda" else 15, iterations=1, warmup_rounds=2)

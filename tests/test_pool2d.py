@@ -3,6 +3,10 @@ indices and gradients over a grid of windows, layouts, batches and dtypes; gradc
 torch.compile, NaN propagation, and bad inputs that must raise clear errors."""
 
 import itertools
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -83,11 +87,17 @@ def test_max_pool2d_matches_native(window, dilation, ceil_mode, layout, device, 
     ids=["floor", "ceil", "floor-exclude_pad", "ceil-exclude_pad", "ceil-divisor3"],
 )
 @pytest.mark.parametrize("window", WINDOWS, ids=_window_id)
-def test_avg_pool2d_matches_native(window, ceil_mode, count_include_pad, divisor_override, layout, device, dtype):
+def test_avg_pool2d_matches_native(
+    window, ceil_mode, count_include_pad, divisor_override, layout, device, dtype
+):
     kernel, stride, padding = window
     args = dict(
-        kernel_size=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode,
-        count_include_pad=count_include_pad, divisor_override=divisor_override,
+        kernel_size=kernel,
+        stride=stride,
+        padding=padding,
+        ceil_mode=ceil_mode,
+        count_include_pad=count_include_pad,
+        divisor_override=divisor_override,
     )
     x = make_layout(torch.randn(2, 3, 11, 10, dtype=dtype, device=device), layout)
     out, _ = compare(lambda t: cnnext.ops.avg_pool2d(t, **args), lambda t: F.avg_pool2d(t, **args), x, dtype)
@@ -198,49 +208,79 @@ X = torch.randn(2, 3, 8, 8)
 BAD_INPUTS = {
     "max padding beyond half kernel": (
         lambda: cnnext.ops.max_pool2d(X, 2, padding=2),
-        RuntimeError, r"padding must be at most half of the \(dilated\) kernel size",
+        RuntimeError,
+        r"padding must be at most half of the \(dilated\) kernel size",
     ),
     "avg padding beyond half kernel": (
         lambda: cnnext.ops.avg_pool2d(X, 3, padding=2),
-        RuntimeError, "padding must be at most half",
+        RuntimeError,
+        "padding must be at most half",
     ),
     "max stride 0": (lambda: cnnext.ops.max_pool2d(X, 2, stride=0), RuntimeError, "stride must be >= 1"),
     "avg stride 0": (lambda: cnnext.ops.avg_pool2d(X, 2, stride=0), RuntimeError, "stride must be >= 1"),
     "kernel 0": (lambda: cnnext.ops.max_pool2d(X, 0), RuntimeError, "kernel_size must be >= 1"),
     "dilation 0": (lambda: cnnext.ops.max_pool2d(X, 2, dilation=0), RuntimeError, "dilation must be >= 1"),
-    "negative padding": (lambda: cnnext.ops.avg_pool2d(X, 2, padding=-1), RuntimeError, "padding must be >= 0"),
+    "negative padding": (
+        lambda: cnnext.ops.avg_pool2d(X, 2, padding=-1),
+        RuntimeError,
+        "padding must be >= 0",
+    ),
     "max kernel larger than padded input": (
-        lambda: cnnext.ops.max_pool2d(X, 9), RuntimeError, "the output would be empty: input 8x8",
+        lambda: cnnext.ops.max_pool2d(X, 9),
+        RuntimeError,
+        "the output would be empty: input 8x8",
     ),
     "avg kernel larger than input": (
-        lambda: cnnext.ops.avg_pool2d(torch.randn(1, 1, 3, 8), (4, 2)), RuntimeError, "would be empty",
+        lambda: cnnext.ops.avg_pool2d(torch.randn(1, 1, 3, 8), (4, 2)),
+        RuntimeError,
+        "would be empty",
     ),
     "dilated kernel larger than input": (
-        lambda: cnnext.ops.max_pool2d(X, 3, dilation=4), RuntimeError, "would be empty",
+        lambda: cnnext.ops.max_pool2d(X, 3, dilation=4),
+        RuntimeError,
+        "would be empty",
     ),
     "adaptive output size 0": (
-        lambda: cnnext.ops.adaptive_avg_pool2d(X, 0), RuntimeError, "output_size must be >= 1",
+        lambda: cnnext.ops.adaptive_avg_pool2d(X, 0),
+        RuntimeError,
+        "output_size must be >= 1",
     ),
     "adaptive negative output": (
-        lambda: cnnext.ops.adaptive_avg_pool2d(X, (2, -1)), RuntimeError, "output_size must be >= 1",
+        lambda: cnnext.ops.adaptive_avg_pool2d(X, (2, -1)),
+        RuntimeError,
+        "output_size must be >= 1",
     ),
     "input 2-D": (lambda: cnnext.ops.max_pool2d(torch.randn(8, 8), 2), RuntimeError, "must be a 4-D"),
-    "input 5-D": (lambda: cnnext.ops.avg_pool2d(torch.randn(1, 1, 1, 8, 8), 2), RuntimeError, "must be a 4-D"),
+    "input 5-D": (
+        lambda: cnnext.ops.avg_pool2d(torch.randn(1, 1, 1, 8, 8), 2),
+        RuntimeError,
+        "must be a 4-D",
+    ),
     "zero-size plane": (
-        lambda: cnnext.ops.adaptive_avg_pool2d(torch.randn(1, 3, 0, 8), 1), RuntimeError, "non-zero channels",
+        lambda: cnnext.ops.adaptive_avg_pool2d(torch.randn(1, 3, 0, 8), 1),
+        RuntimeError,
+        "non-zero channels",
     ),
     "integer input max": (
         lambda: cnnext.ops.max_pool2d(torch.ones(1, 1, 4, 4, dtype=torch.int64), 2),
-        RuntimeError, "input must be a floating-point tensor, got Long",
+        RuntimeError,
+        "input must be a floating-point tensor, got Long",
     ),
     "integer input avg": (
         lambda: cnnext.ops.avg_pool2d(torch.ones(1, 1, 4, 4, dtype=torch.int32), 2),
-        RuntimeError, "floating-point",
+        RuntimeError,
+        "floating-point",
     ),
     "divisor 0": (
-        lambda: cnnext.ops.avg_pool2d(X, 2, divisor_override=0), RuntimeError, "divisor_override must be nonzero",
+        lambda: cnnext.ops.avg_pool2d(X, 2, divisor_override=0),
+        RuntimeError,
+        "divisor_override must be nonzero",
     ),
-    "kernel triple": (lambda: cnnext.ops.max_pool2d(X, (2, 2, 2)), TypeError, "kernel_size must be an int or a pair"),
+    "kernel triple": (
+        lambda: cnnext.ops.max_pool2d(X, (2, 2, 2)),
+        TypeError,
+        "kernel_size must be an int or a pair",
+    ),
 }
 
 
@@ -255,3 +295,32 @@ def test_max_pool2d_backward_rejects_out_of_range_indices():
     grad, bad_indices = torch.randn(1, 1, 2, 2), torch.full((1, 1, 2, 2), 16, dtype=torch.long)
     with pytest.raises(RuntimeError, match="index 16 is outside the input plane of 16 elements"):
         torch.ops.cnnext._max_pool2d_backward(grad, x, bad_indices, [2, 2], [2, 2], [0, 0], [1, 1], False)
+
+
+def test_baseline_isa_loops_match_native():
+    """The CPU loops are built twice (baseline x86-64 and AVX2) and AVX2 machines only ever run the
+    AVX2 build; run a representative set on the baseline build in a fresh process."""
+    script = """
+import torch, torch.nn.functional as F, cnnext
+from tests.test_pool2d import compare, distinct_values, make_layout
+CASES = [
+    ("max_pool2d", dict(kernel_size=3, stride=2, padding=1, return_indices=True)),
+    ("max_pool2d", dict(kernel_size=2, dilation=2, ceil_mode=True)),
+    ("avg_pool2d", dict(kernel_size=3, stride=2, padding=1, count_include_pad=False)),
+    ("adaptive_avg_pool2d", dict(output_size=(3, 4))),
+    ("adaptive_avg_pool2d", dict(output_size=1)),
+]
+for layout in ["contiguous", "channels_last"]:
+    x = make_layout(distinct_values((2, 5, 11, 10), torch.float64, "cpu"), layout)
+    for name, kwargs in CASES:
+        ours, native = getattr(cnnext.ops, name), getattr(F, name)
+        compare(lambda t: ours(t, **kwargs), lambda t: native(t, **kwargs), x, torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(cnnext.ops.max_pool2d(x.float(), 2), F.max_pool2d(x.float(), 2))
+print("baseline ok")
+"""
+    env = {**os.environ, "CNNEXT_CPU_ISA": "baseline"}
+    root = pathlib.Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "baseline ok" in result.stdout

@@ -2,5 +2,6 @@
 torch.nn namesake and keeps the same parameters and state_dict keys, so weights load into either."""
 
 from .conv import Conv2d
+from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
-__all__ = ["Conv2d"]
+__all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "Conv2d", "MaxPool2d"]

@@ -44,7 +44,13 @@ def max_pool2d(
     """
     kernel_size = pair(kernel_size, "kernel_size")
     input, unbatched = _batched(input)
-    args = (input, kernel_size, _stride(stride, kernel_size), pair(padding, "padding"), pair(dilation, "dilation"))
+    args = (
+        input,
+        kernel_size,
+        _stride(stride, kernel_size),
+        pair(padding, "padding"),
+        pair(dilation, "dilation"),
+    )
     if not return_indices and not (torch.is_grad_enabled() and input.requires_grad):
         # Nothing will need the argmax: the inference op skips computing and storing it.
         out = torch.ops.cnnext.max_pool2d_values.default(*args, ceil_mode)
@@ -68,8 +74,13 @@ def avg_pool2d(
     kernel_size = pair(kernel_size, "kernel_size")
     input, unbatched = _batched(input)
     out = torch.ops.cnnext.avg_pool2d.default(
-        input, kernel_size, _stride(stride, kernel_size), pair(padding, "padding"), ceil_mode,
-        count_include_pad, divisor_override,
+        input,
+        kernel_size,
+        _stride(stride, kernel_size),
+        pair(padding, "padding"),
+        ceil_mode,
+        count_include_pad,
+        divisor_override,
     )
     return out.squeeze(0) if unbatched else out
 
@@ -121,7 +132,9 @@ def _max_pool2d_values_fake(input, kernel_size, stride, padding, dilation, ceil_
 
 @torch.library.register_fake("cnnext::avg_pool2d")
 def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    out_hw = [pooled_size(input.shape[2 + i], kernel_size[i], stride[i], padding[i], 1, ceil_mode) for i in range(2)]
+    out_hw = [
+        pooled_size(input.shape[2 + i], kernel_size[i], stride[i], padding[i], 1, ceil_mode) for i in range(2)
+    ]
     torch._check(out_hw[0] >= 1 and out_hw[1] >= 1, lambda: "avg_pool2d: the output would be empty")
     return _empty_output(input, out_hw)
 

@@ -1,0 +1,440 @@
+// Pooling loops on the CPU: max (with argmax indices), average and adaptive average, forward and backward,
+// computed directly in the input's layout.
+//
+//   NCHW:          one task per (n, c) plane; the window bounds of every output row and column are
+//                  computed once per call (they are the same for every plane), so the inner loops
+//                  only read, compare/add and write.
+//   channels_last: one task per (n, output row) in forward, looping channels innermost over
+//                  contiguous memory (vectorisable); backward tasks own (n, channel block) slices.
+// Backward scatters: each task zeroes the grad_input slice it owns, then adds every grad_output
+// of that slice into the input positions its window read (max: the saved argmax only). Tasks never
+// share a grad_input element, so there are no races and the result does not depend on threads.
+//
+// This file is compiled twice (pool2d_cpu_baseline.cpp, pool2d_cpu_avx2.cpp) and the entry points
+// in pool2d_cpu.cpp pick the AVX2 build where the CPU has it. Each build exports one factory,
+// CNNEXT_POOL2D_LOOPS_FACTORY, returning its loops; everything else has internal linkage.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "common.h"
+#include "pool2d/pool2d_cpu_loops_table.h"
+#include "pool2d/pool2d_window.h"
+
+#ifndef CNNEXT_POOL2D_LOOPS_FACTORY
+#error "define CNNEXT_POOL2D_LOOPS_FACTORY before including pool2d_cpu_loops.h"
+#endif
+
+namespace cnnext {
+namespace {
+
+// Below this many elements of work a task is not worth a thread.
+constexpr int64_t kMinTaskWork = 32768;
+int64_t grain_for(int64_t work_per_task) { return std::max<int64_t>(1, kMinTaskWork / std::max<int64_t>(work_per_task, 1)); }
+
+// Runs fn(n, c_begin, c_end) over (sample, channel block) slices, enough of them to occupy every
+// thread even for a small batch. Used by the channels_last backward scatters.
+template <typename Fn>
+void for_channel_slices(int64_t batch, int64_t channels, const Fn& fn) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t blocks_per_sample = batch >= threads ? 1 : ceil_div(threads, std::max<int64_t>(batch, 1));
+  const int64_t block = ceil_div(channels, blocks_per_sample);
+  const int64_t blocks = ceil_div(channels, block);
+  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t c0 = (task % blocks) * block;
+      fn(task / blocks, c0, std::min(channels, c0 + block));
+    }
+  });
+}
+
+// The window of every output position along one axis, computed once per call.
+template <typename Fn>
+std::vector<Span> spans_of(int64_t out_size, const Fn& fn) {
+  std::vector<Span> spans(out_size);
+  for (int64_t o = 0; o < out_size; ++o) spans[o] = fn(o);
+  return spans;
+}
+
+
+// Runs body(o, x) for o in [lo, hi) with x = o * stride, with the stride a compile-time constant
+// for the common strides 1 and 2 (used by the scatter of the average backward).
+template <typename Body>
+inline void strided_loop(int64_t lo, int64_t hi, int64_t stride, const Body& body) {
+  if (stride == 1) {
+    for (int64_t o = lo; o < hi; ++o) body(o, o);
+  } else if (stride == 2) {
+    for (int64_t o = lo; o < hi; ++o) body(o, 2 * o);
+  } else {
+    for (int64_t o = lo; o < hi; ++o) body(o, o * stride);
+  }
+}
+
+// Window column u of every output column: the outputs it lands inside the input for, and the input
+// column of output 0 (input column = o * stride + offset).
+struct ColumnTap {
+  int64_t lo, hi, offset;
+};
+std::vector<ColumnTap> column_taps(const Pool2dGeometry& g, int64_t dilation) {
+  std::vector<ColumnTap> taps(g.kernel_w);
+  for (int64_t u = 0; u < g.kernel_w; ++u) {
+    const auto [lo, hi] = tap_output_range(g.out_w, g.in_w, g.stride_w, g.pad_w, u * dilation);
+    taps[u] = {lo, hi, u * dilation - g.pad_w};
+  }
+  return taps;
+}
+
+// The inputs of window column `tap` for every output column o of one input row: line[o * stride +
+// tap.offset] for o in [tap.lo, tap.hi), indexable by o. Stride 1 reads the row in place; other
+// strides are gathered into `buffer` first, so the loops that consume them run over contiguous
+// memory and vectorise (a strided load in those loops kept them scalar).
+template <typename scalar_t>
+const scalar_t* tap_inputs(const scalar_t* line, const ColumnTap& tap, int64_t stride, scalar_t* buffer) {
+  if (stride == 1) return line + tap.offset;
+  for (int64_t o = tap.lo; o < tap.hi; ++o) buffer[o] = line[o * stride + tap.offset];
+  return buffer;
+}
+
+// NCHW planes work row by row: for each output row, each window row and each window column, one
+// loop over the output columns updates a row of accumulators (vectorisable), instead of a short
+// window loop per output element.
+
+// ---------------------------------------------------------------------------------------------
+// Max pooling
+
+template <typename scalar_t>
+inline bool replaces_max(scalar_t v, scalar_t best) {
+  return (v > best) | (v != v);  // NaN wins, as in native max pooling; branch-free for vectorising
+}
+
+// kWithIndices = false (inference: nothing to save for backward) skips the argmax bookkeeping.
+template <bool kWithIndices, typename scalar_t>
+void max_forward(const scalar_t* x, scalar_t* out, int64_t* indices, const Pool2dGeometry& g, bool channels_last) {
+  const MaxAxis rows = max_rows(g), cols = max_cols(g);
+  const auto row_taps = spans_of(g.out_h, [&](int64_t o) { return rows.taps(o); });
+  const auto col_taps = spans_of(g.out_w, [&](int64_t o) { return cols.taps(o); });
+  const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, C = g.channels;
+  const scalar_t lowest = -std::numeric_limits<scalar_t>::infinity();
+  // Argmax of a window that never beats -inf: its first tap inside the input, as native.
+  std::vector<int32_t> first_col(OW);
+  for (int64_t ow = 0; ow < OW; ++ow) first_col[ow] = static_cast<int32_t>(cols.position(ow, col_taps[ow].lo));
+
+  if (!channels_last) {
+    const auto taps = column_taps(g, g.dil_w);
+    const int64_t kw = g.kernel_w;
+    at::parallel_for(0, g.batch * C, grain_for(H * W), [&](int64_t begin, int64_t end) {
+      // Per row: the winning tap t * kw + u (a loop constant in the inner loop, and int32 beside the
+      // float lanes), turned into ih * W + iw once per output at the end; and the tap's inputs.
+      std::vector<int32_t> winner_row(OW);
+      std::vector<scalar_t> tap_row(OW);
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const scalar_t* src = x + plane * H * W;  // (H, W)
+        for (int64_t oh = 0; oh < OH; ++oh) {
+          scalar_t* __restrict__ best = out + (plane * OH + oh) * OW;  // (OW), built in place
+          int32_t* __restrict__ winner = winner_row.data();
+          const Span r = row_taps[oh];
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            best[ow] = lowest;
+            winner[ow] = static_cast<int32_t>(r.lo * kw + col_taps[ow].lo);  // kept if nothing beats -inf
+          }
+          for (int64_t t = r.lo; t < r.hi; ++t) {  // window rows, then columns: row-major, as native
+            const scalar_t* line = src + rows.position(oh, t) * W;
+            for (int64_t u = 0; u < kw; ++u) {
+              const scalar_t* __restrict__ v = tap_inputs(line, taps[u], g.stride_w, tap_row.data());
+              const int32_t tap_id = static_cast<int32_t>(t * kw + u);
+              for (int64_t ow = taps[u].lo; ow < taps[u].hi; ++ow) {
+                const bool take = replaces_max(v[ow], best[ow]);
+                best[ow] = take ? v[ow] : best[ow];
+                if constexpr (kWithIndices) winner[ow] = take ? tap_id : winner[ow];
+              }
+            }
+          }
+          if constexpr (kWithIndices) {
+            int64_t* argmax = indices + (plane * OH + oh) * OW;
+            for (int64_t ow = 0; ow < OW; ++ow) {
+              argmax[ow] = rows.position(oh, winner[ow] / kw) * W + cols.position(ow, winner[ow] % kw);
+            }
+          }
+        }
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, g.batch * OH, grain_for(OW * C * g.kernel_h * g.kernel_w), [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> argmax_pixel(C);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / OH, oh = task % OH;
+      const Span r = row_taps[oh];
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        const Span c = col_taps[ow];
+        scalar_t* __restrict__ best = out + ((n * OH + oh) * OW + ow) * C;  // (C), built in place
+        int32_t* __restrict__ arg = argmax_pixel.data();
+        const int32_t first = static_cast<int32_t>(rows.position(oh, r.lo) * W) + first_col[ow];
+        for (int64_t ch = 0; ch < C; ++ch) {
+          best[ch] = lowest;
+          arg[ch] = first;
+        }
+        for (int64_t t = r.lo; t < r.hi; ++t) {
+          const int64_t ih = rows.position(oh, t);
+          for (int64_t u = c.lo; u < c.hi; ++u) {
+            const int32_t index = static_cast<int32_t>(ih * W + cols.position(ow, u));
+            const scalar_t* __restrict__ src = x + (n * H * W + index) * C;  // (C)
+            for (int64_t ch = 0; ch < C; ++ch) {
+              const bool take = replaces_max(src[ch], best[ch]);
+              best[ch] = take ? src[ch] : best[ch];
+              if constexpr (kWithIndices) arg[ch] = take ? index : arg[ch];
+            }
+          }
+        }
+        if constexpr (kWithIndices) {
+          int64_t* argmax = indices + ((n * OH + oh) * OW + ow) * C;
+          for (int64_t ch = 0; ch < C; ++ch) argmax[ch] = arg[ch];
+        }
+      }
+    }
+  });
+}
+
+void check_index(int64_t index, int64_t plane_size) {
+  TORCH_CHECK(index >= 0 && index < plane_size, "_max_pool2d_backward: index ", index,
+              " is outside the input plane of ", plane_size, " elements");
+}
+
+template <typename scalar_t>
+void max_backward(const scalar_t* dy, const int64_t* indices, scalar_t* dx, const Pool2dGeometry& g,
+                  bool channels_last) {
+  const int64_t HW = g.in_h * g.in_w, OHW = g.out_h * g.out_w, C = g.channels;
+  if (!channels_last) {
+    at::parallel_for(0, g.batch * C, grain_for(HW), [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        scalar_t* dst = dx + plane * HW;
+        std::fill(dst, dst + HW, scalar_t(0));
+        const scalar_t* src = dy + plane * OHW;
+        const int64_t* argmax = indices + plane * OHW;
+        for (int64_t o = 0; o < OHW; ++o) {
+          check_index(argmax[o], HW);
+          dst[argmax[o]] += src[o];
+        }
+      }
+    });
+    return;
+  }
+  for_channel_slices(g.batch, C, [&](int64_t n, int64_t c0, int64_t c1) {
+    scalar_t* dst = dx + n * HW * C;  // (HW, C)
+    for (int64_t i = 0; i < HW; ++i) std::fill(dst + i * C + c0, dst + i * C + c1, scalar_t(0));
+    for (int64_t o = 0; o < OHW; ++o) {
+      const scalar_t* src = dy + (n * OHW + o) * C;
+      const int64_t* argmax = indices + (n * OHW + o) * C;
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        check_index(argmax[ch], HW);
+        dst[argmax[ch] * C + ch] += src[ch];
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Average and adaptive-average pooling (AvgAxis::kernel == 0 means adaptive). The NCHW row loops
+// need a fixed window width, so adaptive NCHW pooling sums each window directly instead.
+
+// Sum of n contiguous values with independent partial sums (a single running sum would serialise
+// on the add latency and could not be vectorised without reassociating).
+template <typename acc_t, typename scalar_t>
+inline acc_t sum_contiguous(const scalar_t* p, int64_t n) {
+  constexpr int kLanes = 8;
+  acc_t lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) lanes[j] += p[i + j];
+  acc_t sum = 0;
+  for (int j = 0; j < kLanes; ++j) sum += lanes[j];
+  for (; i < n; ++i) sum += p[i];
+  return sum;
+}
+
+template <typename scalar_t>
+void avg_forward(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g, AvgDivisor divisor, bool channels_last) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const AvgAxis rows = avg_rows(g), cols = avg_cols(g);
+  const auto row_windows = spans_of(g.out_h, [&](int64_t o) { return rows.window(o); });
+  const auto col_windows = spans_of(g.out_w, [&](int64_t o) { return cols.window(o); });
+  const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, C = g.channels;
+  const bool adaptive = rows.kernel == 0;
+
+  if (!channels_last) {
+    const auto taps = column_taps(g, 1);
+    at::parallel_for(0, g.batch * C, grain_for(H * W), [&](int64_t begin, int64_t end) {
+      std::vector<opmath_t> sum_row(OW);
+      std::vector<scalar_t> tap_row(OW);
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const scalar_t* src = x + plane * H * W;
+        for (int64_t oh = 0; oh < OH; ++oh) {
+          const Span r = row_windows[oh];
+          opmath_t* __restrict__ sum = sum_row.data();
+          std::fill(sum, sum + OW, opmath_t(0));
+          if (adaptive && OW == 1) {  // whole rows (e.g. global pooling): one contiguous run
+            sum[0] = sum_contiguous<opmath_t>(src + r.lo * W, (r.hi - r.lo) * W);
+          } else if (adaptive) {
+            for (int64_t ih = r.lo; ih < r.hi; ++ih) {
+              for (int64_t ow = 0; ow < OW; ++ow) {
+                const Span c = col_windows[ow];
+                sum[ow] += sum_contiguous<opmath_t>(src + ih * W + c.lo, c.hi - c.lo);
+              }
+            }
+          } else {
+            for (int64_t ih = r.lo; ih < r.hi; ++ih) {
+              for (const ColumnTap& tap : taps) {
+                const scalar_t* __restrict__ v = tap_inputs(src + ih * W, tap, g.stride_w, tap_row.data());
+                for (int64_t ow = tap.lo; ow < tap.hi; ++ow) sum[ow] += v[ow];
+              }
+            }
+          }
+          scalar_t* dst = out + (plane * OH + oh) * OW;
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            const int64_t d = divisor(r, col_windows[ow]);
+            dst[ow] = d == 0 ? scalar_t(0) : static_cast<scalar_t>(sum[ow] / d);
+          }
+        }
+      }
+    });
+    return;
+  }
+  // A task (one output row) reads about a 1/OH share of the sample, whatever the window.
+  const int64_t task_work = std::max(OW * C * g.kernel_h * g.kernel_w, ceil_div(H * W * C, OH));
+  at::parallel_for(0, g.batch * OH, grain_for(task_work), [&](int64_t begin, int64_t end) {
+    std::vector<opmath_t> sum_pixel(C);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / OH, oh = task % OH;
+      const Span r = row_windows[oh];
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        const Span c = col_windows[ow];
+        opmath_t* __restrict__ sum = sum_pixel.data();
+        std::fill(sum, sum + C, opmath_t(0));
+        for (int64_t ih = r.lo; ih < r.hi; ++ih) {
+          for (int64_t iw = c.lo; iw < c.hi; ++iw) {
+            const scalar_t* __restrict__ src = x + ((n * H + ih) * W + iw) * C;
+            for (int64_t ch = 0; ch < C; ++ch) sum[ch] += src[ch];
+          }
+        }
+        // One reciprocal per pixel and a multiply per channel: a division per element cost more than
+        // the summing (rounding differs from a true division by at most one ulp).
+        const int64_t d = divisor(r, c);
+        const opmath_t scale = d == 0 ? opmath_t(0) : opmath_t(1) / static_cast<opmath_t>(d);
+        scalar_t* __restrict__ dst = out + ((n * OH + oh) * OW + ow) * C;
+        for (int64_t ch = 0; ch < C; ++ch) dst[ch] = static_cast<scalar_t>(sum[ch] * scale);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void avg_backward(const scalar_t* dy, scalar_t* dx, const Pool2dGeometry& g, AvgDivisor divisor, bool channels_last) {
+  const AvgAxis rows = avg_rows(g), cols = avg_cols(g);
+  const auto row_windows = spans_of(g.out_h, [&](int64_t o) { return rows.window(o); });
+  const auto col_windows = spans_of(g.out_w, [&](int64_t o) { return cols.window(o); });
+  const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, C = g.channels;
+  const bool adaptive = rows.kernel == 0;
+
+  if (!channels_last) {
+    const auto taps = column_taps(g, 1);
+    at::parallel_for(0, g.batch * C, grain_for(H * W), [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> share_row(OW);
+      for (int64_t plane = begin; plane < end; ++plane) {
+        scalar_t* dst = dx + plane * H * W;
+        std::fill(dst, dst + H * W, scalar_t(0));
+        for (int64_t oh = 0; oh < OH; ++oh) {
+          const Span r = row_windows[oh];
+          scalar_t* __restrict__ share = share_row.data();  // each output's gradient per input it read
+          const scalar_t* src = dy + (plane * OH + oh) * OW;
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            const int64_t d = divisor(r, col_windows[ow]);
+            share[ow] = d == 0 ? scalar_t(0) : src[ow] / static_cast<scalar_t>(d);
+          }
+          for (int64_t ih = r.lo; ih < r.hi; ++ih) {
+            scalar_t* __restrict__ line = dst + ih * W;
+            if (adaptive) {
+              for (int64_t ow = 0; ow < OW; ++ow) {
+                const Span c = col_windows[ow];
+                for (int64_t iw = c.lo; iw < c.hi; ++iw) line[iw] += share[ow];
+              }
+              continue;
+            }
+            for (const ColumnTap& tap : taps) {
+              scalar_t* __restrict__ shifted = line + tap.offset;
+              strided_loop(tap.lo, tap.hi, g.stride_w, [&](int64_t ow, int64_t at) { shifted[at] += share[ow]; });
+            }
+          }
+        }
+      }
+    });
+    return;
+  }
+  for_channel_slices(g.batch, C, [&](int64_t n, int64_t c0, int64_t c1) {
+    scalar_t* dst = dx + n * H * W * C;  // (H, W, C)
+    for (int64_t i = 0; i < H * W; ++i) std::fill(dst + i * C + c0, dst + i * C + c1, scalar_t(0));
+    for (int64_t oh = 0; oh < OH; ++oh) {
+      const Span r = row_windows[oh];
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        const Span c = col_windows[ow];
+        const int64_t d = divisor(r, c);
+        if (d == 0) continue;
+        const scalar_t inv = scalar_t(1) / static_cast<scalar_t>(d);
+        const scalar_t* __restrict__ src = dy + ((n * OH + oh) * OW + ow) * C;
+        for (int64_t ih = r.lo; ih < r.hi; ++ih)
+          for (int64_t iw = c.lo; iw < c.hi; ++iw) {
+            scalar_t* __restrict__ pixel = dst + (ih * W + iw) * C;
+            for (int64_t ch = c0; ch < c1; ++ch) pixel[ch] += src[ch] * inv;
+          }
+      }
+    }
+  });
+}
+
+// Typed entry points of the table: the dtype dispatch happens here, inside this build's ISA.
+
+void max_forward_loop(const at::Tensor& x, const at::Tensor& out, const at::Tensor& indices, const Pool2dGeometry& g,
+                      bool channels_last) {
+  CNNEXT_DISPATCH_CPU_TYPES(x.scalar_type(), "max_pool2d_forward_cpu", [&] {
+    if (indices.defined()) {
+      max_forward<true>(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+                        indices.mutable_data_ptr<int64_t>(), g, channels_last);
+    } else {
+      max_forward<false>(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), nullptr, g, channels_last);
+    }
+  });
+}
+
+void max_backward_loop(const at::Tensor& dy, const at::Tensor& indices, const at::Tensor& dx, const Pool2dGeometry& g,
+                       bool channels_last) {
+  CNNEXT_DISPATCH_CPU_TYPES(dy.scalar_type(), "max_pool2d_backward_cpu", [&] {
+    max_backward(dy.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(), dx.mutable_data_ptr<scalar_t>(), g,
+                 channels_last);
+  });
+}
+
+void avg_forward_loop(const at::Tensor& x, const at::Tensor& out, const Pool2dGeometry& g, AvgDivisor divisor,
+                      bool channels_last) {
+  CNNEXT_DISPATCH_CPU_TYPES(x.scalar_type(), "avg_pool2d_forward_cpu", [&] {
+    avg_forward(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g, divisor, channels_last);
+  });
+}
+
+void avg_backward_loop(const at::Tensor& dy, const at::Tensor& dx, const Pool2dGeometry& g, AvgDivisor divisor,
+                       bool channels_last) {
+  CNNEXT_DISPATCH_CPU_TYPES(dy.scalar_type(), "avg_pool2d_backward_cpu", [&] {
+    avg_backward(dy.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), g, divisor, channels_last);
+  });
+}
+
+}  // namespace
+
+Pool2dCpuLoops CNNEXT_POOL2D_LOOPS_FACTORY() {
+  return {&max_forward_loop, &max_backward_loop, &avg_forward_loop, &avg_backward_loop};
+}
+
+}  // namespace cnnext

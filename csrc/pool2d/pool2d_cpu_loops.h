@@ -89,16 +89,46 @@ std::vector<ColumnTap> column_taps(const Pool2dGeometry& g, int64_t dilation) {
   return taps;
 }
 
-// The inputs of window column `tap` for every output column o of one input row: line[o * stride +
-// tap.offset] for o in [tap.lo, tap.hi), indexable by o. Stride 1 reads the row in place; other
-// strides are gathered into `buffer` first, so the loops that consume them run over contiguous
-// memory and vectorise (a strided load in those loops kept them scalar).
+// One input row split by stride phase, so that every window column reads contiguous memory:
+// with stride s, phase p holds line[j * s + p] at j, and window column `tap` of output o reads
+// phase (tap.offset mod s) at o + shift. Stride 1 uses the row itself. The split of a stride-2
+// row is a two-way deinterleave the compiler vectorises; strided loads inside the compare/add
+// loops had kept those scalar.
 template <typename scalar_t>
-const scalar_t* tap_inputs(const scalar_t* line, const ColumnTap& tap, int64_t stride, scalar_t* buffer) {
-  if (stride == 1) return line + tap.offset;
-  for (int64_t o = tap.lo; o < tap.hi; ++o) buffer[o] = line[o * stride + tap.offset];
-  return buffer;
-}
+class PhasedRow {
+ public:
+  PhasedRow(int64_t width, int64_t stride)
+      : stride_(stride), phase_len_(ceil_div(width, stride)), buffer_(stride > 1 ? stride * phase_len_ : 0) {}
+
+  void load(const scalar_t* line, int64_t width) {
+    line_ = line;
+    if (stride_ == 1) return;
+    scalar_t* __restrict__ out = buffer_.data();
+    const int64_t full = width / stride_;
+    if (stride_ == 2) {
+      for (int64_t j = 0; j < full; ++j) {
+        out[j] = line[2 * j];
+        out[phase_len_ + j] = line[2 * j + 1];
+      }
+    } else {
+      for (int64_t j = 0; j < full; ++j)
+        for (int64_t p = 0; p < stride_; ++p) out[p * phase_len_ + j] = line[j * stride_ + p];
+    }
+    for (int64_t p = 0; p < width - full * stride_; ++p) out[p * phase_len_ + full] = line[full * stride_ + p];
+  }
+
+  // Inputs of a window column at input offset `offset` (may be negative): base[o + shift].
+  std::pair<const scalar_t*, int64_t> column(int64_t offset) const {
+    if (stride_ == 1) return {line_, offset};
+    const int64_t phase = ((offset % stride_) + stride_) % stride_;
+    return {buffer_.data() + phase * phase_len_, (offset - phase) / stride_};
+  }
+
+ private:
+  int64_t stride_, phase_len_;
+  std::vector<scalar_t> buffer_;
+  const scalar_t* line_ = nullptr;
+};
 
 // NCHW planes work row by row: for each output row, each window row and each window column, one
 // loop over the output columns updates a row of accumulators (vectorisable), instead of a short
@@ -127,11 +157,15 @@ void max_forward(const scalar_t* x, scalar_t* out, int64_t* indices, const Pool2
   if (!channels_last) {
     const auto taps = column_taps(g, g.dil_w);
     const int64_t kw = g.kernel_w;
+    // Input offset of tap t * kw + u from its window's origin (oh * sh - ph, ow * sw - pw).
+    std::vector<int64_t> tap_offset(g.kernel_h * kw);
+    for (int64_t t = 0; t < g.kernel_h; ++t)
+      for (int64_t u = 0; u < kw; ++u) tap_offset[t * kw + u] = t * g.dil_h * W + u * g.dil_w;
     at::parallel_for(0, g.batch * C, grain_for(H * W), [&](int64_t begin, int64_t end) {
-      // Per row: the winning tap t * kw + u (a loop constant in the inner loop, and int32 beside the
-      // float lanes), turned into ih * W + iw once per output at the end; and the tap's inputs.
+      // Per output row: the winning tap t * kw + u (a loop constant in the inner loop, and int32 beside
+      // the float lanes), turned into ih * W + iw once per output at the end.
       std::vector<int32_t> winner_row(OW);
-      std::vector<scalar_t> tap_row(OW);
+      PhasedRow<scalar_t> row(W, g.stride_w);
       for (int64_t plane = begin; plane < end; ++plane) {
         const scalar_t* src = x + plane * H * W;  // (H, W)
         for (int64_t oh = 0; oh < OH; ++oh) {
@@ -143,22 +177,21 @@ void max_forward(const scalar_t* x, scalar_t* out, int64_t* indices, const Pool2
             winner[ow] = static_cast<int32_t>(r.lo * kw + col_taps[ow].lo);  // kept if nothing beats -inf
           }
           for (int64_t t = r.lo; t < r.hi; ++t) {  // window rows, then columns: row-major, as native
-            const scalar_t* line = src + rows.position(oh, t) * W;
+            row.load(src + rows.position(oh, t) * W, W);
             for (int64_t u = 0; u < kw; ++u) {
-              const scalar_t* __restrict__ v = tap_inputs(line, taps[u], g.stride_w, tap_row.data());
+              const auto [v, shift] = row.column(taps[u].offset);
               const int32_t tap_id = static_cast<int32_t>(t * kw + u);
               for (int64_t ow = taps[u].lo; ow < taps[u].hi; ++ow) {
-                const bool take = replaces_max(v[ow], best[ow]);
-                best[ow] = take ? v[ow] : best[ow];
+                const bool take = replaces_max(v[ow + shift], best[ow]);
+                best[ow] = take ? v[ow + shift] : best[ow];
                 if constexpr (kWithIndices) winner[ow] = take ? tap_id : winner[ow];
               }
             }
           }
           if constexpr (kWithIndices) {
             int64_t* argmax = indices + (plane * OH + oh) * OW;
-            for (int64_t ow = 0; ow < OW; ++ow) {
-              argmax[ow] = rows.position(oh, winner[ow] / kw) * W + cols.position(ow, winner[ow] % kw);
-            }
+            const int64_t origin = rows.position(oh, 0) * W + cols.position(0, 0);
+            for (int64_t ow = 0; ow < OW; ++ow) argmax[ow] = origin + ow * g.stride_w + tap_offset[winner[ow]];
           }
         }
       }
@@ -257,6 +290,22 @@ inline acc_t sum_contiguous(const scalar_t* p, int64_t n) {
   return sum;
 }
 
+// 1 / divisor of every output (0 where a window is empty), computed once per call: the plane
+// loops then multiply (vectorised) instead of dividing per element (rounding differs from a true
+// division by at most one ulp).
+template <typename opmath_t>
+std::vector<opmath_t> reciprocal_divisors(const std::vector<Span>& row_windows, const std::vector<Span>& col_windows,
+                                          AvgDivisor divisor) {
+  std::vector<opmath_t> scale(row_windows.size() * col_windows.size());
+  for (size_t oh = 0; oh < row_windows.size(); ++oh) {
+    for (size_t ow = 0; ow < col_windows.size(); ++ow) {
+      const int64_t d = divisor(row_windows[oh], col_windows[ow]);
+      scale[oh * col_windows.size() + ow] = d == 0 ? opmath_t(0) : opmath_t(1) / static_cast<opmath_t>(d);
+    }
+  }
+  return scale;
+}
+
 template <typename scalar_t>
 void avg_forward(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g, AvgDivisor divisor, bool channels_last) {
   using opmath_t = at::opmath_type<scalar_t>;
@@ -265,12 +314,13 @@ void avg_forward(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g, AvgD
   const auto col_windows = spans_of(g.out_w, [&](int64_t o) { return cols.window(o); });
   const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, C = g.channels;
   const bool adaptive = rows.kernel == 0;
+  const auto scale = reciprocal_divisors<opmath_t>(row_windows, col_windows, divisor);
 
   if (!channels_last) {
     const auto taps = column_taps(g, 1);
     at::parallel_for(0, g.batch * C, grain_for(H * W), [&](int64_t begin, int64_t end) {
       std::vector<opmath_t> sum_row(OW);
-      std::vector<scalar_t> tap_row(OW);
+      PhasedRow<scalar_t> row(W, std::max<int64_t>(g.stride_w, 1));  // adaptive pooling has no stride
       for (int64_t plane = begin; plane < end; ++plane) {
         const scalar_t* src = x + plane * H * W;
         for (int64_t oh = 0; oh < OH; ++oh) {
@@ -288,17 +338,16 @@ void avg_forward(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g, AvgD
             }
           } else {
             for (int64_t ih = r.lo; ih < r.hi; ++ih) {
+              row.load(src + ih * W, W);
               for (const ColumnTap& tap : taps) {
-                const scalar_t* __restrict__ v = tap_inputs(src + ih * W, tap, g.stride_w, tap_row.data());
-                for (int64_t ow = tap.lo; ow < tap.hi; ++ow) sum[ow] += v[ow];
+                const auto [v, shift] = row.column(tap.offset);
+                for (int64_t ow = tap.lo; ow < tap.hi; ++ow) sum[ow] += v[ow + shift];
               }
             }
           }
-          scalar_t* dst = out + (plane * OH + oh) * OW;
-          for (int64_t ow = 0; ow < OW; ++ow) {
-            const int64_t d = divisor(r, col_windows[ow]);
-            dst[ow] = d == 0 ? scalar_t(0) : static_cast<scalar_t>(sum[ow] / d);
-          }
+          scalar_t* __restrict__ dst = out + (plane * OH + oh) * OW;
+          const opmath_t* __restrict__ row_scale = scale.data() + oh * OW;
+          for (int64_t ow = 0; ow < OW; ++ow) dst[ow] = static_cast<scalar_t>(sum[ow] * row_scale[ow]);
         }
       }
     });
@@ -321,12 +370,9 @@ void avg_forward(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g, AvgD
             for (int64_t ch = 0; ch < C; ++ch) sum[ch] += src[ch];
           }
         }
-        // One reciprocal per pixel and a multiply per channel: a division per element cost more than
-        // the summing (rounding differs from a true division by at most one ulp).
-        const int64_t d = divisor(r, c);
-        const opmath_t scale = d == 0 ? opmath_t(0) : opmath_t(1) / static_cast<opmath_t>(d);
+        const opmath_t pixel_scale = scale[oh * OW + ow];
         scalar_t* __restrict__ dst = out + ((n * OH + oh) * OW + ow) * C;
-        for (int64_t ch = 0; ch < C; ++ch) dst[ch] = static_cast<scalar_t>(sum[ch] * scale);
+        for (int64_t ch = 0; ch < C; ++ch) dst[ch] = static_cast<scalar_t>(sum[ch] * pixel_scale);
       }
     }
   });
@@ -339,6 +385,7 @@ void avg_backward(const scalar_t* dy, scalar_t* dx, const Pool2dGeometry& g, Avg
   const auto col_windows = spans_of(g.out_w, [&](int64_t o) { return cols.window(o); });
   const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, C = g.channels;
   const bool adaptive = rows.kernel == 0;
+  const auto scale = reciprocal_divisors<scalar_t>(row_windows, col_windows, divisor);
 
   if (!channels_last) {
     const auto taps = column_taps(g, 1);
@@ -351,10 +398,8 @@ void avg_backward(const scalar_t* dy, scalar_t* dx, const Pool2dGeometry& g, Avg
           const Span r = row_windows[oh];
           scalar_t* __restrict__ share = share_row.data();  // each output's gradient per input it read
           const scalar_t* src = dy + (plane * OH + oh) * OW;
-          for (int64_t ow = 0; ow < OW; ++ow) {
-            const int64_t d = divisor(r, col_windows[ow]);
-            share[ow] = d == 0 ? scalar_t(0) : src[ow] / static_cast<scalar_t>(d);
-          }
+          const scalar_t* __restrict__ row_scale = scale.data() + oh * OW;
+          for (int64_t ow = 0; ow < OW; ++ow) share[ow] = src[ow] * row_scale[ow];
           for (int64_t ih = r.lo; ih < r.hi; ++ih) {
             scalar_t* __restrict__ line = dst + ih * W;
             if (adaptive) {
@@ -381,9 +426,7 @@ void avg_backward(const scalar_t* dy, scalar_t* dx, const Pool2dGeometry& g, Avg
       const Span r = row_windows[oh];
       for (int64_t ow = 0; ow < OW; ++ow) {
         const Span c = col_windows[ow];
-        const int64_t d = divisor(r, c);
-        if (d == 0) continue;
-        const scalar_t inv = scalar_t(1) / static_cast<scalar_t>(d);
+        const scalar_t inv = scale[oh * OW + ow];
         const scalar_t* __restrict__ src = dy + ((n * OH + oh) * OW + ow) * C;
         for (int64_t ih = r.lo; ih < r.hi; ++ih)
           for (int64_t iw = c.lo; iw < c.hi; ++iw) {

@@ -35,8 +35,11 @@ demo: build
 	$(PY) -m benchmarks.demo
 
 bench: build
-	$(PY) -m pytest benchmarks/bench_conv2d.py -k cpu -q --benchmark-json=.benchmarks/conv2d_cpu.json
-	$(PY) benchmarks/summarize.py .benchmarks/conv2d_cpu.json --device cpu
+	mkdir -p .benchmarks
+	for op in conv2d pool2d; do \
+		$(PY) -m pytest benchmarks/bench_$$op.py -k cpu -q --benchmark-json=.benchmarks/$${op}_cpu.json || exit 1; \
+		$(PY) benchmarks/summarize.py .benchmarks/$${op}_cpu.json --device cpu; \
+	done
 
 device-check:
 	bash benchmarks/device_check.sh

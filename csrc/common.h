@@ -24,6 +24,16 @@ inline std::pair<int64_t, int64_t> tap_output_range(int64_t out_size, int64_t si
   return {lo, std::clamp(hi, lo, out_size)};
 }
 
+// Strides of a 4-D (N, C, H, W) tensor in elements, whatever its layout (NCHW, channels_last or a
+// strided view); kernels address elements through it instead of assuming one layout.
+struct Strides4 {
+  int64_t n, c, h, w;
+  C10_HOST_DEVICE int64_t offset(int64_t n_, int64_t c_, int64_t h_, int64_t w_) const {
+    return n_ * n + c_ * c + h_ * h + w_ * w;
+  }
+};
+inline Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
 // One requirement per check; every message names the argument.
 inline void check_ndim(const at::Tensor& t, const char* name, int64_t ndim) {
   TORCH_CHECK(t.dim() == ndim, name, " must be a ", ndim, "-D tensor, got ", t.dim(), "-D with shape ",

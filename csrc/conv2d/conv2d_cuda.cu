@@ -32,12 +32,6 @@ namespace {
 constexpr int kTileM = 64, kTileN = 64, kTileK = 16, kThreads = 256;
 constexpr int kMaxGridZ = 65535;
 
-// Strides of a 4-D tensor, in elements.
-struct Strides4 {
-  int64_t n, c, h, w;
-};
-Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
-
 // The geometry as the kernels see it (plain data, derived sizes precomputed).
 struct KernelGeometry {
   int64_t N, C, H, W, Cout, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, groups, Cg, Coutg, K, L;

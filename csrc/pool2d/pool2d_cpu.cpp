@@ -1,19 +1,16 @@
-// Pooling on the CPU: the operator entry points (checks, layout, allocation). The loops live in
-// pool2d_cpu_loops.h, compiled for the baseline ISA and for AVX2; the AVX2 build is used where
-// the CPU supports it (decided once, at the first call; CNNEXT_CPU_ISA=baseline forces the baseline
-// build, which is how the tests cover it on AVX2 machines).
-#include "common.h"
-#include "pool2d/pool2d.h"
-#include "pool2d/pool2d_cpu_loops_table.h"
-
+// Pooling on the CPU: the operator entry points (pool2d_entries.h) bound to the CPU loops. The
+// loops live in pool2d_cpu_loops.h, compiled for the baseline ISA and for AVX2; the AVX2 build is
+// used where the CPU supports it (decided once, at the first call; CNNEXT_CPU_ISA=baseline forces
+// the baseline build, which is how the tests cover it on AVX2 machines).
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 
+#include "pool2d/pool2d_cpu_loops_table.h"
+#include "pool2d/pool2d_entries.h"
+
 namespace cnnext {
 namespace {
-
-void check_cpu(const at::Tensor& t, const char* name) { check_device_type(t, name, c10::DeviceType::CPU); }
 
 const Pool2dCpuLoops& loops() {
   static const Pool2dCpuLoops table = [] {
@@ -27,112 +24,71 @@ const Pool2dCpuLoops& loops() {
   return table;
 }
 
-// Shared body of the average-pooling entry points (plain and adaptive).
-at::Tensor avg_forward_entry(const at::Tensor& input, const Pool2dGeometry& g, AvgDivisor divisor) {
-  const bool channels_last = pool2d_channels_last(input);
-  const auto format = pool2d_memory_format(channels_last);
-  auto out = at::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options().memory_format(format));
-  if (out.numel() == 0) return out;
-  const auto x = input.contiguous(format);
-  loops().avg_forward(x, out, g, divisor, channels_last);
-  return out;
-}
+struct CpuLoops {
+  static constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
 
-at::Tensor avg_backward_entry(const char* op, const at::Tensor& grad_output, const at::Tensor& input,
-                              const Pool2dGeometry& g, AvgDivisor divisor) {
-  check_pool2d_grad_output(op, grad_output, input, g);
-  const bool channels_last = pool2d_channels_last(input);
-  const auto format = pool2d_memory_format(channels_last);
-  auto dx = at::empty(input.sizes(), input.options().memory_format(format));
-  if (dx.numel() == 0) return dx;
-  const auto dy = grad_output.contiguous(format);
-  loops().avg_backward(dy, dx, g, divisor, channels_last);
-  return dx;
-}
+  static void max_forward(const at::Tensor& x, const at::Tensor& out, const at::Tensor& indices,
+                          const Pool2dGeometry& g, bool channels_last) {
+    // The CPU loops track the argmax as int32 beside the float lanes.
+    TORCH_CHECK(g.in_h * g.in_w <= std::numeric_limits<int32_t>::max(),
+                "max_pool2d (CPU): planes of more than 2^31 - 1 elements are not supported, got ", g.in_h, "x",
+                g.in_w);
+    loops().max_forward(x, out, indices, g, channels_last);
+  }
+  static void max_backward(const at::Tensor& dy, const at::Tensor& indices, const at::Tensor& dx,
+                           const Pool2dGeometry& g, bool channels_last) {
+    loops().max_backward(dy, indices, dx, g, channels_last);
+  }
+  static void avg_forward(const at::Tensor& x, const at::Tensor& out, const Pool2dGeometry& g, AvgDivisor divisor,
+                          bool channels_last) {
+    loops().avg_forward(x, out, g, divisor, channels_last);
+  }
+  static void avg_backward(const at::Tensor& dy, const at::Tensor& dx, const Pool2dGeometry& g, AvgDivisor divisor,
+                           bool channels_last) {
+    loops().avg_backward(dy, dx, g, divisor, channels_last);
+  }
+};
 
-// Forward of max pooling; without indices (inference) the argmax is not tracked and is returned undefined.
-PoolWithIndices max_forward_entry(const at::Tensor& input, const Pool2dGeometry& g, bool with_indices) {
-  TORCH_CHECK(g.in_h * g.in_w <= std::numeric_limits<int32_t>::max(),
-              "max_pool2d (CPU): planes of more than 2^31 - 1 elements are not supported, got ", g.in_h, "x",
-              g.in_w);
-  const bool channels_last = pool2d_channels_last(input);
-  const auto format = pool2d_memory_format(channels_last);
-  auto out = at::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options().memory_format(format));
-  at::Tensor indices;
-  if (with_indices) indices = at::empty(out.sizes(), out.options().dtype(at::kLong).memory_format(format));
-  if (out.numel() == 0) return {out, indices};
-  const auto x = input.contiguous(format);
-  loops().max_forward(x, out, indices, g, channels_last);
-  return {out, indices};
-}
+using Entries = Pool2dEntries<CpuLoops>;
 
 }  // namespace
 
 PoolWithIndices max_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                        at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  const auto g = pool2d_geometry("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode);
-  check_cpu(input, "max_pool2d: input");
-  return max_forward_entry(input, g, /*with_indices=*/true);
+  return Entries::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, /*with_indices=*/true);
 }
 
 at::Tensor max_pool2d_values_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                  at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  const auto g = pool2d_geometry("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode);
-  check_cpu(input, "max_pool2d: input");
-  return std::get<0>(max_forward_entry(input, g, /*with_indices=*/false));
+  return std::get<0>(
+      Entries::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, /*with_indices=*/false));
 }
 
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
                                    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                    at::IntArrayRef dilation, bool ceil_mode) {
-  const auto g = pool2d_geometry("_max_pool2d_backward", input, kernel_size, stride, padding, dilation, ceil_mode);
-  check_cpu(input, "_max_pool2d_backward: input");
-  check_pool2d_grad_output("_max_pool2d_backward", grad_output, input, g);
-  TORCH_CHECK(indices.scalar_type() == at::kLong, "_max_pool2d_backward: indices must be int64, got ",
-              indices.scalar_type());
-  TORCH_CHECK(indices.sizes() == grad_output.sizes(), "_max_pool2d_backward: indices must have shape ",
-              grad_output.sizes(), ", got ", indices.sizes());
-  const bool channels_last = pool2d_channels_last(input);
-  const auto format = pool2d_memory_format(channels_last);
-  auto dx = at::empty(input.sizes(), input.options().memory_format(format));
-  if (dx.numel() == 0) return dx;
-  const auto dy = grad_output.contiguous(format);
-  const auto argmax = indices.contiguous(format);
-  loops().max_backward(dy, argmax, dx, g, channels_last);
-  return dx;
+  return Entries::max_pool2d_backward(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode);
 }
 
 at::Tensor avg_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                   at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                                   std::optional<int64_t> divisor_override) {
-  const auto g = pool2d_geometry("avg_pool2d", input, kernel_size, stride, padding, {1, 1}, ceil_mode);
-  check_cpu(input, "avg_pool2d: input");
-  check_divisor_override(divisor_override);
-  return avg_forward_entry(input, g, {count_include_pad, divisor_override.value_or(0)});
+  return Entries::avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
 }
 
 at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
                                    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                    bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
-  const auto g = pool2d_geometry("_avg_pool2d_backward", input, kernel_size, stride, padding, {1, 1}, ceil_mode);
-  check_cpu(input, "_avg_pool2d_backward: input");
-  check_divisor_override(divisor_override);
-  return avg_backward_entry("_avg_pool2d_backward", grad_output, input, g,
-                            {count_include_pad, divisor_override.value_or(0)});
+  return Entries::avg_pool2d_backward(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                      divisor_override);
 }
 
 at::Tensor adaptive_avg_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef output_size) {
-  const auto g = adaptive_pool2d_geometry("adaptive_avg_pool2d", input, output_size);
-  check_cpu(input, "adaptive_avg_pool2d: input");
-  return avg_forward_entry(input, g, {true, 0});
+  return Entries::adaptive_avg_pool2d(input, output_size);
 }
 
 at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input) {
-  check_ndim(grad_output, "_adaptive_avg_pool2d_backward: grad_output", 4);
-  const auto g = adaptive_pool2d_geometry("_adaptive_avg_pool2d_backward", input,
-                                          {grad_output.size(-2), grad_output.size(-1)});
-  check_cpu(input, "_adaptive_avg_pool2d_backward: input");
-  return avg_backward_entry("_adaptive_avg_pool2d_backward", grad_output, input, g, {true, 0});
+  return Entries::adaptive_avg_pool2d_backward(grad_output, input);
 }
 
 }  // namespace cnnext

@@ -16,21 +16,12 @@
 #include <limits>
 
 #include "common.h"
-#include "pool2d/pool2d.h"
-#include "pool2d/pool2d_window.h"
+#include "pool2d/pool2d_entries.h"
 
 namespace cnnext {
 namespace {
 
 constexpr int kThreads = 256;
-
-struct Strides4 {
-  int64_t n, c, h, w;
-  __device__ int64_t offset(int64_t n_, int64_t c_, int64_t h_, int64_t w_) const {
-    return n_ * n + c_ * c + h_ * h + w_ * w;
-  }
-};
-Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
 // Element `index` of a (N, C, H, W) tensor counted in memory order of the layout.
 struct Coord {
@@ -135,10 +126,8 @@ __global__ void avg_backward_kernel(const scalar_t* dy, Strides4 ys, scalar_t* d
 
 unsigned blocks_for(int64_t total) { return static_cast<unsigned>(std::min<int64_t>(ceil_div(total, kThreads), 1 << 30)); }
 
-void check_cuda(const at::Tensor& t, const char* name) { check_device_type(t, name, c10::DeviceType::CUDA); }
-
-
-// Launches KERNEL<scalar_t, channels_last>(args...) over `total` elements on the current stream.
+// Launches KERNEL<scalar_t, channels_last>(args..., total) over `total` elements on the current
+// stream of the tensors' device.
 #define CNNEXT_LAUNCH_POOL(KERNEL, channels_last, total, ...)                                               \
   do {                                                                                                      \
     const auto stream = c10::cuda::getCurrentCUDAStream();                                                  \
@@ -150,138 +139,97 @@ void check_cuda(const at::Tensor& t, const char* name) { check_device_type(t, na
     C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                         \
   } while (0)
 
-at::Tensor avg_forward_entry(const at::Tensor& input, const Pool2dGeometry& g, AvgDivisor divisor) {
-  const c10::cuda::CUDAGuard guard(input.device());
-  const bool channels_last = pool2d_channels_last(input);
-  const auto format = pool2d_memory_format(channels_last);
-  auto out = at::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options().memory_format(format));
-  if (out.numel() == 0) return out;
-  const auto x = input.contiguous(format);
-  const int64_t total = out.numel();
-  CNNEXT_DISPATCH_CUDA_TYPES(input.scalar_type(), "avg_pool2d_forward_cuda", [&] {
-    CNNEXT_LAUNCH_POOL(avg_forward_kernel, channels_last, total, x.const_data_ptr<scalar_t>(), strides_of(x),
-                       out.mutable_data_ptr<scalar_t>(), strides_of(out), g.channels, avg_rows(g), avg_cols(g),
-                       divisor);
-  });
-  return out;
-}
+struct CudaLoops {
+  static constexpr c10::DeviceType kDevice = c10::DeviceType::CUDA;
 
-at::Tensor avg_backward_entry(const char* op, const at::Tensor& grad_output, const at::Tensor& input,
-                              const Pool2dGeometry& g, AvgDivisor divisor) {
-  check_pool2d_grad_output(op, grad_output, input, g);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const bool channels_last = pool2d_channels_last(input);
-  const auto format = pool2d_memory_format(channels_last);
-  auto dx = at::empty(input.sizes(), input.options().memory_format(format));
-  if (dx.numel() == 0) return dx;
-  const auto dy = grad_output.contiguous(format);
-  const int64_t total = dx.numel();
-  CNNEXT_DISPATCH_CUDA_TYPES(input.scalar_type(), "avg_pool2d_backward_cuda", [&] {
-    CNNEXT_LAUNCH_POOL(avg_backward_kernel, channels_last, total, dy.const_data_ptr<scalar_t>(), strides_of(dy),
-                       dx.mutable_data_ptr<scalar_t>(), strides_of(dx), g.channels, avg_rows(g), avg_cols(g),
-                       divisor);
-  });
-  return dx;
-}
+  static void max_forward(const at::Tensor& x, const at::Tensor& out, const at::Tensor& indices,
+                          const Pool2dGeometry& g, bool channels_last) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const int64_t total = out.numel();
+    CNNEXT_DISPATCH_CUDA_TYPES(x.scalar_type(), "max_pool2d_forward_cuda", [&] {
+      CNNEXT_LAUNCH_POOL(max_forward_kernel, channels_last, total, x.const_data_ptr<scalar_t>(), strides_of(x),
+                         out.mutable_data_ptr<scalar_t>(),
+                         indices.defined() ? indices.mutable_data_ptr<int64_t>() : nullptr, strides_of(out),
+                         g.channels, max_rows(g), max_cols(g));
+    });
+  }
 
-}  // namespace
+  static void max_backward(const at::Tensor& dy, const at::Tensor& indices, const at::Tensor& dx,
+                           const Pool2dGeometry& g, bool channels_last) {
+    const c10::cuda::CUDAGuard guard(dx.device());
+    const int64_t total = dx.numel();
+    CNNEXT_DISPATCH_CUDA_TYPES(dx.scalar_type(), "max_pool2d_backward_cuda", [&] {
+      CNNEXT_LAUNCH_POOL(max_backward_kernel, channels_last, total, dy.const_data_ptr<scalar_t>(),
+                         indices.const_data_ptr<int64_t>(), strides_of(dy), dx.mutable_data_ptr<scalar_t>(),
+                         strides_of(dx), g.channels, max_rows(g), max_cols(g));
+    });
+  }
 
-namespace {
+  static void avg_forward(const at::Tensor& x, const at::Tensor& out, const Pool2dGeometry& g, AvgDivisor divisor,
+                          bool channels_last) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const int64_t total = out.numel();
+    CNNEXT_DISPATCH_CUDA_TYPES(x.scalar_type(), "avg_pool2d_forward_cuda", [&] {
+      CNNEXT_LAUNCH_POOL(avg_forward_kernel, channels_last, total, x.const_data_ptr<scalar_t>(), strides_of(x),
+                         out.mutable_data_ptr<scalar_t>(), strides_of(out), g.channels, avg_rows(g), avg_cols(g),
+                         divisor);
+    });
+  }
 
-// Forward of max pooling; without indices (inference) they are not written and returned undefined.
-PoolWithIndices max_forward_entry(const at::Tensor& input, const Pool2dGeometry& g, bool with_indices) {
-  const c10::cuda::CUDAGuard guard(input.device());
-  const bool channels_last = pool2d_channels_last(input);
-  const auto format = pool2d_memory_format(channels_last);
-  auto out = at::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options().memory_format(format));
-  at::Tensor indices;
-  if (with_indices) indices = at::empty(out.sizes(), out.options().dtype(at::kLong).memory_format(format));
-  if (out.numel() == 0) return {out, indices};
-  const auto x = input.contiguous(format);
-  const int64_t total = out.numel();
-  CNNEXT_DISPATCH_CUDA_TYPES(input.scalar_type(), "max_pool2d_forward_cuda", [&] {
-    CNNEXT_LAUNCH_POOL(max_forward_kernel, channels_last, total, x.const_data_ptr<scalar_t>(), strides_of(x),
-                       out.mutable_data_ptr<scalar_t>(),
-                       with_indices ? indices.mutable_data_ptr<int64_t>() : nullptr, strides_of(out), g.channels,
-                       max_rows(g), max_cols(g));
-  });
-  return {out, indices};
-}
+  static void avg_backward(const at::Tensor& dy, const at::Tensor& dx, const Pool2dGeometry& g, AvgDivisor divisor,
+                           bool channels_last) {
+    const c10::cuda::CUDAGuard guard(dx.device());
+    const int64_t total = dx.numel();
+    CNNEXT_DISPATCH_CUDA_TYPES(dx.scalar_type(), "avg_pool2d_backward_cuda", [&] {
+      CNNEXT_LAUNCH_POOL(avg_backward_kernel, channels_last, total, dy.const_data_ptr<scalar_t>(), strides_of(dy),
+                         dx.mutable_data_ptr<scalar_t>(), strides_of(dx), g.channels, avg_rows(g), avg_cols(g),
+                         divisor);
+    });
+  }
+};
+
+#undef CNNEXT_LAUNCH_POOL
+
+using Entries = Pool2dEntries<CudaLoops>;
 
 }  // namespace
 
 PoolWithIndices max_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                         at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  const auto g = pool2d_geometry("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode);
-  check_cuda(input, "max_pool2d: input");
-  return max_forward_entry(input, g, /*with_indices=*/true);
+  return Entries::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, /*with_indices=*/true);
 }
 
 at::Tensor max_pool2d_values_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                   at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  const auto g = pool2d_geometry("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode);
-  check_cuda(input, "max_pool2d: input");
-  return std::get<0>(max_forward_entry(input, g, /*with_indices=*/false));
+  return std::get<0>(
+      Entries::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, /*with_indices=*/false));
 }
 
 at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
                                     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                     at::IntArrayRef dilation, bool ceil_mode) {
-  const auto g = pool2d_geometry("_max_pool2d_backward", input, kernel_size, stride, padding, dilation, ceil_mode);
-  check_cuda(input, "_max_pool2d_backward: input");
-  check_pool2d_grad_output("_max_pool2d_backward", grad_output, input, g);
-  TORCH_CHECK(indices.scalar_type() == at::kLong, "_max_pool2d_backward: indices must be int64, got ",
-              indices.scalar_type());
-  TORCH_CHECK(indices.sizes() == grad_output.sizes(), "_max_pool2d_backward: indices must have shape ",
-              grad_output.sizes(), ", got ", indices.sizes());
-  check_same_device(input, "input", indices, "indices");
-  const c10::cuda::CUDAGuard guard(input.device());
-  const bool channels_last = pool2d_channels_last(input);
-  const auto format = pool2d_memory_format(channels_last);
-  auto dx = at::empty(input.sizes(), input.options().memory_format(format));
-  if (dx.numel() == 0) return dx;
-  const auto dy = grad_output.contiguous(format);
-  const auto argmax = indices.contiguous(format);  // same layout as dy: one stride set serves both
-  const int64_t total = dx.numel();
-  CNNEXT_DISPATCH_CUDA_TYPES(input.scalar_type(), "max_pool2d_backward_cuda", [&] {
-    CNNEXT_LAUNCH_POOL(max_backward_kernel, channels_last, total, dy.const_data_ptr<scalar_t>(),
-                       argmax.const_data_ptr<int64_t>(), strides_of(dy), dx.mutable_data_ptr<scalar_t>(),
-                       strides_of(dx), g.channels, max_rows(g), max_cols(g));
-  });
-  return dx;
+  return Entries::max_pool2d_backward(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode);
 }
 
 at::Tensor avg_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                    at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                                    std::optional<int64_t> divisor_override) {
-  const auto g = pool2d_geometry("avg_pool2d", input, kernel_size, stride, padding, {1, 1}, ceil_mode);
-  check_cuda(input, "avg_pool2d: input");
-  check_divisor_override(divisor_override);
-  return avg_forward_entry(input, g, {count_include_pad, divisor_override.value_or(0)});
+  return Entries::avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
 }
 
 at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
                                     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                     bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
-  const auto g = pool2d_geometry("_avg_pool2d_backward", input, kernel_size, stride, padding, {1, 1}, ceil_mode);
-  check_cuda(input, "_avg_pool2d_backward: input");
-  check_divisor_override(divisor_override);
-  return avg_backward_entry("_avg_pool2d_backward", grad_output, input, g,
-                            {count_include_pad, divisor_override.value_or(0)});
+  return Entries::avg_pool2d_backward(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                      divisor_override);
 }
 
 at::Tensor adaptive_avg_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef output_size) {
-  const auto g = adaptive_pool2d_geometry("adaptive_avg_pool2d", input, output_size);
-  check_cuda(input, "adaptive_avg_pool2d: input");
-  return avg_forward_entry(input, g, {true, 0});
+  return Entries::adaptive_avg_pool2d(input, output_size);
 }
 
 at::Tensor adaptive_avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input) {
-  check_ndim(grad_output, "_adaptive_avg_pool2d_backward: grad_output", 4);
-  const auto g = adaptive_pool2d_geometry("_adaptive_avg_pool2d_backward", input,
-                                          {grad_output.size(-2), grad_output.size(-1)});
-  check_cuda(input, "_adaptive_avg_pool2d_backward: input");
-  return avg_backward_entry("_adaptive_avg_pool2d_backward", grad_output, input, g, {true, 0});
+  return Entries::adaptive_avg_pool2d_backward(grad_output, input);
 }
 
 }  // namespace cnnext

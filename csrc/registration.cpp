@@ -2,6 +2,7 @@
 // and the fake (meta) implementations live in Python (cnnext/ops/), per the torch.library pattern.
 #include <torch/library.h>
 
+#include "attention/attention.h"
 #include "conv2d/conv2d.h"
 #include "pool2d/pool2d.h"
 
@@ -31,6 +32,12 @@ TORCH_LIBRARY(cnnext, m) {
       "int[2] padding, bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
   m.def("adaptive_avg_pool2d(Tensor input, int[2] output_size) -> Tensor");
   m.def("_adaptive_avg_pool2d_backward(Tensor grad_output, Tensor input) -> Tensor");
+
+  // Attention: forward also returns the per-row log-sum-exp that backward recomputes P from.
+  m.def("attention(Tensor q, Tensor k, Tensor v, float? scale, bool causal) -> (Tensor, Tensor)");
+  m.def(
+      "_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+      "float? scale, bool causal) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(cnnext, CPU, m) {
@@ -43,6 +50,8 @@ TORCH_LIBRARY_IMPL(cnnext, CPU, m) {
   m.impl("_avg_pool2d_backward", &cnnext::avg_pool2d_backward_cpu);
   m.impl("adaptive_avg_pool2d", &cnnext::adaptive_avg_pool2d_forward_cpu);
   m.impl("_adaptive_avg_pool2d_backward", &cnnext::adaptive_avg_pool2d_backward_cpu);
+  m.impl("attention", &cnnext::attention_forward_cpu);
+  m.impl("_attention_backward", &cnnext::attention_backward_cpu);
 }
 
 #ifdef CNNEXT_WITH_CUDA
@@ -56,5 +65,7 @@ TORCH_LIBRARY_IMPL(cnnext, CUDA, m) {
   m.impl("_avg_pool2d_backward", &cnnext::avg_pool2d_backward_cuda);
   m.impl("adaptive_avg_pool2d", &cnnext::adaptive_avg_pool2d_forward_cuda);
   m.impl("_adaptive_avg_pool2d_backward", &cnnext::adaptive_avg_pool2d_backward_cuda);
+  m.impl("attention", &cnnext::attention_forward_cuda);
+  m.impl("_attention_backward", &cnnext::attention_backward_cuda);
 }
 #endif

@@ -6,7 +6,8 @@ each traceable by ``torch.compile`` without graph breaks.
 """
 
 from . import reference
+from .attention import attention
 from .conv2d import conv2d
 from .pool2d import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
-__all__ = ["adaptive_avg_pool2d", "avg_pool2d", "conv2d", "max_pool2d", "reference"]
+__all__ = ["adaptive_avg_pool2d", "attention", "avg_pool2d", "conv2d", "max_pool2d", "reference"]

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ._args import pair
 
-__all__ = ["conv2d"]
+__all__ = ["attention", "conv2d"]
 
 
 def conv2d(
@@ -38,3 +38,13 @@ def conv2d(
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
     return out
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, causal: bool = False) -> Tensor:
+    """Attention the naive way: the full (Lq, Lk) score matrix, softmax, then a product with v."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q @ k.transpose(-1, -2)) * scale
+    if causal:
+        visible = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~visible, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v

@@ -1,0 +1,70 @@
+"""cnnext.ops.attention: fused scaled-dot-product attention on cnnext's kernels.
+
+softmax(q k^T * scale) v for (B, H, L, D) or (B, L, D) tensors, matching
+torch.nn.functional.scaled_dot_product_attention (is_causal: top-left aligned, query i sees keys
+j <= i). The Lq x Lk matrix is never materialised: the forward keeps a running max and sum per
+query row and saves only the output and the per-row log-sum-exp; the backward op
+(``cnnext::_attention_backward``) recomputes the probabilities tile by tile.
+"""
+
+import torch
+from torch import Tensor
+
+__all__ = ["attention"]
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, causal: bool = False) -> Tensor:
+    """Fused attention; ``scale`` defaults to 1 / sqrt(D), as in SDPA.
+
+    Args:
+        q: (B, H, Lq, D) or (B, Lq, D).
+        k, v: (B, H, Lk, D) or (B, Lk, D), the same number of dimensions as q.
+        scale: multiplier of q k^T (None: 1 / sqrt(D)).
+        causal: mask key j for query i when j > i.
+    """
+    dims = {q.dim(), k.dim(), v.dim()}
+    if dims == {3}:
+        return attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale, causal).squeeze(1)
+    if dims != {4}:
+        raise RuntimeError(
+            "attention: q, k and v must all be 4-D (B, H, L, D) or all 3-D (B, L, D), got "
+            f"{q.dim()}-D, {k.dim()}-D and {v.dim()}-D"
+        )
+    out, _ = torch.ops.cnnext.attention.default(q, k, v, scale, causal)
+    return out
+
+
+def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    # The log-sum-exp is kept in the accumulation type: float32 for half and bfloat16.
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+@torch.library.register_fake("cnnext::attention")
+def _attention_fake(q, k, v, scale, causal):
+    torch._check(q.dim() == 4, lambda: "attention: q must be a 4-D tensor")
+    out = q.new_empty((q.shape[0], q.shape[1], q.shape[2], q.shape[3]))
+    return out, q.new_empty(q.shape[:3], dtype=_lse_dtype(q.dtype))
+
+
+@torch.library.register_fake("cnnext::_attention_backward")
+def _attention_backward_fake(grad_out, q, k, v, out, lse, scale, causal):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, scale, causal = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.scale, ctx.causal = scale, causal
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = torch.ops.cnnext._attention_backward.default(
+        grad_out.contiguous(), q, k, v, out, lse, ctx.scale, ctx.causal
+    )
+    return dq, dk, dv, None, None
+
+
+torch.library.register_autograd("cnnext::attention", _backward, setup_context=_setup_context)

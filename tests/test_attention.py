@@ -1,0 +1,167 @@
+"""cnnext.ops.attention against a float64 reference and F.scaled_dot_product_attention: outputs and
+the three gradients over sequence lengths (tile multiples and not), Lq != Lk, head dims and causal
+masking; gradcheck, opcheck, torch.compile, SelfAttention2d against its native twin, bad inputs."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cnnext
+from cnnext.ops import reference
+
+from .conftest import DEVICES, FULL_PRECISION, LOW_PRECISION
+
+TOLERANCES = {torch.float32: dict(rtol=2e-4, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
+
+# (Lq, Lk): single tokens, tile multiples (64/128) and not, Lq < Lk and Lq > Lk.
+LENGTHS = [(1, 1), (37, 37), (64, 128), (130, 70), (5, 200), (200, 5), (256, 256)]
+
+
+def check_against_reference(q, k, v, tol, causal):
+    """Output and dq, dk, dv of cnnext vs the naive formula in float64."""
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    ref_leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    out = cnnext.ops.attention(*leaves, causal=causal)
+    ref = reference.attention(*ref_leaves, causal=causal)
+    assert out.shape == ref.shape and out.dtype == q.dtype
+    torch.testing.assert_close(out.double(), ref, **tol)
+    grad = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, leaves, grad.to(out.dtype))
+    ref_grads = torch.autograd.grad(ref, ref_leaves, grad)
+    for name, got, want in zip("qkv", grads, ref_grads, strict=True):
+        torch.testing.assert_close(got.double(), want, **tol, msg=lambda m, n=name: f"d{n}: {m}")
+
+
+@pytest.mark.parametrize("device, dtype", FULL_PRECISION)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("head_dim", [16, 32, 64, 128])
+@pytest.mark.parametrize("lengths", LENGTHS, ids=lambda lq_lk: "Lq{}-Lk{}".format(*lq_lk))
+def test_matches_reference(lengths, head_dim, causal, device, dtype):
+    lq, lk = lengths
+    q = torch.randn(2, 3, lq, head_dim, dtype=dtype, device=device)
+    k = torch.randn(2, 3, lk, head_dim, dtype=dtype, device=device)
+    v = torch.randn(2, 3, lk, head_dim, dtype=dtype, device=device)
+    check_against_reference(q, k, v, TOLERANCES[dtype], causal)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_matches_sdpa_including_scale_and_3d(causal, device):
+    q, k, v = (torch.randn(2, 4, 50, 32, device=device) for _ in range(3))
+    torch.testing.assert_close(
+        cnnext.ops.attention(q, k, v, causal=causal),
+        F.scaled_dot_product_attention(q, k, v, is_causal=causal),
+    )
+    torch.testing.assert_close(
+        cnnext.ops.attention(q, k, v, scale=0.3), F.scaled_dot_product_attention(q, k, v, scale=0.3)
+    )
+    q3, k3, v3 = q[:, 0], k[:, 0], v[:, 0]  # (B, L, D)
+    torch.testing.assert_close(cnnext.ops.attention(q3, k3, v3), F.scaled_dot_product_attention(q3, k3, v3))
+
+
+@pytest.mark.parametrize("device, dtype", LOW_PRECISION)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_low_precision_error_is_comparable_to_sdpa(causal, device, dtype):
+    q, k, v = (torch.randn(2, 4, 100, 64, device=device).to(dtype) for _ in range(3))
+    ref = reference.attention(q.double(), k.double(), v.double(), causal=causal)
+    err_ours = (cnnext.ops.attention(q, k, v, causal=causal).double() - ref).abs().max().item()
+    err_sdpa = (F.scaled_dot_product_attention(q, k, v, is_causal=causal).double() - ref).abs().max().item()
+    assert err_ours <= 2 * err_sdpa + 1e-3
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_gradcheck_float64(causal, device):
+    q, k, v = (
+        torch.randn(1, 2, n, 8, dtype=torch.float64, device=device, requires_grad=True) for n in (9, 7, 7)
+    )
+    assert torch.autograd.gradcheck(lambda *t: cnnext.ops.attention(*t, causal=causal), (q, k, v))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    q, k, v = (
+        torch.randn(2, 2, n, 16, dtype=torch.float64, device=device, requires_grad=True) for n in (9, 7, 7)
+    )
+    torch.library.opcheck(torch.ops.cnnext.attention.default, (q, k, v, None, True))
+    torch.library.opcheck(torch.ops.cnnext.attention.default, (q, k, v, 0.5, False))
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    def block(q, k, v):
+        return cnnext.ops.attention(q, k, v, causal=True).relu().sum(-1)
+
+    q, k, v = (torch.randn(2, 2, 33, 16) for _ in range(3))
+    torch.testing.assert_close(torch.compile(block, fullgraph=True)(q, k, v), block(q, k, v))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_sequences(device):
+    q, k, v = (
+        torch.randn(2, 1, 0, 8, device=device),
+        torch.randn(2, 1, 4, 8, device=device),
+        torch.randn(2, 1, 4, 8, device=device),
+    )
+    assert cnnext.ops.attention(q, k, v).shape == (2, 1, 0, 8)
+    q = torch.randn(0, 1, 3, 8, device=device)
+    assert cnnext.ops.attention(q, k[:0], v[:0]).shape == (0, 1, 3, 8)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("heads", [1, 2])
+def test_self_attention2d_matches_native_backend(heads, device):
+    torch.manual_seed(0)
+    ours = cnnext.nn.SelfAttention2d(16, heads=heads, backend="cnnext").double().to(device)
+    native = cnnext.nn.SelfAttention2d(16, heads=heads, backend="native").double().to(device)
+    assert ours.state_dict().keys() == native.state_dict().keys()
+    native.load_state_dict(ours.state_dict())
+    with torch.no_grad():  # a zero gate (the initial state) would hide the attention path
+        ours.gate.fill_(0.7)
+        native.gate.fill_(0.7)
+    x = torch.randn(2, 16, 6, 5, dtype=torch.float64, device=device)
+    out, out_native = ours(x), native(x)
+    torch.testing.assert_close(out, out_native)
+    out.square().sum().backward()
+    out_native.square().sum().backward()
+    for (name, p), p_native in zip(ours.named_parameters(), native.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, p_native.grad, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_self_attention2d_starts_as_identity_and_rejects_bad_config():
+    x = torch.randn(1, 8, 4, 4)
+    torch.testing.assert_close(cnnext.nn.SelfAttention2d(8, heads=2)(x), x)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        cnnext.nn.SelfAttention2d(8, backend="triton")
+    with pytest.raises(ValueError, match="must be divisible by heads"):
+        cnnext.nn.SelfAttention2d(10, heads=4)
+
+
+Q = torch.randn(2, 2, 5, 8)
+BAD_INPUTS = {
+    "batch mismatch": (Q, torch.randn(3, 2, 5, 8), torch.randn(3, 2, 5, 8), "same batch size"),
+    "heads mismatch": (Q, torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8), "same number of heads"),
+    "head dim mismatch": (Q, torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 4), "same head dimension"),
+    "k v shape mismatch": (
+        Q,
+        torch.randn(2, 2, 5, 8),
+        torch.randn(2, 2, 6, 8),
+        "k and v must have the same shape",
+    ),
+    "wrong ndim": (torch.randn(2, 5), torch.randn(2, 5), torch.randn(2, 5), "must all be 4-D .* or all 3-D"),
+    "mixed ndim": (Q, Q[:, 0], Q[:, 0], "must all be 4-D"),
+    "dtype mismatch": (Q, Q.double(), Q.double(), "expected k to have the dtype of q"),
+    "integer": (Q.long(), Q.long(), Q.long(), "q must be a floating-point tensor"),
+    "head dim too large": (*(torch.randn(1, 1, 2, 300),) * 3, r"head dimension must be in \[1, 256\]"),
+}
+
+
+@pytest.mark.parametrize("q, k, v, message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_raises_clear_error(q, k, v, message):
+    with pytest.raises(RuntimeError, match=message):
+        cnnext.ops.attention(q, k, v)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
+def test_tensors_on_different_devices_raise():
+    with pytest.raises(RuntimeError, match="expected k to be on the device of q"):
+        cnnext.ops.attention(Q.cuda(), Q, Q.cuda())

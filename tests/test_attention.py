@@ -44,6 +44,18 @@ def test_matches_reference(lengths, head_dim, causal, device, dtype):
     check_against_reference(q, k, v, TOLERANCES[dtype], causal)
 
 
+@pytest.mark.parametrize("device, dtype", FULL_PRECISION)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("lengths", [(70, 300), (300, 300)], ids=["Lq70-Lk300", "Lq300-Lk300"])
+def test_single_head_splits_key_tiles_across_threads(lengths, causal, device, dtype):
+    """With fewer (batch, head) pairs than threads the CPU backward splits a head's key tiles into
+    chunks with their own dQ copies: their sum must equal the one-task result."""
+    lq, lk = lengths
+    q = torch.randn(1, 1, lq, 32, dtype=dtype, device=device)
+    k, v = (torch.randn(1, 1, lk, 32, dtype=dtype, device=device) for _ in range(2))
+    check_against_reference(q, k, v, TOLERANCES[dtype], causal)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_matches_sdpa_including_scale_and_3d(causal, device):

@@ -57,4 +57,5 @@ class SelfAttention2d(torch.nn.Module):
         return x + self.gate * self.proj(out)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, heads={self.heads}, head_dim={self.head_dim}, backend={self.backend!r}"
+        heads = f"heads={self.heads}, head_dim={self.head_dim}"
+        return f"channels={self.channels}, {heads}, backend={self.backend!r}"

@@ -4,13 +4,15 @@
 // kKeyBlock keys: S = q_blk k_tile^T * scale (BLAS), online softmax per row (running max m, sum
 // l, rescaling the accumulator when m grows), acc += P v_tile (BLAS). Memory beyond q, k, v, out:
 // one S tile and one accumulator block per thread, and lse (B, H, Lq).
-// Backward, race-free in two passes that each recompute P from lse:
-//   pass 1, one task per (batch*head, key tile): dV_tile = sum P^T dO, dK_tile = sum dS^T q * scale
-//   pass 2, one task per (batch*head, query block): dQ_blk = sum dS k * scale
+// Backward, one pass recomputing P from lse, a task per (batch*head, run of key tiles):
+//   dV_tile = sum P^T dO,  dK_tile = sum dS^T q * scale,  dQ += dS k * scale
+// (dQ per head is owned by one task, or split into per-chunk copies summed in order when there
+// are fewer heads than threads; see backward()).
 // Causal masking skips whole tiles beyond a block's last visible key and masks the rest per row.
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -63,6 +65,46 @@ void gemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, s
   }
 }
 
+// exp for float32 that the compiler can vectorise (std::exp is a scalar libm call, and was most of
+// the time here): exp(x) = 2^n * exp(r) with n = round(x / ln 2) and |r| <= ln(2) / 2, exp(r) by
+// its Taylor series to degree 7 (truncation error < 6e-9, below float32's epsilon), 2^n built in
+// the exponent bits. Inputs are clamped to [-87, 88], where 2^n stays a normal float (the clamps
+// vectorise as min/max thanks to -fno-trapping-math, see setup.py). float64 keeps std::exp.
+inline float exp_vectorizable(float x) {
+  x = x < -87.0f ? -87.0f : x;  // also maps -inf (masked or first-tile rescale) to ~0
+  x = x > 88.0f ? 88.0f : x;
+  const int n = static_cast<int>(x * 1.44269504088896341f + 0.5f + 1024.0f) - 1024;  // floor, as x > -1024 ln 2
+  const float r = (x - static_cast<float>(n) * 0.693145751953125f) - static_cast<float>(n) * 1.4286068203094172e-6f;
+  float p = 1.0f / 40320;
+  p = 1.0f / 5040 + r * p;
+  p = 1.0f / 720 + r * p;
+  p = 1.0f / 120 + r * p;
+  p = 1.0f / 24 + r * p;
+  p = 1.0f / 6 + r * p;
+  p = 0.5f + r * p;
+  p = 1.0f + r * p;
+  p = 1.0f + r * p;
+  const int32_t bits = (n + 127) << 23;
+  float two_to_n;
+  std::memcpy(&two_to_n, &bits, sizeof(two_to_n));
+  return p * two_to_n;
+}
+inline double exp_vectorizable(double x) { return std::exp(x); }
+
+// Sum with independent partial sums, so the adds vectorise (one running sum cannot be reordered).
+template <typename scalar_t>
+scalar_t sum_lanes(const scalar_t* p, int64_t n) {
+  constexpr int kLanes = 8;
+  scalar_t lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) lanes[j] += p[i + j];
+  scalar_t sum = 0;
+  for (int j = 0; j < kLanes; ++j) sum += lanes[j];
+  for (; i < n; ++i) sum += p[i];
+  return sum;
+}
+
 // P[r][j] = exp(S[r][j] - lse[r]) for the keys query row i0 + r may see in tile [j0, j0 + nk), else 0.
 template <typename scalar_t>
 void probabilities_from_lse(scalar_t* s, const scalar_t* lse, const AttentionGeometry& g, int64_t i0, int64_t nq,
@@ -70,7 +112,8 @@ void probabilities_from_lse(scalar_t* s, const scalar_t* lse, const AttentionGeo
   for (int64_t r = 0; r < nq; ++r) {
     const int64_t visible = std::clamp<int64_t>(g.key_end(i0 + r) - j0, 0, nk);
     scalar_t* row = s + r * kKeyBlock;
-    for (int64_t j = 0; j < visible; ++j) row[j] = std::exp(row[j] - lse[i0 + r]);
+    const scalar_t row_lse = lse[i0 + r];
+    for (int64_t j = 0; j < visible; ++j) row[j] = exp_vectorizable(row[j] - row_lse);
     std::fill(row + visible, row + nk, scalar_t(0));
   }
 }
@@ -101,14 +144,10 @@ void forward(const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* 
             std::fill(row, row + nk, scalar_t(0));
             continue;
           }
-          const scalar_t rescale = std::exp(m[r] - row_max);  // 0 on the first visible tile
-          scalar_t sum = 0;
-          for (int64_t j = 0; j < visible; ++j) {
-            row[j] = std::exp(row[j] - row_max);
-            sum += row[j];
-          }
+          const scalar_t rescale = exp_vectorizable(m[r] - row_max);  // ~0 on the first visible tile
+          for (int64_t j = 0; j < visible; ++j) row[j] = exp_vectorizable(row[j] - row_max);
           std::fill(row + visible, row + nk, scalar_t(0));
-          l[r] = l[r] * rescale + sum;
+          l[r] = l[r] * rescale + sum_lanes(row, visible);
           m[r] = row_max;
           scalar_t* acc_row = acc.data() + r * D;
           for (int64_t d = 0; d < D; ++d) acc_row[d] *= rescale;
@@ -154,46 +193,46 @@ void backward(const scalar_t* dout, const scalar_t* q, const scalar_t* k, const 
       }
   };
 
-  // Pass 1: dK and dV, one key tile per task.
-  const int64_t k_tiles = ceil_div(Lk, kKeyBlock);
-  at::parallel_for(0, BH * k_tiles, 1, [&](int64_t begin, int64_t end) {
+  // One pass: a task owns a run of key tiles of one (batch, head), so it writes their dK and dV
+  // alone and adds dS k * scale into dQ. With at least as many heads as threads a task takes all
+  // of a head's key tiles and owns its dQ; otherwise the key tiles are split into `chunks` and
+  // each chunk adds into its own dQ copy, summed in chunk order at the end (deterministic).
+  const int64_t k_tiles = ceil_div(Lk, kKeyBlock), threads = at::get_num_threads();
+  const int64_t chunks = BH >= threads ? 1 : std::min(k_tiles, ceil_div(threads, BH));
+  const int64_t tiles_per_chunk = ceil_div(k_tiles, chunks);
+  std::vector<scalar_t> dq_chunks(chunks > 1 ? chunks * BH * Lq * D : 0, scalar_t(0));
+  if (chunks == 1) std::fill(dq, dq + BH * Lq * D, scalar_t(0));
+  at::parallel_for(0, BH * chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> p(kQueryBlock * kKeyBlock), ds(kQueryBlock * kKeyBlock);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t bh = task / k_tiles, j0 = (task % k_tiles) * kKeyBlock, nk = std::min(kKeyBlock, Lk - j0);
-      scalar_t* dk_tile = dk + (bh * Lk + j0) * D;
-      scalar_t* dv_tile = dv + (bh * Lk + j0) * D;
-      std::fill(dk_tile, dk_tile + nk * D, scalar_t(0));
-      std::fill(dv_tile, dv_tile + nk * D, scalar_t(0));
-      // Causal: query rows before j0 see none of this tile.
-      const int64_t first_block = g.causal ? (std::min(j0, Lq) / kQueryBlock) * kQueryBlock : 0;
-      for (int64_t i0 = first_block; i0 < Lq; i0 += kQueryBlock) {
-        const int64_t nq = std::min(kQueryBlock, Lq - i0);
-        scores_and_grads(bh, i0, nq, j0, nk, p.data(), ds.data());
-        const scalar_t* do_blk = dout + (bh * Lq + i0) * D;
-        gemm<scalar_t>(true, false, nk, D, nq, 1.0, p.data(), kKeyBlock, do_blk, D, 1.0, dv_tile, D);
-        gemm<scalar_t>(true, false, nk, D, nq, g.scale, ds.data(), kKeyBlock, q + (bh * Lq + i0) * D, D, 1.0, dk_tile,
-                       D);
+      const int64_t bh = task / chunks, chunk = task % chunks;
+      scalar_t* dq_head = (chunks == 1 ? dq : dq_chunks.data() + chunk * BH * Lq * D) + bh * Lq * D;
+      const int64_t first_tile = chunk * tiles_per_chunk, last_tile = std::min(k_tiles, first_tile + tiles_per_chunk);
+      for (int64_t tile = first_tile; tile < last_tile; ++tile) {
+        const int64_t j0 = tile * kKeyBlock, nk = std::min(kKeyBlock, Lk - j0);
+        const scalar_t* k_tile = k + (bh * Lk + j0) * D;
+        scalar_t* dk_tile = dk + (bh * Lk + j0) * D;
+        scalar_t* dv_tile = dv + (bh * Lk + j0) * D;
+        std::fill(dk_tile, dk_tile + nk * D, scalar_t(0));
+        std::fill(dv_tile, dv_tile + nk * D, scalar_t(0));
+        // Causal: query rows before j0 see none of this tile.
+        const int64_t first_block = g.causal ? (std::min(j0, Lq) / kQueryBlock) * kQueryBlock : 0;
+        for (int64_t i0 = first_block; i0 < Lq; i0 += kQueryBlock) {
+          const int64_t nq = std::min(kQueryBlock, Lq - i0);
+          scores_and_grads(bh, i0, nq, j0, nk, p.data(), ds.data());
+          const scalar_t* do_blk = dout + (bh * Lq + i0) * D;
+          gemm<scalar_t>(true, false, nk, D, nq, 1.0, p.data(), kKeyBlock, do_blk, D, 1.0, dv_tile, D);
+          gemm<scalar_t>(true, false, nk, D, nq, g.scale, ds.data(), kKeyBlock, q + (bh * Lq + i0) * D, D, 1.0,
+                         dk_tile, D);
+          gemm<scalar_t>(false, false, nq, D, nk, g.scale, ds.data(), kKeyBlock, k_tile, D, 1.0, dq_head + i0 * D, D);
+        }
       }
     }
   });
-
-  // Pass 2: dQ, one query block per task.
-  const int64_t q_blocks = ceil_div(Lq, kQueryBlock);
-  at::parallel_for(0, BH * q_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> p(kQueryBlock * kKeyBlock), ds(kQueryBlock * kKeyBlock);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t bh = task / q_blocks, i0 = (task % q_blocks) * kQueryBlock, nq = std::min(kQueryBlock, Lq - i0);
-      scalar_t* dq_blk = dq + (bh * Lq + i0) * D;
-      std::fill(dq_blk, dq_blk + nq * D, scalar_t(0));
-      const int64_t k_end = g.key_end(i0 + nq - 1);
-      for (int64_t j0 = 0; j0 < k_end; j0 += kKeyBlock) {
-        const int64_t nk = std::min(kKeyBlock, k_end - j0);
-        scores_and_grads(bh, i0, nq, j0, nk, p.data(), ds.data());
-        gemm<scalar_t>(false, false, nq, D, nk, g.scale, ds.data(), kKeyBlock, k + (bh * Lk + j0) * D, D, 1.0, dq_blk,
-                       D);
-      }
-    }
-  });
+  for (int64_t chunk = 0; chunk < chunks && chunks > 1; ++chunk) {
+    const scalar_t* part = dq_chunks.data() + chunk * BH * Lq * D;
+    for (int64_t i = 0; i < BH * Lq * D; ++i) dq[i] = chunk == 0 ? part[i] : dq[i] + part[i];
+  }
 }
 
 void check_cpu(const at::Tensor& t, const char* name) { check_device_type(t, name, c10::DeviceType::CPU); }

@@ -32,24 +32,32 @@ def load(path):
 
 
 def table(rows, device=None):
-    lines = [
-        "| device | pass | shape | native ms | cnnext ms | native/cnnext | floor ms |",
-        "|---|---|---|---:|---:|---:|---:|",
-    ]
+    """One row per case: every implementation's time, and each baseline's time over cnnext's."""
+    baselines = sorted({impl for r in rows.values() for impl in r if impl not in ("cnnext", "floor", "peak")})
+    baselines.sort(key=lambda impl: impl != "native")  # native first, then e.g. naive
+    header = "| device | pass | shape | " + " | ".join(f"{b} ms" for b in baselines) + " | cnnext ms | "
+    header += " | ".join(f"{b}/cnnext" for b in baselines) + " | floor ms |"
+    lines = [header, "|---|---|---|" + "---:|" * (2 * len(baselines) + 2)]
     ratios = defaultdict(list)
     for (dev, direction, shape), r in sorted(rows.items()):
-        if device and dev != device or "native" not in r or "cnnext" not in r:
+        if device and dev != device or "cnnext" not in r:
             continue
-        ratio = r["native"] / r["cnnext"]
-        ratios[(dev, direction)].append(ratio)
+        times = " | ".join(f"{r[b] * 1e3:.3f}" if b in r else "-" for b in baselines)
+        relative = []
+        for b in baselines:
+            if b in r:
+                ratios[(dev, direction, b)].append(r[b] / r["cnnext"])
+                relative.append(f"{r[b] / r['cnnext']:.2f}")
+            else:
+                relative.append("-")
         lines.append(
-            f"| {dev} | {direction} | {shape} | {r['native'] * 1e3:.3f} | {r['cnnext'] * 1e3:.3f} "
-            f"| {ratio:.2f} | {r['floor'] * 1e3:.3f} |"
+            f"| {dev} | {direction} | {shape} | {times} | {r['cnnext'] * 1e3:.3f} | {' | '.join(relative)} "
+            f"| {r['floor'] * 1e3:.3f} |"
         )
-    lines += ["", "| device | pass | geometric mean native/cnnext | shapes |", "|---|---|---:|---:|"]
-    for (dev, direction), values in sorted(ratios.items()):
+    lines += ["", "| device | pass | ratio | geometric mean | shapes |", "|---|---|---|---:|---:|"]
+    for (dev, direction, baseline), values in sorted(ratios.items()):
         geomean = math.exp(sum(math.log(v) for v in values) / len(values))
-        lines.append(f"| {dev} | {direction} | {geomean:.2f} | {len(values)} |")
+        lines.append(f"| {dev} | {direction} | {baseline}/cnnext | {geomean:.2f} | {len(values)} |")
     return "\n".join(lines)
 
 

@@ -1,5 +1,9 @@
 """Shared test parametrisation: devices, dtypes per device, and poisoning of CUDA memory."""
 
+import os
+import pathlib
+import subprocess
+import sys
 import zlib
 
 import pytest
@@ -43,3 +47,14 @@ def fresh_seed(request):
     seed = zlib.crc32(request.node.nodeid.encode())
     torch.manual_seed(seed)
     yield seed
+
+
+def run_with_baseline_isa(script: str) -> None:
+    """Run `script` in a fresh process whose CPU loops use the baseline (SSE2) build: AVX2 machines
+    otherwise only ever run the AVX2 build of the pooling and attention loops. The script must
+    print "ok" last."""
+    env = {**os.environ, "CNNEXT_CPU_ISA": "baseline"}
+    root = pathlib.Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok"), result.stdout[-1000:]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import cnnext
 from cnnext.ops import reference
 
-from .conftest import DEVICES, FULL_PRECISION, LOW_PRECISION
+from .conftest import DEVICES, FULL_PRECISION, LOW_PRECISION, run_with_baseline_isa
 
 TOLERANCES = {torch.float32: dict(rtol=2e-4, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 
@@ -177,3 +177,20 @@ def test_bad_input_raises_clear_error(q, k, v, message):
 def test_tensors_on_different_devices_raise():
     with pytest.raises(RuntimeError, match="expected k to be on the device of q"):
         cnnext.ops.attention(Q.cuda(), Q, Q.cuda())
+
+
+def test_baseline_isa_loops_match_reference():
+    """The CPU attention loops are also built for the baseline ISA; AVX2 machines never run that
+    build otherwise."""
+    run_with_baseline_isa(
+        """
+import torch
+from tests.test_attention import TOLERANCES, check_against_reference
+for causal in (False, True):
+    for dtype in (torch.float32, torch.float64):
+        q = torch.randn(2, 3, 70, 32, dtype=dtype)
+        k, v = torch.randn(2, 3, 150, 32, dtype=dtype), torch.randn(2, 3, 150, 32, dtype=dtype)
+        check_against_reference(q, k, v, TOLERANCES[dtype], causal)
+print("ok")
+"""
+    )

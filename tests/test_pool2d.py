@@ -3,10 +3,6 @@ indices and gradients over a grid of windows, layouts, batches and dtypes; gradc
 torch.compile, NaN propagation, and bad inputs that must raise clear errors."""
 
 import itertools
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,7 +10,7 @@ import torch.nn.functional as F
 
 import cnnext
 
-from .conftest import DEVICES, FULL_PRECISION, LOW_PRECISION
+from .conftest import DEVICES, FULL_PRECISION, LOW_PRECISION, run_with_baseline_isa
 from .test_conv2d import make_layout
 
 TOLERANCES = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-12)}
@@ -317,10 +313,6 @@ for layout in ["contiguous", "channels_last"]:
         compare(lambda t: ours(t, **kwargs), lambda t: native(t, **kwargs), x, torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(cnnext.ops.max_pool2d(x.float(), 2), F.max_pool2d(x.float(), 2))
-print("baseline ok")
+print("ok")
 """
-    env = {**os.environ, "CNNEXT_CPU_ISA": "baseline"}
-    root = pathlib.Path(__file__).resolve().parent.parent
-    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "baseline ok" in result.stdout
+    run_with_baseline_isa(script)

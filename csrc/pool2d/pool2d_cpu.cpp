@@ -1,11 +1,9 @@
 // Pooling on the CPU: the operator entry points (pool2d_entries.h) bound to the CPU loops. The
 // loops live in pool2d_cpu_loops.h, compiled for the baseline ISA and for AVX2; the AVX2 build is
-// used where the CPU supports it (decided once, at the first call; CNNEXT_CPU_ISA=baseline forces
-// the baseline build, which is how the tests cover it on AVX2 machines).
-#include <cstdlib>
-#include <cstring>
+// used where the CPU supports it (cpu_isa.h; CNNEXT_CPU_ISA=baseline forces the baseline build).
 #include <limits>
 
+#include "cpu_isa.h"
 #include "pool2d/pool2d_cpu_loops_table.h"
 #include "pool2d/pool2d_entries.h"
 
@@ -13,14 +11,11 @@ namespace cnnext {
 namespace {
 
 const Pool2dCpuLoops& loops() {
-  static const Pool2dCpuLoops table = [] {
 #if defined(__x86_64__)
-    const char* forced = std::getenv("CNNEXT_CPU_ISA");
-    const bool baseline_forced = forced != nullptr && std::strcmp(forced, "baseline") == 0;
-    if (!baseline_forced && __builtin_cpu_supports("avx2")) return pool2d_cpu_loops_avx2();
+  static const Pool2dCpuLoops table = cpu_use_avx2() ? pool2d_cpu_loops_avx2() : pool2d_cpu_loops_baseline();
+#else
+  static const Pool2dCpuLoops table = pool2d_cpu_loops_baseline();
 #endif
-    return pool2d_cpu_loops_baseline();
-  }();
   return table;
 }
 

@@ -1,0 +1,9 @@
+// Which build of the CPU loops to run: the kernels with hand-vectorisable loops (pooling,
+// attention) are compiled for the x86-64 baseline and for AVX2, and use AVX2 where this returns
+// true: the CPU supports it and CNNEXT_CPU_ISA=baseline is not set (tests use that to cover the
+// baseline build). Decided once per process.
+#pragma once
+
+namespace cnnext {
+bool cpu_use_avx2();
+}  // namespace cnnext

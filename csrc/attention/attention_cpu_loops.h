@@ -115,6 +115,21 @@ scalar_t sum_lanes(const scalar_t* p, int64_t n) {
   return sum;
 }
 
+// Maximum of n values and `init`, with independent partial maxima so the loop vectorises.
+template <typename scalar_t>
+scalar_t max_lanes(const scalar_t* p, int64_t n, scalar_t init) {
+  constexpr int kLanes = 8;
+  scalar_t lanes[kLanes];
+  for (int j = 0; j < kLanes; ++j) lanes[j] = init;
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) lanes[j] = p[i + j] > lanes[j] ? p[i + j] : lanes[j];
+  scalar_t result = init;
+  for (int j = 0; j < kLanes; ++j) result = lanes[j] > result ? lanes[j] : result;
+  for (; i < n; ++i) result = p[i] > result ? p[i] : result;
+  return result;
+}
+
 // P[r][j] = exp(S[r][j] - lse[r]) for the keys query row i0 + r may see in tile [j0, j0 + nk), else 0.
 template <typename scalar_t>
 void probabilities_from_lse(scalar_t* s, const scalar_t* lse, const AttentionGeometry& g, int64_t i0, int64_t nq,
@@ -148,8 +163,7 @@ void forward(const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* 
         for (int64_t r = 0; r < nq; ++r) {
           const int64_t visible = std::clamp<int64_t>(g.key_end(i0 + r) - j0, 0, nk);
           scalar_t* row = s.data() + r * kKeyBlock;
-          scalar_t row_max = m[r];
-          for (int64_t j = 0; j < visible; ++j) row_max = std::max(row_max, row[j]);
+          const scalar_t row_max = max_lanes(row, visible, m[r]);
           if (visible == 0 || row_max == -std::numeric_limits<scalar_t>::infinity()) {
             std::fill(row, row + nk, scalar_t(0));
             continue;

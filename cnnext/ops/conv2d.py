@@ -10,15 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._args import pair
-
-try:  # torch >= 2.12; mirrors Tensor.suggest_memory_format() on fake tensors
-    from torch._prims_common import suggest_memory_format
-except ImportError:  # pragma: no cover - older torch (e.g. 2.11 on the GPU machines)
-
-    def suggest_memory_format(t: Tensor) -> torch.memory_format:
-        channels_last = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
-        return torch.channels_last if channels_last and not t.is_contiguous() else torch.contiguous_format
-
+from ._layout import suggest_memory_format
 
 __all__ = ["conv2d", "conv2d_output_size"]
 

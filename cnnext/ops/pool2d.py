@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ._args import pair
-from .conv2d import suggest_memory_format
+from ._layout import suggest_memory_format
 
 __all__ = ["adaptive_avg_pool2d", "avg_pool2d", "max_pool2d"]
 

@@ -34,6 +34,11 @@ struct AttentionGeometry {
 AttentionGeometry attention_geometry(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                      std::optional<double> scale, bool causal);
 
+// The same for the backward op, plus grad_out, out and lse against q's shape.
+AttentionGeometry attention_backward_geometry(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+                                              const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                                              std::optional<double> scale, bool causal);
+
 using AttentionOutputs = std::tuple<at::Tensor, at::Tensor>;
 using AttentionGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 

@@ -36,14 +36,8 @@ AttentionOutputs attention_forward_cpu(const at::Tensor& q, const at::Tensor& k,
 AttentionGrads attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
                                       const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                                       std::optional<double> scale, bool causal) {
-  const auto g = attention_geometry(q, k, v, scale, causal);
+  const auto g = attention_backward_geometry(grad_out, q, k, v, out, lse, scale, causal);
   check_cpu(q, "_attention_backward: q");
-  TORCH_CHECK(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
-              "_attention_backward: grad_out and out must have q's shape ", q.sizes(), ", got ", grad_out.sizes(),
-              " and ", out.sizes());
-  TORCH_CHECK(lse.sizes() == q.sizes().slice(0, 3), "_attention_backward: lse must have shape ",
-              q.sizes().slice(0, 3), ", got ", lse.sizes());
-  check_same_dtype(q, "q", grad_out, "grad_out");
   auto dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options());
   auto dv = at::empty(v.sizes(), v.options());
   if (q.numel() == 0 || k.numel() == 0) return {dq.zero_(), dk.zero_(), dv.zero_()};

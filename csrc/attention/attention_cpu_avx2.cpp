@@ -12,6 +12,7 @@
 
 #include "attention/attention_cpu_loops_table.h"
 #include "common.h"
+#include "cpu_reduce.h"
 
 #pragma GCC target("avx2")
 #define CNNEXT_ATTENTION_LOOPS_FACTORY attention_cpu_loops_avx2

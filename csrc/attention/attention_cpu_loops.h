@@ -25,6 +25,7 @@
 
 #include "attention/attention_cpu_loops_table.h"
 #include "common.h"
+#include "cpu_reduce.h"
 
 #ifndef CNNEXT_ATTENTION_LOOPS_FACTORY
 #error "define CNNEXT_ATTENTION_LOOPS_FACTORY before including attention_cpu_loops.h"
@@ -101,35 +102,6 @@ inline float exp_vectorizable(float x) {
 }
 inline double exp_vectorizable(double x) { return std::exp(x); }
 
-// Sum with independent partial sums, so the adds vectorise (one running sum cannot be reordered).
-template <typename scalar_t>
-scalar_t sum_lanes(const scalar_t* p, int64_t n) {
-  constexpr int kLanes = 8;
-  scalar_t lanes[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) lanes[j] += p[i + j];
-  scalar_t sum = 0;
-  for (int j = 0; j < kLanes; ++j) sum += lanes[j];
-  for (; i < n; ++i) sum += p[i];
-  return sum;
-}
-
-// Maximum of n values and `init`, with independent partial maxima so the loop vectorises.
-template <typename scalar_t>
-scalar_t max_lanes(const scalar_t* p, int64_t n, scalar_t init) {
-  constexpr int kLanes = 8;
-  scalar_t lanes[kLanes];
-  for (int j = 0; j < kLanes; ++j) lanes[j] = init;
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) lanes[j] = p[i + j] > lanes[j] ? p[i + j] : lanes[j];
-  scalar_t result = init;
-  for (int j = 0; j < kLanes; ++j) result = lanes[j] > result ? lanes[j] : result;
-  for (; i < n; ++i) result = p[i] > result ? p[i] : result;
-  return result;
-}
-
 // P[r][j] = exp(S[r][j] - lse[r]) for the keys query row i0 + r may see in tile [j0, j0 + nk), else 0.
 template <typename scalar_t>
 void probabilities_from_lse(scalar_t* s, const scalar_t* lse, const AttentionGeometry& g, int64_t i0, int64_t nq,
@@ -171,7 +143,7 @@ void forward(const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* 
           const scalar_t rescale = exp_vectorizable(m[r] - row_max);  // ~0 on the first visible tile
           for (int64_t j = 0; j < visible; ++j) row[j] = exp_vectorizable(row[j] - row_max);
           std::fill(row + visible, row + nk, scalar_t(0));
-          l[r] = l[r] * rescale + sum_lanes(row, visible);
+          l[r] = l[r] * rescale + sum_lanes<scalar_t>(row, visible);
           m[r] = row_max;
           scalar_t* acc_row = acc.data() + r * D;
           for (int64_t d = 0; d < D; ++d) acc_row[d] *= rescale;

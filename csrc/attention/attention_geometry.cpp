@@ -32,4 +32,18 @@ AttentionGeometry attention_geometry(const at::Tensor& q, const at::Tensor& k, c
   return g;
 }
 
+AttentionGeometry attention_backward_geometry(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+                                              const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                                              std::optional<double> scale, bool causal) {
+  const auto g = attention_geometry(q, k, v, scale, causal);
+  TORCH_CHECK(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
+              "_attention_backward: grad_out and out must have q's shape ", q.sizes(), ", got ", grad_out.sizes(),
+              " and ", out.sizes());
+  TORCH_CHECK(lse.sizes() == q.sizes().slice(0, 3), "_attention_backward: lse must have shape ",
+              q.sizes().slice(0, 3), ", got ", lse.sizes());
+  check_same_dtype(q, "q", grad_out, "grad_out");
+  check_same_device(q, "q", grad_out, "grad_out");
+  return g;
+}
+
 }  // namespace cnnext

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu_reduce.h"
 #include "pool2d/pool2d_cpu_loops_table.h"
 #include "pool2d/pool2d_window.h"
 

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu_reduce.h"
 #include "pool2d/pool2d_cpu_loops_table.h"
 #include "pool2d/pool2d_window.h"
 
@@ -275,20 +276,6 @@ void max_backward(const scalar_t* dy, const int64_t* indices, scalar_t* dx, cons
 // Average and adaptive-average pooling (AvgAxis::kernel == 0 means adaptive). The NCHW row loops
 // need a fixed window width, so adaptive NCHW pooling sums each window directly instead.
 
-// Sum of n contiguous values with independent partial sums (a single running sum would serialise
-// on the add latency and could not be vectorised without reassociating).
-template <typename acc_t, typename scalar_t>
-inline acc_t sum_contiguous(const scalar_t* p, int64_t n) {
-  constexpr int kLanes = 8;
-  acc_t lanes[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) lanes[j] += p[i + j];
-  acc_t sum = 0;
-  for (int j = 0; j < kLanes; ++j) sum += lanes[j];
-  for (; i < n; ++i) sum += p[i];
-  return sum;
-}
 
 // 1 / divisor of every output (0 where a window is empty), computed once per call: the plane
 // loops then multiply (vectorised) instead of dividing per element (rounding differs from a true
@@ -328,12 +315,12 @@ void avg_forward(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g, AvgD
           opmath_t* __restrict__ sum = sum_row.data();
           std::fill(sum, sum + OW, opmath_t(0));
           if (adaptive && OW == 1) {  // whole rows (e.g. global pooling): one contiguous run
-            sum[0] = sum_contiguous<opmath_t>(src + r.lo * W, (r.hi - r.lo) * W);
+            sum[0] = sum_lanes<opmath_t>(src + r.lo * W, (r.hi - r.lo) * W);
           } else if (adaptive) {
             for (int64_t ih = r.lo; ih < r.hi; ++ih) {
               for (int64_t ow = 0; ow < OW; ++ow) {
                 const Span c = col_windows[ow];
-                sum[ow] += sum_contiguous<opmath_t>(src + ih * W + c.lo, c.hi - c.lo);
+                sum[ow] += sum_lanes<opmath_t>(src + ih * W + c.lo, c.hi - c.lo);
               }
             }
           } else {

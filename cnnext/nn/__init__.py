@@ -3,6 +3,7 @@ torch.nn namesake and keeps the same parameters and state_dict keys, so weights 
 
 from .attention import SelfAttention2d
 from .conv import Conv2d
+from .convert import convert
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
-__all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "Conv2d", "MaxPool2d", "SelfAttention2d"]
+__all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "Conv2d", "MaxPool2d", "SelfAttention2d", "convert"]

@@ -1,0 +1,181 @@
+"""Model families on both backends: parameter counts and FLOPs from the papers, native/cnnext
+parity (logits, gradients, 10 SGD steps), convert() round trips, and bad configurations."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cnnext
+from cnnext.models import build_model, count_flops, count_parameters, list_models
+
+# Small configurations of every registered family (parity runs them on both backends).
+FAMILY_CONFIGS = {
+    "mlp": dict(in_features=3 * 16 * 16, hidden=(32, 16), batch_norm=True),
+    "cnn-residual-attention": dict(depth=4, width=8, residual=True, attention_stages=(1,)),
+    "cnn-factorized-avg-k5": dict(depth=5, width=8, kernel_size=5, factorized=True, pooling="avg"),
+    "cnn-strided-k7": dict(depth=3, width=8, kernel_size=7, pooling="strided"),
+    "resnet-basic": dict(depth=8),
+    "resnet-bottleneck": dict(depth=11, block="bottleneck"),
+    "wrn": dict(depth=10, widen=1),
+}
+
+
+def _family(case: str) -> str:
+    return case.split("-")[0]
+
+
+def test_every_registered_family_has_a_parity_case():
+    assert sorted({_family(c) for c in FAMILY_CONFIGS}) == list_models()
+
+
+def twin_models(case: str, dtype=torch.float64):
+    torch.manual_seed(0)
+    native = build_model(_family(case), backend="native", **FAMILY_CONFIGS[case]).to(dtype)
+    ours = build_model(_family(case), backend="cnnext", **FAMILY_CONFIGS[case]).to(dtype)
+    assert ours.state_dict().keys() == native.state_dict().keys()
+    ours.load_state_dict(native.state_dict())
+    for module in ours.modules():  # SelfAttention2d starts as the identity: open its gate
+        if isinstance(module, cnnext.nn.SelfAttention2d):
+            module.gate.data.fill_(0.5)
+    for module in native.modules():
+        if isinstance(module, cnnext.nn.SelfAttention2d):
+            module.gate.data.fill_(0.5)
+    return native, ours
+
+
+def test_cnnext_backend_uses_cnnext_layers():
+    _, ours = twin_models("cnn-residual-attention")
+    kinds = {type(m) for m in ours.modules()}
+    assert cnnext.nn.Conv2d in kinds and cnnext.nn.MaxPool2d in kinds and torch.nn.Conv2d not in kinds
+
+
+# float64: both backends compute the same sums in different orders; 1e-9 leaves room for that
+# over ~10 layers. float32 (logits of O(1)): per-layer rounding differences of ~1e-6 relative
+# compound through batch norm, hence 1e-4.
+@pytest.mark.parametrize(
+    "dtype, tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)], ids=["float64", "float32"]
+)
+@pytest.mark.parametrize("case", list(FAMILY_CONFIGS))
+def test_backends_give_same_logits_and_gradients(case, dtype, tol):
+    native, ours = twin_models(case, dtype)
+    x = torch.randn(4, 3, 16, 16, dtype=dtype)
+    y = torch.randint(0, 10, (4,))
+    logits, logits_native = ours(x), native(x)
+    torch.testing.assert_close(logits, logits_native, rtol=tol, atol=tol)
+    F.cross_entropy(logits, y).backward()
+    F.cross_entropy(logits_native, y).backward()
+    for (name, p), p_native in zip(ours.named_parameters(), native.parameters(), strict=True):
+        torch.testing.assert_close(
+            p.grad, p_native.grad, rtol=tol, atol=tol, msg=lambda m, n=name: f"{n}: {m}"
+        )
+
+
+@pytest.mark.parametrize("case", list(FAMILY_CONFIGS))
+def test_ten_sgd_steps_give_same_losses(case):
+    native, ours = twin_models(case)
+    losses = {}
+    for label, model in (("native", native), ("cnnext", ours)):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        generator = torch.Generator().manual_seed(1)
+        losses[label] = []
+        for _ in range(10):
+            x = torch.randn(8, 3, 16, 16, generator=generator, dtype=torch.float64)
+            y = torch.randint(0, 10, (8,), generator=generator)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses[label].append(loss.item())
+    torch.testing.assert_close(losses["cnnext"], losses["native"], rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "name, cfg, millions",
+    [
+        ("resnet", dict(depth=20), 0.27),
+        ("resnet", dict(depth=56), 0.85),
+        ("resnet", dict(depth=110), 1.7),
+        ("wrn", dict(depth=16, widen=8), 11.0),
+        ("wrn", dict(depth=28, widen=10), 36.5),
+    ],
+    ids=["resnet20", "resnet56", "resnet110", "wrn-16-8", "wrn-28-10"],
+)
+def test_parameter_counts_match_the_papers(name, cfg, millions):
+    # The papers round to 2-3 significant digits.
+    assert round(count_parameters(build_model(name, **cfg)) / 1e6, 2 if millions < 1 else 1) == millions
+
+
+def test_resnet20_flops():
+    flops = count_flops(build_model("resnet", depth=20), (3, 32, 32))
+    assert 40e6 <= flops <= 42e6  # He et al.: about 41M multiply-adds
+
+
+def test_convert_round_trip_is_bit_identical():
+    torch.manual_seed(0)
+    model = build_model("cnn", depth=4, width=8, residual=True, attention_stages=(2,))
+    before = copy.deepcopy(model.state_dict())
+    cnnext.nn.convert(model, to="cnnext")
+    assert all(type(m) is not torch.nn.Conv2d for m in model.modules())
+    assert all(m.backend == "cnnext" for m in model.modules() if isinstance(m, cnnext.nn.SelfAttention2d))
+    cnnext.nn.convert(model, to="native")
+    assert all(type(m) is not cnnext.nn.Conv2d for m in model.modules())
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_convert_keeps_mode_and_copies_when_asked():
+    model = build_model("resnet", depth=8).eval()
+    converted = cnnext.nn.convert(model, to="cnnext", inplace=False)
+    assert converted is not model and not converted.training
+    assert any(type(m) is cnnext.nn.Conv2d for m in converted.modules())
+    assert all(type(m) is not cnnext.nn.Conv2d for m in model.modules())  # original untouched
+
+
+def test_torchvision_resnet18_converts_and_matches():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        converted = cnnext.nn.convert(model, to="cnnext", inplace=False)
+        got = converted(x)
+    assert sum(type(m) is cnnext.nn.Conv2d for m in converted.modules()) == 20
+    assert (
+        type(converted.maxpool) is cnnext.nn.MaxPool2d
+        and type(converted.avgpool) is cnnext.nn.AdaptiveAvgPool2d
+    )
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_convert_leaves_unsupported_layers_native_and_says_so():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3).half(), torch.nn.Conv2d(4, 4, 3))
+    with pytest.warns(UserWarning, match=r"left these layers native: 0: dtype torch.float16 on CPU"):
+        cnnext.nn.convert(model, to="cnnext")
+    assert type(model[0]) is torch.nn.Conv2d and type(model[1]) is cnnext.nn.Conv2d
+
+
+BAD_CONFIGS = {
+    "unknown model": (dict(name="vgg16"), "unknown model 'vgg16'; registered models: cnn, mlp, resnet, wrn"),
+    "resnet depth": (dict(name="resnet", depth=21), r"must be 6n\+2 \(e.g. 8, 20, 32, 44, 56\), got 21"),
+    "bottleneck depth": (
+        dict(name="resnet", depth=21, block="bottleneck"),
+        r"must be 9n\+2 \(e.g. 11, 29, 47",
+    ),
+    "resnet block": (dict(name="resnet", block="dense"), "block must be one of"),
+    "wrn depth": (dict(name="wrn", depth=20), r"WRN depth must be 6n\+4"),
+    "cnn depth": (dict(name="cnn", depth=2), "cnn depth must be >= 3"),
+    "cnn kernel": (dict(name="cnn", kernel_size=4), r"kernel_size must be one of \(1, 3, 5, 7\)"),
+    "cnn pooling": (dict(name="cnn", pooling="lp"), "pooling must be one of"),
+    "backend": (dict(name="mlp", backend="jax"), "backend must be one of"),
+    "activation": (dict(name="mlp", activation="swish"), "activation must be one of"),
+}
+
+
+@pytest.mark.parametrize("cfg, message", BAD_CONFIGS.values(), ids=BAD_CONFIGS.keys())
+def test_bad_configuration_lists_what_is_valid(cfg, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(**cfg)

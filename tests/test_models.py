@@ -16,6 +16,8 @@ FAMILY_CONFIGS = {
     "cnn-residual-attention": dict(depth=4, width=8, residual=True, attention_stages=(1,)),
     "cnn-factorized-avg-k5": dict(depth=5, width=8, kernel_size=5, factorized=True, pooling="avg"),
     "cnn-strided-k7": dict(depth=3, width=8, kernel_size=7, pooling="strided"),
+    "cnn-shallow": dict(depth=2, width=8),
+    "cnn-deep-plain": dict(depth=20, width=4),
     "resnet-basic": dict(depth=8),
     "resnet-bottleneck": dict(depth=11, block="bottleneck"),
     "wrn": dict(depth=10, widen=1),
@@ -107,6 +109,12 @@ def test_parameter_counts_match_the_papers(name, cfg, millions):
     assert round(count_parameters(build_model(name, **cfg)) / 1e6, 2 if millions < 1 else 1) == millions
 
 
+def test_cnn_depth_counts_conv_layers():
+    for depth in (2, 7, 20):
+        convs = [m for m in build_model("cnn", depth=depth).modules() if isinstance(m, torch.nn.Conv2d)]
+        assert len(convs) == depth
+
+
 def test_resnet20_flops():
     flops = count_flops(build_model("resnet", depth=20), (3, 32, 32))
     assert 40e6 <= flops <= 42e6  # He et al.: about 41M multiply-adds
@@ -167,7 +175,7 @@ BAD_CONFIGS = {
     ),
     "resnet block": (dict(name="resnet", block="dense"), "block must be one of"),
     "wrn depth": (dict(name="wrn", depth=20), r"WRN depth must be 6n\+4"),
-    "cnn depth": (dict(name="cnn", depth=2), "cnn depth must be >= 3"),
+    "cnn depth": (dict(name="cnn", depth=1), "cnn depth must be >= 2"),
     "cnn kernel": (dict(name="cnn", kernel_size=4), r"kernel_size must be one of \(1, 3, 5, 7\)"),
     "cnn pooling": (dict(name="cnn", pooling="lp"), "pooling must be one of"),
     "backend": (dict(name="mlp", backend="jax"), "backend must be one of"),

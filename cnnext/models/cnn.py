@@ -51,7 +51,8 @@ class PlainCNN(torch.nn.Module):
     """`depth` conv units in three stages (widths width, 2 width, 4 width) with a downsampling
     between stages (max/avg pooling or a stride-2 conv), global average pooling, linear classifier.
 
-    depth: conv units, >= 3 (split as evenly as possible over the 3 stages).
+    depth: conv units, >= 2, split as evenly as possible over the 3 stages, earlier stages first
+        (depth 2 uses the first two stages only).
     attention_stages: indices (0, 1, 2) of stages followed by a SelfAttention2d.
     """
 
@@ -70,8 +71,8 @@ class PlainCNN(torch.nn.Module):
         backend: str = "native",
     ):
         super().__init__()
-        if depth < 3:
-            raise ValueError(f"cnn depth must be >= 3 (one conv unit per stage at least), got {depth}")
+        if depth < 2:
+            raise ValueError(f"cnn depth must be >= 2 conv units, got {depth}")
         if kernel_size not in (1, 3, 5, 7):
             raise ValueError(f"kernel_size must be one of (1, 3, 5, 7), got {kernel_size}")
         if pooling not in POOLINGS:
@@ -97,7 +98,7 @@ class PlainCNN(torch.nn.Module):
                     )
                 )
                 channels = out_ch
-            if stage in attention_stages:
+            if stage in attention_stages and count > 0:
                 units.append(layers.SelfAttention2d(channels, heads=attention_heads))
         self.features = torch.nn.Sequential(*units)
         self.pool = layers.AdaptiveAvgPool2d(1)

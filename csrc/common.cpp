@@ -1,0 +1,24 @@
+#include "common.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#include <cstdint>
+
+namespace cnnext {
+
+void advise_huge_pages(const at::Tensor& fresh) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHugePage = uintptr_t{2} << 20;
+  if (!fresh.device().is_cpu() || fresh.nbytes() < 2 * kHugePage) return;
+  const auto begin = reinterpret_cast<uintptr_t>(fresh.data_ptr());
+  const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t last = (begin + fresh.nbytes()) & ~(kHugePage - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // a hint: errors ignored
+#else
+  (void)fresh;
+#endif
+}
+
+}  // namespace cnnext

@@ -1,0 +1,224 @@
+"""Datasets for the experiments, kept in memory as uint8 tensors; normalisation and augmentation
+run batched on the training device (per-image PIL transforms made 2-core CPU training wait on
+data loading).
+
+    load("mnist" | "fashion-mnist" | "cifar10", train=True, root=None, download=False) -> ImageSet
+    synthetic(...) -> ImageSet                    a learnable toy set for tests
+    stratified_subset(images, size, seed)         equal counts per class
+    Loader(images, batch_size, ...)               shuffled, normalised, augmented batches
+
+The data root is `root`, else $CNNEXT_DATA, else ./data. MNIST and Fashion-MNIST use
+torchvision's layout (ROOT/MNIST/raw, ROOT/FashionMNIST/raw). CIFAR-10 is read from torchvision's
+ROOT/cifar-10-batches-py or, failing that, from the image-folder export
+ROOT/cifar-10-images/{train,test}/<class>/*.png|jpg (as ../shared/data provides it), decoded once
+and cached as tensors under $CNNEXT_CACHE (default ~/.cache/cnnext), since the data root may be
+read-only.
+"""
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["DATASETS", "ImageSet", "Loader", "data_root", "load", "stratified_subset", "synthetic"]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    channels: int
+    size: int
+    classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: bool  # random crop (4-pixel padding) + horizontal flip by default when training
+
+
+DATASETS = {
+    "mnist": DatasetSpec(1, 28, 10, (0.1307,), (0.3081,), augment=False),
+    "fashion-mnist": DatasetSpec(1, 28, 10, (0.2860,), (0.3530,), augment=False),
+    "cifar10": DatasetSpec(3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), augment=True),
+}
+
+
+@dataclass
+class ImageSet:
+    images: Tensor  # (N, C, H, W) uint8
+    labels: Tensor  # (N,) int64
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    return Path(root or os.environ.get("CNNEXT_DATA") or "data")
+
+
+def _missing(name: str, root: Path, expected: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{name} not found under {root.resolve()}: expected {expected}. Point --data-dir or CNNEXT_DATA at a "
+        "folder that has it, or pass download=True (--download) where the internet is reachable."
+    )
+
+
+def load(
+    name: str, train: bool = True, root: str | os.PathLike | None = None, download: bool = False
+) -> ImageSet:
+    """The train or test split of dataset `name` as uint8 tensors."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(sorted(DATASETS))}")
+    spec, root = DATASETS[name], data_root(root)
+    if name in ("mnist", "fashion-mnist"):
+        import torchvision
+
+        cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
+        try:
+            ds = cls(str(root), train=train, download=download)
+        except RuntimeError as error:
+            raise _missing(name, root, f"{cls.__name__}/raw/*-ubyte (torchvision's layout)") from error
+        return ImageSet(
+            ds.data.unsqueeze(1).contiguous(), ds.targets.long(), list(ds.classes), spec.mean, spec.std
+        )
+    return _load_cifar10(root, train, download, spec)
+
+
+def _load_cifar10(root: Path, train: bool, download: bool, spec: DatasetSpec) -> ImageSet:
+    import torchvision
+
+    folder = root / "cifar-10-images" / ("train" if train else "test")
+    if (root / "cifar-10-batches-py").is_dir() or (download and not folder.is_dir()):
+        ds = torchvision.datasets.CIFAR10(str(root), train=train, download=download)
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        return ImageSet(images, torch.tensor(ds.targets), list(ds.classes), spec.mean, spec.std)
+    if not folder.is_dir():
+        raise _missing(
+            "cifar10", root, "cifar-10-batches-py/ or cifar-10-images/{train,test}/<class>/*.jpg|png"
+        )
+    images, labels, classes = _cached_image_folder(folder)
+    return ImageSet(images, labels, classes, spec.mean, spec.std)
+
+
+def _cached_image_folder(folder: Path) -> tuple[Tensor, Tensor, list[str]]:
+    """Decode an image-folder export once; later calls read the cached tensors."""
+    import numpy as np
+    from PIL import Image
+
+    def decode(path: Path) -> Tensor:
+        with Image.open(path) as image:
+            return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())  # ImageFolder's (and CIFAR's) order
+    files = [
+        (path, label)
+        for label, c in enumerate(classes)
+        for path in sorted((folder / c).iterdir())
+        if path.suffix.lower() in (".png", ".jpg", ".jpeg")
+    ]
+    key = hashlib.sha1(
+        f"{folder.resolve()}|{len(files)}|{files[-1][0].stat().st_mtime_ns}".encode()
+    ).hexdigest()[:16]
+    cache = (
+        Path(os.environ.get("CNNEXT_CACHE") or Path.home() / ".cache" / "cnnext") / f"{folder.name}-{key}.pt"
+    )
+    if cache.exists():
+        saved = torch.load(cache)
+        return saved["images"], saved["labels"], saved["classes"]
+    images = torch.stack([decode(path) for path, _ in files])
+    labels = torch.tensor([label for _, label in files])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"images": images, "labels": labels, "classes": classes}, tmp)
+    os.replace(tmp, cache)  # atomic: an interrupted decode never leaves a half-written cache
+    return images, labels, classes
+
+
+def synthetic(n: int = 512, channels: int = 1, size: int = 28, classes: int = 10, seed: int = 0) -> ImageSet:
+    """A learnable toy set: each class is a fixed random pattern plus noise (for tests)."""
+    generator = torch.Generator().manual_seed(seed)
+    templates = torch.rand(classes, channels, size, size, generator=generator)
+    labels = torch.arange(n) % classes
+    noise = torch.rand(n, channels, size, size, generator=generator)
+    images = ((0.7 * templates[labels] + 0.3 * noise) * 255).round().to(torch.uint8)
+    return ImageSet(images, labels, [str(c) for c in range(classes)], (0.5,) * channels, (0.25,) * channels)
+
+
+def stratified_subset(data: ImageSet, size: int, seed: int = 0) -> ImageSet:
+    """`size` samples with (as nearly as possible) equal counts per class, chosen at random."""
+    if not 0 < size <= len(data):
+        raise ValueError(f"subset size must be in [1, {len(data)}], got {size}")
+    generator = torch.Generator().manual_seed(seed)
+    classes = data.labels.unique()
+    chosen = []
+    for i, c in enumerate(classes):
+        members = (data.labels == c).nonzero().flatten()
+        quota = size // len(classes) + (1 if i < size % len(classes) else 0)
+        chosen.append(members[torch.randperm(members.numel(), generator=generator)[:quota]])
+    index = torch.cat(chosen).sort().values
+    return ImageSet(data.images[index], data.labels[index], data.classes, data.mean, data.std)
+
+
+class Loader:
+    """Batches of (normalised float images, labels) from an ImageSet held on `device`.
+
+    Shuffling uses its own generator (seed + epoch), so a run is reproducible and a resumed run
+    sees the same batches. augment=True applies a random crop after 4-pixel zero padding and a
+    random horizontal flip per image, batched on the device.
+    """
+
+    def __init__(
+        self,
+        data: ImageSet,
+        batch_size: int,
+        shuffle: bool = False,
+        augment: bool = False,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        drop_last: bool = False,
+    ):
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        self.seed, self.drop_last, self.epoch = seed, drop_last, 0
+
+    def __len__(self) -> int:
+        n = self.labels.numel()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        n = self.labels.numel()
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size].to(self.images.device)
+            images = self.images[index]
+            if self.augment:
+                images = random_crop_flip(images, generator)
+            yield (images.float() / 255 - self.mean) / self.std, self.labels[index]
+
+
+def random_crop_flip(images: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
+    """Per image: a random crop of the original size from the zero-padded image, then a horizontal
+    flip with probability 1/2. Batched gathers, no per-image Python loop."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+    rows = dy[:, None] + torch.arange(h, device=images.device)  # (n, h)
+    cols = dx[:, None] + torch.arange(w, device=images.device)  # (n, w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    return (
+        padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+    )

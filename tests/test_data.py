@@ -1,0 +1,111 @@
+"""cnnext.data: in-memory uint8 datasets, stratified subsets, batched augmentation, and the
+opt-in real-data checks (run when CNNEXT_DATA points at a prepared data root)."""
+
+import os
+
+import pytest
+import torch
+
+from cnnext import data
+
+
+def test_synthetic_set_shapes_and_labels():
+    ds = data.synthetic(n=50, channels=3, size=16, classes=5)
+    assert ds.images.shape == (50, 3, 16, 16) and ds.images.dtype == torch.uint8
+    assert ds.labels.tolist() == [i % 5 for i in range(50)]
+
+
+def test_stratified_subset_balances_classes_and_is_seeded():
+    ds = data.synthetic(n=1000, classes=10)
+    sub = data.stratified_subset(ds, 95, seed=3)
+    assert len(sub) == 95
+    assert sorted(torch.bincount(sub.labels).tolist()) == [9] * 5 + [10] * 5
+    assert torch.equal(sub.images, data.stratified_subset(ds, 95, seed=3).images)
+    assert not torch.equal(sub.images, data.stratified_subset(ds, 95, seed=4).images)
+    with pytest.raises(ValueError, match=r"subset size must be in \[1, 1000\]"):
+        data.stratified_subset(ds, 0)
+
+
+def test_loader_visits_every_sample_once_per_epoch_reproducibly():
+    ds = data.synthetic(n=103, classes=10)
+    ds.labels = torch.arange(103)  # make every sample identifiable
+    loader = data.Loader(ds, batch_size=10, shuffle=True, seed=1)
+    seen = torch.cat([labels for _, labels in loader])
+    assert sorted(seen.tolist()) == list(range(103)) and len(loader) == 11
+    again = torch.cat([labels for _, labels in data.Loader(ds, batch_size=10, shuffle=True, seed=1)])
+    assert torch.equal(seen, again)
+    loader.set_epoch(1)
+    assert not torch.equal(seen, torch.cat([labels for _, labels in loader]))
+
+
+def test_loader_normalises_with_dataset_statistics():
+    ds = data.synthetic(n=8, channels=1)
+    images, _ = next(iter(data.Loader(ds, batch_size=8)))
+    expected = (ds.images.float() / 255 - 0.5) / 0.25
+    torch.testing.assert_close(images, expected)
+
+
+def test_random_crop_flip_moves_pixels_only_within_padding():
+    images = torch.randint(1, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    out = data.random_crop_flip(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    for original, cropped in zip(images, out, strict=True):
+        # Every output is some shift (|dy|, |dx| <= 4, zero fill) of the image or of its mirror.
+        candidates = []
+        for source in (original, original.flip(-1)):
+            padded = torch.nn.functional.pad(source, (4, 4, 4, 4))
+            candidates += [padded[:, y : y + 8, x : x + 8] for y in range(9) for x in range(9)]
+        assert any(torch.equal(cropped, c) for c in candidates)
+    assert not torch.equal(out, images)
+
+
+def test_missing_data_says_where_to_put_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="mnist not found under .*MNIST/raw"):
+        data.load("mnist", root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="cifar10 not found under .*cifar-10-images"):
+        data.load("cifar10", root=tmp_path)
+    with pytest.raises(ValueError, match="unknown dataset 'svhn'; available: cifar10, fashion-mnist, mnist"):
+        data.load("svhn")
+
+
+def test_image_folder_is_decoded_once_and_cached(tmp_path, monkeypatch):
+    from PIL import Image
+
+    folder = tmp_path / "root" / "cifar-10-images" / "train"
+    expected = []
+    for label, name in enumerate(["airplane", "automobile"]):
+        (folder / name).mkdir(parents=True)
+        for i in range(3):
+            image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / name / f"{i:04d}.png")
+            expected.append((image, label))
+    monkeypatch.setenv("CNNEXT_CACHE", str(tmp_path / "cache"))
+    first = data.load("cifar10", root=tmp_path / "root")
+    assert first.classes == ["airplane", "automobile"] and first.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert all(torch.equal(first.images[i], image) for i, (image, _) in enumerate(expected))
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    second = data.load("cifar10", root=tmp_path / "root")
+    assert torch.equal(first.images, second.images)
+
+
+REAL = pytest.mark.skipif(
+    not os.environ.get("CNNEXT_DATA"), reason="CNNEXT_DATA not set (opt-in real-data test)"
+)
+
+
+@REAL
+def test_real_mnist_matches_the_published_statistics():
+    train, test = data.load("mnist", train=True), data.load("mnist", train=False)
+    assert len(train) == 60000 and len(test) == 10000
+    pixels = train.images.float() / 255
+    assert abs(pixels.mean().item() - 0.1307) < 1e-3 and abs(pixels.std().item() - 0.3081) < 1e-3
+    assert torch.bincount(test.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@REAL
+def test_real_cifar10_image_folder_matches_the_published_statistics(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNEXT_CACHE", str(tmp_path))
+    train = data.load("cifar10", train=True)
+    assert train.images.shape == (50000, 3, 32, 32) and torch.bincount(train.labels).tolist() == [5000] * 10
+    means = (train.images.float() / 255).mean(dim=(0, 2, 3))
+    torch.testing.assert_close(means, torch.tensor([0.4913, 0.4821, 0.4465]), atol=2e-3, rtol=0)

@@ -138,12 +138,17 @@ def _cached_image_folder(folder: Path) -> tuple[Tensor, Tensor, list[str]]:
     return images, labels, classes
 
 
-def synthetic(n: int = 512, channels: int = 1, size: int = 28, classes: int = 10, seed: int = 0) -> ImageSet:
-    """A learnable toy set: each class is a fixed random pattern plus noise (for tests)."""
-    generator = torch.Generator().manual_seed(seed)
-    templates = torch.rand(classes, channels, size, size, generator=generator)
+def synthetic(
+    n: int = 512, channels: int = 1, size: int = 28, classes: int = 10, seed: int = 0, pattern_seed: int = 0
+) -> ImageSet:
+    """A learnable toy set for tests: each class is a fixed random pattern (drawn from
+    `pattern_seed`, so train and test sets made with different `seed`s share the classes) plus
+    noise drawn from `seed`."""
+    templates = torch.rand(
+        classes, channels, size, size, generator=torch.Generator().manual_seed(pattern_seed)
+    )
     labels = torch.arange(n) % classes
-    noise = torch.rand(n, channels, size, size, generator=generator)
+    noise = torch.rand(n, channels, size, size, generator=torch.Generator().manual_seed(1_000_003 + seed))
     images = ((0.7 * templates[labels] + 0.3 * noise) * 255).round().to(torch.uint8)
     return ImageSet(images, labels, [str(c) for c in range(classes)], (0.5,) * channels, (0.25,) * channels)
 

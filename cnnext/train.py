@@ -1,0 +1,193 @@
+"""Training engine: fit / evaluate with SGD or AdamW, LR schedules, per-epoch history (losses,
+accuracies, LR, time, samples/s, per-layer gradient norms), atomic checkpoints and resume.
+
+A run interrupted at any point and started again with the same arguments continues from its last
+finished epoch and produces the same history as an uninterrupted run (model, optimizer, schedule
+and RNG states are checkpointed; the data order depends only on seed and epoch).
+"""
+
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .data import Loader
+
+__all__ = ["TrainConfig", "evaluate", "fit", "set_seed"]
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    optimizer: str = "sgd"  # "sgd" | "adamw"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # "cosine" | "step" | "constant"
+    step_size: int = 30  # epochs between LR drops for "step"
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+
+    def __post_init__(self):
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "step", "constant"):
+            raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {self.schedule!r}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _lr_factor(cfg: TrainConfig, epoch: int) -> float:
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+    if cfg.schedule == "step":
+        return cfg.gamma ** (epoch // cfg.step_size)
+    return 1.0
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: Loader) -> dict:
+    """Mean loss, accuracy and the predictions over a loader (model in eval mode meanwhile)."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, count, predictions = 0.0, 0, 0, []
+    for images, labels in loader:
+        logits = model(images)
+        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        predicted = logits.argmax(1)
+        correct += (predicted == labels).sum().item()
+        count += labels.numel()
+        predictions.append(predicted.cpu())
+    model.train(was_training)
+    return {
+        "loss": total_loss / max(count, 1),
+        "accuracy": correct / max(count, 1),
+        "predictions": torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.long),
+    }
+
+
+def _save_atomically(state: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # a crash leaves the previous checkpoint intact, never a partial one
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fit(
+    model: torch.nn.Module,
+    train: Loader,
+    test: Loader,
+    cfg: TrainConfig,
+    checkpoint: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Train for cfg.epochs, evaluating on `test` after every epoch; returns the history (one dict
+    per epoch). With `checkpoint`, state is saved there after every epoch and a run whose
+    checkpoint exists resumes from it."""
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    optimizer = _optimizer(model, cfg)
+    history: list[dict] = []
+    start_epoch = 0
+    checkpoint = Path(checkpoint) if checkpoint else None
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        if state["config"] != asdict(cfg):
+            raise ValueError(
+                f"checkpoint {checkpoint} was written with another configuration: {state['config']}"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, start_epoch = state["history"], state["epoch"]
+        torch.set_rng_state(state["rng"])
+        random.setstate(state["python_rng"])
+
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    for epoch in range(start_epoch, cfg.epochs):
+        lr = cfg.lr * _lr_factor(cfg, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        train.set_epoch(epoch)
+        model.train()
+        grad_sq = {name: 0.0 for name, _ in named}
+        total_loss, correct, count, steps = 0.0, 0, 0, 0
+        _synchronize(device)
+        started = time.perf_counter()
+        for images, labels in tqdm(
+            train, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress
+        ):
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for name, p in named:
+                if p.grad is not None:
+                    grad_sq[name] += p.grad.detach().float().pow(2).sum().item()
+            optimizer.step()
+            total_loss += loss.item() * labels.numel()
+            correct += (logits.argmax(1) == labels).sum().item()
+            count += labels.numel()
+            steps += 1
+        _synchronize(device)
+        seconds = time.perf_counter() - started
+        result = evaluate(model, test)
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "train_loss": total_loss / max(count, 1),
+                "train_accuracy": correct / max(count, 1),
+                "test_loss": result["loss"],
+                "test_accuracy": result["accuracy"],
+                "epoch_seconds": seconds,
+                "samples_per_second": count / seconds,
+                # root-mean-square over the epoch's steps of each parameter's gradient norm
+                "grad_norms": {name: math.sqrt(value / max(steps, 1)) for name, value in grad_sq.items()},
+            }
+        )
+        if checkpoint is not None:
+            _save_atomically(
+                {
+                    "config": asdict(cfg),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "history": history,
+                    "epoch": epoch + 1,
+                    "rng": torch.get_rng_state(),
+                    "python_rng": random.getstate(),
+                },
+                checkpoint,
+            )
+    return history

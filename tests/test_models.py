@@ -38,12 +38,10 @@ def twin_models(case: str, dtype=torch.float64):
     ours = build_model(_family(case), backend="cnnext", **FAMILY_CONFIGS[case]).to(dtype)
     assert ours.state_dict().keys() == native.state_dict().keys()
     ours.load_state_dict(native.state_dict())
-    for module in ours.modules():  # SelfAttention2d starts as the identity: open its gate
-        if isinstance(module, cnnext.nn.SelfAttention2d):
-            module.gate.data.fill_(0.5)
-    for module in native.modules():
-        if isinstance(module, cnnext.nn.SelfAttention2d):
-            module.gate.data.fill_(0.5)
+    for model in (native, ours):  # SelfAttention2d starts as the identity: open its gate
+        for module in model.modules():
+            if isinstance(module, cnnext.nn.SelfAttention2d):
+                module.gate.data.fill_(0.5)
     return native, ours
 
 

@@ -141,8 +141,12 @@ def fit(
             group["lr"] = lr
         train.set_epoch(epoch)
         model.train()
-        grad_sq = {name: 0.0 for name, _ in named}
-        total_loss, correct, count, steps = 0.0, 0, 0, 0
+        # Running sums stay on the device and are read once per epoch: an .item() per parameter
+        # per step would wait for the device that many times.
+        grad_sq = torch.zeros(len(named), dtype=torch.float64, device=device)
+        total_loss = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        count, steps = 0, 0
         _synchronize(device)
         started = time.perf_counter()
         for images, labels in tqdm(
@@ -152,12 +156,12 @@ def fit(
             loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            for name, p in named:
+            for i, (_, p) in enumerate(named):
                 if p.grad is not None:
-                    grad_sq[name] += p.grad.detach().float().pow(2).sum().item()
+                    grad_sq[i] += p.grad.detach().double().pow(2).sum()
             optimizer.step()
-            total_loss += loss.item() * labels.numel()
-            correct += (logits.argmax(1) == labels).sum().item()
+            total_loss += loss.detach().double() * labels.numel()
+            correct += (logits.argmax(1) == labels).sum()
             count += labels.numel()
             steps += 1
         _synchronize(device)
@@ -167,14 +171,17 @@ def fit(
             {
                 "epoch": epoch + 1,
                 "lr": lr,
-                "train_loss": total_loss / max(count, 1),
-                "train_accuracy": correct / max(count, 1),
+                "train_loss": total_loss.item() / max(count, 1),
+                "train_accuracy": correct.item() / max(count, 1),
                 "test_loss": result["loss"],
                 "test_accuracy": result["accuracy"],
                 "epoch_seconds": seconds,
                 "samples_per_second": count / seconds,
                 # root-mean-square over the epoch's steps of each parameter's gradient norm
-                "grad_norms": {name: math.sqrt(value / max(steps, 1)) for name, value in grad_sq.items()},
+                "grad_norms": {
+                    name: math.sqrt(value / max(steps, 1))
+                    for (name, _), value in zip(named, grad_sq.tolist(), strict=True)
+                },
             }
         )
         if checkpoint is not None:

@@ -190,7 +190,8 @@ Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
   const auto g = conv2d_backward_geometry(grad_output, input, weight, stride, padding, dilation, groups);
   check_cpu(input, "_conv2d_backward: input");
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const auto [need_input, need_weight, need_bias] = output_mask;
+  // Plain names, not a structured binding: the kernels' lambdas capture them (C++17 forbids that).
+  const bool need_input = output_mask[0], need_weight = output_mask[1], need_bias = output_mask[2];
 
   const auto x = input.contiguous();         // (N, C, H, W)
   const auto dy = grad_output.contiguous();  // (N, Cout, Ho, Wo)

@@ -296,7 +296,8 @@ Conv2dGrads conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor
   const auto geometry = conv2d_backward_geometry(grad_output, input, weight, stride, padding, dilation, groups);
   check_cuda(input, "_conv2d_backward: input");
   const c10::cuda::CUDAGuard guard(input.device());
-  const auto [need_input, need_weight, need_bias] = output_mask;
+  // Plain names, not a structured binding: the kernels' lambdas capture them (C++17 forbids that).
+  const bool need_input = output_mask[0], need_weight = output_mask[1], need_bias = output_mask[2];
   const auto p = kernel_geometry(geometry);
   const auto w = weight.contiguous();
   const auto stream = c10::cuda::getCurrentCUDAStream();

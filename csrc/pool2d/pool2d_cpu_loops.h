@@ -277,31 +277,41 @@ void max_backward(const scalar_t* dy, const int64_t* indices, scalar_t* dx, cons
 // need a fixed window width, so adaptive NCHW pooling sums each window directly instead.
 
 
-// 1 / divisor of every output (0 where a window is empty), computed once per call: the plane
-// loops then multiply (vectorised) instead of dividing per element (rounding differs from a true
+// The windows of one average-pooling call, computed once for every plane: each output row's and
+// column's input span, and 1 / divisor of every output (0 where a window is empty) so the plane
+// loops multiply (vectorised) instead of dividing per element (rounding differs from a true
 // division by at most one ulp).
-template <typename opmath_t>
-std::vector<opmath_t> reciprocal_divisors(const std::vector<Span>& row_windows, const std::vector<Span>& col_windows,
-                                          AvgDivisor divisor) {
-  std::vector<opmath_t> scale(row_windows.size() * col_windows.size());
-  for (size_t oh = 0; oh < row_windows.size(); ++oh) {
-    for (size_t ow = 0; ow < col_windows.size(); ++ow) {
-      const int64_t d = divisor(row_windows[oh], col_windows[ow]);
-      scale[oh * col_windows.size() + ow] = d == 0 ? opmath_t(0) : opmath_t(1) / static_cast<opmath_t>(d);
+template <typename value_t>
+struct AvgWindows {
+  std::vector<Span> rows, cols;
+  std::vector<value_t> scale;  // (OH, OW)
+  bool adaptive;
+
+  AvgWindows(const Pool2dGeometry& g, AvgDivisor divisor) {
+    const AvgAxis row_axis = avg_rows(g), col_axis = avg_cols(g);
+    rows = spans_of(g.out_h, [&](int64_t o) { return row_axis.window(o); });
+    cols = spans_of(g.out_w, [&](int64_t o) { return col_axis.window(o); });
+    adaptive = row_axis.kernel == 0;
+    scale.resize(rows.size() * cols.size());
+    for (size_t oh = 0; oh < rows.size(); ++oh) {
+      for (size_t ow = 0; ow < cols.size(); ++ow) {
+        const int64_t d = divisor(rows[oh], cols[ow]);
+        scale[oh * cols.size() + ow] = d == 0 ? value_t(0) : value_t(1) / static_cast<value_t>(d);
+      }
     }
   }
-  return scale;
-}
+};
 
 template <typename scalar_t>
 void avg_forward(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g, AvgDivisor divisor, bool channels_last) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const AvgAxis rows = avg_rows(g), cols = avg_cols(g);
-  const auto row_windows = spans_of(g.out_h, [&](int64_t o) { return rows.window(o); });
-  const auto col_windows = spans_of(g.out_w, [&](int64_t o) { return cols.window(o); });
+  const AvgWindows<opmath_t> windows(g, divisor);
+  // Named references, not a structured binding: lambdas may not capture those before C++20.
+  const auto& row_windows = windows.rows;
+  const auto& col_windows = windows.cols;
+  const auto& scale = windows.scale;
+  const bool adaptive = windows.adaptive;
   const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, C = g.channels;
-  const bool adaptive = rows.kernel == 0;
-  const auto scale = reciprocal_divisors<opmath_t>(row_windows, col_windows, divisor);
 
   if (!channels_last) {
     const auto taps = column_taps(g, 1);
@@ -367,12 +377,12 @@ void avg_forward(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g, AvgD
 
 template <typename scalar_t>
 void avg_backward(const scalar_t* dy, scalar_t* dx, const Pool2dGeometry& g, AvgDivisor divisor, bool channels_last) {
-  const AvgAxis rows = avg_rows(g), cols = avg_cols(g);
-  const auto row_windows = spans_of(g.out_h, [&](int64_t o) { return rows.window(o); });
-  const auto col_windows = spans_of(g.out_w, [&](int64_t o) { return cols.window(o); });
+  const AvgWindows<scalar_t> windows(g, divisor);
+  const auto& row_windows = windows.rows;
+  const auto& col_windows = windows.cols;
+  const auto& scale = windows.scale;
+  const bool adaptive = windows.adaptive;
   const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, C = g.channels;
-  const bool adaptive = rows.kernel == 0;
-  const auto scale = reciprocal_divisors<scalar_t>(row_windows, col_windows, divisor);
 
   if (!channels_last) {
     const auto taps = column_taps(g, 1);

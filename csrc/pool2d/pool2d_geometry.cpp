@@ -27,6 +27,16 @@ int64_t pooled_size(int64_t size, int64_t kernel, int64_t stride, int64_t pad, i
   return out;
 }
 
+// The input's sizes; the window fields stay 0 (AvgAxis reads kernel 0 as adaptive pooling).
+Pool2dGeometry input_geometry(const at::Tensor& input) {
+  Pool2dGeometry g{};
+  g.batch = input.size(0);
+  g.channels = input.size(1);
+  g.in_h = input.size(2);
+  g.in_w = input.size(3);
+  return g;
+}
+
 }  // namespace
 
 Pool2dGeometry pool2d_geometry(const char* op, const at::Tensor& input, at::IntArrayRef kernel_size,
@@ -47,11 +57,7 @@ Pool2dGeometry pool2d_geometry(const char* op, const at::Tensor& input, at::IntA
                 ": padding must be at most half of the (dilated) kernel size, got padding ", padding,
                 " for kernel_size ", kernel_size, " and dilation ", dilation);
   }
-  Pool2dGeometry g{};
-  g.batch = input.size(0);
-  g.channels = input.size(1);
-  g.in_h = input.size(2);
-  g.in_w = input.size(3);
+  Pool2dGeometry g = input_geometry(input);
   g.kernel_h = kernel_size[0];
   g.kernel_w = kernel_size[1];
   g.stride_h = stride[0];
@@ -72,14 +78,10 @@ Pool2dGeometry adaptive_pool2d_geometry(const char* op, const at::Tensor& input,
   check_pool_input(op, input);
   TORCH_CHECK(output_size.size() == 2, op, ": output_size must have 2 entries, got ", output_size.size());
   TORCH_CHECK(output_size[0] >= 1 && output_size[1] >= 1, op, ": output_size must be >= 1, got ", output_size);
-  Pool2dGeometry g{};
-  g.batch = input.size(0);
-  g.channels = input.size(1);
-  g.in_h = input.size(2);
-  g.in_w = input.size(3);
+  Pool2dGeometry g = input_geometry(input);
   g.out_h = output_size[0];
   g.out_w = output_size[1];
-  return g;  // kernel/stride/pad stay 0: AvgAxis reads kernel == 0 as adaptive
+  return g;
 }
 
 void check_pool2d_grad_output(const char* op, const at::Tensor& grad_output, const at::Tensor& input,

@@ -76,16 +76,21 @@ inline void strided_loop(int64_t lo, int64_t hi, int64_t stride, const Body& bod
   }
 }
 
-// Window column u of every output column: the outputs it lands inside the input for, and the input
-// column of output 0 (input column = o * stride + offset).
+// Window column u of every output column: the outputs it lands inside the input for, the input
+// column of output 0 (input column = o * stride + offset), and where PhasedRow keeps those inputs:
+// phase offset mod stride, at o + shift. Computed once per call: the divisions cost more than the
+// row loops they would sit in.
 struct ColumnTap {
-  int64_t lo, hi, offset;
+  int64_t lo, hi, offset, phase, shift;
 };
 std::vector<ColumnTap> column_taps(const Pool2dGeometry& g, int64_t dilation) {
+  const int64_t stride = std::max<int64_t>(g.stride_w, 1);  // adaptive pooling has no stride
   std::vector<ColumnTap> taps(g.kernel_w);
   for (int64_t u = 0; u < g.kernel_w; ++u) {
-    const auto [lo, hi] = tap_output_range(g.out_w, g.in_w, g.stride_w, g.pad_w, u * dilation);
-    taps[u] = {lo, hi, u * dilation - g.pad_w};
+    const auto [lo, hi] = tap_output_range(g.out_w, g.in_w, stride, g.pad_w, u * dilation);
+    const int64_t offset = u * dilation - g.pad_w;
+    const int64_t phase = ((offset % stride) + stride) % stride;
+    taps[u] = {lo, hi, offset, phase, (offset - phase) / stride};
   }
   return taps;
 }
@@ -118,11 +123,9 @@ class PhasedRow {
     for (int64_t p = 0; p < width - full * stride_; ++p) out[p * phase_len_ + full] = line[full * stride_ + p];
   }
 
-  // Inputs of a window column at input offset `offset` (may be negative): base[o + shift].
-  std::pair<const scalar_t*, int64_t> column(int64_t offset) const {
-    if (stride_ == 1) return {line_, offset};
-    const int64_t phase = ((offset % stride_) + stride_) % stride_;
-    return {buffer_.data() + phase * phase_len_, (offset - phase) / stride_};
+  // Inputs of a window column: output o reads column(tap)[o + tap.shift].
+  const scalar_t* column(const ColumnTap& tap) const {
+    return stride_ == 1 ? line_ : buffer_.data() + tap.phase * phase_len_;
   }
 
  private:
@@ -180,7 +183,8 @@ void max_forward(const scalar_t* x, scalar_t* out, int64_t* indices, const Pool2
           for (int64_t t = r.lo; t < r.hi; ++t) {  // window rows, then columns: row-major, as native
             row.load(src + rows.position(oh, t) * W, W);
             for (int64_t u = 0; u < kw; ++u) {
-              const auto [v, shift] = row.column(taps[u].offset);
+              const scalar_t* v = row.column(taps[u]);
+              const int64_t shift = taps[u].shift;
               const int32_t tap_id = static_cast<int32_t>(t * kw + u);
               for (int64_t ow = taps[u].lo; ow < taps[u].hi; ++ow) {
                 const bool take = replaces_max(v[ow + shift], best[ow]);
@@ -316,8 +320,8 @@ void avg_forward(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g, AvgD
   if (!channels_last) {
     const auto taps = column_taps(g, 1);
     at::parallel_for(0, g.batch * C, grain_for(H * W), [&](int64_t begin, int64_t end) {
-      std::vector<opmath_t> sum_row(OW);
-      PhasedRow<scalar_t> row(W, std::max<int64_t>(g.stride_w, 1));  // adaptive pooling has no stride
+      std::vector<opmath_t> sum_row(OW), column_sums(W);
+      PhasedRow<opmath_t> row(W, std::max<int64_t>(g.stride_w, 1));  // adaptive pooling has no stride
       for (int64_t plane = begin; plane < end; ++plane) {
         const scalar_t* src = x + plane * H * W;
         for (int64_t oh = 0; oh < OH; ++oh) {
@@ -334,12 +338,24 @@ void avg_forward(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g, AvgD
               }
             }
           } else {
-            for (int64_t ih = r.lo; ih < r.hi; ++ih) {
-              row.load(src + ih * W, W);
-              for (const ColumnTap& tap : taps) {
-                const auto [v, shift] = row.column(tap.offset);
-                for (int64_t ow = tap.lo; ow < tap.hi; ++ow) sum[ow] += v[ow + shift];
+            // The window is separable: sum its rows first (contiguous, one pass per window row),
+            // then split and slide over that one row of column sums.
+            opmath_t* __restrict__ col_sum = column_sums.data();
+            if (r.hi - r.lo == 2) {  // the common 2-row window: one pass
+              const scalar_t* __restrict__ a = src + r.lo * W;
+              const scalar_t* __restrict__ b = a + W;
+              for (int64_t iw = 0; iw < W; ++iw) col_sum[iw] = opmath_t(a[iw]) + opmath_t(b[iw]);
+            } else {
+              std::fill(col_sum, col_sum + W, opmath_t(0));
+              for (int64_t ih = r.lo; ih < r.hi; ++ih) {
+                const scalar_t* __restrict__ line = src + ih * W;
+                for (int64_t iw = 0; iw < W; ++iw) col_sum[iw] += line[iw];
               }
+            }
+            row.load(col_sum, W);
+            for (const ColumnTap& tap : taps) {
+              const opmath_t* v = row.column(tap);
+              for (int64_t ow = tap.lo; ow < tap.hi; ++ow) sum[ow] += v[ow + tap.shift];
             }
           }
           scalar_t* __restrict__ dst = out + (plane * OH + oh) * OW;

@@ -57,9 +57,12 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, out, lse)
     ctx.scale, ctx.causal = scale, causal
     ctx.mark_non_differentiable(lse)
+    ctx.set_materialize_grads(False)  # no zero-filled grad for lse: backward never reads it
 
 
 def _backward(ctx, grad_out, grad_lse):
+    if grad_out is None:  # only reachable through lse, which carries no gradient
+        return None, None, None, None, None
     q, k, v, out, lse = ctx.saved_tensors
     dq, dk, dv = torch.ops.cnnext._attention_backward.default(
         grad_out.contiguous(), q, k, v, out, lse, ctx.scale, ctx.causal

@@ -10,6 +10,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,7 +19,10 @@ import torch.nn.functional as F
 
 from .data import Loader
 
-__all__ = ["TrainConfig", "evaluate", "fit", "set_seed"]
+__all__ = ["SCHEDULES", "TrainConfig", "evaluate", "fit", "lr_factor", "set_seed"]
+
+
+SCHEDULES = ("cosine", "onecycle", "step", "constant")
 
 
 @dataclass
@@ -29,23 +33,33 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # "cosine" | "step" | "constant"
+    schedule: str = "cosine"  # "cosine" | "onecycle" | "step" | "constant"
     step_size: int = 30  # epochs between LR drops for "step"
     gamma: float = 0.1
+    warmup: float = 0.3  # "onecycle": fraction of training spent rising from lr / 25 to lr
     label_smoothing: float = 0.0
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "step", "constant"):
-            raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {self.schedule!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0 < self.warmup < 1:
+            raise ValueError(f"warmup must be a fraction in (0, 1), got {self.warmup}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
 
 
-def set_seed(seed: int) -> None:
+def set_seed(seed: int, deterministic: bool = False) -> None:
+    """Seed Python's and torch's generators; deterministic=True also makes torch refuse
+    nondeterministic kernels and turns off cuDNN's autotuner (same seed -> same bits on GPU too,
+    at some speed). cnnext's own kernels are deterministic either way."""
     random.seed(seed)
     torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    torch.backends.cudnn.benchmark = not deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
 
 
 def _synchronize(device: torch.device) -> None:
@@ -65,11 +79,22 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _lr_factor(cfg: TrainConfig, epoch: int) -> float:
+def lr_factor(cfg: TrainConfig, progress: float) -> float:
+    """The learning rate over cfg.lr at `progress` epochs into training (fractional: the schedule
+    is applied every step). cosine: from 1 down to 0; onecycle: linear warm-up from 1/25 to 1 over
+    the first `warmup` of training, then cosine down to 1/25e4 (OneCycleLR's shape); step: times
+    gamma every step_size epochs."""
+    fraction = min(progress / cfg.epochs, 1.0)
     if cfg.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+        return 0.5 * (1 + math.cos(math.pi * fraction))
+    if cfg.schedule == "onecycle":
+        start, end = 1 / 25, 1 / 25e4
+        if fraction < cfg.warmup:
+            return start + (1 - start) * fraction / cfg.warmup
+        anneal = (fraction - cfg.warmup) / (1 - cfg.warmup)
+        return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * anneal))
     if cfg.schedule == "step":
-        return cfg.gamma ** (epoch // cfg.step_size)
+        return cfg.gamma ** (int(progress) // cfg.step_size)
     return 1.0
 
 
@@ -111,10 +136,12 @@ def fit(
     cfg: TrainConfig,
     checkpoint: str | os.PathLike | None = None,
     progress: bool = True,
+    on_epoch: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """Train for cfg.epochs, evaluating on `test` after every epoch; returns the history (one dict
-    per epoch). With `checkpoint`, state is saved there after every epoch and a run whose
-    checkpoint exists resumes from it."""
+    per epoch; "lr" is the rate at the epoch's first step). With `checkpoint`, state is saved
+    there after every epoch and a run whose checkpoint exists resumes from it. `on_epoch(history)`
+    is called after each epoch's checkpoint (e.g. to write metrics as they come)."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
@@ -135,10 +162,9 @@ def fit(
         random.setstate(state["python_rng"])
 
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    steps_per_epoch = max(len(train), 1)
     for epoch in range(start_epoch, cfg.epochs):
-        lr = cfg.lr * _lr_factor(cfg, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = cfg.lr * lr_factor(cfg, epoch)
         train.set_epoch(epoch)
         model.train()
         # Running sums stay on the device and are read once per epoch: an .item() per parameter
@@ -152,6 +178,8 @@ def fit(
         for images, labels in tqdm(
             train, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress
         ):
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * lr_factor(cfg, epoch + steps / steps_per_epoch)
             logits = model(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
@@ -197,4 +225,6 @@ def fit(
                 },
                 checkpoint,
             )
+        if on_epoch is not None:
+            on_epoch(history)
     return history

@@ -8,7 +8,7 @@ import torch
 
 from cnnext import data
 from cnnext.models import build_model
-from cnnext.train import TrainConfig, evaluate, fit, set_seed
+from cnnext.train import TrainConfig, evaluate, fit, lr_factor, set_seed
 
 
 def loaders(seed=0):
@@ -103,3 +103,49 @@ def test_evaluate_and_bad_config():
         TrainConfig(optimizer="lamb")
     with pytest.raises(ValueError, match="schedule must be"):
         TrainConfig(schedule="linear")
+    with pytest.raises(ValueError, match="warmup must be"):
+        TrainConfig(schedule="onecycle", warmup=1.0)
+
+
+def test_schedules_have_their_shapes():
+    cosine = TrainConfig(epochs=10, schedule="cosine")
+    assert lr_factor(cosine, 0) == 1 and lr_factor(cosine, 5) == pytest.approx(0.5)
+    assert lr_factor(cosine, 10) == pytest.approx(0, abs=1e-12)
+    one = TrainConfig(epochs=10, schedule="onecycle", warmup=0.3)
+    assert lr_factor(one, 0) == pytest.approx(1 / 25)
+    assert lr_factor(one, 1.5) == pytest.approx(1 / 25 + (1 - 1 / 25) * 0.5)  # halfway up the warm-up
+    assert lr_factor(one, 3) == pytest.approx(1)
+    assert lr_factor(one, 10) == pytest.approx(1 / 25e4)
+    values = [lr_factor(one, e / 10) for e in range(30, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))  # annealing never rises
+    step = TrainConfig(epochs=10, schedule="step", step_size=3, gamma=0.5)
+    assert [lr_factor(step, e) for e in (0, 2.9, 3, 6.5)] == [1, 1, 0.5, 0.25]
+    assert lr_factor(TrainConfig(schedule="constant"), 7.3) == 1
+
+
+def test_lr_changes_every_step_and_history_records_each_epoch_start(monkeypatch):
+    train, test = loaders()
+    cfg = TrainConfig(epochs=2, lr=0.1, schedule="onecycle", weight_decay=0.0)
+    rates, original = [], torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):  # the rate every optimizer step uses
+        rates.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    history = fit(small_model(), train, test, cfg, progress=False)
+    steps = len(train)
+    expected = [0.1 * lr_factor(cfg, i / steps) for i in range(2 * steps)]
+    assert rates == pytest.approx(expected)
+    assert len(set(rates)) == 2 * steps
+    assert [h["lr"] for h in history] == pytest.approx([0.1 / 25, 0.1 * lr_factor(cfg, 1)])
+
+
+def test_deterministic_switch():
+    try:
+        set_seed(0, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.backends.cudnn.benchmark
+    finally:
+        set_seed(0)
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -1,0 +1,184 @@
+"""python -m experiments <study> [options]: run a study and write its report.
+
+    python -m experiments --help
+    python -m experiments fc-vs-cnn --dataset mnist --preset quick
+    python -m experiments fc-vs-cnn --dataset cifar10 --preset full --device cuda --seeds 3
+
+Results go to OUT/<study>/<run-id>/ (OUT: --out, default ./results). The run id is
+<dataset>-<preset>-<backend>-<device>-<hash of the resolved configuration>, so the same command
+finds the same folder: rerunning it after an interruption resumes (finished runs are kept, the
+run in progress continues from its last epoch), and rerunning it with more --seeds adds seeds.
+"""
+
+import argparse
+import dataclasses
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import cnnext
+from cnnext import data
+
+from .report import write_report
+from .runner import load_split, run_all, write_json
+from .spec import fingerprint
+from .studies import STUDIES
+from .studies.base import DATASETS
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments",
+        description="Train model families on native and cnnext kernels and write reports.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Data: --data-dir or $CNNEXT_DATA (see cnnext/data.py for the layouts).",
+    )
+    sub = parser.add_subparsers(dest="study", required=True, metavar="STUDY", title="studies")
+    for study in STUDIES.values():
+        p = sub.add_parser(study.name, help=study.help, description=study.question)
+        p.add_argument(
+            "--dataset",
+            choices=DATASETS,
+            default="mnist",
+            help="'synthetic' is a learnable toy set for smoke tests (default: mnist)",
+        )
+        p.add_argument(
+            "--preset",
+            choices=list(study.presets),
+            default="quick",
+            help="quick: minutes on a 2-core CPU; full: the literature's budget, for a GPU",
+        )
+        p.add_argument(
+            "--backend",
+            choices=["cnnext", "native"],
+            default="cnnext",
+            help="convolution / pooling / attention from cnnext or from torch (default: cnnext)",
+        )
+        p.add_argument("--seeds", type=int, default=1, help="seeds per model, 0..N-1 (default: 1)")
+        p.add_argument(
+            "--device",
+            default="cuda" if torch.cuda.is_available() else "cpu",
+            help="cpu or cuda (default: cuda when visible)",
+        )
+        p.add_argument("--out", type=Path, default=Path("results"), help="results root (default: ./results)")
+        p.add_argument("--data-dir", default=None, help="dataset root (default: $CNNEXT_DATA, else ./data)")
+        p.add_argument("--download", action="store_true", help="download missing datasets (needs internet)")
+        p.add_argument(
+            "--deterministic",
+            action="store_true",
+            help="deterministic kernels only (torch.use_deterministic_algorithms)",
+        )
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        group = p.add_argument_group("overrides of the preset (they change the run id)")
+        group.add_argument("--epochs", type=int, help="epochs of every model")
+        group.add_argument("--train-size", type=int, help="stratified training subset")
+        group.add_argument("--test-size", type=int, help="stratified test subset")
+        group.add_argument("--batch-size", type=int)
+    return parser
+
+
+def _apply_overrides(preset, args):
+    changes = {k: getattr(args, k) for k in ("train_size", "test_size", "batch_size") if getattr(args, k)}
+    if args.epochs:
+        models = tuple(
+            dataclasses.replace(m, train=dataclasses.replace(m.train, epochs=args.epochs))
+            for m in preset.models
+        )
+        changes["models"] = models
+    return dataclasses.replace(preset, **changes)
+
+
+def _git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return commit + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    study = STUDIES[args.study]
+    if args.seeds < 1:
+        raise SystemExit("--seeds must be >= 1")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch here")
+    preset = _apply_overrides(study.preset(args.preset, args.dataset), args)
+    augment_default = args.dataset in data.DATASETS and data.DATASETS[args.dataset].augment
+    specs = study.plan(preset, args.dataset, args.seeds, augment_default)
+    run_id = f"{args.dataset}-{args.preset}-{args.backend}-{device.type}-" + fingerprint(
+        [s for s in specs if s.seed == 0]  # the seed count is not in the id: more seeds extend a run
+    )
+    out = args.out / study.name / run_id
+    try:
+        splits = (
+            load_split(args.dataset, True, args.data_dir, preset.train_size, args.download),
+            load_split(args.dataset, False, args.data_dir, preset.test_size, args.download),
+        )
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from cnnext.train import set_seed
+
+    set_seed(0, deterministic=args.deterministic)
+    config = {
+        "study": study.name,
+        "dataset": args.dataset,
+        "preset": args.preset,
+        "backend": args.backend,
+        "seeds": args.seeds,
+        "device": str(device),
+        "machine": _machine(device),
+        "command": "python -m experiments " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "git_commit": _git_commit(),
+        "torch": torch.__version__,
+        "cnnext_build": cnnext.build_info(),
+        "train_images": len(splits[0]),
+        "test_images": len(splits[1]),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "expected": preset.expected,
+        "runs": [s.to_dict() for s in specs],
+    }
+    write_json(out / "config.json", config)
+    print(f"{study.name}: {len(specs)} runs -> {out}")
+    try:
+        results = run_all(specs, out, splits, args.backend, device, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: finished runs are kept in {out}; run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    report = write_report(out, study, config, results)
+    print(f"report: {report}")
+    return 0

@@ -1,0 +1,274 @@
+"""Summary table, plots and REPORT.md of one study run, from its runs' result.json files only, so
+the report can always be rebuilt from what is on disk and its numbers are the metrics' numbers.
+
+Conclusions are generated from the measured numbers: which model won, by how many points, and
+whether that gap exceeds the seed-to-seed spread (with one seed the spread is unknown, and the
+report says so instead of declaring a winner it cannot back).
+"""
+
+import csv
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ModelSummary", "summarize", "write_report"]
+
+
+@dataclass
+class ModelSummary:
+    label: str
+    runs: list[dict]
+
+    def _values(self, key):
+        return [r[key] for r in self.runs]
+
+    @property
+    def seeds(self) -> int:
+        return len(self.runs)
+
+    @property
+    def accuracy(self) -> float:  # mean final test accuracy over seeds, in percent
+        return 100 * statistics.mean(self._values("test_accuracy"))
+
+    @property
+    def accuracy_std(self) -> float:  # sample standard deviation over seeds (0 with one seed)
+        values = [100 * v for v in self._values("test_accuracy")]
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+    @property
+    def parameters(self) -> int:
+        return self.runs[0]["parameters"]
+
+    @property
+    def flops(self) -> int:
+        return self.runs[0]["flops"]
+
+    @property
+    def epoch_seconds(self) -> float:
+        return statistics.mean(self._values("epoch_seconds"))
+
+    @property
+    def samples_per_second(self) -> float:
+        return statistics.mean(self._values("samples_per_second"))
+
+    @property
+    def inference_ms(self) -> float:
+        return statistics.mean(self._values("inference_ms"))
+
+    @property
+    def epochs(self) -> int:
+        return len(self.runs[0]["history"])
+
+    def curve(self, key: str) -> list[float]:
+        """Per-epoch mean over seeds of a history field."""
+        return [statistics.mean(r["history"][e][key] for r in self.runs) for e in range(self.epochs)]
+
+    @property
+    def generalisation_gap(self) -> float:  # final train minus test accuracy, points
+        return 100 * (self.curve("train_accuracy")[-1] - self.curve("test_accuracy")[-1])
+
+    @property
+    def late_fluctuation(self) -> float:
+        """Std (points) of the test accuracy over the last three epochs, mean over seeds: how
+        steady training ends."""
+        spreads = []
+        for run in self.runs:
+            tail = [100 * h["test_accuracy"] for h in run["history"][-3:]]
+            spreads.append(statistics.pstdev(tail) if len(tail) > 1 else 0.0)
+        return statistics.mean(spreads)
+
+
+def summarize(results: list[dict]) -> list[ModelSummary]:
+    """Results grouped by model label, in the order the study listed the models."""
+    groups: dict[str, list[dict]] = {}
+    for result in results:
+        groups.setdefault(result["spec"]["model"]["label"], []).append(result)
+    return [ModelSummary(label, runs) for label, runs in groups.items()]
+
+
+def _pm(mean: float, std: float, seeds: int) -> str:
+    return f"{mean:.2f} ± {std:.2f}" if seeds > 1 else f"{mean:.2f}"
+
+
+def write_csv(models: list[ModelSummary], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            [
+                "model",
+                "seeds",
+                "test_accuracy_mean",
+                "test_accuracy_std",
+                "parameters",
+                "flops",
+                "epoch_seconds",
+                "samples_per_second",
+                "inference_ms_per_batch",
+            ]
+        )
+        for m in models:
+            writer.writerow(
+                [
+                    m.label,
+                    m.seeds,
+                    f"{m.accuracy:.4f}",
+                    f"{m.accuracy_std:.4f}",
+                    m.parameters,
+                    m.flops,
+                    f"{m.epoch_seconds:.3f}",
+                    f"{m.samples_per_second:.1f}",
+                    f"{m.inference_ms:.3f}",
+                ]
+            )
+
+
+def summary_table(models: list[ModelSummary], inference_batch: int) -> str:
+    rows = [
+        "| model | test accuracy % | seeds | parameters | multiply-adds | s / epoch | samples / s "
+        f"| inference ms / {inference_batch} images |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in models:
+        rows.append(
+            f"| {m.label} | {_pm(m.accuracy, m.accuracy_std, m.seeds)} | {m.seeds} | {m.parameters:,} "
+            f"| {m.flops / 1e6:.2f} M | {m.epoch_seconds:.1f} | {m.samples_per_second:,.0f} "
+            f"| {m.inference_ms:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def compare(a: ModelSummary, b: ModelSummary) -> str:
+    """One sentence on a (the better) vs b: the gap in points and whether it beats the spread."""
+    gap = a.accuracy - b.accuracy
+    seeds = min(a.seeds, b.seeds)
+    if seeds < 2:
+        verdict = (
+            "with one seed per model the seed-to-seed spread is unknown, so this gap is not tested "
+            "against it (rerun with `--seeds 3` to test it)"
+        )
+    else:
+        spread = a.accuracy_std + b.accuracy_std
+        # Welch's t statistic on the seeds' accuracies: a gap of over ~2 standard errors.
+        se = math.sqrt(a.accuracy_std**2 / a.seeds + b.accuracy_std**2 / b.seeds)
+        if gap > spread and (se == 0 or gap / se > 2):
+            verdict = (
+                f"larger than the seed-to-seed spread (stds {a.accuracy_std:.2f} and {b.accuracy_std:.2f})"
+            )
+        else:
+            verdict = (
+                f"within the seed-to-seed spread (stds {a.accuracy_std:.2f} and {b.accuracy_std:.2f}): "
+                "inconclusive"
+            )
+    scores = f"{a.accuracy:.2f}% vs {b.accuracy:.2f}%"
+    return f"**{a.label}** beats **{b.label}** by {gap:.2f} points ({scores}), {verdict}."
+
+
+def conclusions(models: list[ModelSummary]) -> list[str]:
+    ranked = sorted(models, key=lambda m: m.accuracy, reverse=True)
+    lines = []
+    if len(ranked) > 1:
+        lines.append(
+            "Ranking by mean final test accuracy: "
+            + " > ".join(f"{m.label} ({m.accuracy:.2f}%)" for m in ranked)
+            + "."
+        )
+        for better, worse in zip(ranked, ranked[1:], strict=False):
+            lines.append(compare(better, worse))
+    best, fastest = ranked[0], min(models, key=lambda m: m.epoch_seconds)
+    if fastest is not best:
+        times = f"{best.epoch_seconds:.1f} s vs {fastest.epoch_seconds:.1f} s"
+        lines.append(
+            f"Cost of the best: {best.label} takes {best.epoch_seconds / fastest.epoch_seconds:.1f}x the "
+            f"training time per epoch of {fastest.label} ({times}) and "
+            f"{best.inference_ms / fastest.inference_ms:.1f}x its inference time, with "
+            f"{best.parameters / fastest.parameters:.2f}x the parameters and "
+            f"{best.flops / max(fastest.flops, 1):.1f}x the multiply-adds."
+        )
+    smallest = min(models, key=lambda m: m.parameters)
+    if smallest is not best:
+        lines.append(
+            f"Fewest parameters: {smallest.label} ({smallest.parameters:,}), "
+            f"{best.accuracy - smallest.accuracy:.2f} points behind {best.label} "
+            f"({best.parameters:,} parameters)."
+        )
+    gaps = ", ".join(f"{m.label} {m.generalisation_gap:+.2f}" for m in models)
+    lines.append(f"Train minus test accuracy at the end (points; large = overfitting): {gaps}.")
+    steadiest = min(models, key=lambda m: m.late_fluctuation)
+    if all(m.epochs >= 3 for m in models):
+        fluct = ", ".join(f"{m.label} {m.late_fluctuation:.2f}" for m in models)
+        lines.append(
+            f"Stability: std of the test accuracy over the last three epochs (points): {fluct}; "
+            f"steadiest: {steadiest.label}."
+        )
+    for m in models:
+        errors = _hardest_class(m)
+        if errors:
+            lines.append(f"{m.label}'s most frequent error: {errors}.")
+    return lines
+
+
+def _hardest_class(m: ModelSummary) -> str:
+    confusion = m.runs[0]["confusion"]
+    classes = m.runs[0]["classes"]
+    worst, count = None, 0
+    for true, row in enumerate(confusion):
+        for predicted, n in enumerate(row):
+            if predicted != true and n > count:
+                worst, count = (true, predicted), n
+    if worst is None:
+        return ""
+    total = sum(confusion[worst[0]])
+    return f"{classes[worst[0]]} taken for {classes[worst[1]]} ({count} of {total} test images, seed 0)"
+
+
+def write_report(out: Path, study, config: dict, results: list[dict]) -> Path:
+    """summary.csv, the plots and REPORT.md under `out`; returns REPORT.md's path."""
+    from . import plots
+
+    models = summarize(results)
+    write_csv(models, out / "summary.csv")
+    figures = plots.draw_all(models, out / "plots")
+    setup = config
+    batch = results[0]["inference_batch"] if results else 0
+    lines = [
+        f"# {study.name}: {setup['dataset']} ({setup['preset']} preset, {setup['backend']} backend)",
+        "",
+        study.question,
+        "",
+        f"Command: `{setup['command']}`  ",
+        f"Device: {setup['device']} ({setup['machine']}); torch {setup['torch']}; cnnext commit "
+        f"{setup['git_commit']}; {setup['seeds']} seed(s); training set {setup['train_images']:,} images, "
+        f"test set {setup['test_images']:,} images.",
+        "",
+        "## Results",
+        "",
+        summary_table(models, batch),
+        "",
+        "Test accuracy: final epoch, mean ± sample std over seeds. Multiply-adds: one forward pass of "
+        "one image (convolutions, linear layers). Times: wall clock on the device above, training "
+        f"epochs including the optimizer step, inference in eval mode on batches of {batch}.",
+        "",
+        "## Conclusions (generated from the numbers above)",
+        "",
+        *[f"- {line}" for line in conclusions(models)],
+        "",
+        "## Plots",
+        "",
+    ]
+    for title, path in figures:
+        lines += [f"### {title}", "", f"![{title}]({path.relative_to(out).as_posix()})", ""]
+    lines += [
+        "## Files",
+        "",
+        "- `config.json`: the resolved configuration of every run, git commit, versions, device.",
+        "- `summary.csv`: the table above.",
+        "- `runs/<model>-seed<k>/metrics.jsonl`: per-epoch history; `result.json`: final metrics, "
+        "confusion matrix, gradient norms at initialisation.",
+        "",
+    ]
+    report = out / "REPORT.md"
+    tmp = out / ".REPORT.md.tmp"
+    tmp.write_text("\n".join(lines))
+    tmp.replace(report)
+    return report

@@ -1,0 +1,171 @@
+"""Runs a study's RunSpecs into results/<study>/<run-id>/runs/<model>-seed<k>/ and resumes.
+
+Per run folder:
+    checkpoint.pt   model / optimizer / RNG state after the last finished epoch (cnnext.train)
+    metrics.jsonl   one line per finished epoch (rewritten atomically after each)
+    result.json     written last, atomically: the run is done (final metrics, confusion matrix,
+                    parameters, FLOPs, inference time, gradient norms at initialisation)
+
+Running the same command again skips runs with a result.json and resumes a run in progress from
+its checkpoint, so an interrupted study loses at most the epoch it was in.
+"""
+
+import copy
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cnnext import data
+from cnnext.models import build_model, count_flops, count_parameters
+from cnnext.train import evaluate, fit, set_seed
+
+from .spec import RunSpec
+
+__all__ = ["load_split", "run_all", "write_json"]
+
+INFERENCE_BATCH = 256
+
+
+def write_json(path: Path, value, lines: bool = False) -> None:
+    """Write JSON (or JSON lines) so that readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    text = "".join(json.dumps(v) + "\n" for v in value) if lines else json.dumps(value, indent=1) + "\n"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def load_split(dataset: str, train: bool, root, size: int | None, download: bool) -> data.ImageSet:
+    """A dataset split, or its stratified subset of `size`; "synthetic" is the learnable toy set
+    used by the tests (28x28, 1 channel, 10 classes)."""
+    if dataset == "synthetic":
+        images = data.synthetic(n=size or (600 if train else 200), seed=0 if train else 1)
+    else:
+        images = data.load(dataset, train=train, root=root, download=download)
+    if size is not None and size < len(images):
+        images = data.stratified_subset(images, size, seed=0)
+    return images
+
+
+def _model_for(spec: RunSpec, images: data.ImageSet, backend: str, device: torch.device) -> torch.nn.Module:
+    channels, height, width = images.images.shape[1:]
+    shape_args = (
+        {"in_features": channels * height * width}
+        if spec.model.family == "mlp"
+        else {"in_channels": channels}
+    )
+    model = build_model(
+        spec.model.family, backend=backend, num_classes=len(images.classes), **shape_args, **spec.model.config
+    )
+    return model.to(device)
+
+
+def _gradient_norms(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Per-parameter gradient norms of one batch: what the first step of training sees. Taken on
+    a copy, so the model's batch-norm statistics are not touched."""
+    probe = copy.deepcopy(model).train()
+    F.cross_entropy(probe(images), labels).backward()
+    return {name: p.grad.norm().item() for name, p in probe.named_parameters() if p.grad is not None}
+
+
+@torch.no_grad()
+def _inference_ms(model: torch.nn.Module, images: torch.Tensor, repeats: int = 10) -> float:
+    """Median wall time of one eval-mode forward pass over a batch."""
+    model.eval()
+    device = images.device
+    times = []
+    for i in range(repeats + 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        model(images)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= 2:  # two warm-ups
+            times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def _confusion(predictions: torch.Tensor, labels: torch.Tensor, classes: int) -> list[list[int]]:
+    index = labels.cpu() * classes + predictions.cpu()
+    return torch.bincount(index, minlength=classes * classes).view(classes, classes).tolist()
+
+
+def run_one(
+    spec: RunSpec, folder: Path, splits: tuple, backend: str, device: torch.device, progress: bool
+) -> dict:
+    """Train (or resume) one run and write its result.json; returns the result."""
+    train_set, test_set = splits
+    set_seed(spec.seed)
+    model = _model_for(spec, train_set, backend, device)
+    train = data.Loader(
+        train_set, spec.batch_size, shuffle=True, augment=spec.augment, device=device, seed=spec.seed
+    )
+    test = data.Loader(test_set, INFERENCE_BATCH, device=device)
+    first_images, first_labels = next(iter(train))
+    checkpoint = folder / "checkpoint.pt"
+    init_norms_file = folder / "grad_norms_init.json"
+    if not checkpoint.exists():  # measured on the untrained model, before any resume could skip it
+        write_json(init_norms_file, _gradient_norms(model, first_images, first_labels))
+        set_seed(spec.seed)  # training starts from the same RNG state whether or not this ran
+    history = fit(
+        model,
+        train,
+        test,
+        spec.model.train,
+        checkpoint=checkpoint,
+        progress=progress,
+        on_epoch=lambda h: write_json(folder / "metrics.jsonl", h, lines=True),
+    )
+    final = evaluate(model, test)
+    test_images = next(iter(test))[0]
+    result = {
+        "run": spec.name,
+        "spec": spec.to_dict(),
+        "backend": backend,
+        "device": str(device),
+        "parameters": count_parameters(model),
+        "flops": count_flops(model, tuple(train_set.images.shape[1:])),
+        "test_accuracy": final["accuracy"],
+        "test_loss": final["loss"],
+        "confusion": _confusion(final["predictions"], test_set.labels, len(test_set.classes)),
+        "classes": test_set.classes,
+        "epoch_seconds": statistics.mean(h["epoch_seconds"] for h in history),
+        "samples_per_second": statistics.mean(h["samples_per_second"] for h in history),
+        "inference_ms": _inference_ms(model, test_images),
+        "inference_batch": int(test_images.shape[0]),
+        "grad_norms_init": json.loads(init_norms_file.read_text()),
+        "history": history,
+    }
+    write_json(folder / "result.json", result)
+    return result
+
+
+def run_all(
+    specs: list[RunSpec],
+    out: Path,
+    splits: tuple[data.ImageSet, data.ImageSet],
+    backend: str,
+    device: torch.device,
+    progress: bool = True,
+) -> list[dict]:
+    """Every run of `specs` under out/runs on the (train, test) `splits`: finished ones read back,
+    the others trained or resumed."""
+    from tqdm.auto import tqdm
+
+    results = []
+    bar = tqdm(specs, desc="runs", unit="run", disable=not progress)
+    for spec in bar:
+        folder = out / "runs" / spec.name
+        done = folder / "result.json"
+        if done.exists():
+            results.append(json.loads(done.read_text()))
+            continue
+        bar.set_postfix_str(spec.name)
+        results.append(run_one(spec, folder, splits, backend, device, progress))
+    return results

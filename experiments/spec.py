@@ -1,0 +1,65 @@
+"""What a study runs, written down as typed values: a study is a list of RunSpecs, each one model
+trained with one seed under one TrainConfig on one dataset. Presets build these lists in one place
+per study (studies/*.py), so what `quick` and `full` mean is read in the code, not guessed."""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from cnnext.train import TrainConfig
+
+__all__ = ["ModelSpec", "Preset", "RunSpec", "fingerprint"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of a study: `family` and `config` go to cnnext.models.build_model (the dataset
+    adds in_channels / in_features and num_classes), `train` is how it is trained."""
+
+    label: str  # name in tables and plots, also the run folder's prefix
+    family: str
+    config: dict = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __hash__(self):
+        return hash(self.label)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The budget of one study on one dataset."""
+
+    name: str
+    models: tuple[ModelSpec, ...]
+    batch_size: int = 128
+    train_size: int | None = None  # None: the whole training set; else a stratified subset
+    test_size: int | None = None
+    augment: bool | None = None  # None: the dataset's default (crop + flip for CIFAR-10)
+    expected: str = ""  # literature / measured figures this preset should reach, for the docs
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    study: str
+    dataset: str
+    model: ModelSpec
+    seed: int
+    batch_size: int
+    train_size: int | None
+    test_size: int | None
+    augment: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.model.label}-seed{self.seed}".replace(" ", "_").replace("/", "_")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fingerprint(value) -> str:
+    """A short stable hash of plain data (dataclasses included)."""
+    text = json.dumps(
+        value, sort_keys=True, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)
+    )
+    return hashlib.sha1(text.encode()).hexdigest()[:6]

@@ -1,0 +1,40 @@
+"""A study: a question, the datasets it runs on, and its presets (dataset -> Preset)."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..spec import Preset, RunSpec
+
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "synthetic")
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    help: str  # one line for `--help`
+    question: str  # what the report answers, its first paragraph
+    presets: dict[str, Callable[[str], Preset]]  # preset name -> (dataset -> Preset)
+
+    def preset(self, name: str, dataset: str) -> Preset:
+        if name not in self.presets:
+            raise ValueError(f"{self.name}: unknown preset {name!r}; available: {', '.join(self.presets)}")
+        return self.presets[name](dataset)
+
+    def plan(self, preset: Preset, dataset: str, seeds: int, augment_default: bool) -> list[RunSpec]:
+        """Every (model, seed) run, seeds outermost so a study interrupted early already has one
+        seed of every model."""
+        augment = augment_default if preset.augment is None else preset.augment
+        return [
+            RunSpec(
+                study=self.name,
+                dataset=dataset,
+                model=model,
+                seed=seed,
+                batch_size=preset.batch_size,
+                train_size=preset.train_size,
+                test_size=preset.test_size,
+                augment=augment,
+            )
+            for seed in range(seeds)
+            for model in preset.models
+        ]

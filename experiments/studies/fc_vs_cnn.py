@@ -1,0 +1,89 @@
+"""fc-vs-cnn: a fully-connected net, a simple CNN and a residual CNN on one dataset.
+
+quick: sized for a 2-core CPU (the MNIST run is `make demo`'s job: under 10 minutes with the
+build). Measured on this project's 2-core VM, real MNIST, cnnext backend, seed 0: MLP 97.9% after
+2 epochs (7 s), CNN 98.3% after 2 epochs (22 s/epoch), ResNet-8 99.0% after 2 epochs (85 s/epoch).
+full: the budget of the literature, for a GPU: MNIST CNN >= 99.3%, ResNet-20 >= 99.5%; CIFAR-10
+ResNet-20 about 91.3% (He et al. 2016, 91.25%; a little lower on the JPEG copy of CIFAR-10).
+"""
+
+from cnnext.train import TrainConfig
+
+from ..spec import ModelSpec, Preset
+from .base import Study
+
+
+def _sgd(epochs: int, lr: float = 0.1, schedule: str = "onecycle", weight_decay: float = 5e-4) -> TrainConfig:
+    return TrainConfig(epochs=epochs, lr=lr, schedule=schedule, weight_decay=weight_decay)
+
+
+def quick(dataset: str) -> Preset:
+    if dataset == "cifar10":  # a 10k subset: minutes per model on 2 cores
+        return Preset(
+            "quick",
+            (
+                ModelSpec("MLP", "mlp", {"hidden": (512, 256)}, _sgd(8, lr=0.05)),
+                ModelSpec("CNN", "cnn", {"depth": 3, "width": 32}, _sgd(8)),
+                ModelSpec("ResNet-8", "resnet", {"depth": 8}, _sgd(8)),
+            ),
+            train_size=10_000,
+            test_size=2_000,
+            expected="CIFAR-10 10k subset, 8 epochs: MLP ~45%, CNN ~65%, ResNet-8 ~65-70%",
+        )
+    if dataset == "synthetic":  # the tests' smoke run: seconds
+        return Preset(
+            "quick",
+            (
+                ModelSpec("MLP", "mlp", {"hidden": (32,)}, _sgd(2, lr=0.05)),
+                ModelSpec("CNN", "cnn", {"depth": 2, "width": 4}, _sgd(2)),
+                ModelSpec("ResNet-8", "resnet", {"depth": 8}, _sgd(1)),
+            ),
+            batch_size=64,
+        )
+    return Preset(  # MNIST / Fashion-MNIST: the full training set, few epochs
+        "quick",
+        (
+            ModelSpec("MLP", "mlp", {"hidden": (512, 256)}, _sgd(3, lr=0.05)),
+            ModelSpec("CNN", "cnn", {"depth": 3, "width": 16}, _sgd(3)),
+            ModelSpec("ResNet-8", "resnet", {"depth": 8}, _sgd(1)),
+        ),
+        expected="MNIST: MLP >= 97%, CNN >= 98.5% (make demo checks these), ResNet-8 ~98.5%",
+    )
+
+
+def full(dataset: str) -> Preset:
+    if dataset == "cifar10":
+        return Preset(
+            "full",
+            (
+                ModelSpec("MLP", "mlp", {"hidden": (1024, 512), "dropout": 0.2}, _sgd(60, lr=0.05)),
+                ModelSpec("CNN", "cnn", {"depth": 9, "width": 32}, _sgd(60)),
+                # He et al.: SGD 0.1, momentum 0.9, wd 1e-4, batch 128, 164 epochs with LR drops;
+                # a cosine schedule over 182 epochs reaches the same.
+                ModelSpec(
+                    "ResNet-20", "resnet", {"depth": 20}, _sgd(182, schedule="cosine", weight_decay=1e-4)
+                ),
+            ),
+            expected="CIFAR-10: ResNet-20 ~91.3% (He et al. 2016), CNN ~88%, MLP ~60%",
+        )
+    return Preset(
+        "full",
+        (
+            ModelSpec("MLP", "mlp", {"hidden": (1024, 512), "dropout": 0.2}, _sgd(30, lr=0.05)),
+            ModelSpec("CNN", "cnn", {"depth": 6, "width": 32}, _sgd(20)),
+            ModelSpec("ResNet-20", "resnet", {"depth": 20}, _sgd(20)),
+        ),
+        expected="MNIST: MLP ~98.5%, CNN >= 99.3%, ResNet-20 >= 99.5%",
+    )
+
+
+FC_VS_CNN = Study(
+    name="fc-vs-cnn",
+    help="a fully-connected net vs a simple CNN vs a residual CNN (accuracy, time, stability)",
+    question=(
+        "Does a convolutional network beat a fully-connected one on this dataset, does a residual "
+        "network beat the plain CNN, by how much, at what cost in parameters and time, and are the "
+        "gaps larger than the seed-to-seed spread?"
+    ),
+    presets={"quick": quick, "full": full},
+)

@@ -2,7 +2,8 @@
 // was expected and what was got, small integer helpers, and the dtype dispatch lists.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
 #include <c10/util/irange.h>
 
 #include <algorithm>

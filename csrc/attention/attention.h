@@ -12,7 +12,7 @@
 // All three gradients are written (=). D is at most kMaxHeadDim.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <tuple>

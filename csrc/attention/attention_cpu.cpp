@@ -1,5 +1,7 @@
 // Attention on the CPU: the operator entry points (checks, allocation) bound to the loops of
 // attention_cpu_loops.h, in the build for the best instruction set this CPU has (cpu_isa.h).
+#include <ATen/ops/empty.h>
+
 #include "attention/attention.h"
 #include "attention/attention_cpu_loops_table.h"
 #include "common.h"

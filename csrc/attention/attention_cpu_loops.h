@@ -16,6 +16,8 @@
 #pragma once
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/from_blob.h>
 
 #include <cmath>
 #include <cstring>

@@ -3,7 +3,7 @@
 // are contiguous (B, H, L, D) / (B, H, L); outputs are preallocated.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include "attention/attention.h"
 

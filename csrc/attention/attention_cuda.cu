@@ -10,6 +10,7 @@
 //                  dv_j = sum_i P_ij dO_i,  dk_j = sum_i P_ij (dP_ij - delta_i) q_i * scale
 // Written for correctness first: per-thread rows and scalar dot products, no tensor cores.
 #include <ATen/AccumulateType.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

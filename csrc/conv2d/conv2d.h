@@ -9,7 +9,7 @@
 // Saved for backward: input and weight (the autograd glue in cnnext/ops/conv2d.py saves them).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <array>
 #include <tuple>

@@ -17,6 +17,10 @@
 //   dbias:   sum of dY over (N, Ho, Wo)                                                 (written =)
 // Tensors are computed in NCHW; channels_last inputs get channels_last results.
 #include <ATen/AccumulateType.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>

@@ -19,6 +19,7 @@
 // Only c10/cuda headers are included (not ATen/cuda/CUDAContext.h, which pulls in cuBLAS and
 // cuSPARSE headers that a bare CUDA toolkit may lack and these kernels do not use).
 #include <ATen/AccumulateType.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

@@ -17,7 +17,7 @@
 // grad_input is written (=) in full, zeros where no window reads.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <tuple>

@@ -3,7 +3,7 @@
 // Tensors passed in are dense in the layout `channels_last` names; outputs are preallocated.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include "pool2d/pool2d.h"
 #include "pool2d/pool2d_window.h"

@@ -8,6 +8,8 @@
 //   avg_backward(dy, dx, g, divisor, channels_last)
 #pragma once
 
+#include <ATen/ops/empty.h>
+
 #include "common.h"
 #include "pool2d/pool2d.h"
 #include "pool2d/pool2d_window.h"

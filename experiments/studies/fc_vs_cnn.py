@@ -47,7 +47,8 @@ def quick(dataset: str) -> Preset:
             ModelSpec("CNN", "cnn", {"depth": 3, "width": 16}, _sgd(3)),
             ModelSpec("ResNet-8", "resnet", {"depth": 8}, _sgd(1)),
         ),
-        expected="MNIST: MLP >= 97%, CNN >= 98.5% (make demo checks these), ResNet-8 ~98.5%",
+        batch_size=64,  # twice the steps of 128 at the same cost per epoch: the CNN needs them
+        expected="MNIST: MLP >= 97%, CNN >= 98.5% (make demo's targets)",
     )
 
 

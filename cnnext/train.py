@@ -50,13 +50,16 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
 
 
-def set_seed(seed: int, deterministic: bool = False) -> None:
-    """Seed Python's and torch's generators; deterministic=True also makes torch refuse
+def set_seed(seed: int, deterministic: bool | None = None) -> None:
+    """Seed Python's and torch's generators. deterministic=True also makes torch refuse
     nondeterministic kernels and turns off cuDNN's autotuner (same seed -> same bits on GPU too,
-    at some speed). cnnext's own kernels are deterministic either way."""
+    at some speed), False turns both back, None leaves them as they are. cnnext's own kernels are
+    deterministic either way."""
     random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    if deterministic is None:
+        return
+    torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic

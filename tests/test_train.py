@@ -146,6 +146,8 @@ def test_deterministic_switch():
         set_seed(0, deterministic=True)
         assert torch.are_deterministic_algorithms_enabled()
         assert not torch.backends.cudnn.benchmark
+        set_seed(1)  # a later reseed (every run of a study does one) keeps the switch
+        assert torch.are_deterministic_algorithms_enabled()
     finally:
-        set_seed(0)
+        set_seed(0, deterministic=False)
     assert not torch.are_deterministic_algorithms_enabled()

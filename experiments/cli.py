@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -39,7 +40,14 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Data: --data-dir or $CNNEXT_DATA (see cnnext/data.py for the layouts).",
     )
     sub = parser.add_subparsers(dest="study", required=True, metavar="STUDY", title="studies")
-    for study in STUDIES.values():
+    every = SimpleNamespace(
+        name="all",
+        help="every study above, then one combined REPORT.md (results/all/...)",
+        question="Run every study on one dataset and write one combined report: Task 1 (FC vs CNN vs "
+        "ResNet), Task 2 (kernel size, depth), Task 3 (custom layers, residual blocks), conclusion.",
+        presets={"quick": None, "full": None},
+    )
+    for study in [*STUDIES.values(), every]:
         p = sub.add_parser(study.name, help=study.help, description=study.question)
         p.add_argument(
             "--dataset",
@@ -59,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
             default="cnnext",
             help="convolution / pooling / attention from cnnext or from torch (default: cnnext)",
         )
-        p.add_argument("--seeds", type=int, default=1, help="seeds per model, 0..N-1 (default: 1)")
+        p.add_argument("--seeds", type=int, help="seeds per model, 0..N-1 (default: the preset's, 1 or 2)")
         p.add_argument(
             "--device",
             default="cuda" if torch.cuda.is_available() else "cpu",
@@ -125,17 +133,18 @@ def _machine(device: torch.device) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    study = STUDIES[args.study]
-    if args.seeds < 1:
-        raise SystemExit("--seeds must be >= 1")
+class StudyFailed(Exception):
+    """A study could not run (e.g. its data is missing); the message says why."""
+
+
+def run_study(study, args, command: str) -> tuple[Path, dict, list[dict]]:
+    """Plan, run (or resume) and report one study; returns its folder, config and results.
+    Raises StudyFailed for missing data and KeyboardInterrupt when interrupted."""
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible to torch here")
     preset = _apply_overrides(study.preset(args.preset, args.dataset), args)
     augment_default = args.dataset in data.DATASETS and data.DATASETS[args.dataset].augment
-    specs = study.plan(preset, args.dataset, args.seeds, augment_default)
+    seeds = args.seeds or preset.seeds
+    specs = study.plan(preset, args.dataset, seeds, augment_default, args.backend)
     run_id = f"{args.dataset}-{args.preset}-{args.backend}-{device.type}-" + fingerprint(
         [s for s in specs if s.seed == 0]  # the seed count is not in the id: more seeds extend a run
     )
@@ -146,20 +155,16 @@ def main(argv: list[str] | None = None) -> int:
             load_split(args.dataset, False, args.data_dir, preset.test_size, args.download),
         )
     except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    from cnnext.train import set_seed
-
-    set_seed(0, deterministic=args.deterministic)
+        raise StudyFailed(str(error)) from error
     config = {
         "study": study.name,
         "dataset": args.dataset,
         "preset": args.preset,
         "backend": args.backend,
-        "seeds": args.seeds,
+        "seeds": seeds,
         "device": str(device),
         "machine": _machine(device),
-        "command": "python -m experiments " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": command,
         "git_commit": _git_commit(),
         "torch": torch.__version__,
         "cnnext_build": cnnext.build_info(),
@@ -172,13 +177,42 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "config.json", config)
     print(f"{study.name}: {len(specs)} runs -> {out}")
     try:
-        results = run_all(specs, out, splits, args.backend, device, progress=not args.no_progress)
+        results = run_all(specs, out, splits, device, progress=not args.no_progress)
     except KeyboardInterrupt:
         print(
             f"\ninterrupted: finished runs are kept in {out}; run the same command again to resume",
             file=sys.stderr,
         )
+        raise
+    print(f"report: {write_report(out, study, config, results)}")
+    return out, config, results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.seeds is not None and args.seeds < 1:
+        raise SystemExit("--seeds must be >= 1")
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch here")
+    from cnnext.train import set_seed
+
+    set_seed(0, deterministic=args.deterministic)
+    command = "python -m experiments " + shlex.join(sys.argv[1:] if argv is None else argv)
+    studies = list(STUDIES.values()) if args.study == "all" else [STUDIES[args.study]]
+    done = []
+    try:
+        for study in studies:
+            done.append((study, *run_study(study, args, command)))
+    except StudyFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
         return 130
-    report = write_report(out, study, config, results)
-    print(f"report: {report}")
+    if args.study == "all":
+        from .combined import write_combined_report
+
+        out = (
+            args.out / "all" / f"{args.dataset}-{args.preset}-{args.backend}-{torch.device(args.device).type}"
+        )
+        print(f"combined report: {write_combined_report(out, done, command)}")
     return 0

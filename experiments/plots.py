@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 __all__ = ["draw_all"]
 
@@ -49,6 +50,7 @@ def learning_curves(models, path: Path) -> Path:
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(fig, path)
 
 
@@ -88,8 +90,7 @@ def gradient_norms(models, path: Path) -> Path:
     fig, (init_ax, last_ax) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for m in models:
         run = m.runs[0]
-        weights = [name for name in run["grad_norms_init"] if name.endswith("weight")]
-        weights = [w for w in weights if w in run["history"][-1]["grad_norms"]]
+        weights = [w for w in run["layer_weights"] if w in run["history"][-1]["grad_norms"]]
         (line,) = init_ax.plot([run["grad_norms_init"][w] for w in weights], marker=".", label=m.label)
         last_ax.plot(
             [run["history"][-1]["grad_norms"][w] for w in weights],
@@ -120,6 +121,54 @@ def timing(models, path: Path) -> Path:
     infer_ax.set(ylabel="milliseconds", title=f"inference time per batch of {batch}")
     for ax in (train_ax, infer_ax):
         ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def depth_profiles(models, path: Path, depth_of, group_of) -> Path:
+    """Per-layer weight-gradient norms against relative position in the network (0: input side,
+    1: classifier), one line per depth, one panel per group (e.g. plain / residual) at
+    initialisation and after training: vanishing gradients show as lines that fall to the left."""
+    groups = list(dict.fromkeys(group_of(m) for m in models))
+    fig, axes = plt.subplots(2, len(groups), figsize=(5.5 * len(groups), 7), squeeze=False, sharey=True)
+    cmap = plt.get_cmap("viridis")
+    depths = sorted({depth_of(m) for m in models})
+    for col, group in enumerate(groups):
+        for m in (m for m in models if group_of(m) == group):
+            run = m.runs[0]
+            weights = [w for w in run["layer_weights"] if w in run["history"][-1]["grad_norms"]]
+            x = [i / max(len(weights) - 1, 1) for i in range(len(weights))]
+            color = cmap(depths.index(depth_of(m)) / max(len(depths) - 1, 1))
+            for row, norms in enumerate((run["grad_norms_init"], run["history"][-1]["grad_norms"])):
+                axes[row][col].plot(x, [norms[w] for w in weights], marker=".", color=color, label=m.label)
+        for row, when in enumerate(("at initialisation", "last epoch (RMS)")):
+            ax = axes[row][col]
+            ax.set(
+                title=f"{group}: {when}",
+                xlabel="relative layer position (0: input)",
+                yscale="log",
+                ylabel="weight-gradient norm",
+            )
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def metric_vs(models, path: Path, x_of, group_of, xlabel: str) -> Path:
+    """Test accuracy (error bars: std over seeds) against a numeric property, one line per group."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for group in dict.fromkeys(group_of(m) for m in models):
+        members = sorted((m for m in models if group_of(m) == group), key=x_of)
+        ax.errorbar(
+            [x_of(m) for m in members],
+            [m.accuracy for m in members],
+            yerr=[m.accuracy_std for m in members],
+            marker="o",
+            capsize=3,
+            label=group,
+        )
+    ax.set(xlabel=xlabel, ylabel="test accuracy %", title=f"accuracy vs {xlabel}")
+    ax.grid(alpha=0.3)
+    ax.legend()
     return _save(fig, path)
 
 

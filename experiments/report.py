@@ -8,6 +8,8 @@ report says so instead of declaring a winner it cannot back).
 
 import csv
 import math
+import os
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +143,8 @@ def summary_table(models: list[ModelSummary], inference_batch: int) -> str:
 def compare(a: ModelSummary, b: ModelSummary) -> str:
     """One sentence on a (the better) vs b: the gap in points and whether it beats the spread."""
     gap = a.accuracy - b.accuracy
+    if round(gap, 2) == 0:
+        return f"**{a.label}** and **{b.label}** tie at {a.accuracy:.2f}%."
     seeds = min(a.seeds, b.seeds)
     if seeds < 2:
         verdict = (
@@ -162,6 +166,30 @@ def compare(a: ModelSummary, b: ModelSummary) -> str:
             )
     scores = f"{a.accuracy:.2f}% vs {b.accuracy:.2f}%"
     return f"**{a.label}** beats **{b.label}** by {gap:.2f} points ({scores}), {verdict}."
+
+
+def versus_baseline(models: list[ModelSummary]) -> list[str]:
+    """A table of every model against the first (the baseline): accuracy difference and cost
+    ratios, and one sentence per model on whether the difference beats the spread."""
+    base = models[0]
+    lines = [
+        f"### Against {base.label}",
+        "",
+        "| model | accuracy − baseline (points) | × parameters | × multiply-adds | × s / epoch "
+        "| × inference ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for m in models[1:]:
+        lines.append(
+            f"| {m.label} | {m.accuracy - base.accuracy:+.2f} | {m.parameters / base.parameters:.2f} "
+            f"| {m.flops / max(base.flops, 1):.2f} | {m.epoch_seconds / base.epoch_seconds:.2f} "
+            f"| {m.inference_ms / base.inference_ms:.2f} |"
+        )
+    lines.append("")
+    for m in models[1:]:
+        better, worse = (m, base) if m.accuracy >= base.accuracy else (base, m)
+        lines.append(f"- {compare(better, worse)}")
+    return lines + [""]
 
 
 def conclusions(models: list[ModelSummary]) -> list[str]:
@@ -193,7 +221,10 @@ def conclusions(models: list[ModelSummary]) -> list[str]:
             f"({best.parameters:,} parameters)."
         )
     gaps = ", ".join(f"{m.label} {m.generalisation_gap:+.2f}" for m in models)
-    lines.append(f"Train minus test accuracy at the end (points; large = overfitting): {gaps}.")
+    lines.append(
+        "Train minus test accuracy in the last epoch (points; train accuracy is the running mean over "
+        f"that epoch's batches in training mode, so it reads low after few epochs): {gaps}."
+    )
     steadiest = min(models, key=lambda m: m.late_fluctuation)
     if all(m.epochs >= 3 for m in models):
         fluct = ", ".join(f"{m.label} {m.late_fluctuation:.2f}" for m in models)
@@ -222,43 +253,75 @@ def _hardest_class(m: ModelSummary) -> str:
     return f"{classes[worst[0]]} taken for {classes[worst[1]]} ({count} of {total} test images, seed 0)"
 
 
-def write_report(out: Path, study, config: dict, results: list[dict]) -> Path:
-    """summary.csv, the plots and REPORT.md under `out`; returns REPORT.md's path."""
+def study_body(
+    out: Path, study, results: list[dict], level: str = "##", link_base: Path | None = None
+) -> list[str]:
+    """The results, conclusions, study details and plots of one study run as markdown, headings at
+    `level`; summary.csv and the figures are (re)written under `out`, and image links are made
+    relative to `link_base` (default `out`: the study's own REPORT.md)."""
     from . import plots
 
     models = summarize(results)
     write_csv(models, out / "summary.csv")
     figures = plots.draw_all(models, out / "plots")
-    setup = config
+    details = study.sections(models, out / "plots") if study.sections else []
     batch = results[0]["inference_batch"] if results else 0
     lines = [
-        f"# {study.name}: {setup['dataset']} ({setup['preset']} preset, {setup['backend']} backend)",
-        "",
-        study.question,
-        "",
-        f"Command: `{setup['command']}`  ",
-        f"Device: {setup['device']} ({setup['machine']}); torch {setup['torch']}; cnnext commit "
-        f"{setup['git_commit']}; {setup['seeds']} seed(s); training set {setup['train_images']:,} images, "
-        f"test set {setup['test_images']:,} images.",
-        "",
-        "## Results",
+        f"{level} Results",
         "",
         summary_table(models, batch),
         "",
         "Test accuracy: final epoch, mean ± sample std over seeds. Multiply-adds: one forward pass of "
-        "one image (convolutions, linear layers). Times: wall clock on the device above, training "
+        "one image (convolutions, linear layers). Times: wall clock on the device of the run, training "
         f"epochs including the optimizer step, inference in eval mode on batches of {batch}.",
         "",
-        "## Conclusions (generated from the numbers above)",
+        f"{level} Conclusions (generated from the numbers above)",
         "",
         *[f"- {line}" for line in conclusions(models)],
         "",
-        "## Plots",
+        *(
+            [f"{level} Study details", "", *[line.replace("### ", f"{level}# ") for line in details]]
+            if details
+            else []
+        ),
+        f"{level} Plots",
         "",
     ]
     for title, path in figures:
-        lines += [f"### {title}", "", f"![{title}]({path.relative_to(out).as_posix()})", ""]
-    lines += [
+        lines += [f"{level}# {title}", "", f"![{title}]({path.relative_to(out).as_posix()})", ""]
+    prefix = os.path.relpath(out, link_base).replace(os.sep, "/") if link_base else "."
+    if prefix != ".":
+        lines = [re.sub(r"\]\((plots/[^)]+)\)", lambda m: f"]({prefix}/{m[1]})", line) for line in lines]
+    return lines
+
+
+def setup_line(setup: dict) -> str:
+    return (
+        f"Device: {setup['device']} ({setup['machine']}); torch {setup['torch']}; cnnext commit "
+        f"{setup['git_commit']}; {setup['seeds']} seed(s); training set {setup['train_images']:,} images, "
+        f"test set {setup['test_images']:,} images."
+    )
+
+
+def write_markdown(path: Path, lines: list[str]) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)  # readers never see half a report
+    return path
+
+
+def write_report(out: Path, study, config: dict, results: list[dict]) -> Path:
+    """summary.csv, the plots and REPORT.md under `out`; returns REPORT.md's path."""
+    lines = [
+        f"# {study.name}: {config['dataset']} "
+        f"({config['preset']} preset, default backend {config['backend']})",
+        "",
+        study.question,
+        "",
+        f"Command: `{config['command']}`  ",
+        setup_line(config),
+        "",
+        *study_body(out, study, results),
         "## Files",
         "",
         "- `config.json`: the resolved configuration of every run, git commit, versions, device.",
@@ -267,8 +330,4 @@ def write_report(out: Path, study, config: dict, results: list[dict]) -> Path:
         "confusion matrix, gradient norms at initialisation.",
         "",
     ]
-    report = out / "REPORT.md"
-    tmp = out / ".REPORT.md.tmp"
-    tmp.write_text("\n".join(lines))
-    tmp.replace(report)
-    return report
+    return write_markdown(out / "REPORT.md", lines)

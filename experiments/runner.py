@@ -52,7 +52,7 @@ def load_split(dataset: str, train: bool, root, size: int | None, download: bool
     return images
 
 
-def _model_for(spec: RunSpec, images: data.ImageSet, backend: str, device: torch.device) -> torch.nn.Module:
+def _model_for(spec: RunSpec, images: data.ImageSet, device: torch.device) -> torch.nn.Module:
     channels, height, width = images.images.shape[1:]
     shape_args = (
         {"in_features": channels * height * width}
@@ -60,7 +60,11 @@ def _model_for(spec: RunSpec, images: data.ImageSet, backend: str, device: torch
         else {"in_channels": channels}
     )
     model = build_model(
-        spec.model.family, backend=backend, num_classes=len(images.classes), **shape_args, **spec.model.config
+        spec.model.family,
+        backend=spec.backend,
+        num_classes=len(images.classes),
+        **shape_args,
+        **spec.model.config,
     )
     return model.to(device)
 
@@ -91,18 +95,54 @@ def _inference_ms(model: torch.nn.Module, images: torch.Tensor, repeats: int = 1
     return 1e3 * statistics.median(times)
 
 
+def _profile_training_step(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int = 5, top: int = 12
+) -> list[dict]:
+    """Where a training step's time goes: the ops with the most self time over `steps` steps
+    (forward, backward, SGD) on a copy of the model, per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    probe = copy.deepcopy(model).train()
+    optimizer = torch.optim.SGD(probe.parameters(), lr=1e-3)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(probe(images), labels).backward()
+        optimizer.step()
+
+    step()  # warm-up outside the profile
+    cuda = images.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize(images.device)
+    events = prof.key_averages()
+    self_time = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
+    total = sum(self_time(e) for e in events) or 1
+    rows = sorted(events, key=self_time, reverse=True)[:top]
+    return [
+        {
+            "op": e.key,
+            "ms_per_step": self_time(e) / 1e3 / steps,
+            "share": self_time(e) / total,
+            "calls_per_step": e.count / steps,
+        }
+        for e in rows
+    ]
+
+
 def _confusion(predictions: torch.Tensor, labels: torch.Tensor, classes: int) -> list[list[int]]:
     index = labels.cpu() * classes + predictions.cpu()
     return torch.bincount(index, minlength=classes * classes).view(classes, classes).tolist()
 
 
-def run_one(
-    spec: RunSpec, folder: Path, splits: tuple, backend: str, device: torch.device, progress: bool
-) -> dict:
+def run_one(spec: RunSpec, folder: Path, splits: tuple, device: torch.device, progress: bool) -> dict:
     """Train (or resume) one run and write its result.json; returns the result."""
     train_set, test_set = splits
     set_seed(spec.seed)
-    model = _model_for(spec, train_set, backend, device)
+    model = _model_for(spec, train_set, device)
     train = data.Loader(
         train_set, spec.batch_size, shuffle=True, augment=spec.augment, device=device, seed=spec.seed
     )
@@ -127,7 +167,7 @@ def run_one(
     result = {
         "run": spec.name,
         "spec": spec.to_dict(),
-        "backend": backend,
+        "backend": spec.backend,
         "device": str(device),
         "parameters": count_parameters(model),
         "flops": count_flops(model, tuple(train_set.images.shape[1:])),
@@ -140,6 +180,9 @@ def run_one(
         "inference_ms": _inference_ms(model, test_images),
         "inference_batch": int(test_images.shape[0]),
         "grad_norms_init": json.loads(init_norms_file.read_text()),
+        # conv and linear weights, input side first: the layers of the gradient-norm plots
+        "layer_weights": [name for name, p in model.named_parameters() if p.ndim >= 2],
+        "profile": _profile_training_step(model, first_images, first_labels) if spec.profile else None,
         "history": history,
     }
     write_json(folder / "result.json", result)
@@ -150,7 +193,6 @@ def run_all(
     specs: list[RunSpec],
     out: Path,
     splits: tuple[data.ImageSet, data.ImageSet],
-    backend: str,
     device: torch.device,
     progress: bool = True,
 ) -> list[dict]:
@@ -167,5 +209,5 @@ def run_all(
             results.append(json.loads(done.read_text()))
             continue
         bar.set_postfix_str(spec.name)
-        results.append(run_one(spec, folder, splits, backend, device, progress))
+        results.append(run_one(spec, folder, splits, device, progress))
     return results

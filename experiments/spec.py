@@ -20,6 +20,7 @@ class ModelSpec:
     family: str
     config: dict = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
+    backend: str | None = None  # None: the command's --backend; a study comparing backends sets it
 
     def __hash__(self):
         return hash(self.label)
@@ -35,6 +36,7 @@ class Preset:
     train_size: int | None = None  # None: the whole training set; else a stratified subset
     test_size: int | None = None
     augment: bool | None = None  # None: the dataset's default (crop + flip for CIFAR-10)
+    seeds: int = 1  # seeds per model when --seeds is not given (2+ where the study claims stability)
     expected: str = ""  # literature / measured figures this preset should reach, for the docs
 
 
@@ -48,6 +50,8 @@ class RunSpec:
     train_size: int | None
     test_size: int | None
     augment: bool
+    backend: str  # "cnnext" or "native": whose convolution / pooling / attention the model runs on
+    profile: bool = False  # also record where a training step's time goes (torch.profiler)
 
     @property
     def name(self) -> str:

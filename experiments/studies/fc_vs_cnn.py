@@ -7,14 +7,8 @@ full: the budget of the literature, for a GPU: MNIST CNN >= 99.3%, ResNet-20 >= 
 ResNet-20 about 91.3% (He et al. 2016, 91.25%; a little lower on the JPEG copy of CIFAR-10).
 """
 
-from cnnext.train import TrainConfig
-
 from ..spec import ModelSpec, Preset
-from .base import Study
-
-
-def _sgd(epochs: int, lr: float = 0.1, schedule: str = "onecycle", weight_decay: float = 5e-4) -> TrainConfig:
-    return TrainConfig(epochs=epochs, lr=lr, schedule=schedule, weight_decay=weight_decay)
+from .base import Study, sgd
 
 
 def quick(dataset: str) -> Preset:
@@ -22,9 +16,9 @@ def quick(dataset: str) -> Preset:
         return Preset(
             "quick",
             (
-                ModelSpec("MLP", "mlp", {"hidden": (512, 256)}, _sgd(8, lr=0.05)),
-                ModelSpec("CNN", "cnn", {"depth": 3, "width": 32}, _sgd(8)),
-                ModelSpec("ResNet-8", "resnet", {"depth": 8}, _sgd(8)),
+                ModelSpec("MLP", "mlp", {"hidden": (512, 256)}, sgd(8, lr=0.05)),
+                ModelSpec("CNN", "cnn", {"depth": 3, "width": 32}, sgd(8)),
+                ModelSpec("ResNet-8", "resnet", {"depth": 8}, sgd(8)),
             ),
             train_size=10_000,
             test_size=2_000,
@@ -34,18 +28,18 @@ def quick(dataset: str) -> Preset:
         return Preset(
             "quick",
             (
-                ModelSpec("MLP", "mlp", {"hidden": (32,)}, _sgd(2, lr=0.05)),
-                ModelSpec("CNN", "cnn", {"depth": 2, "width": 4}, _sgd(2)),
-                ModelSpec("ResNet-8", "resnet", {"depth": 8}, _sgd(1)),
+                ModelSpec("MLP", "mlp", {"hidden": (32,)}, sgd(2, lr=0.05)),
+                ModelSpec("CNN", "cnn", {"depth": 2, "width": 4}, sgd(2)),
+                ModelSpec("ResNet-8", "resnet", {"depth": 8}, sgd(1)),
             ),
             batch_size=64,
         )
     return Preset(  # MNIST / Fashion-MNIST: the full training set, few epochs
         "quick",
         (
-            ModelSpec("MLP", "mlp", {"hidden": (512, 256)}, _sgd(3, lr=0.05)),
-            ModelSpec("CNN", "cnn", {"depth": 3, "width": 16}, _sgd(3)),
-            ModelSpec("ResNet-8", "resnet", {"depth": 8}, _sgd(1)),
+            ModelSpec("MLP", "mlp", {"hidden": (512, 256)}, sgd(3, lr=0.05)),
+            ModelSpec("CNN", "cnn", {"depth": 3, "width": 16}, sgd(3)),
+            ModelSpec("ResNet-8", "resnet", {"depth": 8}, sgd(1)),
         ),
         batch_size=64,  # twice the steps of 128 at the same cost per epoch: the CNN needs them
         expected="MNIST: MLP >= 97%, CNN >= 98.5% (make demo's targets)",
@@ -57,12 +51,12 @@ def full(dataset: str) -> Preset:
         return Preset(
             "full",
             (
-                ModelSpec("MLP", "mlp", {"hidden": (1024, 512), "dropout": 0.2}, _sgd(60, lr=0.05)),
-                ModelSpec("CNN", "cnn", {"depth": 9, "width": 32}, _sgd(60)),
+                ModelSpec("MLP", "mlp", {"hidden": (1024, 512), "dropout": 0.2}, sgd(60, lr=0.05)),
+                ModelSpec("CNN", "cnn", {"depth": 9, "width": 32}, sgd(60)),
                 # He et al.: SGD 0.1, momentum 0.9, wd 1e-4, batch 128, 164 epochs with LR drops;
                 # a cosine schedule over 182 epochs reaches the same.
                 ModelSpec(
-                    "ResNet-20", "resnet", {"depth": 20}, _sgd(182, schedule="cosine", weight_decay=1e-4)
+                    "ResNet-20", "resnet", {"depth": 20}, sgd(182, schedule="cosine", weight_decay=1e-4)
                 ),
             ),
             expected="CIFAR-10: ResNet-20 about 91.3% (He et al. 2016); the others not yet measured",
@@ -70,9 +64,9 @@ def full(dataset: str) -> Preset:
     return Preset(
         "full",
         (
-            ModelSpec("MLP", "mlp", {"hidden": (1024, 512), "dropout": 0.2}, _sgd(30, lr=0.05)),
-            ModelSpec("CNN", "cnn", {"depth": 6, "width": 32}, _sgd(20)),
-            ModelSpec("ResNet-20", "resnet", {"depth": 20}, _sgd(20)),
+            ModelSpec("MLP", "mlp", {"hidden": (1024, 512), "dropout": 0.2}, sgd(30, lr=0.05)),
+            ModelSpec("CNN", "cnn", {"depth": 6, "width": 32}, sgd(20)),
+            ModelSpec("ResNet-20", "resnet", {"depth": 20}, sgd(20)),
         ),
         expected="MNIST: CNN >= 99.3%, ResNet-20 >= 99.5% (literature level; not yet run here)",
     )

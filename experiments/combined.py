@@ -1,0 +1,67 @@
+"""The combined report of `python -m experiments all`: every study's results in the structure of
+the original study (Task 1: FC vs CNN vs ResNet; Task 2: kernel size and depth; Task 3: custom
+layers and residual blocks) and a conclusion drawn from the numbers, in one REPORT.md whose
+images point into the studies' own folders."""
+
+from pathlib import Path
+
+from .report import ModelSummary, compare, setup_line, study_body, summarize, write_markdown
+
+TASKS = (
+    ("Task 1: fully-connected vs convolutional vs residual networks", ("fc-vs-cnn",)),
+    ("Task 2: CNN design: kernel size and depth", ("kernel-size", "depth")),
+    ("Task 3: cnnext's own layers, and residual block designs", ("custom-layers", "residual-blocks")),
+)
+
+
+def _headline(study, models: list[ModelSummary]) -> str:
+    ranked = sorted(models, key=lambda m: m.accuracy, reverse=True)
+    if len(ranked) < 2:
+        return f"{study.name}: {ranked[0].label} {ranked[0].accuracy:.2f}%."
+    return f"{study.name}: best {compare(ranked[0], ranked[1])}"
+
+
+def write_combined_report(out: Path, done: list[tuple], command: str) -> Path:
+    """done: (study, folder, config, results) per study, in run order."""
+    out.mkdir(parents=True, exist_ok=True)
+    by_name = {study.name: (study, folder, config, results) for study, folder, config, results in done}
+    first_config = done[0][2]
+    lines = [
+        f"# cnnext studies: {first_config['dataset']} ({first_config['preset']} preset)",
+        "",
+        f"Command: `{command}`  ",
+        setup_line(first_config).split("; training set")[0] + ".",
+        "",
+        "Every number below comes from this run's metrics files; every gap is compared with the "
+        "seed-to-seed spread, and called inconclusive when it does not exceed it (or untested with "
+        "one seed).",
+        "",
+    ]
+    summary = []
+    for title, names in TASKS:
+        present = [n for n in names if n in by_name]
+        if not present:
+            continue
+        lines += [f"## {title}", ""]
+        for name in present:
+            study, folder, config, results = by_name[name]
+            lines += [
+                f"### {name}",
+                "",
+                study.question,
+                "",
+                f"{config['train_images']:,} training / {config['test_images']:,} test images, "
+                f"{config['seeds']} seed(s); full study report: "
+                f"[{name}]({_relative(folder, out)}/REPORT.md).",
+                "",
+                *study_body(folder, study, results, level="####", link_base=out),
+            ]
+            summary.append(_headline(study, summarize(results)))
+    lines += ["## Conclusion", "", *[f"- {line}" for line in summary], ""]
+    return write_markdown(out / "REPORT.md", lines)
+
+
+def _relative(path: Path, base: Path) -> str:
+    import os
+
+    return os.path.relpath(path, base).replace(os.sep, "/")

@@ -1,0 +1,95 @@
+"""Every study of `python -m experiments` end to end on the synthetic set with tiny budgets: the
+outputs exist, the report's numbers equal the metrics files' numbers, study sections render."""
+
+import csv
+import json
+import re
+
+import pytest
+
+from experiments.cli import main
+from experiments.studies import STUDIES
+
+SMOKE = [
+    "--dataset",
+    "synthetic",
+    "--train-size",
+    "60",
+    "--test-size",
+    "30",
+    "--epochs",
+    "1",
+    "--no-progress",
+]
+
+
+def run_study(name, root, *extra):
+    assert main([name, *SMOKE, "--out", str(root), *extra]) == 0
+    (folder,) = (root / name).iterdir()
+    return folder
+
+
+@pytest.mark.parametrize("name", [n for n in STUDIES if n != "fc-vs-cnn"])  # fc-vs-cnn: test_experiments.py
+def test_study_writes_a_report_whose_numbers_are_the_metrics(name, tmp_path):
+    folder = run_study(name, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    labels = [r["model"]["label"] for r in config["runs"]]
+    report = (folder / "REPORT.md").read_text()
+    rows = {row["model"]: row for row in csv.DictReader((folder / "summary.csv").open())}
+    assert list(rows) == labels
+    for run in config["runs"]:
+        label = run["model"]["label"]
+        result_file = folder / "runs" / f"{label}-seed0".replace(" ", "_") / "result.json"
+        result = json.loads(result_file.read_text())
+        assert result["backend"] == run["backend"]
+        accuracy = 100 * result["test_accuracy"]
+        assert float(rows[label]["test_accuracy_mean"]) == pytest.approx(accuracy, abs=1e-4)
+        table_row = re.search(rf"^\| {re.escape(label)} \| ([0-9.]+) \| 1 \| ([0-9,]+) \|", report, re.M)
+        assert table_row, f"{name}: no table row for {label}"
+        assert float(table_row[1]) == pytest.approx(accuracy, abs=0.005)
+        assert int(table_row[2].replace(",", "")) == result["parameters"]
+    assert "## Study details" in report
+    for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", report):
+        assert (folder / image).stat().st_size > 1000, image
+
+
+def test_custom_layers_pairs_backends_and_profiles(tmp_path):
+    folder = run_study("custom-layers", tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    assert {r["backend"] for r in config["runs"]} == {"native", "cnnext"}
+    report = (folder / "REPORT.md").read_text()
+    for base in ("CNN", "CNN+attention", "ResNet-8"):
+        native = json.loads((folder / "runs" / f"{base}_(native)-seed0" / "result.json").read_text())
+        ours = json.loads((folder / "runs" / f"{base}_(cnnext)-seed0" / "result.json").read_text())
+        assert native["grad_norms_init"] == pytest.approx(ours["grad_norms_init"], rel=1e-3)  # same start
+        assert ours["profile"] and any("cnnext::" in row["op"] for row in ours["profile"])
+        assert not any("cnnext::" in row["op"] for row in native["profile"])
+        assert re.search(rf"^\| {re.escape(base)} \| ", report, re.M)
+    assert "Where a training step's time goes" in report
+
+
+def test_depth_reports_gradient_ratios(tmp_path):
+    folder = run_study("depth", tmp_path)
+    report = (folder / "REPORT.md").read_text()
+    assert "accuracy_vs_depth.png" in report and "gradient_norms_by_depth.png" in report
+    for label in ("plain 2", "plain 6", "residual 2", "residual 6"):
+        assert re.search(rf"^\| {label} \| [0-9.e+-]+ \| [0-9.e+-]+ \| ", report, re.M), label
+
+
+def test_all_runs_every_study_and_writes_one_combined_report(tmp_path):
+    assert main(["all", *SMOKE, "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*STUDIES, "all"])
+    (combined,) = (tmp_path / "all").iterdir()
+    report = (combined / "REPORT.md").read_text()
+    for heading in ("## Task 1", "## Task 2", "## Task 3", "## Conclusion", *[f"### {n}" for n in STUDIES]):
+        assert heading in report, heading
+    links = re.findall(r"\]\(([^)]+)\)", report)
+    broken = [link for link in links if not (combined / link).exists()]
+    assert links and not broken, f"broken links in the combined report: {broken}"
+    # the combined report's numbers are the studies' own
+    for name in STUDIES:
+        (folder,) = (tmp_path / name).iterdir()
+        for row in csv.DictReader((folder / "summary.csv").open()):
+            assert f"| {row['model']} | {float(row['test_accuracy_mean']):.2f} | " in report
+    conclusion = report.split("## Conclusion", 1)[1]
+    assert all(f"- {name}: " in conclusion for name in STUDIES)

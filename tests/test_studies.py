@@ -93,3 +93,14 @@ def test_all_runs_every_study_and_writes_one_combined_report(tmp_path):
             assert f"| {row['model']} | {float(row['test_accuracy_mean']):.2f} | " in report
     conclusion = report.split("## Conclusion", 1)[1]
     assert all(f"- {name}: " in conclusion for name in STUDIES)
+
+
+def test_export_makes_a_self_contained_copy(tmp_path):
+    from experiments.export import export
+
+    folder = run_study("kernel-size", tmp_path / "results")
+    copy = export(folder / "REPORT.md", tmp_path / "docs")
+    text = copy.read_text()
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert links and all(link.endswith(".png") and (copy.parent / link).exists() for link in links)
+    assert "| CNN 3x3 |" in text

@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
             help="deterministic kernels only (torch.use_deterministic_algorithms)",
         )
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        if study.name == "all":
+            p.add_argument(
+                "--task1-datasets",
+                help="comma-separated datasets of the fc-vs-cnn task (default: --dataset only); the "
+                "original study's: mnist,cifar10",
+            )
         group = p.add_argument_group("overrides of the preset (they change the run id)")
         group.add_argument("--epochs", type=int, help="epochs of every model")
         group.add_argument("--train-size", type=int, help="stratified training subset")
@@ -137,9 +143,10 @@ class StudyFailed(Exception):
     """A study could not run (e.g. its data is missing); the message says why."""
 
 
-def run_study(study, args, command: str) -> tuple[Path, dict, list[dict]]:
-    """Plan, run (or resume) and report one study; returns its folder, config and results.
-    Raises StudyFailed for missing data and KeyboardInterrupt when interrupted."""
+def run_study(study, args, command: str, dataset: str) -> tuple[Path, dict, list[dict]]:
+    """Plan, run (or resume) and report one study on `dataset`; returns its folder, config and
+    results. Raises StudyFailed for missing data and KeyboardInterrupt when interrupted."""
+    args = argparse.Namespace(**{**vars(args), "dataset": dataset})
     device = torch.device(args.device)
     preset = _apply_overrides(study.preset(args.preset, args.dataset), args)
     augment_default = args.dataset in data.DATASETS and data.DATASETS[args.dataset].augment
@@ -198,11 +205,16 @@ def main(argv: list[str] | None = None) -> int:
 
     set_seed(0, deterministic=args.deterministic)
     command = "python -m experiments " + shlex.join(sys.argv[1:] if argv is None else argv)
-    studies = list(STUDIES.values()) if args.study == "all" else [STUDIES[args.study]]
+    if args.study == "all":  # Task 1 also on CIFAR-10, as in the original study
+        task1 = args.task1_datasets.split(",") if args.task1_datasets else [args.dataset]
+        plan = [(STUDIES["fc-vs-cnn"], d) for d in task1]
+        plan += [(study, args.dataset) for study in STUDIES.values() if study.name != "fc-vs-cnn"]
+    else:
+        plan = [(STUDIES[args.study], args.dataset)]
     done = []
     try:
-        for study in studies:
-            done.append((study, *run_study(study, args, command)))
+        for study, dataset in plan:
+            done.append((study, *run_study(study, args, command, dataset)))
     except StudyFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -14,17 +14,16 @@ TASKS = (
 )
 
 
-def _headline(study, models: list[ModelSummary]) -> str:
+def _headline(name: str, models: list[ModelSummary]) -> str:
     ranked = sorted(models, key=lambda m: m.accuracy, reverse=True)
     if len(ranked) < 2:
-        return f"{study.name}: {ranked[0].label} {ranked[0].accuracy:.2f}%."
-    return f"{study.name}: best {compare(ranked[0], ranked[1])}"
+        return f"{name}: {ranked[0].label} {ranked[0].accuracy:.2f}%."
+    return f"{name}: best {compare(ranked[0], ranked[1])}"
 
 
 def write_combined_report(out: Path, done: list[tuple], command: str) -> Path:
     """done: (study, folder, config, results) per study, in run order."""
     out.mkdir(parents=True, exist_ok=True)
-    by_name = {study.name: (study, folder, config, results) for study, folder, config, results in done}
     first_config = done[0][2]
     lines = [
         f"# cnnext studies: {first_config['dataset']} ({first_config['preset']} preset)",
@@ -39,14 +38,14 @@ def write_combined_report(out: Path, done: list[tuple], command: str) -> Path:
     ]
     summary = []
     for title, names in TASKS:
-        present = [n for n in names if n in by_name]
+        present = [run for name in names for run in done if run[0].name == name]
         if not present:
             continue
         lines += [f"## {title}", ""]
-        for name in present:
-            study, folder, config, results = by_name[name]
+        for study, folder, config, results in present:
+            name = study.name
             lines += [
-                f"### {name}",
+                f"### {name} on {config['dataset']}",
                 "",
                 study.question,
                 "",
@@ -56,7 +55,7 @@ def write_combined_report(out: Path, done: list[tuple], command: str) -> Path:
                 "",
                 *study_body(folder, study, results, level="####", link_base=out),
             ]
-            summary.append(_headline(study, summarize(results)))
+            summary.append(_headline(f"{name} ({config['dataset']})", summarize(results)))
     lines += ["## Conclusion", "", *[f"- {line}" for line in summary], ""]
     return write_markdown(out / "REPORT.md", lines)
 

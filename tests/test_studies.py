@@ -81,7 +81,13 @@ def test_all_runs_every_study_and_writes_one_combined_report(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*STUDIES, "all"])
     (combined,) = (tmp_path / "all").iterdir()
     report = (combined / "REPORT.md").read_text()
-    for heading in ("## Task 1", "## Task 2", "## Task 3", "## Conclusion", *[f"### {n}" for n in STUDIES]):
+    for heading in (
+        "## Task 1",
+        "## Task 2",
+        "## Task 3",
+        "## Conclusion",
+        *[f"### {n} on synthetic" for n in STUDIES],
+    ):
         assert heading in report, heading
     links = re.findall(r"\]\(([^)]+)\)", report)
     broken = [link for link in links if not (combined / link).exists()]
@@ -92,7 +98,7 @@ def test_all_runs_every_study_and_writes_one_combined_report(tmp_path):
         for row in csv.DictReader((folder / "summary.csv").open()):
             assert f"| {row['model']} | {float(row['test_accuracy_mean']):.2f} | " in report
     conclusion = report.split("## Conclusion", 1)[1]
-    assert all(f"- {name}: " in conclusion for name in STUDIES)
+    assert all(f"- {name} (synthetic): " in conclusion for name in STUDIES)
 
 
 def test_export_makes_a_self_contained_copy(tmp_path):

@@ -77,9 +77,11 @@ def sections(models, plots) -> list[str]:
         )
     lines += [
         "",
-        "Speed-up: native time / cnnext time (above 1: cnnext is faster). The curves of a pair start "
-        "from the same weights and see the same batches; they drift apart only through floating-point "
-        "rounding (different summation orders), which the gap columns measure.",
+        "Speed-up: native time / cnnext time (above 1: cnnext is faster). The two runs of a pair start "
+        "from the same weights and see the same batches, so they differ only by floating-point rounding "
+        "(other summation orders), which training then amplifies; the gap columns measure how far "
+        "apart the curves end up (the test accuracy right after a high-learning-rate epoch is the most "
+        "sensitive).",
         "",
     ]
     for backend in BACKENDS:

@@ -18,6 +18,7 @@ FAMILY_CONFIGS = {
     "cnn-strided-k7": dict(depth=3, width=8, kernel_size=7, pooling="strided"),
     "cnn-shallow": dict(depth=2, width=8),
     "cnn-deep-plain": dict(depth=20, width=4),
+    "cnn-no-norm-factorized": dict(depth=4, width=8, batch_norm=False, factorized=True, residual=True),
     "resnet-basic": dict(depth=8),
     "resnet-bottleneck": dict(depth=11, block="bottleneck"),
     "wrn": dict(depth=10, widen=1),
@@ -185,3 +186,15 @@ BAD_CONFIGS = {
 def test_bad_configuration_lists_what_is_valid(cfg, message):
     with pytest.raises(ValueError, match=message):
         build_model(**cfg)
+
+
+def test_cnn_without_batch_norm_has_conv_biases_and_no_norm_layers():
+    model = build_model("cnn", depth=6, width=4, batch_norm=False, in_channels=1)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 6 and all(c.bias is not None for c in convs)
+    assert all(
+        c.bias is None
+        for c in build_model("cnn", depth=6, width=4).modules()
+        if isinstance(c, torch.nn.Conv2d)
+    )

@@ -16,23 +16,33 @@ POOLINGS = ("max", "avg", "strided")
 class ConvUnit(torch.nn.Module):
     """conv(k x k) + BN + ReLU, or with factorized=True conv(1x1 to width/2) + BN + ReLU then
     conv(k x k); with residual=True the input is added before the last ReLU (1x1 projection when
-    the shape changes)."""
+    the shape changes). batch_norm=False drops the BNs (the convs get biases instead)."""
 
     def __init__(
-        self, layers, in_ch: int, out_ch: int, kernel: int, stride: int, factorized: bool, residual: bool
+        self,
+        layers,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        stride: int,
+        factorized: bool,
+        residual: bool,
+        batch_norm: bool = True,
     ):
         super().__init__()
+
+        def conv_norm(cin: int, cout: int, k: int, stride: int = 1) -> list[torch.nn.Module]:
+            conv = layers.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=not batch_norm)
+            return [conv, torch.nn.BatchNorm2d(cout)] if batch_norm else [conv]
+
         convs: list[torch.nn.Module] = []
         if factorized:
             mid = max(out_ch // 2, 1)
-            convs += [layers.Conv2d(in_ch, mid, 1, bias=False), torch.nn.BatchNorm2d(mid), torch.nn.ReLU()]
+            convs += [*conv_norm(in_ch, mid, 1), torch.nn.ReLU()]
             in_mid = mid
         else:
             in_mid = in_ch
-        convs += [
-            layers.Conv2d(in_mid, out_ch, kernel, stride=stride, padding=kernel // 2, bias=False),
-            torch.nn.BatchNorm2d(out_ch),
-        ]
+        convs += conv_norm(in_mid, out_ch, kernel, stride)
         self.body = torch.nn.Sequential(*convs)
         self.residual = residual
         self.project = None
@@ -53,6 +63,8 @@ class PlainCNN(torch.nn.Module):
 
     depth: conv units, >= 2, split as evenly as possible over the 3 stages, earlier stages first
         (depth 2 uses the first two stages only).
+    batch_norm: False builds the units without batch normalisation (convs with biases), the
+        classical setting in which deep plain networks show vanishing gradients.
     attention_stages: indices (0, 1, 2) of stages followed by a SelfAttention2d.
     """
 
@@ -64,6 +76,7 @@ class PlainCNN(torch.nn.Module):
         factorized: bool = False,
         pooling: str = "max",
         residual: bool = False,
+        batch_norm: bool = True,
         attention_stages: tuple[int, ...] = (),
         attention_heads: int = 1,
         in_channels: int = 3,
@@ -94,7 +107,14 @@ class PlainCNN(torch.nn.Module):
                 first_unit = stage == 0 and i == 0
                 units.append(
                     ConvUnit(
-                        layers, channels, out_ch, kernel_size, stride, factorized and not first_unit, residual
+                        layers,
+                        channels,
+                        out_ch,
+                        kernel_size,
+                        stride,
+                        factorized and not first_unit,
+                        residual,
+                        batch_norm,
                     )
                 )
                 channels = out_ch

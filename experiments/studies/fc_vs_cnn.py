@@ -1,8 +1,9 @@
 """fc-vs-cnn: a fully-connected net, a simple CNN and a residual CNN on one dataset.
 
-quick: sized for a 2-core CPU (the MNIST run is `make demo`'s job: under 10 minutes with the
-build). Measured on this project's 2-core VM, real MNIST, cnnext backend, seed 0: MLP 97.9% after
-2 epochs (7 s), CNN 98.3% after 2 epochs (22 s/epoch), ResNet-8 99.0% after 2 epochs (85 s/epoch).
+quick: sized for a 2-core CPU; the MNIST run is `make demo`'s job (7m38s from a fresh clone on
+this project's 2-core VM, build included). Measured there, real MNIST, cnnext backend, seed 0:
+MLP 98.36% (3 epochs, 4 s each), CNN 98.78% (3 epochs, 25 s each), ResNet-8 98.93% (1 epoch,
+87 s); CIFAR-10 (JPEG copy, 10k training subset, 8 epochs): MLP 43.4%, CNN 58.3%, ResNet-8 60.1%.
 full: the budget of the literature, for a GPU: MNIST CNN >= 99.3%, ResNet-20 >= 99.5%; CIFAR-10
 ResNet-20 about 91.3% (He et al. 2016, 91.25%; a little lower on the JPEG copy of CIFAR-10).
 """
@@ -22,7 +23,7 @@ def quick(dataset: str) -> Preset:
             ),
             train_size=10_000,
             test_size=2_000,
-            expected="CIFAR-10 10k subset, 8 epochs: not yet measured",
+            expected="measured (2-core VM, 10k subset, 8 epochs): MLP 43.4%, CNN 58.3%, ResNet-8 60.1%",
         )
     if dataset == "synthetic":  # the tests' smoke run: seconds
         return Preset(

@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import cnnext
 from cnnext import data
 
 from .report import write_report
-from .runner import load_split, run_all, write_json
+from .runner import git_commit, load_split, run_all, write_json
 from .spec import fingerprint
 from .studies import STUDIES
 from .studies.base import DATASETS
@@ -107,24 +106,6 @@ def _apply_overrides(preset, args):
     return dataclasses.replace(preset, **changes)
 
 
-def _git_commit() -> str:
-    try:
-        root = Path(__file__).resolve().parent.parent
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return commit + ("+changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -172,7 +153,7 @@ def run_study(study, args, command: str, dataset: str) -> tuple[Path, dict, list
         "device": str(device),
         "machine": _machine(device),
         "command": command,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "torch": torch.__version__,
         "cnnext_build": cnnext.build_info(),
         "train_images": len(splits[0]),

@@ -29,7 +29,8 @@ def write_combined_report(out: Path, done: list[tuple], command: str) -> Path:
         f"# cnnext studies: {first_config['dataset']} ({first_config['preset']} preset)",
         "",
         f"Command: `{command}`  ",
-        setup_line(first_config).split("; training set")[0] + ".",
+        setup_line(first_config).split("; training set")[0].rsplit("; ", 1)[0]
+        + " (seeds and data sizes per study below).",
         "",
         "Every number below comes from this run's metrics files; every gap is compared with the "
         "seed-to-seed spread, and called inconclusive when it does not exceed it (or untested with "

@@ -327,7 +327,7 @@ def write_report(out: Path, study, config: dict, results: list[dict]) -> Path:
         "- `config.json`: the resolved configuration of every run, git commit, versions, device.",
         "- `summary.csv`: the table above.",
         "- `runs/<model>-seed<k>/metrics.jsonl`: per-epoch history; `result.json`: final metrics, "
-        "confusion matrix, gradient norms at initialisation.",
+        "confusion matrix, gradient norms at initialisation, the commit that trained it.",
         "",
     ]
     return write_markdown(out / "REPORT.md", lines)

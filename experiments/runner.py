@@ -14,6 +14,7 @@ import copy
 import json
 import os
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -38,6 +39,25 @@ def write_json(path: Path, value, lines: bool = False) -> None:
     text = "".join(json.dumps(v) + "\n" for v in value) if lines else json.dumps(value, indent=1) + "\n"
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def git_commit() -> str:
+    """The checkout's commit, with "+changes" when tracked files differ from it."""
+    try:
+        root = Path(__file__).resolve().parent.parent
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return commit + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def load_split(dataset: str, train: bool, root, size: int | None, download: bool) -> data.ImageSet:
@@ -168,6 +188,7 @@ def run_one(spec: RunSpec, folder: Path, splits: tuple, device: torch.device, pr
         "run": spec.name,
         "spec": spec.to_dict(),
         "backend": spec.backend,
+        "git_commit": git_commit(),  # the code that trained this run (config.json: the latest invocation's)
         "device": str(device),
         "parameters": count_parameters(model),
         "flops": count_flops(model, tuple(train_set.images.shape[1:])),

@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m experiments " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.study == "all":  # Task 1 also on CIFAR-10, as in the original study
         task1 = args.task1_datasets.split(",") if args.task1_datasets else [args.dataset]
+        unknown = [d for d in task1 if d not in DATASETS]
+        if unknown:
+            raise SystemExit(f"--task1-datasets: unknown {unknown}; choose from {', '.join(DATASETS)}")
         plan = [(STUDIES["fc-vs-cnn"], d) for d in task1]
         plan += [(study, args.dataset) for study in STUDIES.values() if study.name != "fc-vs-cnn"]
     else:

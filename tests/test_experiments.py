@@ -145,6 +145,8 @@ def test_bad_usage():
         main(["fc-vs-cnn", "--preset", "huge"])
     with pytest.raises(SystemExit, match="--seeds must be >= 1"):
         main([*ARGS, "--seeds", "0"])
+    with pytest.raises(SystemExit, match="--task1-datasets: unknown"):
+        main(["all", "--task1-datasets", "mnist,imagenet"])
 
 
 def test_help_lists_the_studies():

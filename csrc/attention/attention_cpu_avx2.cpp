@@ -1,5 +1,5 @@
-// The CPU attention loops compiled for AVX2: the vectorised exp and softmax loops run 8 floats wide
-// instead of 4. Headers come before the target pragma, so only the loops in
+// The CPU attention loops compiled for AVX2 + FMA: the vectorised exp and softmax loops run 8 floats
+// wide instead of 4. Headers come before the target pragma, so only the loops in
 // attention_cpu_loops.h (internal linkage) are built for AVX2 (see pool2d_cpu_avx2.cpp).
 #if defined(__x86_64__)
 #include <ATen/Parallel.h>
@@ -14,7 +14,7 @@
 #include "common.h"
 #include "cpu_reduce.h"
 
-#pragma GCC target("avx2")
+#pragma GCC target("avx2,fma")  // FMA: the exp polynomial's multiply-adds fuse (half its latency)
 #define CNNEXT_ATTENTION_LOOPS_FACTORY attention_cpu_loops_avx2
 #include "attention/attention_cpu_loops.h"
 #endif

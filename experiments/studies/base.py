@@ -1,4 +1,4 @@
-"""A study: a question, the datasets it runs on, and its presets (dataset -> Preset)."""
+"""A study: a question, its presets (preset name -> dataset -> Preset) and optional report sections."""
 
 from collections.abc import Callable
 from dataclasses import dataclass

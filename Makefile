@@ -36,7 +36,7 @@ demo: build
 
 bench: build
 	mkdir -p .benchmarks
-	for op in conv2d pool2d attention; do \
+	for op in conv2d pool2d attention training; do \
 		$(PY) -m pytest benchmarks/bench_$$op.py -k cpu -q --benchmark-json=.benchmarks/$${op}_cpu.json || exit 1; \
 		$(PY) benchmarks/summarize.py .benchmarks/$${op}_cpu.json --device cpu; \
 	done

@@ -26,10 +26,10 @@ echo "== tests"
 $PY -m pytest tests -q -x -p no:cacheprovider --durations=5 2>&1 | tee "$OUT/tests.log" | tail -25
 
 echo "== benchmarks (CUDA)"
-for op in conv2d pool2d attention; do
+for op in conv2d pool2d attention training; do
   $PY -m pytest "benchmarks/bench_$op.py" -k cuda -q -p no:cacheprovider \
     --benchmark-json="$OUT/bench_${op}_cuda.json" >"$OUT/bench_$op.log" 2>&1 || tail -30 "$OUT/bench_$op.log"
 done
-for op in conv2d pool2d attention; do
+for op in conv2d pool2d attention training; do
   $PY benchmarks/summarize.py "$OUT/bench_${op}_cuda.json" --device cuda | tee "$OUT/summary_$op.md"
 done

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._files import atomic_path
+
 __all__ = ["DATASETS", "ImageSet", "Loader", "data_root", "load", "stratified_subset", "synthetic"]
 
 
@@ -131,10 +133,8 @@ def _cached_image_folder(folder: Path) -> tuple[Tensor, Tensor, list[str]]:
         return saved["images"], saved["labels"], saved["classes"]
     images = torch.stack([decode(path) for path, _ in files])
     labels = torch.tensor([label for _, label in files])
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"images": images, "labels": labels, "classes": classes}, tmp)
-    os.replace(tmp, cache)  # atomic: an interrupted decode never leaves a half-written cache
+    with atomic_path(cache) as tmp:  # an interrupted decode never leaves a half-written cache
+        torch.save({"images": images, "labels": labels, "classes": classes}, tmp)
     return images, labels, classes
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ._files import atomic_path
 from .data import Loader
 
 __all__ = ["SCHEDULES", "TrainConfig", "evaluate", "fit", "lr_factor", "set_seed"]
@@ -123,13 +124,8 @@ def evaluate(model: torch.nn.Module, loader: Loader) -> dict:
 
 
 def _save_atomically(state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:  # a crash leaves the previous checkpoint intact, never a partial one
         torch.save(state, tmp)
-        os.replace(tmp, path)  # a crash leaves the previous checkpoint intact, never a partial one
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def fit(

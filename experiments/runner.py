@@ -12,7 +12,6 @@ its checkpoint, so an interrupted study loses at most the epoch it was in.
 
 import copy
 import json
-import os
 import statistics
 import subprocess
 import time
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnext import data
+from cnnext._files import atomic_path
 from cnnext.models import build_model, count_flops, count_parameters
 from cnnext.train import evaluate, fit, set_seed
 
@@ -34,11 +34,9 @@ INFERENCE_BATCH = 256
 
 def write_json(path: Path, value, lines: bool = False) -> None:
     """Write JSON (or JSON lines) so that readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     text = "".join(json.dumps(v) + "\n" for v in value) if lines else json.dumps(value, indent=1) + "\n"
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def git_commit() -> str:

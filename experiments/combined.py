@@ -5,7 +5,7 @@ images point into the studies' own folders."""
 
 from pathlib import Path
 
-from .report import ModelSummary, compare, setup_line, study_body, summarize, write_markdown
+from .report import ModelSummary, compare, relative_link, setup_line, study_body, summarize, write_markdown
 
 TASKS = (
     ("Task 1: fully-connected vs convolutional vs residual networks", ("fc-vs-cnn",)),
@@ -52,16 +52,10 @@ def write_combined_report(out: Path, done: list[tuple], command: str) -> Path:
                 "",
                 f"{config['train_images']:,} training / {config['test_images']:,} test images, "
                 f"{config['seeds']} seed(s); full study report: "
-                f"[{name}]({_relative(folder, out)}/REPORT.md).",
+                f"[{name}]({relative_link(folder, out)}/REPORT.md).",
                 "",
                 *study_body(folder, study, results, level="####", link_base=out),
             ]
             summary.append(_headline(f"{name} ({config['dataset']})", summarize(results)))
     lines += ["## Conclusion", "", *[f"- {line}" for line in summary], ""]
     return write_markdown(out / "REPORT.md", lines)
-
-
-def _relative(path: Path, base: Path) -> str:
-    import os
-
-    return os.path.relpath(path, base).replace(os.sep, "/")

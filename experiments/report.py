@@ -14,6 +14,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnnext._files import atomic_path
+
 __all__ = ["ModelSummary", "summarize", "write_report"]
 
 
@@ -140,8 +142,10 @@ def summary_table(models: list[ModelSummary], inference_batch: int) -> str:
     return "\n".join(rows)
 
 
-def compare(a: ModelSummary, b: ModelSummary) -> str:
-    """One sentence on a (the better) vs b: the gap in points and whether it beats the spread."""
+def compare(first: ModelSummary, second: ModelSummary) -> str:
+    """One sentence on the better of two models against the other (a tie keeps the given order):
+    the gap in points and whether it beats the spread."""
+    a, b = sorted((first, second), key=lambda m: m.accuracy, reverse=True)
     gap = a.accuracy - b.accuracy
     if round(gap, 2) == 0:
         return f"**{a.label}** and **{b.label}** tie at {a.accuracy:.2f}%."
@@ -186,9 +190,7 @@ def versus_baseline(models: list[ModelSummary]) -> list[str]:
             f"| {m.inference_ms / base.inference_ms:.2f} |"
         )
     lines.append("")
-    for m in models[1:]:
-        better, worse = (m, base) if m.accuracy >= base.accuracy else (base, m)
-        lines.append(f"- {compare(better, worse)}")
+    lines += [f"- {compare(m, base)}" for m in models[1:]]
     return lines + [""]
 
 
@@ -289,10 +291,15 @@ def study_body(
     ]
     for title, path in figures:
         lines += [f"{level}# {title}", "", f"![{title}]({path.relative_to(out).as_posix()})", ""]
-    prefix = os.path.relpath(out, link_base).replace(os.sep, "/") if link_base else "."
+    prefix = relative_link(out, link_base) if link_base else "."
     if prefix != ".":
         lines = [re.sub(r"\]\((plots/[^)]+)\)", lambda m: f"]({prefix}/{m[1]})", line) for line in lines]
     return lines
+
+
+def relative_link(path: Path, base: Path) -> str:
+    """`path` as a markdown link target relative to the folder `base`."""
+    return os.path.relpath(path, base).replace(os.sep, "/")
 
 
 def setup_line(setup: dict) -> str:
@@ -304,9 +311,8 @@ def setup_line(setup: dict) -> str:
 
 
 def write_markdown(path: Path, lines: list[str]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)  # readers never see half a report
+    with atomic_path(path) as tmp:  # readers never see half a report
+        tmp.write_text("\n".join(lines))
     return path
 
 

@@ -87,9 +87,8 @@ def sections(models, plots) -> list[str]:
     for backend in BACKENDS:
         plain, attention = by_label.get(f"CNN ({backend})"), by_label.get(f"CNN+attention ({backend})")
         if plain and attention:
-            better, worse = sorted((plain, attention), key=lambda m: m.accuracy, reverse=True)
             lines.append(
-                f"- SelfAttention2d ({backend}): {compare(better, worse)} "
+                f"- SelfAttention2d ({backend}): {compare(plain, attention)} "
                 f"The attention CNN costs {attention.epoch_seconds / plain.epoch_seconds:.2f}x "
                 "the time per epoch."
             )

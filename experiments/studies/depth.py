@@ -95,8 +95,7 @@ def sections(models, plots) -> list[str]:
     for d in sorted({_depth(m) for m in models}):
         pair = [m for m in models if _depth(m) == d]
         if len(pair) == 2:
-            better, worse = sorted(pair, key=lambda m: m.accuracy, reverse=True)
-            lines.append(f"- depth {d}: {compare(better, worse)}")
+            lines.append(f"- depth {d}: {compare(*pair)}")
     return lines + [""]
 
 

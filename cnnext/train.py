@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ._files import atomic_path
 from .data import Loader
 
-__all__ = ["SCHEDULES", "TrainConfig", "evaluate", "fit", "lr_factor", "set_seed"]
+__all__ = ["SCHEDULES", "TrainConfig", "evaluate", "fit", "lr_factor", "set_seed", "synchronize"]
 
 
 SCHEDULES = ("cosine", "onecycle", "step", "constant")
@@ -66,7 +66,8 @@ def set_seed(seed: int, deterministic: bool | None = None) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU): wall-clock timings need it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -172,7 +173,7 @@ def fit(
         total_loss = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         count, steps = 0, 0
-        _synchronize(device)
+        synchronize(device)
         started = time.perf_counter()
         for images, labels in tqdm(
             train, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress
@@ -191,7 +192,7 @@ def fit(
             correct += (logits.argmax(1) == labels).sum()
             count += labels.numel()
             steps += 1
-        _synchronize(device)
+        synchronize(device)
         seconds = time.perf_counter() - started
         result = evaluate(model, test)
         history.append(

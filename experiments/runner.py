@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from cnnext import data
 from cnnext._files import atomic_path
 from cnnext.models import build_model, count_flops, count_parameters
-from cnnext.train import evaluate, fit, set_seed
+from cnnext.train import evaluate, fit, set_seed, synchronize
 
 from .spec import RunSpec
 
@@ -102,12 +102,10 @@ def _inference_ms(model: torch.nn.Module, images: torch.Tensor, repeats: int = 1
     device = images.device
     times = []
     for i in range(repeats + 2):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         model(images)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         if i >= 2:  # two warm-ups
             times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)
@@ -134,8 +132,7 @@ def _profile_training_step(
     with profile(activities=activities) as prof:
         for _ in range(steps):
             step()
-        if cuda:
-            torch.cuda.synchronize(images.device)
+        synchronize(images.device)
     events = prof.key_averages()
     self_time = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
     total = sum(self_time(e) for e in events) or 1

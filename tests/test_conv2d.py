@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import cnnext
 from cnnext.ops import reference
 
-from .conftest import DEVICES, FULL_PRECISION, LOW_PRECISION, needs_cuda
+from .conftest import DEVICES, FULL_PRECISION, LOW_PRECISION, needs_cuda, run_with_baseline_isa
 
 # Float32 kernels sum at most a few hundred products here; against a float64 reference their
 # error is ~1e-6 relative, so 1e-4 catches any real mistake without flaking.
@@ -108,6 +108,55 @@ def test_large_patches_are_processed_in_row_blocks(stride, groups, device, dtype
     w = torch.randn(6, 64 // groups, 7, 7, dtype=dtype, device=device)
     b = torch.randn(6, dtype=dtype, device=device)
     check_against_native(x, w, b, TOLERANCES[dtype], stride=stride, padding=3, groups=groups)
+
+
+# The CPU's direct float32 kernels (csrc/conv2d/conv2d_cpu_direct.cpp, AVX2 machines) work in
+# register tiles of 4 output channels x 3 vectors of 8 output columns (or 3 taps) and split work
+# by sample, or by output channel when there are fewer samples than threads. Each case below
+# leaves a remainder somewhere: 5 or 6 output channels, 19 or 13 output columns (a partial last
+# vector), 9 x 3 x 2 x 5 taps, 1 sample (channel split), 5 samples (uneven sample split).
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize(
+    "kernel, stride, padding, dilation",
+    [((3, 3), 1, 1, 1), ((2, 5), (2, 1), (1, 2), 1), ((3, 3), 3, 2, 2), ((1, 1), 2, 0, 1), ((5, 5), 1, 4, 2)],
+    ids=["k3", "k2x5-s2x1", "k3-s3-d2", "k1-s2", "k5-p4-d2"],
+)
+@pytest.mark.parametrize("channels", [(9, 5), (3, 6)], ids=["9to5", "3to6"])
+def test_cpu_direct_kernels_match_native_at_tile_remainders(
+    channels, kernel, stride, padding, dilation, batch
+):
+    cin, cout = channels
+    x = torch.randn(batch, cin, 17, 19)
+    w = torch.randn(cout, cin, *kernel)
+    b = torch.randn(cout)
+    check_against_native(
+        x, w, b, TOLERANCES[torch.float32], stride=stride, padding=padding, dilation=dilation
+    )
+
+
+def test_cpu_direct_weight_gradient_over_several_sample_groups():
+    """32x32 maps with 16 channels: about 3 samples fit the weight-gradient kernel's L2-sized group,
+    so 11 samples make several groups per thread, the last one short."""
+    x, w, b = torch.randn(11, 16, 32, 32), torch.randn(12, 16, 3, 3), torch.randn(12)
+    check_against_native(x, w, b, TOLERANCES[torch.float32], padding=1)
+
+
+def test_cpu_gemm_path_for_float32_on_baseline_isa():
+    """With CNNEXT_CPU_ISA=baseline the direct kernels are off and float32 takes the GEMM path that
+    float64 and grouped convolutions always take: it must match native too."""
+    script = """
+import torch, torch.nn.functional as F, cnnext
+x = torch.randn(3, 5, 13, 17, requires_grad=True)
+w = torch.randn(6, 5, 3, 3, requires_grad=True)
+for stride in (1, 2):
+    out, ref = cnnext.ops.conv2d(x, w, stride=stride, padding=1), F.conv2d(x, w, stride=stride, padding=1)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    g = torch.randn_like(ref)
+    for got, want in zip(torch.autograd.grad(out, (x, w), g), torch.autograd.grad(ref, (x, w), g)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+    run_with_baseline_isa(script)
 
 
 @pytest.mark.parametrize("device, dtype", LOW_PRECISION)

@@ -53,24 +53,30 @@ def test_cnnext_backend_uses_cnnext_layers():
 
 
 # float64: both backends compute the same sums in different orders; 1e-9 leaves room for that
-# over ~10 layers. float32 (logits of O(1)): per-layer rounding differences of ~1e-6 relative
-# compound through batch norm, hence 1e-4.
-@pytest.mark.parametrize(
-    "dtype, tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)], ids=["float64", "float32"]
-)
+# over ~10 layers, elementwise, logits and every gradient. float32: logits (O(1)) agree to 1e-4,
+# but a gradient element may differ by its whole size where a ReLU input lies within rounding
+# distance (~1e-6) of zero and the two backends round it to opposite signs (seen on the bottleneck
+# ResNet: one such unit changed a batch-norm bias gradient by 5%). So float32 gradients are compared
+# per parameter in norm: within 10% of native's norm, where a wrong kernel is off by ~100%.
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("case", list(FAMILY_CONFIGS))
-def test_backends_give_same_logits_and_gradients(case, dtype, tol):
+def test_backends_give_same_logits_and_gradients(case, dtype):
     native, ours = twin_models(case, dtype)
     x = torch.randn(4, 3, 16, 16, dtype=dtype)
     y = torch.randint(0, 10, (4,))
     logits, logits_native = ours(x), native(x)
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
     torch.testing.assert_close(logits, logits_native, rtol=tol, atol=tol)
     F.cross_entropy(logits, y).backward()
     F.cross_entropy(logits_native, y).backward()
     for (name, p), p_native in zip(ours.named_parameters(), native.parameters(), strict=True):
-        torch.testing.assert_close(
-            p.grad, p_native.grad, rtol=tol, atol=tol, msg=lambda m, n=name: f"{n}: {m}"
-        )
+        if dtype == torch.float64:
+            torch.testing.assert_close(
+                p.grad, p_native.grad, rtol=tol, atol=tol, msg=lambda m, n=name: f"{n}: {m}"
+            )
+        else:
+            error = (p.grad - p_native.grad).norm() / p_native.grad.norm().clamp_min(1e-12)
+            assert error < 0.1, f"{name}: gradient differs from native by {error:.1%} in norm"
 
 
 @pytest.mark.parametrize("case", list(FAMILY_CONFIGS))

@@ -1,4 +1,8 @@
-// conv2d on the CPU, lowered to GEMM (im2col / col2im) with the GEMMs in BLAS (at::mm / at::bmm).
+// conv2d on the CPU. Float32 convolutions without groups on AVX2 + FMA CPUs run the direct kernels
+// of conv2d_cpu_direct.cpp (forward, weight gradient, and the input gradient of stride-1
+// convolutions as a convolution of dy); everything else (float64, groups, strided input gradients,
+// output rows narrower than 6, other CPUs) is lowered to GEMM (im2col / col2im) with the GEMMs in
+// BLAS (at::mm / at::bmm), as follows.
 //
 // Work is split by sample, and each sample into blocks of output rows: a thread builds the column
 // matrix of one block in a private buffer small enough to stay in L2 (kColumnBlockBytes) and
@@ -21,6 +25,7 @@
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/bmm.h>
+#include <ATen/ops/flip.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -28,6 +33,7 @@
 
 #include "common.h"
 #include "conv2d/conv2d.h"
+#include "conv2d/conv2d_cpu_direct.h"
 
 namespace cnnext {
 namespace {
@@ -144,6 +150,19 @@ void bias_grad(const scalar_t* dy, scalar_t* dbias, const Conv2dGeometry& g) {
 
 void check_cpu(const at::Tensor& t, const char* name) { check_device_type(t, name, c10::DeviceType::CPU); }
 
+// The input gradient of a stride-1 convolution is itself a stride-1 convolution: of dy, with the
+// kernel flipped and its channel axes swapped, padded by dil * (k - 1) - pad (so it exists only
+// where pad <= dil * (k - 1)). Returns that convolution's geometry, or nothing where it does not
+// exist or the direct kernels would not run it.
+std::optional<Conv2dGeometry> input_grad_as_convolution(const Conv2dGeometry& g, at::ScalarType dtype) {
+  const int64_t pad_h = g.dil_h * (g.kernel_h - 1) - g.pad_h, pad_w = g.dil_w * (g.kernel_w - 1) - g.pad_w;
+  if (g.stride_h != 1 || g.stride_w != 1 || g.groups != 1 || pad_h < 0 || pad_w < 0) return std::nullopt;
+  const Conv2dGeometry t{g.batch,    g.out_channels, g.out_h,  g.out_w,  g.in_channels, g.in_h, g.in_w, g.kernel_h,
+                         g.kernel_w, 1,              1,        pad_h,    pad_w,         g.dil_h, g.dil_w, 1};
+  if (!conv2d_direct_applies(t, dtype)) return std::nullopt;
+  return t;
+}
+
 }  // namespace
 
 at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
@@ -160,6 +179,11 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   const auto x = input.contiguous();                                                  // (N, C, H, W)
   const auto w = weight.contiguous().view({g.groups, g.out_per_group(), g.patch_size()});
   const auto b = has_bias ? bias->contiguous() : at::Tensor();
+  if (conv2d_direct_applies(g, input.scalar_type())) {
+    conv2d_direct_forward(x.const_data_ptr<float>(), w.const_data_ptr<float>(),
+                          has_bias ? b.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(), g);
+    return out.contiguous(conv2d_output_format(input));
+  }
   const int64_t L = g.out_pixels(), in_sample = g.in_channels * g.in_h * g.in_w;
   const int64_t block_rows = rows_per_block(g, input.element_size());
 
@@ -194,18 +218,34 @@ Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
   const auto g = conv2d_backward_geometry(grad_output, input, weight, stride, padding, dilation, groups);
   check_cpu(input, "_conv2d_backward: input");
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  // Plain names, not a structured binding: the kernels' lambdas capture them (C++17 forbids that).
-  const bool need_input = output_mask[0], need_weight = output_mask[1], need_bias = output_mask[2];
+  const bool need_bias = output_mask[2];
 
   const auto x = input.contiguous();         // (N, C, H, W)
   const auto dy = grad_output.contiguous();  // (N, Cout, Ho, Wo)
+  at::Tensor dinput, dweight, dbias;
+  if (output_mask[0]) dinput = at::empty(input.sizes(), input.options());
+  if (need_bias) dbias = at::empty({g.out_channels}, weight.options());
+
+  // The direct kernels take what they can; the GEMM loop below does the rest. Plain names, not a
+  // structured binding: the kernels' lambdas capture them (C++17 forbids that).
+  const bool direct_weight = output_mask[1] && conv2d_direct_applies(g, input.scalar_type());
+  const auto input_conv = output_mask[0] ? input_grad_as_convolution(g, input.scalar_type()) : std::nullopt;
+  const bool need_input = output_mask[0] && !input_conv, need_weight = output_mask[1] && !direct_weight;
+  if (direct_weight) {
+    dweight = at::empty(weight.sizes(), weight.options());
+    conv2d_direct_weight_grad(dy.const_data_ptr<float>(), x.const_data_ptr<float>(), dweight.mutable_data_ptr<float>(),
+                              g);
+  }
+  if (input_conv) {
+    const auto flipped = weight.flip({2, 3}).transpose(0, 1).contiguous();  // (C, Cout, kh, kw)
+    conv2d_direct_forward(dy.const_data_ptr<float>(), flipped.const_data_ptr<float>(), nullptr,
+                          dinput.mutable_data_ptr<float>(), *input_conv);
+  }
+
   const auto w = weight.contiguous().view({g.groups, g.out_per_group(), g.patch_size()});
   const auto w_t = w.transpose(1, 2);        // (groups, K, Cout/groups)
   const int64_t L = g.out_pixels(), in_sample = g.in_channels * g.in_h * g.in_w;
   const int64_t block_rows = rows_per_block(g, input.element_size());
-  at::Tensor dinput, dweight, dbias;
-  if (need_input) dinput = at::empty(input.sizes(), input.options());
-  if (need_bias) dbias = at::empty({g.out_channels}, weight.options());
   // One partial dW per thread, summed in thread order at the end (zero for batch 0).
   const int64_t partial_count = need_weight ? at::get_num_threads() : 0;
   std::vector<at::Tensor> partial_dweight(partial_count);
@@ -239,7 +279,7 @@ Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
       }
     });
   });
-  if (need_input) dinput = dinput.contiguous(conv2d_output_format(input));
+  if (output_mask[0]) dinput = dinput.contiguous(conv2d_output_format(input));
   if (need_weight) {
     dweight = partial_dweight[0];
     for (int64_t t = 1; t < partial_count; ++t) dweight.add_(partial_dweight[t]);

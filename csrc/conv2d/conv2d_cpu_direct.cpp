@@ -1,0 +1,323 @@
+// Direct float32 conv2d kernels, AVX2 + FMA (see conv2d_cpu_direct.h for what and why).
+//
+// Layout of the padded input copy: per channel, `rows` rows of the zero-padded image; each row has
+// its columns split by stride phase (stride_w phases of `width` floats), so input column
+// ow * stride_w + kj * dil_w sits in phase (kj * dil_w) % stride_w at position ow + (kj * dil_w) /
+// stride_w. A tap (c, ki, kj) is then one offset added to a vector's base, and 8 neighbouring
+// output columns read 8 consecutive floats whatever the stride. Rows are wide enough for whole
+// vectors: the lanes past the last output column read zeros and are never stored.
+#include "conv2d/conv2d_cpu_direct.h"
+
+#include "cpu_isa.h"
+
+#if defined(__x86_64__)
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <memory>
+#include <vector>
+
+#include "common.h"
+
+#pragma GCC target("avx2,fma")
+
+namespace cnnext {
+namespace {
+
+constexpr int64_t kLanes = 8;          // floats per AVX2 vector: output columns per vector
+constexpr int64_t kTileChannels = 4;   // output channels per register tile
+constexpr int64_t kTileVectors = 3;    // vectors (forward) or taps (weight grad) per register tile
+// Samples of the weight gradient are processed in groups whose padded inputs and gradients fit in
+// half of this machine's 1 MiB L2 per core, so each group is read from L2, not DRAM, by every tile.
+constexpr int64_t kGroupBytes = 512 * 1024;
+
+std::unique_ptr<float[]> uninitialized(int64_t count) { return std::unique_ptr<float[]>(new float[count]); }
+
+// Where everything of one sample lives in the padded copy, and where each tap and vector starts.
+struct DirectPlan {
+  int64_t rows, width;                  // per channel: rows x (stride_w phases x width) floats
+  int64_t row_stride, channel_stride, sample_size;
+  int64_t vectors_per_row, vectors;     // output vectors of 8 columns: per row, per sample
+  int64_t taps, channel_tiles;          // C * kh * kw; ceil(Cout / kTileChannels)
+  std::vector<int64_t> tap_offset;      // (c, ki, kj) -> offset from a vector's base
+  std::vector<int64_t> vector_base;     // vector v -> offset of its first tap (c, ki, kj = 0)
+
+  explicit DirectPlan(const Conv2dGeometry& g) {
+    vectors_per_row = ceil_div(g.out_w, kLanes);
+    vectors = g.out_h * vectors_per_row;
+    rows = (g.out_h - 1) * g.stride_h + (g.kernel_h - 1) * g.dil_h + 1;
+    width = vectors_per_row * kLanes + (g.kernel_w - 1) * g.dil_w / g.stride_w;
+    row_stride = g.stride_w * width;
+    channel_stride = rows * row_stride;
+    sample_size = g.in_channels * channel_stride;
+    taps = g.patch_size();
+    channel_tiles = ceil_div(g.out_channels, kTileChannels);
+    tap_offset.reserve(taps);
+    for (int64_t c = 0; c < g.in_channels; ++c)
+      for (int64_t ki = 0; ki < g.kernel_h; ++ki)
+        for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+          const int64_t column = kj * g.dil_w;
+          tap_offset.push_back(c * channel_stride + ki * g.dil_h * row_stride +
+                               (column % g.stride_w) * width + column / g.stride_w);
+        }
+    vector_base.reserve(vectors);
+    for (int64_t v = 0; v < vectors; ++v)
+      vector_base.push_back(v / vectors_per_row * g.stride_h * row_stride + v % vectors_per_row * kLanes);
+  }
+  int64_t out_row(int64_t v) const { return v / vectors_per_row; }
+  int64_t out_col(int64_t v) const { return v % vectors_per_row * kLanes; }
+};
+
+// x (C, H, W) of one sample -> its padded, phase-split copy (every float of dst written).
+void pack_input(const float* x, float* dst, const Conv2dGeometry& g, const DirectPlan& p) {
+  for (int64_t c = 0; c < g.in_channels; ++c) {
+    for (int64_t r = 0; r < p.rows; ++r) {
+      float* row = dst + c * p.channel_stride + r * p.row_stride;
+      const int64_t ih = r - g.pad_h;
+      if (ih < 0 || ih >= g.in_h) {
+        std::fill(row, row + p.row_stride, 0.f);
+        continue;
+      }
+      const float* src = x + (c * g.in_h + ih) * g.in_w;
+      for (int64_t phase = 0; phase < g.stride_w; ++phase) {
+        float* out = row + phase * p.width;
+        // out[q] holds input column q * stride_w + phase - pad_w where that is inside the image.
+        const auto [lo, hi] = tap_output_range(p.width, g.in_w, g.stride_w, g.pad_w, phase);
+        std::fill(out, out + lo, 0.f);
+        for (int64_t q = lo; q < hi; ++q) out[q] = src[q * g.stride_w + phase - g.pad_w];
+        std::fill(out + hi, out + p.width, 0.f);
+      }
+    }
+  }
+}
+
+// w (Cout, taps) -> (channel_tiles, taps, kTileChannels): a tile's 4 weights of one tap are
+// adjacent; channels past Cout are zero.
+std::unique_ptr<float[]> pack_weights(const float* w, const Conv2dGeometry& g, const DirectPlan& p) {
+  auto packed = uninitialized(p.channel_tiles * p.taps * kTileChannels);
+  for (int64_t tile = 0; tile < p.channel_tiles; ++tile)
+    for (int64_t t = 0; t < p.taps; ++t)
+      for (int64_t j = 0; j < kTileChannels; ++j) {
+        const int64_t co = tile * kTileChannels + j;
+        packed[(tile * p.taps + t) * kTileChannels + j] = co < g.out_channels ? w[co * p.taps + t] : 0.f;
+      }
+  return packed;
+}
+
+// Lanes [0, n) of a store mask.
+__m256i first_lanes(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// Output channel tiles [tile_begin, tile_end) of one sample from its padded input: every
+// (channel tile, 3 vectors) register tile accumulates over all taps, starting from the bias.
+void forward_sample(const float* padded, const float* packed_w, const float* bias, float* out,
+                    int64_t tile_begin, int64_t tile_end, const Conv2dGeometry& g, const DirectPlan& p) {
+  const int64_t Ho = g.out_h, Wo = g.out_w, L = Ho * Wo;
+  const int64_t* offsets = p.tap_offset.data();
+  for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+    const float* wt = packed_w + tile * p.taps * kTileChannels;
+    __m256 init[kTileChannels];
+    for (int64_t j = 0; j < kTileChannels; ++j) {
+      const int64_t co = tile * kTileChannels + j;
+      init[j] = _mm256_set1_ps(bias != nullptr && co < g.out_channels ? bias[co] : 0.f);
+    }
+    for (int64_t v0 = 0; v0 < p.vectors; v0 += kTileVectors) {
+      // A short last tile repeats vector v0 in its idle slots (computed, never stored).
+      const float* base[kTileVectors];
+      for (int64_t i = 0; i < kTileVectors; ++i)
+        base[i] = padded + p.vector_base[v0 + i < p.vectors ? v0 + i : v0];
+      __m256 acc[kTileChannels][kTileVectors];
+#pragma GCC unroll 4
+      for (int64_t j = 0; j < kTileChannels; ++j)
+#pragma GCC unroll 3
+        for (int64_t i = 0; i < kTileVectors; ++i) acc[j][i] = init[j];
+      for (int64_t t = 0; t < p.taps; ++t) {
+        const int64_t offset = offsets[t];
+        __m256 xv[kTileVectors];
+#pragma GCC unroll 3
+        for (int64_t i = 0; i < kTileVectors; ++i) xv[i] = _mm256_loadu_ps(base[i] + offset);
+#pragma GCC unroll 4
+        for (int64_t j = 0; j < kTileChannels; ++j) {
+          const __m256 wv = _mm256_broadcast_ss(wt + t * kTileChannels + j);
+#pragma GCC unroll 3
+          for (int64_t i = 0; i < kTileVectors; ++i) acc[j][i] = _mm256_fmadd_ps(wv, xv[i], acc[j][i]);
+        }
+      }
+      for (int64_t i = 0; i < kTileVectors && v0 + i < p.vectors; ++i) {
+        const int64_t oh = p.out_row(v0 + i), ow = p.out_col(v0 + i), lanes = std::min(kLanes, Wo - ow);
+        const __m256i mask = first_lanes(lanes);
+        for (int64_t j = 0; j < kTileChannels; ++j) {
+          const int64_t co = tile * kTileChannels + j;
+          if (co >= g.out_channels) break;
+          float* dst = out + co * L + oh * Wo + ow;
+          if (lanes == kLanes) {
+            _mm256_storeu_ps(dst, acc[j][i]);
+          } else {
+            _mm256_maskstore_ps(dst, mask, acc[j][i]);
+          }
+        }
+      }
+    }
+  }
+}
+
+// dy (Cout, Ho, Wo) of one sample -> (channel_tiles * 4, vectors, 8): whole vectors, zeros past
+// the last output column and past Cout, so the weight-gradient tiles need no masks.
+void pack_grad_output(const float* dy, float* dst, const Conv2dGeometry& g, const DirectPlan& p) {
+  const int64_t Wo = g.out_w, L = g.out_h * Wo;
+  for (int64_t co = 0; co < p.channel_tiles * kTileChannels; ++co) {
+    for (int64_t v = 0; v < p.vectors; ++v) {
+      float* out = dst + (co * p.vectors + v) * kLanes;
+      const int64_t ow = p.out_col(v), lanes = co < g.out_channels ? std::min(kLanes, Wo - ow) : 0;
+      const float* src = dy + co * L + p.out_row(v) * Wo + ow;
+      std::copy(src, src + lanes, out);
+      std::fill(out + lanes, out + kLanes, 0.f);
+    }
+  }
+}
+
+float horizontal_sum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Adds into rows [4 tile_begin, 4 tile_end) of dw (Cout, taps) the weight gradient of `count`
+// samples whose padded inputs and packed output gradients are consecutive in `padded` and `grad`:
+// every (channel tile, 3 taps) register tile accumulates 8-lane partial sums over all their
+// vectors, then sums its lanes once.
+void weight_grad_group(const float* padded, const float* grad, int64_t count, float* dw, int64_t tile_begin,
+                       int64_t tile_end, const Conv2dGeometry& g, const DirectPlan& p) {
+  const int64_t grad_size = p.channel_tiles * kTileChannels * p.vectors * kLanes;
+  const int64_t* bases = p.vector_base.data();
+  for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+    for (int64_t t0 = 0; t0 < p.taps; t0 += kTileVectors) {
+      int64_t offset[kTileVectors];  // a short last tile repeats tap t0 (summed, never stored)
+      for (int64_t i = 0; i < kTileVectors; ++i) offset[i] = p.tap_offset[t0 + i < p.taps ? t0 + i : t0];
+      __m256 acc[kTileChannels][kTileVectors];
+#pragma GCC unroll 4
+      for (int64_t j = 0; j < kTileChannels; ++j)
+#pragma GCC unroll 3
+        for (int64_t i = 0; i < kTileVectors; ++i) acc[j][i] = _mm256_setzero_ps();
+      for (int64_t n = 0; n < count; ++n) {
+        const float* x = padded + n * p.sample_size;
+        const float* y = grad + n * grad_size + tile * kTileChannels * p.vectors * kLanes;
+        for (int64_t v = 0; v < p.vectors; ++v) {
+          const float* xb = x + bases[v];
+          __m256 xv[kTileVectors];
+#pragma GCC unroll 3
+          for (int64_t i = 0; i < kTileVectors; ++i) xv[i] = _mm256_loadu_ps(xb + offset[i]);
+#pragma GCC unroll 4
+          for (int64_t j = 0; j < kTileChannels; ++j) {
+            const __m256 yv = _mm256_loadu_ps(y + (j * p.vectors + v) * kLanes);
+#pragma GCC unroll 3
+            for (int64_t i = 0; i < kTileVectors; ++i) acc[j][i] = _mm256_fmadd_ps(yv, xv[i], acc[j][i]);
+          }
+        }
+      }
+      for (int64_t j = 0; j < kTileChannels; ++j) {
+        const int64_t co = tile * kTileChannels + j;
+        if (co >= g.out_channels) break;
+        for (int64_t i = 0; i < kTileVectors && t0 + i < p.taps; ++i) dw[co * p.taps + t0 + i] += horizontal_sum(acc[j][i]);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool conv2d_direct_applies(const Conv2dGeometry& g, at::ScalarType dtype) {
+  return dtype == at::kFloat && g.groups == 1 && g.out_w >= 6 && cpu_use_avx2();
+}
+
+// With at least as many samples as threads, each thread takes whole samples; with fewer (small
+// batches, inference), samples run one after another and the threads split the output channels.
+void conv2d_direct_forward(const float* x, const float* w, const float* bias, float* out, const Conv2dGeometry& g) {
+  const DirectPlan plan(g);
+  const auto packed_w = pack_weights(w, g, plan);
+  const int64_t in_sample = g.in_channels * g.in_h * g.in_w, out_sample = g.out_channels * g.out_pixels();
+  if (g.batch >= at::get_num_threads()) {
+    at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
+      auto padded = uninitialized(plan.sample_size);
+      for (int64_t n = begin; n < end; ++n) {
+        pack_input(x + n * in_sample, padded.get(), g, plan);
+        forward_sample(padded.get(), packed_w.get(), bias, out + n * out_sample, 0, plan.channel_tiles, g, plan);
+      }
+    });
+    return;
+  }
+  auto padded = uninitialized(plan.sample_size);
+  for (int64_t n = 0; n < g.batch; ++n) {
+    pack_input(x + n * in_sample, padded.get(), g, plan);
+    at::parallel_for(0, plan.channel_tiles, 1, [&](int64_t begin, int64_t end) {
+      forward_sample(padded.get(), packed_w.get(), bias, out + n * out_sample, begin, end, g, plan);
+    });
+  }
+}
+
+// Samples go in groups that fit L2 (kGroupBytes). With at least as many samples as threads, each
+// thread sums its own samples into a private dw and the partial dws are added in thread order;
+// with fewer, the threads split the output channels of every group (each owns its rows of dw).
+void conv2d_direct_weight_grad(const float* dy, const float* x, float* dw, const Conv2dGeometry& g) {
+  const DirectPlan plan(g);
+  const int64_t in_sample = g.in_channels * g.in_h * g.in_w, out_sample = g.out_channels * g.out_pixels();
+  const int64_t grad_size = plan.channel_tiles * kTileChannels * plan.vectors * kLanes;
+  const int64_t group = std::max<int64_t>(1, kGroupBytes / ((plan.sample_size + grad_size) * int64_t(sizeof(float))));
+  const int64_t weight_size = g.out_channels * plan.taps;
+  // Packs samples [n0, n1) into the group buffers.
+  const auto pack_group = [&](float* padded, float* grad, int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      pack_input(x + n * in_sample, padded + (n - n0) * plan.sample_size, g, plan);
+      pack_grad_output(dy + n * out_sample, grad + (n - n0) * grad_size, g, plan);
+    }
+  };
+  std::fill(dw, dw + weight_size, 0.f);
+  if (g.batch < at::get_num_threads()) {
+    const int64_t count = std::min(group, g.batch);
+    auto padded = uninitialized(count * plan.sample_size);
+    auto grad = uninitialized(count * grad_size);
+    for (int64_t n0 = 0; n0 < g.batch; n0 += group) {
+      const int64_t n1 = std::min(g.batch, n0 + group);
+      pack_group(padded.get(), grad.get(), n0, n1);
+      at::parallel_for(0, plan.channel_tiles, 1, [&](int64_t begin, int64_t end) {
+        weight_grad_group(padded.get(), grad.get(), n1 - n0, dw, begin, end, g, plan);
+      });
+    }
+    return;
+  }
+  std::vector<std::vector<float>> partial(at::get_num_threads());
+  at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
+    auto& sum = partial[at::get_thread_num()];
+    if (sum.empty()) sum.assign(weight_size, 0.f);
+    const int64_t count = std::min(group, end - begin);
+    auto padded = uninitialized(count * plan.sample_size);
+    auto grad = uninitialized(count * grad_size);
+    for (int64_t n0 = begin; n0 < end; n0 += group) {
+      const int64_t n1 = std::min(end, n0 + group);
+      pack_group(padded.get(), grad.get(), n0, n1);
+      weight_grad_group(padded.get(), grad.get(), n1 - n0, sum.data(), 0, plan.channel_tiles, g, plan);
+    }
+  });
+  for (const auto& sum : partial)
+    if (!sum.empty())
+      for (int64_t i = 0; i < weight_size; ++i) dw[i] += sum[i];
+}
+
+}  // namespace cnnext
+
+#else  // not x86-64: the GEMM path serves every case
+
+namespace cnnext {
+bool conv2d_direct_applies(const Conv2dGeometry&, at::ScalarType) { return false; }
+void conv2d_direct_forward(const float*, const float*, const float*, float*, const Conv2dGeometry&) {
+  TORCH_CHECK(false, "conv2d: the direct kernels need an x86-64 CPU");
+}
+void conv2d_direct_weight_grad(const float*, const float*, float*, const Conv2dGeometry&) {
+  TORCH_CHECK(false, "conv2d: the direct kernels need an x86-64 CPU");
+}
+}  // namespace cnnext
+
+#endif

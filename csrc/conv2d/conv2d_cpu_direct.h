@@ -1,0 +1,33 @@
+// Direct (im2col-free) float32 conv2d kernels for AVX2 + FMA CPUs: the fast path of conv2d_cpu.cpp.
+//
+// The GEMM lowering copies every input value kh * kw times into a column matrix and col2im adds
+// them back: on the 2-core dev VM that copying was ~40% of a 3x3 convolution and more for wider
+// kernels. These kernels read a zero-padded copy of each sample's input instead (about the size of
+// the input, built once per sample) and accumulate a register tile of 4 output channels x 3 vectors
+// of 8 output columns over every (input channel, ki, kj) tap: 12 FMAs per 3 input loads and 4
+// weight broadcasts, no column matrix.
+//
+//   forward:      out = conv(x, w) + bias
+//   weight grad:  dw[co, c, ki, kj] = sum over (n, oh, ow) of dy[n, co, oh, ow] * x_padded[...]
+//   input grad:   for stride 1, the forward kernel on dy with w flipped and transposed (see
+//                 conv2d_cpu.cpp); strided input gradients stay on the GEMM path.
+#pragma once
+
+#include "conv2d/conv2d.h"
+
+namespace cnnext {
+
+// True where the direct kernels run: float32, one group, an AVX2 + FMA CPU (cpu_use_avx2()) and
+// output rows at least 6 wide (narrower rows would leave most of each 8-lane vector idle).
+bool conv2d_direct_applies(const Conv2dGeometry& g, at::ScalarType dtype);
+
+// out (N, Cout, Ho, Wo) = conv(x (N, C, H, W), w (Cout, C, kh, kw)) + bias; all contiguous NCHW,
+// bias may be null. Every output element is written.
+void conv2d_direct_forward(const float* x, const float* w, const float* bias, float* out, const Conv2dGeometry& g);
+
+// dw (Cout, C, kh, kw) = the weight gradient for dy (N, Cout, Ho, Wo) and x (N, C, H, W); dw is
+// written, not accumulated. Partial sums per thread are added in thread order (deterministic for
+// a given thread count).
+void conv2d_direct_weight_grad(const float* dy, const float* x, float* dw, const Conv2dGeometry& g);
+
+}  // namespace cnnext

@@ -34,12 +34,13 @@ test: build
 demo: build
 	$(PY) -m experiments fc-vs-cnn --dataset mnist --preset quick --download
 
+# Every op's pytest-benchmark suite on the CPU into benchmarks/results/cpu.json, then RESULTS.md,
+# ratios.png and the README's speed summary regenerated from it (and from a GPU run's cuda.json
+# where one was copied there).
 bench: build
-	mkdir -p .benchmarks
-	for op in conv2d pool2d attention training; do \
-		$(PY) -m pytest benchmarks/bench_$$op.py -k cpu -q --benchmark-json=.benchmarks/$${op}_cpu.json || exit 1; \
-		$(PY) benchmarks/summarize.py .benchmarks/$${op}_cpu.json --device cpu; \
-	done
+	mkdir -p benchmarks/results
+	$(PY) -m pytest benchmarks/bench_*.py -k cpu -q -p no:cacheprovider --benchmark-json=benchmarks/results/cpu.json
+	$(PY) -m benchmarks.report
 
 device-check:
 	bash benchmarks/device_check.sh

@@ -1,7 +1,7 @@
 """Attention speed: cnnext vs F.scaled_dot_product_attention vs the naive matmul-softmax-matmul,
 forward and forward+backward, L from 64 to 4096 (batch shrinks as L grows to keep runs short).
 Each case records its FLOPs (4 * B * H * Lq * Lk * D forward, 2.5x that for backward) so the
-summary shows the floor against the machine's measured GEMM rate. Peak memory: attention_memory.py.
+report shows GFLOP/s and the floor against the machine's measured GEMM rate. Peak memory: attention_memory.py.
 """
 
 import pytest
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import cnnext
 from cnnext.ops import reference
 
-from .conftest import measured_peak_gflops, synchronize
+from .conftest import DEVICES, record, synchronize
 
 SHAPES = [(32, 4, 64, 32), (32, 4, 256, 32), (4, 4, 1024, 32), (1, 4, 4096, 32)]  # (B, H, L, D)
 IMPLEMENTATIONS = {
@@ -19,7 +19,6 @@ IMPLEMENTATIONS = {
     "naive": reference.attention,
     "cnnext": cnnext.ops.attention,
 }
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -42,12 +41,14 @@ def test_attention_speed(benchmark, shape, direction, impl, device):
         synchronize(device)
 
     flops = 4 * batch * heads * length * length * dim * (3.5 if backward else 1)
-    benchmark.extra_info.update(
-        shape=f"B{batch} H{heads} L{length} D{dim}",
+    shape_name = f"B{batch} H{heads} L{length} D{dim}"
+    record(
+        benchmark,
+        op="attention",
+        shape=shape_name,
         direction=direction,
         impl=impl,
         device=device,
         flops=flops,
-        peak_gflops=measured_peak_gflops(device),
     )
     benchmark.pedantic(step, rounds=10 if device == "cpu" else 30, iterations=1, warmup_rounds=1)

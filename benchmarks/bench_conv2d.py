@@ -1,9 +1,9 @@
 """conv2d speed: cnnext vs native (oneDNN on CPU, cuDNN on CUDA), forward and forward+backward,
-on the shapes the models use. Run with `make bench` (CPU) or benchmarks/device_check.sh (GPU);
-benchmarks/summarize.py turns the JSON into the ratio table of RESULTS.md.
+on the shapes of the models in cnnext.models. Run with `make bench` (CPU) or
+benchmarks/device_check.sh (GPU); benchmarks/report.py turns the JSON into RESULTS.md.
 
-Each case records its FLOPs and the machine's measured float32 GEMM rate in extra_info, so the
-summary can show the floor (FLOPs / peak) beside each time.
+Each case records its FLOPs (forward+backward: 3x the forward's, two more products of the same
+size), so the report shows GFLOP/s and the floor (FLOPs over the measured GEMM rate).
 """
 
 import pytest
@@ -12,10 +12,11 @@ import torch.nn.functional as F
 
 import cnnext
 
-from .conftest import measured_peak_gflops, synchronize
+from .conftest import DEVICES, record, synchronize
 
-# (name, batch, in_channels, out_channels, size, kernel, stride): CIFAR-style stems, ResNet stages
-# at 32x32 / 16x16 / 8x8, strided downsampling, 1x1 projections and bottlenecks, wide kernels.
+# (name, batch, in_channels, out_channels, size, kernel, stride): the CIFAR ResNet's stem, stages at
+# 32x32 / 16x16 / 8x8, strided downsampling and 1x1 projections; the bottleneck's 1x1 convolutions;
+# the MNIST CNN's three layers; the kernel-size study's 5x5 and 7x7.
 SHAPES = [
     ("stem 3->16 32x32 k3", 64, 3, 16, 32, 3, 1),
     ("16->16 32x32 k3", 64, 16, 16, 32, 3, 1),
@@ -27,9 +28,11 @@ SHAPES = [
     ("16->16 32x32 k5", 64, 16, 16, 32, 5, 1),
     ("16->16 32x32 k7", 64, 16, 16, 32, 7, 1),
     ("64->64 8x8 k3 b128", 128, 64, 64, 8, 3, 1),
+    ("MNIST 1->16 28x28 k3", 64, 1, 16, 28, 3, 1),
+    ("MNIST 16->32 14x14 k3", 64, 16, 32, 14, 3, 1),
+    ("MNIST 32->64 7x7 k3", 64, 32, 64, 7, 3, 1),
 ]
 IMPLEMENTATIONS = {"native": F.conv2d, "cnnext": cnnext.ops.conv2d}
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def conv_flops(batch, cin, cout, size, kernel, stride):
@@ -57,14 +60,6 @@ def test_conv2d_speed(benchmark, shape, direction, impl, device):
         synchronize(device)  # time the work, not the launch
 
     flops = conv_flops(batch, cin, cout, size, kernel, stride) * (3 if backward else 1)
-    benchmark.extra_info.update(
-        shape=name,
-        direction=direction,
-        impl=impl,
-        device=device,
-        flops=flops,
-        peak_gflops=measured_peak_gflops(device),
-        device_name=torch.cuda.get_device_name() if device == "cuda" else "cpu",
-    )
+    record(benchmark, op="conv2d", shape=name, direction=direction, impl=impl, device=device, flops=flops)
     rounds = 20 if device == "cuda" else 15
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=2)

@@ -13,13 +13,12 @@ import torch.nn.functional as F
 
 from cnnext.models import build_model, count_flops
 
-from .conftest import measured_peak_gflops, synchronize
+from .conftest import DEVICES, record, synchronize
 
 CASES = {  # name: (family, config, batch, (C, H, W))
     "ResNet-20 b128 3x32x32": ("resnet", {"depth": 20}, 128, (3, 32, 32)),
     "MNIST CNN b64 1x28x28": ("cnn", {"depth": 3, "width": 16, "in_channels": 1}, 64, (1, 28, 28)),
 }
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -39,12 +38,8 @@ def test_training_step_speed(benchmark, case, impl, device):
         optimizer.step()
         synchronize(device)
 
-    benchmark.extra_info.update(
-        shape=case,
-        direction="training step",
-        impl=impl,
-        device=device,
-        flops=3 * 2 * count_flops(model, shape) * batch,
-        peak_gflops=measured_peak_gflops(device),
+    flops = 3 * 2 * count_flops(model, shape) * batch
+    record(
+        benchmark, op="training", shape=case, direction="training step", impl=impl, device=device, flops=flops
     )
     benchmark.pedantic(step, rounds=20 if device == "cuda" else 8, iterations=1, warmup_rounds=2)

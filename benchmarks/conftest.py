@@ -1,9 +1,13 @@
-"""Shared benchmark helpers: device synchronisation and the machine's measured GEMM peak."""
+"""Shared benchmark helpers: the devices to run on, device synchronisation, the machine's measured
+peaks (float32 GEMM rate, copy rate) and `record`, which files a case's description in the
+pytest-benchmark JSON for benchmarks/report.py."""
 
 import functools
 import time
 
 import torch
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def synchronize(device: str) -> None:
@@ -47,3 +51,31 @@ def measured_copy_gbps(device: str) -> float:
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * src.numel() * src.element_size() / best / 1e9
+
+
+def record(benchmark, *, op, shape, direction, impl, device, flops=None, bytes=None):
+    """Describe a case for the report: which op, shape, pass ("forward", "forward+backward",
+    "training step") and implementation, and the work it must do, FLOPs (arithmetic-bound ops) or
+    bytes moved (memory-bound ops), with the device's measured peaks beside it, so the report can
+    give achieved GFLOP/s or GB/s, their fraction of the peak, and the floor time."""
+    if (flops is None) == (bytes is None):
+        raise ValueError("give exactly one of flops and bytes")
+    benchmark.extra_info.update(
+        op=op,
+        shape=shape,
+        direction=direction,
+        impl=impl,
+        device=device,
+        device_name=torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        peak_gflops=measured_peak_gflops(device),
+        copy_gbps=measured_copy_gbps(device),
+    )
+    benchmark.extra_info.update({"flops": flops} if flops is not None else {"bytes": bytes})
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """What the report states about each run besides pytest-benchmark's own CPU description."""
+    import cnnext
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    machine_info["cnnext"] = {"torch": torch.__version__, "device": gpu, "build": cnnext.build_info()}

@@ -26,10 +26,10 @@ echo "== tests"
 $PY -m pytest tests -q -x -p no:cacheprovider --durations=5 2>&1 | tee "$OUT/tests.log" | tail -25
 
 echo "== benchmarks (CUDA)"
-for op in conv2d pool2d attention training; do
-  $PY -m pytest "benchmarks/bench_$op.py" -k cuda -q -p no:cacheprovider \
-    --benchmark-json="$OUT/bench_${op}_cuda.json" >"$OUT/bench_$op.log" 2>&1 || tail -30 "$OUT/bench_$op.log"
-done
-for op in conv2d pool2d attention training; do
-  $PY benchmarks/summarize.py "$OUT/bench_${op}_cuda.json" --device cuda | tee "$OUT/summary_$op.md"
-done
+# One JSON for every op, as `make bench` writes for the CPU. Copy it to benchmarks/results/cuda.json
+# in the repository and run `python -m benchmarks.report` there to put the CUDA rows into
+# RESULTS.md, the chart and the README.
+$PY -m pytest benchmarks/bench_*.py -k cuda -q -p no:cacheprovider \
+  --benchmark-json="$OUT/cuda.json" >"$OUT/bench.log" 2>&1 || tail -40 "$OUT/bench.log"
+$PY -m benchmarks.report "$OUT/cuda.json" --out "$OUT/RESULTS_cuda.md" --chart "$OUT/ratios_cuda.png" --readme ""
+cat "$OUT/RESULTS_cuda.md"

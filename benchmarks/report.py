@@ -1,0 +1,330 @@
+"""Regenerate benchmarks/RESULTS.md, the ratio chart benchmarks/ratios.png and the speed summary in
+README.md from pytest-benchmark JSON files (`make bench` writes benchmarks/results/cpu.json;
+benchmarks/device_check.sh writes cuda.json on a GPU machine, to be copied beside it).
+
+    python -m benchmarks.report [JSON ...]     (default: every benchmarks/results/*.json)
+
+Per case: each implementation's median time, native/cnnext (above 1: cnnext is faster), the
+achieved rate of cnnext and native (GFLOP/s for arithmetic-bound ops, GB/s for memory-bound ones)
+with its fraction of the peak measured in the same run (float32 GEMM rate / copy rate), and the
+floor: the work over that peak. Then the geometric mean of the ratios per op, device and pass.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import pathlib
+import re
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+HERE = pathlib.Path(__file__).resolve().parent
+OPS = {  # op: (title, what the baseline columns are)
+    "conv2d": ("conv2d", "native = F.conv2d (oneDNN on CPU, cuDNN on CUDA)"),
+    "pool2d": ("Pooling", "native = F.max_pool2d / F.avg_pool2d / F.adaptive_avg_pool2d"),
+    "attention": (
+        "Attention",
+        "native = F.scaled_dot_product_attention; naive = matmul-softmax-matmul (cnnext.ops.reference)",
+    ),
+    "training": (
+        "End-to-end training step",
+        "one SGD step (forward, backward, momentum update), same weights",
+    ),
+}
+PASSES = ["forward", "forward+backward", "training step"]
+README_BEGIN, README_END = "<!-- speed-summary:begin -->", "<!-- speed-summary:end -->"
+
+
+@dataclasses.dataclass
+class Case:
+    op: str
+    device: str
+    direction: str
+    shape: str
+    work: float  # FLOPs or bytes
+    unit: str  # "GFLOP/s" or "GB/s"
+    peak: float  # in `unit`
+    times: dict = dataclasses.field(default_factory=dict)  # impl -> median seconds
+
+    def rate(self, impl):
+        return self.work / self.times[impl] / 1e9
+
+    @property
+    def floor(self):
+        return self.work / (self.peak * 1e9)
+
+    def ratio(self, baseline):
+        return self.times[baseline] / self.times["cnnext"]
+
+
+@dataclasses.dataclass
+class Run:
+    path: pathlib.Path
+    date: str
+    commit: str
+    machine: dict
+
+
+def load(paths):
+    """Cases keyed by (op, device, direction, shape), and one Run per file."""
+    cases, runs = {}, []
+    for path in paths:
+        data = json.loads(path.read_text())
+        commit = data.get("commit_info", {})
+        runs.append(
+            Run(
+                path,
+                data.get("datetime", "?")[:16].replace("T", " "),
+                commit.get("id", "?")[:10] + (" (uncommitted changes)" if commit.get("dirty") else ""),
+                data.get("machine_info", {}),
+            )
+        )
+        for bench in data["benchmarks"]:
+            info = bench["extra_info"]
+            key = (info["op"], info["device"], info["direction"], info["shape"])
+            if key not in cases:
+                flops = "flops" in info
+                cases[key] = Case(
+                    *key,
+                    work=info["flops"] if flops else info["bytes"],
+                    unit="GFLOP/s" if flops else "GB/s",
+                    peak=info["peak_gflops"] if flops else info["copy_gbps"],
+                )
+            cases[key].times[info["impl"]] = bench["stats"]["median"]
+    return cases, runs
+
+
+def baselines_of(cases):
+    found = {impl for c in cases for impl in c.times if impl != "cnnext"}
+    return sorted(found, key=lambda impl: (impl != "native", impl))  # native first, then e.g. naive
+
+
+def sort_key(case):
+    return (list(OPS).index(case.op), case.device, PASSES.index(case.direction), case.shape)
+
+
+def op_table(cases):
+    """The Markdown table of one op on one device."""
+    baselines = baselines_of(cases)
+    unit = cases[0].unit
+    header = [
+        "pass",
+        "shape",
+        *(f"{b} ms" for b in baselines),
+        "cnnext ms",
+        *(f"{b}/cnnext" for b in baselines),
+    ]
+    header += [f"cnnext {unit}", "of peak", f"native {unit}", "of peak", "floor ms"]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    for c in sorted(cases, key=sort_key):
+        if "cnnext" not in c.times:
+            continue
+        cells = [c.direction, c.shape]
+        cells += [f"{c.times[b] * 1e3:.3f}" if b in c.times else "-" for b in baselines]
+        cells.append(f"{c.times['cnnext'] * 1e3:.3f}")
+        cells += [
+            f"**{c.ratio(b):.2f}**"
+            if b == "native" and b in c.times
+            else (f"{c.ratio(b):.2f}" if b in c.times else "-")
+            for b in baselines
+        ]
+        for impl in ("cnnext", "native"):
+            if impl in c.times:
+                cells += [f"{c.rate(impl):.1f}", f"{c.rate(impl) / c.peak:.0%}"]
+            else:
+                cells += ["-", "-"]
+        cells.append(f"{c.floor * 1e3:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def geomean(values):
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def summary_rows(cases):
+    """(op, device, pass, baseline) -> ratios of every case, in report order."""
+    groups = defaultdict(list)
+    for c in sorted(cases, key=sort_key):
+        for b in c.times:
+            if b != "cnnext" and "cnnext" in c.times:
+                groups[(c.op, c.device, c.direction, b)].append(c.ratio(b))
+    return groups
+
+
+def summary_table(cases):
+    lines = [
+        "| op | device | pass | ratio | geometric mean | lowest | highest | cases |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
+    for (op, device, direction, baseline), ratios in summary_rows(cases).items():
+        lines.append(
+            f"| {op} | {device} | {direction} | {baseline}/cnnext | **{geomean(ratios):.2f}** "
+            f"| {min(ratios):.2f} | {max(ratios):.2f} | {len(ratios)} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(cases, path):
+    """One panel per (op, device): native/cnnext per case and pass as bars growing from 1 on a log
+    axis (right: cnnext faster, left: slower), the same axis in every panel, values written on."""
+    compared = [c for c in cases if {"native", "cnnext"} <= c.times.keys()]
+    panels = sorted({(c.op, c.device) for c in compared}, key=lambda k: (list(OPS).index(k[0]), k[1]))
+    shape_counts = [len({c.shape for c in compared if (c.op, c.device) == p}) for p in panels]
+    ratios = [c.ratio("native") for c in compared]
+    ticks = [2.0**e for e in range(-4, 5)]
+    low = min([0.5, *ratios]) / 1.3
+    high = max([2.0, *ratios]) * 1.6
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(9, 1.0 + 0.34 * sum(shape_counts) + 0.7 * len(panels)),
+        gridspec_kw={"height_ratios": shape_counts},
+        squeeze=False,
+    )
+    colors = {"forward": "#4c72b0", "forward+backward": "#dd8452", "training step": "#55a868"}
+    for ax, (op, device) in zip(axes[:, 0], panels, strict=True):
+        mine = [c for c in compared if (c.op, c.device) == (op, device)]
+        shapes = sorted({c.shape for c in mine})
+        directions = [d for d in PASSES if any(c.direction == d for c in mine)]
+        bar = 0.8 / len(directions)
+        for i, direction in enumerate(directions):
+            for c in (c for c in mine if c.direction == direction):
+                y = shapes.index(c.shape) + (i - (len(directions) - 1) / 2) * bar
+                ratio = c.ratio("native")
+                ax.barh(y, ratio - 1, left=1, height=bar, color=colors[direction])
+                ax.text(
+                    ratio * (1.03 if ratio >= 1 else 0.97),
+                    y,
+                    f"{ratio:.2f}",
+                    va="center",
+                    ha="left" if ratio >= 1 else "right",
+                    fontsize=6.5,
+                )
+        ax.set_xscale("log")
+        ax.set_xlim(low, high)
+        ax.set_xticks([t for t in ticks if low <= t <= high], [f"{t:g}" for t in ticks if low <= t <= high])
+        ax.minorticks_off()
+        ax.axvline(1.0, color="black", linewidth=1)
+        ax.set_yticks(range(len(shapes)), shapes, fontsize=8)
+        ax.set_ylim(len(shapes) - 0.5, -0.5)
+        ax.set_title(f"{OPS[op][0]} ({device}): native time / cnnext time (> 1: cnnext faster)", fontsize=9)
+        handles = [Patch(color=colors[d], label=d) for d in directions]
+        ax.legend(handles=handles, fontsize=7, loc="lower right")
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def machine_lines(runs, cases):
+    lines = []
+    peaks = {}
+    for c in cases:
+        peaks.setdefault(c.device, {})[c.unit] = c.peak
+    for run in runs:
+        m = run.machine
+        cpu = m.get("cpu", {})
+        extra = m.get("cnnext", {})
+        lines.append(
+            f"- `{run.path.name}`: {run.date} UTC, commit {run.commit}; {extra.get('device', '?')}; "
+            f"CPU {cpu.get('brand_raw', '?')} ({cpu.get('count', '?')} logical cores); "
+            f"torch {extra.get('torch', '?')}, Python {m.get('python_version', '?')}"
+        )
+    for device, by_unit in sorted(peaks.items()):
+        measured = ", ".join(
+            f"float32 GEMM {v:.0f} GFLOP/s" if unit == "GFLOP/s" else f"copy {v:.1f} GB/s"
+            for unit, v in by_unit.items()
+        )
+        lines.append(f"- measured peaks on {device}: {measured}")
+    return lines
+
+
+def results_markdown(cases, runs, chart_name):
+    out = [
+        "# Benchmark results",
+        "",
+        "Generated by `make bench` (`python -m benchmarks.report`) from the pytest-benchmark JSON in",
+        "`benchmarks/results/`; do not edit by hand (commentary, history and analysis: "
+        "[NOTES.md](NOTES.md)).",
+        "",
+        "Medians of each case, cnnext and its baselines interleaved in the same run; "
+        "**native/cnnext** above 1 means cnnext is faster. Rates are the work (FLOPs of the "
+        'products, or bytes that must move) over the median; "of peak" divides by the float32 '
+        "GEMM rate or the copy rate measured in the same run, and the floor is the work at that peak.",
+        "",
+        "Runs:",
+        *machine_lines(runs, cases),
+        "",
+        "## Summary",
+        "",
+        summary_table(cases),
+        "",
+        f"![native/cnnext per case]({chart_name})",
+    ]
+    for op, (title, baseline_text) in OPS.items():
+        for device in sorted({c.device for c in cases if c.op == op}):
+            mine = [c for c in cases if (c.op, c.device) == (op, device)]
+            out += ["", f"## {title}, {device}", "", baseline_text + ".", "", op_table(mine)]
+    return "\n".join(out) + "\n"
+
+
+def readme_summary(cases):
+    """The README block: geometric means, with the range, per op, device and pass."""
+    lines = [
+        README_BEGIN,
+        "| op | device | pass | native/cnnext, geometric mean | range | cases |",
+        "|---|---|---|---:|---|---:|",
+    ]
+    for (op, device, direction, baseline), ratios in summary_rows(cases).items():
+        if baseline == "native":
+            lines.append(
+                f"| {op} | {device} | {direction} | {geomean(ratios):.2f} "
+                f"| {min(ratios):.2f}-{max(ratios):.2f} | {len(ratios)} |"
+            )
+    lines.append(README_END)
+    return "\n".join(lines)
+
+
+def update_readme(readme, cases):
+    text = readme.read_text()
+    pattern = re.compile(re.escape(README_BEGIN) + ".*?" + re.escape(README_END), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{readme} has no {README_BEGIN} ... {README_END} block to update")
+    readme.write_text(pattern.sub(lambda _: readme_summary(cases), text))
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("json", nargs="*", type=pathlib.Path, help="pytest-benchmark JSON files")
+    parser.add_argument("--out", type=pathlib.Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--chart", type=pathlib.Path, default=HERE / "ratios.png")
+    parser.add_argument(
+        "--readme",
+        default=str(HERE.parent / "README.md"),
+        help="README whose speed-summary block is rewritten ('' to leave it alone)",
+    )
+    args = parser.parse_args()
+    paths = args.json or sorted((HERE / "results").glob("*.json"))
+    if not paths:
+        raise SystemExit("no benchmark JSON: run `make bench` first")
+    cases_by_key, runs = load(paths)
+    cases = list(cases_by_key.values())
+    plot(cases, args.chart)
+    args.out.write_text(results_markdown(cases, runs, args.chart.name))
+    if args.readme:
+        update_readme(pathlib.Path(args.readme), cases)
+    print(summary_table(cases))
+    print(f"\nwrote {args.out} and {args.chart}" + (f", updated {args.readme}" if args.readme else ""))
+
+
+if __name__ == "__main__":
+    main()

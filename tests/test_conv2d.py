@@ -134,6 +134,20 @@ def test_cpu_direct_kernels_match_native_at_tile_remainders(
     )
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize(
+    "cin, cout, size, kernel, padding",
+    [(6, 8, 10, 3, 0), (5, 8, 16, 1, 0), (5, 7, 5, 1, 0), (4, 8, 4, 1, 0)],
+    ids=["3x3-valid-in-place", "1x1-in-place", "1x1-25-columns", "1x1-4x4"],
+)
+def test_cpu_direct_kernels_reading_in_place(cin, cout, size, kernel, padding, batch):
+    """Unpadded stride-1 convolutions whose rows are whole vectors plus the kernel's reach (10 wide,
+    3x3) and 1x1 convolutions over 16x16 planes (flattened to rows of 256) are read in place, with
+    8 output channels also their output gradient; 25 columns and 7 channels need the copies."""
+    x, w, b = torch.randn(batch, cin, size, size), torch.randn(cout, cin, kernel, kernel), torch.randn(cout)
+    check_against_native(x, w, b, TOLERANCES[torch.float32], padding=padding)
+
+
 def test_cpu_direct_weight_gradient_over_several_sample_groups():
     """32x32 maps with 16 channels: about 3 samples fit the weight-gradient kernel's L2-sized group,
     so 11 samples make several groups per thread, the last one short."""

@@ -42,6 +42,10 @@ struct DirectPlan {
   int64_t taps, channel_tiles;          // C * kh * kw; ceil(Cout / kTileChannels)
   std::vector<int64_t> tap_offset;      // (c, ki, kj) -> offset from a vector's base
   std::vector<int64_t> vector_base;     // vector v -> offset of its first tap (c, ki, kj = 0)
+  // Where the padded copy would equal the input itself (no padding, stride 1 along rows, rows of
+  // whole vectors plus the kernel's reach), and the packed output gradient dy itself (rows of
+  // whole vectors, channels a multiple of the tile): the kernels then read them in place.
+  bool input_in_place, grad_in_place;
 
   explicit DirectPlan(const Conv2dGeometry& g) {
     vectors_per_row = ceil_div(g.out_w, kLanes);
@@ -64,10 +68,24 @@ struct DirectPlan {
     vector_base.reserve(vectors);
     for (int64_t v = 0; v < vectors; ++v)
       vector_base.push_back(v / vectors_per_row * g.stride_h * row_stride + v % vectors_per_row * kLanes);
+    input_in_place = g.pad_h == 0 && g.pad_w == 0 && g.stride_w == 1 && rows == g.in_h && width == g.in_w;
+    grad_in_place = g.out_w % kLanes == 0 && g.out_channels % kTileChannels == 0;
   }
   int64_t out_row(int64_t v) const { return v / vectors_per_row; }
   int64_t out_col(int64_t v) const { return v % vectors_per_row * kLanes; }
 };
+
+// A 1x1, stride-1, unpadded convolution is one over planes flattened to a single row of H * W
+// columns: the same arithmetic, and with H * W a multiple of 8 it reads its input in place.
+Conv2dGeometry direct_geometry(const Conv2dGeometry& g) {
+  const bool pointwise = g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
+                         g.pad_h == 0 && g.pad_w == 0;
+  if (!pointwise) return g;
+  Conv2dGeometry flat = g;
+  flat.in_h = flat.out_h = 1;
+  flat.in_w = flat.out_w = g.in_h * g.in_w;
+  return flat;
+}
 
 // x (C, H, W) of one sample -> its padded, phase-split copy (every float of dst written).
 void pack_input(const float* x, float* dst, const Conv2dGeometry& g, const DirectPlan& p) {
@@ -230,30 +248,39 @@ void weight_grad_group(const float* padded, const float* grad, int64_t count, fl
 }  // namespace
 
 bool conv2d_direct_applies(const Conv2dGeometry& g, at::ScalarType dtype) {
-  return dtype == at::kFloat && g.groups == 1 && g.out_w >= 6 && cpu_use_avx2();
+  return dtype == at::kFloat && g.groups == 1 && direct_geometry(g).out_w >= 6 && cpu_use_avx2();
 }
 
 // With at least as many samples as threads, each thread takes whole samples; with fewer (small
 // batches, inference), samples run one after another and the threads split the output channels.
-void conv2d_direct_forward(const float* x, const float* w, const float* bias, float* out, const Conv2dGeometry& g) {
+void conv2d_direct_forward(const float* x, const float* w, const float* bias, float* out,
+                           const Conv2dGeometry& geometry) {
+  const Conv2dGeometry g = direct_geometry(geometry);
   const DirectPlan plan(g);
   const auto packed_w = pack_weights(w, g, plan);
   const int64_t in_sample = g.in_channels * g.in_h * g.in_w, out_sample = g.out_channels * g.out_pixels();
+  // Sample n's padded input: the input itself, or its copy in `buffer`.
+  const auto padded_sample = [&](int64_t n, float* buffer) -> const float* {
+    if (plan.input_in_place) return x + n * in_sample;
+    pack_input(x + n * in_sample, buffer, g, plan);
+    return buffer;
+  };
+  const int64_t buffer_size = plan.input_in_place ? 0 : plan.sample_size;
   if (g.batch >= at::get_num_threads()) {
     at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
-      auto padded = uninitialized(plan.sample_size);
+      auto buffer = uninitialized(buffer_size);
       for (int64_t n = begin; n < end; ++n) {
-        pack_input(x + n * in_sample, padded.get(), g, plan);
-        forward_sample(padded.get(), packed_w.get(), bias, out + n * out_sample, 0, plan.channel_tiles, g, plan);
+        forward_sample(padded_sample(n, buffer.get()), packed_w.get(), bias, out + n * out_sample, 0,
+                       plan.channel_tiles, g, plan);
       }
     });
     return;
   }
-  auto padded = uninitialized(plan.sample_size);
+  auto buffer = uninitialized(buffer_size);
   for (int64_t n = 0; n < g.batch; ++n) {
-    pack_input(x + n * in_sample, padded.get(), g, plan);
+    const float* padded = padded_sample(n, buffer.get());
     at::parallel_for(0, plan.channel_tiles, 1, [&](int64_t begin, int64_t end) {
-      forward_sample(padded.get(), packed_w.get(), bias, out + n * out_sample, begin, end, g, plan);
+      forward_sample(padded, packed_w.get(), bias, out + n * out_sample, begin, end, g, plan);
     });
   }
 }
@@ -261,30 +288,45 @@ void conv2d_direct_forward(const float* x, const float* w, const float* bias, fl
 // Samples go in groups that fit L2 (kGroupBytes). With at least as many samples as threads, each
 // thread sums its own samples into a private dw and the partial dws are added in thread order;
 // with fewer, the threads split the output channels of every group (each owns its rows of dw).
-void conv2d_direct_weight_grad(const float* dy, const float* x, float* dw, const Conv2dGeometry& g) {
+void conv2d_direct_weight_grad(const float* dy, const float* x, float* dw, const Conv2dGeometry& geometry) {
+  const Conv2dGeometry g = direct_geometry(geometry);
   const DirectPlan plan(g);
   const int64_t in_sample = g.in_channels * g.in_h * g.in_w, out_sample = g.out_channels * g.out_pixels();
   const int64_t grad_size = plan.channel_tiles * kTileChannels * plan.vectors * kLanes;
   const int64_t group = std::max<int64_t>(1, kGroupBytes / ((plan.sample_size + grad_size) * int64_t(sizeof(float))));
   const int64_t weight_size = g.out_channels * plan.taps;
-  // Packs samples [n0, n1) into the group buffers.
-  const auto pack_group = [&](float* padded, float* grad, int64_t n0, int64_t n1) {
+  // One thread's group buffers (empty where the kernels read in place).
+  struct GroupBuffers {
+    std::unique_ptr<float[]> padded, grad;
+  };
+  const auto group_buffers = [&](int64_t count) {
+    return GroupBuffers{uninitialized(plan.input_in_place ? 0 : count * plan.sample_size),
+                        uninitialized(plan.grad_in_place ? 0 : count * grad_size)};
+  };
+  // Adds samples [n0, n1) into the rows of tiles [tile_begin, tile_end) of `sum`: packs them
+  // into the buffers first unless they are read in place.
+  const auto add_group = [&](GroupBuffers& buffers, int64_t n0, int64_t n1, float* sum, int64_t tile_begin,
+                             int64_t tile_end) {
+    weight_grad_group(plan.input_in_place ? x + n0 * in_sample : buffers.padded.get(),
+                      plan.grad_in_place ? dy + n0 * out_sample : buffers.grad.get(), n1 - n0, sum, tile_begin,
+                      tile_end, g, plan);
+  };
+  const auto pack_group = [&](GroupBuffers& buffers, int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
-      pack_input(x + n * in_sample, padded + (n - n0) * plan.sample_size, g, plan);
-      pack_grad_output(dy + n * out_sample, grad + (n - n0) * grad_size, g, plan);
+      if (!plan.input_in_place)
+        pack_input(x + n * in_sample, buffers.padded.get() + (n - n0) * plan.sample_size, g, plan);
+      if (!plan.grad_in_place)
+        pack_grad_output(dy + n * out_sample, buffers.grad.get() + (n - n0) * grad_size, g, plan);
     }
   };
   std::fill(dw, dw + weight_size, 0.f);
   if (g.batch < at::get_num_threads()) {
-    const int64_t count = std::min(group, g.batch);
-    auto padded = uninitialized(count * plan.sample_size);
-    auto grad = uninitialized(count * grad_size);
+    auto buffers = group_buffers(std::min(group, g.batch));
     for (int64_t n0 = 0; n0 < g.batch; n0 += group) {
       const int64_t n1 = std::min(g.batch, n0 + group);
-      pack_group(padded.get(), grad.get(), n0, n1);
-      at::parallel_for(0, plan.channel_tiles, 1, [&](int64_t begin, int64_t end) {
-        weight_grad_group(padded.get(), grad.get(), n1 - n0, dw, begin, end, g, plan);
-      });
+      pack_group(buffers, n0, n1);
+      at::parallel_for(0, plan.channel_tiles, 1,
+                       [&](int64_t begin, int64_t end) { add_group(buffers, n0, n1, dw, begin, end); });
     }
     return;
   }
@@ -292,13 +334,11 @@ void conv2d_direct_weight_grad(const float* dy, const float* x, float* dw, const
   at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
     auto& sum = partial[at::get_thread_num()];
     if (sum.empty()) sum.assign(weight_size, 0.f);
-    const int64_t count = std::min(group, end - begin);
-    auto padded = uninitialized(count * plan.sample_size);
-    auto grad = uninitialized(count * grad_size);
+    auto buffers = group_buffers(std::min(group, end - begin));
     for (int64_t n0 = begin; n0 < end; n0 += group) {
       const int64_t n1 = std::min(end, n0 + group);
-      pack_group(padded.get(), grad.get(), n0, n1);
-      weight_grad_group(padded.get(), grad.get(), n1 - n0, sum.data(), 0, plan.channel_tiles, g, plan);
+      pack_group(buffers, n0, n1);
+      add_group(buffers, n0, n1, sum.data(), 0, plan.channel_tiles);
     }
   });
   for (const auto& sum : partial)

@@ -2,6 +2,7 @@
 and a table of bad inputs that must raise clear errors."""
 
 import itertools
+import random
 
 import pytest
 import torch
@@ -146,6 +147,31 @@ def test_cpu_direct_kernels_reading_in_place(cin, cout, size, kernel, padding, b
     8 output channels also their output gradient; 25 columns and 7 channels need the copies."""
     x, w, b = torch.randn(batch, cin, size, size), torch.randn(cout, cin, kernel, kernel), torch.randn(cout)
     check_against_native(x, w, b, TOLERANCES[torch.float32], padding=padding)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cpu_direct_kernels_match_native_on_random_geometries(seed):
+    """Random kernels (1-6, even and non-square), strides 1-4, dilations 1-3 and paddings up to
+    past half the reach: the strided input gradient splits into stride phases whose convolutions
+    have uneven tap counts, negative padding and outputs a row longer than their input."""
+    generator = random.Random(seed)
+    checked = 0
+    while checked < 15:
+        kernel = (generator.randint(1, 6), generator.randint(1, 6))
+        stride = (generator.randint(1, 4), generator.randint(1, 4))
+        dilation = (generator.randint(1, 3), generator.randint(1, 3))
+        padding = tuple(generator.randint(0, k * d // 2 + 1) for k, d in zip(kernel, dilation, strict=True))
+        size = (generator.randint(8, 40), generator.randint(8, 40))
+        reach = [d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True)]
+        if any(s + 2 * p < r for s, p, r in zip(size, padding, reach, strict=True)):
+            continue
+        cin, cout = generator.randint(1, 6), generator.randint(1, 9)
+        x = torch.randn(generator.randint(1, 3), cin, *size)
+        w = torch.randn(cout, cin, *kernel)
+        check_against_native(
+            x, w, None, TOLERANCES[torch.float32], stride=stride, padding=padding, dilation=dilation
+        )
+        checked += 1
 
 
 def test_cpu_direct_weight_gradient_over_several_sample_groups():

@@ -1,8 +1,8 @@
 // conv2d on the CPU. Float32 convolutions without groups on AVX2 + FMA CPUs run the direct kernels
-// of conv2d_cpu_direct.cpp (forward, weight gradient, and the input gradient of stride-1
-// convolutions as a convolution of dy); everything else (float64, groups, strided input gradients,
-// output rows narrower than 6, other CPUs) is lowered to GEMM (im2col / col2im) with the GEMMs in
-// BLAS (at::mm / at::bmm), as follows.
+// of conv2d_cpu_direct.cpp (forward, weight gradient, and the input gradient as stride-1
+// convolutions of dy, one per stride phase); everything else (float64, groups, output rows
+// narrower than 6, other CPUs) is lowered to GEMM (im2col / col2im) with the GEMMs in BLAS
+// (at::mm / at::bmm), as follows.
 //
 // Work is split by sample, and each sample into blocks of output rows: a thread builds the column
 // matrix of one block in a private buffer small enough to stay in L2 (kColumnBlockBytes) and
@@ -25,7 +25,8 @@
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/bmm.h>
-#include <ATen/ops/flip.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/index_select.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -150,17 +151,96 @@ void bias_grad(const scalar_t* dy, scalar_t* dbias, const Conv2dGeometry& g) {
 
 void check_cpu(const at::Tensor& t, const char* name) { check_device_type(t, name, c10::DeviceType::CPU); }
 
-// The input gradient of a stride-1 convolution is itself a stride-1 convolution: of dy, with the
-// kernel flipped and its channel axes swapped, padded by dil * (k - 1) - pad (so it exists only
-// where pad <= dil * (k - 1)). Returns that convolution's geometry, or nothing where it does not
-// exist or the direct kernels would not run it.
-std::optional<Conv2dGeometry> input_grad_as_convolution(const Conv2dGeometry& g, at::ScalarType dtype) {
-  const int64_t pad_h = g.dil_h * (g.kernel_h - 1) - g.pad_h, pad_w = g.dil_w * (g.kernel_w - 1) - g.pad_w;
-  if (g.stride_h != 1 || g.stride_w != 1 || g.groups != 1 || pad_h < 0 || pad_w < 0) return std::nullopt;
-  const Conv2dGeometry t{g.batch,    g.out_channels, g.out_h,  g.out_w,  g.in_channels, g.in_h, g.in_w, g.kernel_h,
-                         g.kernel_w, 1,              1,        pad_h,    pad_w,         g.dil_h, g.dil_w, 1};
-  if (!conv2d_direct_applies(t, dtype)) return std::nullopt;
-  return t;
+// The input gradient as stride-1 convolutions of dy, one per stride phase. Along one axis, input
+// position i = a * stride + r receives gradient from tap k at output position
+// o = a + (r + pad - k * dil) / stride, only where that division is exact. So phase r of dx is a
+// stride-1 convolution of dy with those taps, in reverse order (the kernel flipped), dilated by
+// the step between their offsets and padded by minus the smallest offset (negative padding just
+// starts later). With stride 1 there is one phase holding every tap: the familiar transposed
+// convolution with padding dil * (k - 1) - pad.
+struct PhaseAxis {
+  std::vector<int64_t> taps;  // kernel positions k of this phase, as the phase convolution applies them
+  int64_t out_size, pad, dil;
+};
+
+PhaseAxis phase_axis(int64_t r, int64_t stride, int64_t pad, int64_t dil, int64_t kernel, int64_t in_size) {
+  PhaseAxis axis{{}, ceil_div(std::max<int64_t>(in_size - r, 0), stride), 0, 1};
+  std::vector<int64_t> offsets;
+  for (int64_t k = kernel - 1; k >= 0; --k) {  // largest k first: smallest offset first
+    const int64_t shift = r + pad - k * dil;
+    if (((shift % stride) + stride) % stride == 0) {
+      axis.taps.push_back(k);
+      offsets.push_back(shift / stride);
+    }
+  }
+  if (!offsets.empty()) axis.pad = -offsets[0];
+  if (offsets.size() > 1) axis.dil = offsets[1] - offsets[0];  // every step is the same
+  return axis;
+}
+
+struct InputGradPhase {
+  int64_t row, col;              // r_h, r_w
+  PhaseAxis rows, cols;
+  Conv2dGeometry geometry;       // dy (N, Cout, Ho, Wo) -> phase of dx (N, C, out rows, out cols)
+};
+
+// Every phase of dx, or nothing where some phase with taps is not one the direct kernels run.
+std::optional<std::vector<InputGradPhase>> input_grad_phases(const Conv2dGeometry& g, at::ScalarType dtype) {
+  if (g.groups != 1) return std::nullopt;
+  std::vector<InputGradPhase> phases;
+  for (int64_t rh = 0; rh < g.stride_h; ++rh) {
+    for (int64_t rw = 0; rw < g.stride_w; ++rw) {
+      const auto rows = phase_axis(rh, g.stride_h, g.pad_h, g.dil_h, g.kernel_h, g.in_h);
+      const auto cols = phase_axis(rw, g.stride_w, g.pad_w, g.dil_w, g.kernel_w, g.in_w);
+      const Conv2dGeometry t{g.batch,
+                             g.out_channels,
+                             g.out_h,
+                             g.out_w,
+                             g.in_channels,
+                             rows.out_size,
+                             cols.out_size,
+                             static_cast<int64_t>(rows.taps.size()),
+                             static_cast<int64_t>(cols.taps.size()),
+                             1,
+                             1,
+                             rows.pad,
+                             cols.pad,
+                             rows.dil,
+                             cols.dil,
+                             1};
+      const bool has_taps = !rows.taps.empty() && !cols.taps.empty() && t.out_h > 0 && t.out_w > 0;
+      if (has_taps && !conv2d_direct_applies(t, dtype)) return std::nullopt;
+      phases.push_back({rh, rw, rows, cols, t});
+    }
+  }
+  return phases;
+}
+
+// dx (N, C, H, W), phase by phase: each phase's convolution into a dense buffer, then copied into
+// its strided slice of dx; a phase without taps gets zeros.
+void input_grad_by_phases(const at::Tensor& dy, const at::Tensor& weight, at::Tensor& dx,
+                          const std::vector<InputGradPhase>& phases, const Conv2dGeometry& g) {
+  for (const auto& phase : phases) {
+    auto slice = dx.slice(2, phase.row, g.in_h, g.stride_h).slice(3, phase.col, g.in_w, g.stride_w);
+    if (phase.rows.taps.empty() || phase.cols.taps.empty()) {
+      slice.zero_();
+      continue;
+    }
+    if (slice.numel() == 0) continue;
+    const auto index = [&](const std::vector<int64_t>& taps) {
+      return at::from_blob(const_cast<int64_t*>(taps.data()), {static_cast<int64_t>(taps.size())}, at::kLong);
+    };
+    // (C, Cout, taps_h, taps_w): the phase's taps of the kernel, flipped, channel axes swapped.
+    const auto phase_weight = weight.index_select(2, index(phase.rows.taps))
+                                  .index_select(3, index(phase.cols.taps))
+                                  .transpose(0, 1)
+                                  .contiguous();
+    const bool whole = g.stride_h == 1 && g.stride_w == 1;  // one phase: dx itself
+    auto out = whole ? dx : at::empty(slice.sizes(), dx.options());
+    conv2d_direct_forward(dy.const_data_ptr<float>(), phase_weight.const_data_ptr<float>(), nullptr,
+                          out.mutable_data_ptr<float>(), phase.geometry);
+    if (!whole) slice.copy_(out);
+  }
 }
 
 }  // namespace
@@ -229,18 +309,14 @@ Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
   // The direct kernels take what they can; the GEMM loop below does the rest. Plain names, not a
   // structured binding: the kernels' lambdas capture them (C++17 forbids that).
   const bool direct_weight = output_mask[1] && conv2d_direct_applies(g, input.scalar_type());
-  const auto input_conv = output_mask[0] ? input_grad_as_convolution(g, input.scalar_type()) : std::nullopt;
-  const bool need_input = output_mask[0] && !input_conv, need_weight = output_mask[1] && !direct_weight;
+  const auto input_phases = output_mask[0] ? input_grad_phases(g, input.scalar_type()) : std::nullopt;
+  const bool need_input = output_mask[0] && !input_phases, need_weight = output_mask[1] && !direct_weight;
   if (direct_weight) {
     dweight = at::empty(weight.sizes(), weight.options());
     conv2d_direct_weight_grad(dy.const_data_ptr<float>(), x.const_data_ptr<float>(), dweight.mutable_data_ptr<float>(),
                               g);
   }
-  if (input_conv) {
-    const auto flipped = weight.flip({2, 3}).transpose(0, 1).contiguous();  // (C, Cout, kh, kw)
-    conv2d_direct_forward(dy.const_data_ptr<float>(), flipped.const_data_ptr<float>(), nullptr,
-                          dinput.mutable_data_ptr<float>(), *input_conv);
-  }
+  if (input_phases) input_grad_by_phases(dy, weight, dinput, *input_phases, g);
 
   const auto w = weight.contiguous().view({g.groups, g.out_per_group(), g.patch_size()});
   const auto w_t = w.transpose(1, 2);        // (groups, K, Cout/groups)

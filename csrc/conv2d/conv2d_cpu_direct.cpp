@@ -78,8 +78,10 @@ struct DirectPlan {
 // A 1x1, stride-1, unpadded convolution is one over planes flattened to a single row of H * W
 // columns: the same arithmetic, and with H * W a multiple of 8 it reads its input in place.
 Conv2dGeometry direct_geometry(const Conv2dGeometry& g) {
+  // (The output size is checked too: the input-gradient phases of strided convolutions are 1x1
+  // convolutions whose output may be a row or column larger than their input.)
   const bool pointwise = g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
-                         g.pad_h == 0 && g.pad_w == 0;
+                         g.pad_h == 0 && g.pad_w == 0 && g.out_h == g.in_h && g.out_w == g.in_w;
   if (!pointwise) return g;
   Conv2dGeometry flat = g;
   flat.in_h = flat.out_h = 1;

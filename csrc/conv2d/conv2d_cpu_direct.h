@@ -9,8 +9,8 @@
 //
 //   forward:      out = conv(x, w) + bias
 //   weight grad:  dw[co, c, ki, kj] = sum over (n, oh, ow) of dy[n, co, oh, ow] * x_padded[...]
-//   input grad:   for stride 1, the forward kernel on dy with w flipped and transposed (see
-//                 conv2d_cpu.cpp); strided input gradients stay on the GEMM path.
+//   input grad:   the forward kernel on dy with w flipped and transposed, once per stride phase
+//                 of dx with that phase's taps (see conv2d_cpu.cpp).
 #pragma once
 
 #include "conv2d/conv2d.h"

@@ -112,15 +112,17 @@ void pack_input(const float* x, float* dst, const Conv2dGeometry& g, const Direc
   }
 }
 
-// w (Cout, taps) -> (channel_tiles, taps, kTileChannels): a tile's 4 weights of one tap are
+// w (Cout, taps) -> (ceil(Cout / channels), taps, channels): a tile's weights of one tap are
 // adjacent; channels past Cout are zero.
-std::unique_ptr<float[]> pack_weights(const float* w, const Conv2dGeometry& g, const DirectPlan& p) {
-  auto packed = uninitialized(p.channel_tiles * p.taps * kTileChannels);
-  for (int64_t tile = 0; tile < p.channel_tiles; ++tile)
+std::unique_ptr<float[]> pack_weights(const float* w, int64_t channels, const Conv2dGeometry& g,
+                                      const DirectPlan& p) {
+  const int64_t tiles = ceil_div(g.out_channels, channels);
+  auto packed = uninitialized(tiles * p.taps * channels);
+  for (int64_t tile = 0; tile < tiles; ++tile)
     for (int64_t t = 0; t < p.taps; ++t)
-      for (int64_t j = 0; j < kTileChannels; ++j) {
-        const int64_t co = tile * kTileChannels + j;
-        packed[(tile * p.taps + t) * kTileChannels + j] = co < g.out_channels ? w[co * p.taps + t] : 0.f;
+      for (int64_t j = 0; j < channels; ++j) {
+        const int64_t co = tile * channels + j;
+        packed[(tile * p.taps + t) * channels + j] = co < g.out_channels ? w[co * p.taps + t] : 0.f;
       }
   return packed;
 }
@@ -130,58 +132,83 @@ __m256i first_lanes(int64_t n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-// Output channel tiles [tile_begin, tile_end) of one sample from its padded input: every
-// (channel tile, 3 vectors) register tile accumulates over all taps, starting from the bias.
-void forward_sample(const float* padded, const float* packed_w, const float* bias, float* out,
-                    int64_t tile_begin, int64_t tile_end, const Conv2dGeometry& g, const DirectPlan& p) {
-  const int64_t Ho = g.out_h, Wo = g.out_w, L = Ho * Wo;
-  const int64_t* offsets = p.tap_offset.data();
-  for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
-    const float* wt = packed_w + tile * p.taps * kTileChannels;
-    __m256 init[kTileChannels];
-    for (int64_t j = 0; j < kTileChannels; ++j) {
-      const int64_t co = tile * kTileChannels + j;
-      init[j] = _mm256_set1_ps(bias != nullptr && co < g.out_channels ? bias[co] : 0.f);
-    }
-    for (int64_t v0 = 0; v0 < p.vectors; v0 += kTileVectors) {
-      // A short last tile repeats vector v0 in its idle slots (computed, never stored).
-      const float* base[kTileVectors];
-      for (int64_t i = 0; i < kTileVectors; ++i)
-        base[i] = padded + p.vector_base[v0 + i < p.vectors ? v0 + i : v0];
-      __m256 acc[kTileChannels][kTileVectors];
-#pragma GCC unroll 4
-      for (int64_t j = 0; j < kTileChannels; ++j)
-#pragma GCC unroll 3
-        for (int64_t i = 0; i < kTileVectors; ++i) acc[j][i] = init[j];
-      for (int64_t t = 0; t < p.taps; ++t) {
-        const int64_t offset = offsets[t];
-        __m256 xv[kTileVectors];
-#pragma GCC unroll 3
-        for (int64_t i = 0; i < kTileVectors; ++i) xv[i] = _mm256_loadu_ps(base[i] + offset);
-#pragma GCC unroll 4
-        for (int64_t j = 0; j < kTileChannels; ++j) {
-          const __m256 wv = _mm256_broadcast_ss(wt + t * kTileChannels + j);
-#pragma GCC unroll 3
-          for (int64_t i = 0; i < kTileVectors; ++i) acc[j][i] = _mm256_fmadd_ps(wv, xv[i], acc[j][i]);
-        }
+// The forward register tile: Channels output channels x Vectors vectors, 12 accumulators either
+// way (4 x 3 or 3 x 4). Per tap the smaller side is held in registers and the larger one
+// streamed, so accumulators + held values + one streamed value fit AVX2's 16 registers.
+template <int64_t Channels, int64_t Vectors>
+struct ForwardTile {
+  static_assert(Channels * Vectors == 12, "12 accumulators: 16 registers minus the operands");
+
+  // How many outputs this tile shape computes for the geometry, idle slots of short tiles included.
+  static int64_t computed(const Conv2dGeometry& g, const DirectPlan& p) {
+    return ceil_div(g.out_channels, Channels) * Channels * ceil_div(p.vectors, Vectors) * Vectors;
+  }
+
+  // Output channel tiles [tile_begin, tile_end) of one sample from its padded input: every
+  // register tile accumulates over all taps, starting from the bias.
+  static void sample(const float* padded, const float* packed_w, const float* bias, float* out, int64_t tile_begin,
+                     int64_t tile_end, const Conv2dGeometry& g, const DirectPlan& p) {
+    const int64_t Ho = g.out_h, Wo = g.out_w, L = Ho * Wo;
+    const int64_t* offsets = p.tap_offset.data();
+    for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+      const float* wt = packed_w + tile * p.taps * Channels;
+      __m256 init[Channels];
+      for (int64_t j = 0; j < Channels; ++j) {
+        const int64_t co = tile * Channels + j;
+        init[j] = _mm256_set1_ps(bias != nullptr && co < g.out_channels ? bias[co] : 0.f);
       }
-      for (int64_t i = 0; i < kTileVectors && v0 + i < p.vectors; ++i) {
-        const int64_t oh = p.out_row(v0 + i), ow = p.out_col(v0 + i), lanes = std::min(kLanes, Wo - ow);
-        const __m256i mask = first_lanes(lanes);
-        for (int64_t j = 0; j < kTileChannels; ++j) {
-          const int64_t co = tile * kTileChannels + j;
-          if (co >= g.out_channels) break;
-          float* dst = out + co * L + oh * Wo + ow;
-          if (lanes == kLanes) {
-            _mm256_storeu_ps(dst, acc[j][i]);
-          } else {
-            _mm256_maskstore_ps(dst, mask, acc[j][i]);
+      for (int64_t v0 = 0; v0 < p.vectors; v0 += Vectors) {
+        // A short last tile repeats vector v0 in its idle slots (computed, never stored).
+        const float* base[Vectors];
+        for (int64_t i = 0; i < Vectors; ++i) base[i] = padded + p.vector_base[v0 + i < p.vectors ? v0 + i : v0];
+        __m256 acc[Channels][Vectors];
+#pragma GCC unroll 4
+        for (int64_t j = 0; j < Channels; ++j)
+#pragma GCC unroll 4
+          for (int64_t i = 0; i < Vectors; ++i) acc[j][i] = init[j];
+        for (int64_t t = 0; t < p.taps; ++t) {
+          const int64_t offset = offsets[t];
+          const float* w_tap = wt + t * Channels;
+          if constexpr (Vectors <= Channels) {  // hold the input vectors, stream the weights
+            __m256 xv[Vectors];
+#pragma GCC unroll 4
+            for (int64_t i = 0; i < Vectors; ++i) xv[i] = _mm256_loadu_ps(base[i] + offset);
+#pragma GCC unroll 4
+            for (int64_t j = 0; j < Channels; ++j) {
+              const __m256 wv = _mm256_broadcast_ss(w_tap + j);
+#pragma GCC unroll 4
+              for (int64_t i = 0; i < Vectors; ++i) acc[j][i] = _mm256_fmadd_ps(wv, xv[i], acc[j][i]);
+            }
+          } else {  // hold the weights, stream the input vectors
+            __m256 wv[Channels];
+#pragma GCC unroll 4
+            for (int64_t j = 0; j < Channels; ++j) wv[j] = _mm256_broadcast_ss(w_tap + j);
+#pragma GCC unroll 4
+            for (int64_t i = 0; i < Vectors; ++i) {
+              const __m256 xv = _mm256_loadu_ps(base[i] + offset);
+#pragma GCC unroll 4
+              for (int64_t j = 0; j < Channels; ++j) acc[j][i] = _mm256_fmadd_ps(wv[j], xv, acc[j][i]);
+            }
+          }
+        }
+        for (int64_t i = 0; i < Vectors && v0 + i < p.vectors; ++i) {
+          const int64_t oh = p.out_row(v0 + i), ow = p.out_col(v0 + i), lanes = std::min(kLanes, Wo - ow);
+          const __m256i mask = first_lanes(lanes);
+          for (int64_t j = 0; j < Channels; ++j) {
+            const int64_t co = tile * Channels + j;
+            if (co >= g.out_channels) break;
+            float* dst = out + co * L + oh * Wo + ow;
+            if (lanes == kLanes) {
+              _mm256_storeu_ps(dst, acc[j][i]);
+            } else {
+              _mm256_maskstore_ps(dst, mask, acc[j][i]);
+            }
           }
         }
       }
     }
   }
-}
+};
 
 // dy (Cout, Ho, Wo) of one sample -> (channel_tiles * 4, vectors, 8): whole vectors, zeros past
 // the last output column and past Cout, so the weight-gradient tiles need no masks.
@@ -247,19 +274,15 @@ void weight_grad_group(const float* padded, const float* grad, int64_t count, fl
   }
 }
 
-}  // namespace
-
-bool conv2d_direct_applies(const Conv2dGeometry& g, at::ScalarType dtype) {
-  return dtype == at::kFloat && g.groups == 1 && direct_geometry(g).out_w >= 6 && cpu_use_avx2();
-}
-
-// With at least as many samples as threads, each thread takes whole samples; with fewer (small
-// batches, inference), samples run one after another and the threads split the output channels.
-void conv2d_direct_forward(const float* x, const float* w, const float* bias, float* out,
-                           const Conv2dGeometry& geometry) {
-  const Conv2dGeometry g = direct_geometry(geometry);
-  const DirectPlan plan(g);
-  const auto packed_w = pack_weights(w, g, plan);
+// The forward pass with one tile shape. With at least as many samples as threads, each thread
+// takes whole samples; with fewer (small batches, inference), samples run one after another and
+// the threads split the output channels.
+template <int64_t Channels, int64_t Vectors>
+void forward_with_tile(const float* x, const float* w, const float* bias, float* out, const Conv2dGeometry& g,
+                       const DirectPlan& plan) {
+  using Tile = ForwardTile<Channels, Vectors>;
+  const auto packed_w = pack_weights(w, Channels, g, plan);
+  const int64_t tiles = ceil_div(g.out_channels, Channels);
   const int64_t in_sample = g.in_channels * g.in_h * g.in_w, out_sample = g.out_channels * g.out_pixels();
   // Sample n's padded input: the input itself, or its copy in `buffer`.
   const auto padded_sample = [&](int64_t n, float* buffer) -> const float* {
@@ -272,8 +295,7 @@ void conv2d_direct_forward(const float* x, const float* w, const float* bias, fl
     at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
       auto buffer = uninitialized(buffer_size);
       for (int64_t n = begin; n < end; ++n) {
-        forward_sample(padded_sample(n, buffer.get()), packed_w.get(), bias, out + n * out_sample, 0,
-                       plan.channel_tiles, g, plan);
+        Tile::sample(padded_sample(n, buffer.get()), packed_w.get(), bias, out + n * out_sample, 0, tiles, g, plan);
       }
     });
     return;
@@ -281,9 +303,28 @@ void conv2d_direct_forward(const float* x, const float* w, const float* bias, fl
   auto buffer = uninitialized(buffer_size);
   for (int64_t n = 0; n < g.batch; ++n) {
     const float* padded = padded_sample(n, buffer.get());
-    at::parallel_for(0, plan.channel_tiles, 1, [&](int64_t begin, int64_t end) {
-      forward_sample(padded, packed_w.get(), bias, out + n * out_sample, begin, end, g, plan);
+    at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+      Tile::sample(padded, packed_w.get(), bias, out + n * out_sample, begin, end, g, plan);
     });
+  }
+}
+
+}  // namespace
+
+bool conv2d_direct_applies(const Conv2dGeometry& g, at::ScalarType dtype) {
+  return dtype == at::kFloat && g.groups == 1 && direct_geometry(g).out_w >= 6 && cpu_use_avx2();
+}
+
+// The tile shape that leaves fewer outputs idle: 4 channels x 3 vectors, or 3 x 4 (8x8 maps have
+// 8 vectors per channel: tiles of 3 + 3 + 2 compute a ninth for nothing, 4 + 4 nothing).
+void conv2d_direct_forward(const float* x, const float* w, const float* bias, float* out,
+                           const Conv2dGeometry& geometry) {
+  const Conv2dGeometry g = direct_geometry(geometry);
+  const DirectPlan plan(g);
+  if (ForwardTile<3, 4>::computed(g, plan) < ForwardTile<4, 3>::computed(g, plan)) {
+    forward_with_tile<3, 4>(x, w, bias, out, g, plan);
+  } else {
+    forward_with_tile<4, 3>(x, w, bias, out, g, plan);
   }
 }
 

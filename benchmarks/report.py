@@ -318,6 +318,8 @@ def main():
         raise SystemExit("no benchmark JSON: run `make bench` first")
     cases_by_key, runs = load(paths)
     cases = list(cases_by_key.values())
+    if not cases:
+        raise SystemExit(f"no benchmark cases in {', '.join(map(str, paths))}")
     plot(cases, args.chart)
     args.out.write_text(results_markdown(cases, runs, args.chart.name))
     if args.readme:

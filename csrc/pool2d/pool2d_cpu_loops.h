@@ -281,6 +281,13 @@ void max_backward(const scalar_t* dy, const int64_t* indices, scalar_t* dx, cons
 // need a fixed window width, so adaptive NCHW pooling sums each window directly instead.
 
 
+// 2x2 windows at stride 2 without padding or dilation, each inside the input (the pooling
+// between CNN stages): the windows tile the input, so NCHW rows are read, or written, in pairs.
+inline bool tiles_in_pairs(const Pool2dGeometry& g) {
+  return g.kernel_h == 2 && g.kernel_w == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 && g.pad_w == 0 &&
+         g.dil_h == 1 && g.dil_w == 1 && 2 * g.out_h <= g.in_h && 2 * g.out_w <= g.in_w;
+}
+
 // The windows of one average-pooling call, computed once for every plane: each output row's and
 // column's input span, and 1 / divisor of every output (0 where a window is empty) so the plane
 // loops multiply (vectorised) instead of dividing per element (rounding differs from a true
@@ -319,6 +326,7 @@ void avg_forward(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g, AvgD
 
   if (!channels_last) {
     const auto taps = column_taps(g, 1);
+    const bool pairs = !adaptive && tiles_in_pairs(g);
     at::parallel_for(0, g.batch * C, grain_for(H * W), [&](int64_t begin, int64_t end) {
       std::vector<opmath_t> sum_row(OW), column_sums(W);
       PhasedRow<opmath_t> row(W, std::max<int64_t>(g.stride_w, 1));  // adaptive pooling has no stride
@@ -336,6 +344,12 @@ void avg_forward(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g, AvgD
                 const Span c = col_windows[ow];
                 sum[ow] += sum_lanes<opmath_t>(src + ih * W + c.lo, c.hi - c.lo);
               }
+            }
+          } else if (pairs) {  // one pass over the two rows, each output from two column pairs
+            const scalar_t* __restrict__ a = src + 2 * oh * W;
+            const scalar_t* __restrict__ b = a + W;
+            for (int64_t ow = 0; ow < OW; ++ow) {
+              sum[ow] = (opmath_t(a[2 * ow]) + opmath_t(b[2 * ow])) + (opmath_t(a[2 * ow + 1]) + opmath_t(b[2 * ow + 1]));
             }
           } else {
             // The window is separable: sum its rows first (contiguous, one pass per window row),
@@ -402,6 +416,7 @@ void avg_backward(const scalar_t* dy, scalar_t* dx, const Pool2dGeometry& g, Avg
 
   if (!channels_last) {
     const auto taps = column_taps(g, 1);
+    const bool pairs = !adaptive && tiles_in_pairs(g);
     at::parallel_for(0, g.batch * C, grain_for(H * W), [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> share_row(OW);
       for (int64_t plane = begin; plane < end; ++plane) {
@@ -413,6 +428,12 @@ void avg_backward(const scalar_t* dy, scalar_t* dx, const Pool2dGeometry& g, Avg
           const scalar_t* src = dy + (plane * OH + oh) * OW;
           const scalar_t* __restrict__ row_scale = scale.data() + oh * OW;
           for (int64_t ow = 0; ow < OW; ++ow) share[ow] = src[ow] * row_scale[ow];
+          if (pairs) {  // every input of the two rows belongs to one window: written, not added
+            scalar_t* __restrict__ a = dst + 2 * oh * W;
+            scalar_t* __restrict__ b = a + W;
+            for (int64_t ow = 0; ow < OW; ++ow) a[2 * ow] = a[2 * ow + 1] = b[2 * ow] = b[2 * ow + 1] = share[ow];
+            continue;
+          }
           for (int64_t ih = r.lo; ih < r.hi; ++ih) {
             scalar_t* __restrict__ line = dst + ih * W;
             if (adaptive) {

@@ -146,6 +146,68 @@ inline bool replaces_max(scalar_t v, scalar_t best) {
   return (v > best) | (v != v);  // NaN wins, as in native max pooling; branch-free for vectorising
 }
 
+// channels_last windows go through the channels in blocks of kChannelBlock: a block's running
+// maxima or sums (and argmax) stay in registers across the window's pixels instead of
+// round-tripping through memory once per pixel. kLen is the block length when known at compile
+// time (every block but a short last one), 0 when it is `len`.
+constexpr int64_t kChannelBlock = 32;
+
+// Maximum (and argmax, as an index into the H * W plane) of channels [c0, c0 + len) over the
+// window's pixels into best_out and arg_out [c0, c0 + len); `x` is one sample (H, W, C), `first`
+// the argmax kept if nothing beats -inf. The argmax runs in int32, beside the float lanes.
+template <int64_t kLen, bool kWithIndices, typename scalar_t, typename Position>
+void max_pixel_block(const scalar_t* x, scalar_t* __restrict__ best_out, int64_t* __restrict__ arg_out, Span rows,
+                     Span cols, const Position& position, int64_t C, int64_t c0, int64_t len, int32_t first) {
+  constexpr int64_t kCapacity = kLen ? kLen : kChannelBlock;
+  const int64_t n = kLen ? kLen : len;
+  scalar_t best[kCapacity];
+  int32_t arg[kCapacity];
+  for (int64_t k = 0; k < n; ++k) {
+    best[k] = -std::numeric_limits<scalar_t>::infinity();
+    arg[k] = first;
+  }
+  for (int64_t t = rows.lo; t < rows.hi; ++t) {  // window rows, then columns: row-major, as native
+    for (int64_t u = cols.lo; u < cols.hi; ++u) {
+      const int32_t index = position(t, u);
+      const scalar_t* __restrict__ src = x + index * C + c0;
+      for (int64_t k = 0; k < n; ++k) {
+        const bool take = replaces_max(src[k], best[k]);
+        best[k] = take ? src[k] : best[k];
+        if constexpr (kWithIndices) arg[k] = take ? index : arg[k];
+      }
+    }
+  }
+  for (int64_t k = 0; k < n; ++k) best_out[c0 + k] = best[k];
+  if constexpr (kWithIndices)
+    for (int64_t k = 0; k < n; ++k) arg_out[c0 + k] = arg[k];
+}
+
+// Sum of channels [c0, c0 + len) over the window's pixels (rows x cols of one sample (H, W, C)),
+// times `scale`, into out[c0, c0 + len).
+template <int64_t kLen, typename scalar_t, typename opmath_t>
+void average_pixel_block(const scalar_t* x, scalar_t* out, Span rows, Span cols, int64_t W, int64_t C, int64_t c0,
+                         int64_t len, opmath_t scale) {
+  constexpr int64_t kCapacity = kLen ? kLen : kChannelBlock;
+  const int64_t n = kLen ? kLen : len;
+  opmath_t sum[kCapacity];
+  for (int64_t k = 0; k < n; ++k) sum[k] = 0;  // a loop, not `= {}`: that became a rep stos into memory
+  for (int64_t ih = rows.lo; ih < rows.hi; ++ih) {
+    for (int64_t iw = cols.lo; iw < cols.hi; ++iw) {
+      const scalar_t* __restrict__ src = x + (ih * W + iw) * C + c0;
+      for (int64_t k = 0; k < n; ++k) sum[k] += src[k];
+    }
+  }
+  for (int64_t k = 0; k < n; ++k) out[c0 + k] = static_cast<scalar_t>(sum[k] * scale);
+}
+
+// Calls block(c0) for every whole block and tail(c0, len) for a short last one.
+template <typename Block, typename Tail>
+void for_channel_blocks(int64_t C, const Block& block, const Tail& tail) {
+  int64_t c0 = 0;
+  for (; c0 + kChannelBlock <= C; c0 += kChannelBlock) block(c0);
+  if (c0 < C) tail(c0, C - c0);
+}
+
 // kWithIndices = false (inference: nothing to save for backward) skips the argmax bookkeeping.
 template <bool kWithIndices, typename scalar_t>
 void max_forward(const scalar_t* x, scalar_t* out, int64_t* indices, const Pool2dGeometry& g, bool channels_last) {
@@ -204,35 +266,27 @@ void max_forward(const scalar_t* x, scalar_t* out, int64_t* indices, const Pool2
     return;
   }
   at::parallel_for(0, g.batch * OH, grain_for(OW * C * g.kernel_h * g.kernel_w), [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> argmax_pixel(C);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / OH, oh = task % OH;
       const Span r = row_taps[oh];
       for (int64_t ow = 0; ow < OW; ++ow) {
         const Span c = col_taps[ow];
-        scalar_t* __restrict__ best = out + ((n * OH + oh) * OW + ow) * C;  // (C), built in place
-        int32_t* __restrict__ arg = argmax_pixel.data();
+        scalar_t* best = out + ((n * OH + oh) * OW + ow) * C;                      // (C)
+        int64_t* arg = kWithIndices ? indices + ((n * OH + oh) * OW + ow) * C : nullptr;  // (C)
         const int32_t first = static_cast<int32_t>(rows.position(oh, r.lo) * W) + first_col[ow];
-        for (int64_t ch = 0; ch < C; ++ch) {
-          best[ch] = lowest;
-          arg[ch] = first;
-        }
-        for (int64_t t = r.lo; t < r.hi; ++t) {
-          const int64_t ih = rows.position(oh, t);
-          for (int64_t u = c.lo; u < c.hi; ++u) {
-            const int32_t index = static_cast<int32_t>(ih * W + cols.position(ow, u));
-            const scalar_t* __restrict__ src = x + (n * H * W + index) * C;  // (C)
-            for (int64_t ch = 0; ch < C; ++ch) {
-              const bool take = replaces_max(src[ch], best[ch]);
-              best[ch] = take ? src[ch] : best[ch];
-              if constexpr (kWithIndices) arg[ch] = take ? index : arg[ch];
-            }
-          }
-        }
-        if constexpr (kWithIndices) {
-          int64_t* argmax = indices + ((n * OH + oh) * OW + ow) * C;
-          for (int64_t ch = 0; ch < C; ++ch) argmax[ch] = arg[ch];
-        }
+        // Plane index of window tap (t, u).
+        const auto position = [&](int64_t t, int64_t u) {
+          return static_cast<int32_t>(rows.position(oh, t) * W + cols.position(ow, u));
+        };
+        const scalar_t* sample = x + n * H * W * C;
+        for_channel_blocks(
+            C,
+            [&](int64_t c0) {
+              max_pixel_block<kChannelBlock, kWithIndices>(sample, best, arg, r, c, position, C, c0, 0, first);
+            },
+            [&](int64_t c0, int64_t len) {
+              max_pixel_block<0, kWithIndices>(sample, best, arg, r, c, position, C, c0, len, first);
+            });
       }
     }
   });
@@ -383,23 +437,18 @@ void avg_forward(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g, AvgD
   // A task (one output row) reads about a 1/OH share of the sample, whatever the window.
   const int64_t task_work = std::max(OW * C * g.kernel_h * g.kernel_w, ceil_div(H * W * C, OH));
   at::parallel_for(0, g.batch * OH, grain_for(task_work), [&](int64_t begin, int64_t end) {
-    std::vector<opmath_t> sum_pixel(C);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / OH, oh = task % OH;
       const Span r = row_windows[oh];
+      const scalar_t* sample = x + n * H * W * C;
       for (int64_t ow = 0; ow < OW; ++ow) {
         const Span c = col_windows[ow];
-        opmath_t* __restrict__ sum = sum_pixel.data();
-        std::fill(sum, sum + C, opmath_t(0));
-        for (int64_t ih = r.lo; ih < r.hi; ++ih) {
-          for (int64_t iw = c.lo; iw < c.hi; ++iw) {
-            const scalar_t* __restrict__ src = x + ((n * H + ih) * W + iw) * C;
-            for (int64_t ch = 0; ch < C; ++ch) sum[ch] += src[ch];
-          }
-        }
         const opmath_t pixel_scale = scale[oh * OW + ow];
-        scalar_t* __restrict__ dst = out + ((n * OH + oh) * OW + ow) * C;
-        for (int64_t ch = 0; ch < C; ++ch) dst[ch] = static_cast<scalar_t>(sum[ch] * pixel_scale);
+        scalar_t* dst = out + ((n * OH + oh) * OW + ow) * C;
+        for_channel_blocks(
+            C,
+            [&](int64_t c0) { average_pixel_block<kChannelBlock>(sample, dst, r, c, W, C, c0, 0, pixel_scale); },
+            [&](int64_t c0, int64_t len) { average_pixel_block<0>(sample, dst, r, c, W, C, c0, len, pixel_scale); });
       }
     }
   });

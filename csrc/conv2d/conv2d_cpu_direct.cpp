@@ -46,6 +46,9 @@ struct DirectPlan {
   // whole vectors plus the kernel's reach), and the packed output gradient dy itself (rows of
   // whole vectors, channels a multiple of the tile): the kernels then read them in place.
   bool input_in_place, grad_in_place;
+  // Which rows and stride phases of the padded copy any tap reads: a strided 1x1 convolution reads
+  // one phase of every stride_h-th row, and packing only those saves most of the copy.
+  std::vector<bool> row_read, phase_read;
 
   explicit DirectPlan(const Conv2dGeometry& g) {
     vectors_per_row = ceil_div(g.out_w, kLanes);
@@ -69,6 +72,11 @@ struct DirectPlan {
     for (int64_t v = 0; v < vectors; ++v)
       vector_base.push_back(v / vectors_per_row * g.stride_h * row_stride + v % vectors_per_row * kLanes);
     input_in_place = g.pad_h == 0 && g.pad_w == 0 && g.stride_w == 1 && rows == g.in_h && width == g.in_w;
+    row_read.assign(rows, false);
+    for (int64_t oh = 0; oh < g.out_h; ++oh)
+      for (int64_t ki = 0; ki < g.kernel_h; ++ki) row_read[oh * g.stride_h + ki * g.dil_h] = true;
+    phase_read.assign(g.stride_w, false);
+    for (int64_t kj = 0; kj < g.kernel_w; ++kj) phase_read[kj * g.dil_w % g.stride_w] = true;
     grad_in_place = g.out_w % kLanes == 0 && g.out_channels % kTileChannels == 0;
   }
   int64_t out_row(int64_t v) const { return v / vectors_per_row; }
@@ -89,10 +97,12 @@ Conv2dGeometry direct_geometry(const Conv2dGeometry& g) {
   return flat;
 }
 
-// x (C, H, W) of one sample -> its padded, phase-split copy (every float of dst written).
+// x (C, H, W) of one sample -> its padded, phase-split copy (every float that a tap reads is
+// written; rows and phases no tap reads are left as they were).
 void pack_input(const float* x, float* dst, const Conv2dGeometry& g, const DirectPlan& p) {
   for (int64_t c = 0; c < g.in_channels; ++c) {
     for (int64_t r = 0; r < p.rows; ++r) {
+      if (!p.row_read[r]) continue;
       float* row = dst + c * p.channel_stride + r * p.row_stride;
       const int64_t ih = r - g.pad_h;
       if (ih < 0 || ih >= g.in_h) {
@@ -101,6 +111,7 @@ void pack_input(const float* x, float* dst, const Conv2dGeometry& g, const Direc
       }
       const float* src = x + (c * g.in_h + ih) * g.in_w;
       for (int64_t phase = 0; phase < g.stride_w; ++phase) {
+        if (!p.phase_read[phase]) continue;
         float* out = row + phase * p.width;
         // out[q] holds input column q * stride_w + phase - pad_w where that is inside the image.
         const auto [lo, hi] = tap_output_range(p.width, g.in_w, g.stride_w, g.pad_w, phase);

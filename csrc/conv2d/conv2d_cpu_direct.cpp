@@ -203,13 +203,17 @@ struct ForwardTile {
           }
         }
         for (int64_t i = 0; i < Vectors && v0 + i < p.vectors; ++i) {
-          const int64_t oh = p.out_row(v0 + i), ow = p.out_col(v0 + i), lanes = std::min(kLanes, Wo - ow);
-          const __m256i mask = first_lanes(lanes);
+          // A row's short last vector is stored whole: its extra lanes land at the start of the
+          // next output row, which a later store of this thread overwrites (vectors are stored in
+          // order). Only the plane's last vector is masked (a masked store is slow on AMD Zen).
+          const int64_t v = v0 + i, oh = p.out_row(v), ow = p.out_col(v);
+          const bool whole = v + 1 < p.vectors || Wo - ow >= kLanes;
+          const __m256i mask = first_lanes(Wo - ow);
           for (int64_t j = 0; j < Channels; ++j) {
             const int64_t co = tile * Channels + j;
             if (co >= g.out_channels) break;
             float* dst = out + co * L + oh * Wo + ow;
-            if (lanes == kLanes) {
+            if (whole) {
               _mm256_storeu_ps(dst, acc[j][i]);
             } else {
               _mm256_maskstore_ps(dst, mask, acc[j][i]);

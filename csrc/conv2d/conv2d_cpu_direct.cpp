@@ -5,7 +5,7 @@
 // ow * stride_w + kj * dil_w sits in phase (kj * dil_w) % stride_w at position ow + (kj * dil_w) /
 // stride_w. A tap (c, ki, kj) is then one offset added to a vector's base, and 8 neighbouring
 // output columns read 8 consecutive floats whatever the stride. Rows are wide enough for whole
-// vectors: the lanes past the last output column read zeros and are never stored.
+// vectors: the lanes past the last output column read zeros, and their results are discarded.
 #include "conv2d/conv2d_cpu_direct.h"
 
 #include "cpu_isa.h"
@@ -26,8 +26,10 @@ namespace cnnext {
 namespace {
 
 constexpr int64_t kLanes = 8;          // floats per AVX2 vector: output columns per vector
-constexpr int64_t kTileChannels = 4;   // output channels per register tile
-constexpr int64_t kTileVectors = 3;    // vectors (forward) or taps (weight grad) per register tile
+// The weight gradient's register tile: 4 output channels x 3 taps (the forward picks between
+// 4 x 3 and 3 x 4 per geometry, see ForwardTile). Packed dy pads Cout to whole channel tiles.
+constexpr int64_t kTileChannels = 4;
+constexpr int64_t kTileTaps = 3;
 // Samples of the weight gradient are processed in groups whose padded inputs and gradients fit in
 // half of this machine's 1 MiB L2 per core, so each group is read from L2, not DRAM, by every tile.
 constexpr int64_t kGroupBytes = 512 * 1024;
@@ -256,34 +258,34 @@ void weight_grad_group(const float* padded, const float* grad, int64_t count, fl
   const int64_t grad_size = p.channel_tiles * kTileChannels * p.vectors * kLanes;
   const int64_t* bases = p.vector_base.data();
   for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
-    for (int64_t t0 = 0; t0 < p.taps; t0 += kTileVectors) {
-      int64_t offset[kTileVectors];  // a short last tile repeats tap t0 (summed, never stored)
-      for (int64_t i = 0; i < kTileVectors; ++i) offset[i] = p.tap_offset[t0 + i < p.taps ? t0 + i : t0];
-      __m256 acc[kTileChannels][kTileVectors];
+    for (int64_t t0 = 0; t0 < p.taps; t0 += kTileTaps) {
+      int64_t offset[kTileTaps];  // a short last tile repeats tap t0 (summed, never stored)
+      for (int64_t i = 0; i < kTileTaps; ++i) offset[i] = p.tap_offset[t0 + i < p.taps ? t0 + i : t0];
+      __m256 acc[kTileChannels][kTileTaps];
 #pragma GCC unroll 4
       for (int64_t j = 0; j < kTileChannels; ++j)
 #pragma GCC unroll 3
-        for (int64_t i = 0; i < kTileVectors; ++i) acc[j][i] = _mm256_setzero_ps();
+        for (int64_t i = 0; i < kTileTaps; ++i) acc[j][i] = _mm256_setzero_ps();
       for (int64_t n = 0; n < count; ++n) {
         const float* x = padded + n * p.sample_size;
         const float* y = grad + n * grad_size + tile * kTileChannels * p.vectors * kLanes;
         for (int64_t v = 0; v < p.vectors; ++v) {
           const float* xb = x + bases[v];
-          __m256 xv[kTileVectors];
+          __m256 xv[kTileTaps];
 #pragma GCC unroll 3
-          for (int64_t i = 0; i < kTileVectors; ++i) xv[i] = _mm256_loadu_ps(xb + offset[i]);
+          for (int64_t i = 0; i < kTileTaps; ++i) xv[i] = _mm256_loadu_ps(xb + offset[i]);
 #pragma GCC unroll 4
           for (int64_t j = 0; j < kTileChannels; ++j) {
             const __m256 yv = _mm256_loadu_ps(y + (j * p.vectors + v) * kLanes);
 #pragma GCC unroll 3
-            for (int64_t i = 0; i < kTileVectors; ++i) acc[j][i] = _mm256_fmadd_ps(yv, xv[i], acc[j][i]);
+            for (int64_t i = 0; i < kTileTaps; ++i) acc[j][i] = _mm256_fmadd_ps(yv, xv[i], acc[j][i]);
           }
         }
       }
       for (int64_t j = 0; j < kTileChannels; ++j) {
         const int64_t co = tile * kTileChannels + j;
         if (co >= g.out_channels) break;
-        for (int64_t i = 0; i < kTileVectors && t0 + i < p.taps; ++i) dw[co * p.taps + t0 + i] += horizontal_sum(acc[j][i]);
+        for (int64_t i = 0; i < kTileTaps && t0 + i < p.taps; ++i) dw[co * p.taps + t0 + i] += horizontal_sum(acc[j][i]);
       }
     }
   }

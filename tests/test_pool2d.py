@@ -115,6 +115,15 @@ def test_adaptive_avg_pool2d_matches_native(output_size, layout, device, dtype):
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("size", [(32, 32), (7, 9)])
+def test_global_average_pooling_over_many_planes(size, dtype):
+    """The NCHW global path sums four planes at a time: 35 planes split over threads leave
+    remainders of planes and of columns (7 x 9 = 63 per plane)."""
+    x = torch.randn(5, 7, *size, dtype=dtype)
+    compare(lambda t: cnnext.ops.adaptive_avg_pool2d(t, 1), lambda t: F.adaptive_avg_pool2d(t, 1), x, dtype)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch", [0, 1, 4])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

@@ -285,7 +285,9 @@ void weight_grad_group(const float* padded, const float* grad, int64_t count, fl
       for (int64_t j = 0; j < kTileChannels; ++j) {
         const int64_t co = tile * kTileChannels + j;
         if (co >= g.out_channels) break;
-        for (int64_t i = 0; i < kTileTaps && t0 + i < p.taps; ++i) dw[co * p.taps + t0 + i] += horizontal_sum(acc[j][i]);
+        for (int64_t i = 0; i < kTileTaps && t0 + i < p.taps; ++i) {
+          dw[co * p.taps + t0 + i] += horizontal_sum(acc[j][i]);
+        }
       }
     }
   }

@@ -378,6 +378,33 @@ void avg_forward(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g, AvgD
   const bool adaptive = windows.adaptive;
   const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, C = g.channels;
 
+  if (!channels_last && adaptive && OH == 1 && OW == 1) {  // global pooling: one sum per plane
+    // Four planes at a time: four independent streams of loads keep more memory requests in flight
+    // than one plane's (measured: one plane at a time read ~30 GB/s here, native's reduction ~40).
+    const int64_t HW = H * W;
+    const opmath_t plane_scale = scale[0];
+    at::parallel_for(0, g.batch * C, grain_for(HW), [&](int64_t begin, int64_t end) {
+      int64_t plane = begin;
+      for (; plane + 4 <= end; plane += 4) {
+        const scalar_t* src = x + plane * HW;
+        opmath_t sums[4][8] = {};
+        int64_t i = 0;
+        for (; i + 8 <= HW; i += 8)
+          for (int p = 0; p < 4; ++p)
+            for (int j = 0; j < 8; ++j) sums[p][j] += src[p * HW + i + j];
+        for (int p = 0; p < 4; ++p) {
+          opmath_t total = 0;
+          for (int j = 0; j < 8; ++j) total += sums[p][j];
+          for (int64_t k = i; k < HW; ++k) total += src[p * HW + k];
+          out[plane + p] = static_cast<scalar_t>(total * plane_scale);
+        }
+      }
+      for (; plane < end; ++plane) {
+        out[plane] = static_cast<scalar_t>(sum_lanes<opmath_t>(x + plane * HW, HW) * plane_scale);
+      }
+    });
+    return;
+  }
   if (!channels_last) {
     const auto taps = column_taps(g, 1);
     const bool pairs = !adaptive && tiles_in_pairs(g);
@@ -403,7 +430,8 @@ void avg_forward(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g, AvgD
             const scalar_t* __restrict__ a = src + 2 * oh * W;
             const scalar_t* __restrict__ b = a + W;
             for (int64_t ow = 0; ow < OW; ++ow) {
-              sum[ow] = (opmath_t(a[2 * ow]) + opmath_t(b[2 * ow])) + (opmath_t(a[2 * ow + 1]) + opmath_t(b[2 * ow + 1]));
+              const opmath_t left = opmath_t(a[2 * ow]) + opmath_t(b[2 * ow]);
+              sum[ow] = left + (opmath_t(a[2 * ow + 1]) + opmath_t(b[2 * ow + 1]));
             }
           } else {
             // The window is separable: sum its rows first (contiguous, one pass per window row),

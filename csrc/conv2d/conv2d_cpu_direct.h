@@ -3,9 +3,10 @@
 // The GEMM lowering copies every input value kh * kw times into a column matrix and col2im adds
 // them back: on the 2-core dev VM that copying was ~40% of a 3x3 convolution and more for wider
 // kernels. These kernels read a zero-padded copy of each sample's input instead (about the size of
-// the input, built once per sample) and accumulate a register tile of 4 output channels x 3 vectors
-// of 8 output columns over every (input channel, ki, kj) tap: 12 FMAs per 3 input loads and 4
-// weight broadcasts, no column matrix.
+// the input, built once per sample; none where the input's own layout fits) and accumulate a
+// register tile of 4 output channels x 3 vectors of 8 output columns (or 3 x 4) over every
+// (input channel, ki, kj) tap: 12 FMAs per 3 input loads and 4 weight broadcasts, no column
+// matrix.
 //
 //   forward:      out = conv(x, w) + bias
 //   weight grad:  dw[co, c, ki, kj] = sum over (n, oh, ow) of dy[n, co, oh, ow] * x_padded[...]

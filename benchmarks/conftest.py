@@ -9,6 +9,11 @@ import torch
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
+# cuDNN may run float32 convolutions on TF32 tensor cores by default (10-bit mantissas); cnnext's
+# kernels compute in float32, so native is held to float32 too, as the GEMM peak already is
+# (torch's float32 matmul default is full precision).
+torch.backends.cudnn.allow_tf32 = False
+
 
 def synchronize(device: str) -> None:
     if device == "cuda":

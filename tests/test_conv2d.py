@@ -174,6 +174,29 @@ def test_cpu_direct_kernels_match_native_on_random_geometries(seed):
         checked += 1
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "size, kernel, padding, stride",
+    [((9, 9), 3, 0, 1), ((9, 13), 3, 1, 1), ((12, 14), 3, 1, 2), ((9, 9), 1, 0, 1)],
+    ids=["7-wide", "13-wide", "strided", "1x1"],
+)
+def test_non_finite_inputs_reach_the_gradients_native_puts_them_in(size, kernel, padding, stride, device):
+    """An inf and a NaN in the last columns: they must turn exactly the weight-gradient entries
+    native turns non-finite, no others (the CPU kernels' vectors read past a row's last output,
+    with zero dy there, and 0 * inf is NaN)."""
+    x = torch.randn(2, 3, *size, device=device)
+    x[0, 1, 3, -1] = float("inf")
+    x[1, 2, -1, -2] = float("nan")
+    w = torch.randn(5, 3, kernel, kernel, device=device, requires_grad=True)
+    args = dict(stride=stride, padding=padding)
+    grad_out = torch.randn_like(F.conv2d(x, w, **args))
+    (ours,) = torch.autograd.grad(cnnext.ops.conv2d(x, w, **args), w, grad_out)
+    (native,) = torch.autograd.grad(F.conv2d(x, w, **args), w, grad_out)
+    finite = torch.isfinite(native)
+    assert torch.equal(torch.isfinite(ours), finite)
+    torch.testing.assert_close(ours[finite], native[finite], rtol=1e-4, atol=1e-4)
+
+
 def test_cpu_direct_weight_gradient_over_several_sample_groups():
     """32x32 maps with 16 channels: about 3 samples fit the weight-gradient kernel's L2-sized group,
     so 11 samples make several groups per thread, the last one short."""

@@ -174,20 +174,20 @@ def test_cpu_direct_kernels_match_native_on_random_geometries(seed):
         checked += 1
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "size, kernel, padding, stride",
     [((9, 9), 3, 0, 1), ((9, 13), 3, 1, 1), ((12, 14), 3, 1, 2), ((9, 9), 1, 0, 1)],
     ids=["7-wide", "13-wide", "strided", "1x1"],
 )
-def test_non_finite_inputs_reach_the_gradients_native_puts_them_in(size, kernel, padding, stride, device):
+def test_non_finite_inputs_reach_the_gradients_native_puts_them_in(size, kernel, padding, stride):
     """An inf and a NaN in the last columns: they must turn exactly the weight-gradient entries
     native turns non-finite, no others (the CPU kernels' vectors read past a row's last output,
-    with zero dy there, and 0 * inf is NaN)."""
-    x = torch.randn(2, 3, *size, device=device)
+    with zero dy there, and 0 * inf is NaN). CPU only: cuDNN may pick Winograd or FFT algorithms,
+    which spread a non-finite input over more entries than the definition does."""
+    x = torch.randn(2, 3, *size)
     x[0, 1, 3, -1] = float("inf")
     x[1, 2, -1, -2] = float("nan")
-    w = torch.randn(5, 3, kernel, kernel, device=device, requires_grad=True)
+    w = torch.randn(5, 3, kernel, kernel, requires_grad=True)
     args = dict(stride=stride, padding=padding)
     grad_out = torch.randn_like(F.conv2d(x, w, **args))
     (ours,) = torch.autograd.grad(cnnext.ops.conv2d(x, w, **args), w, grad_out)

@@ -14,10 +14,14 @@ TORCH_LIBRARY(cnnext, m) {
       "_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
       "int[2] padding, int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 
-  // Pooling: forward returns what backward needs (max: the argmax indices, int64, as native).
+  // Pooling: forward returns what backward needs (max: the argmax indices, int64, as native;
+  // or, from _max_pool2d_with_taps, uint8 window taps).
   m.def(
       "max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
       "bool ceil_mode) -> (Tensor, Tensor)");
+  m.def(
+      "_max_pool2d_with_taps(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+      "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
   m.def(
       "max_pool2d_values(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
       "bool ceil_mode) -> Tensor");
@@ -44,6 +48,7 @@ TORCH_LIBRARY_IMPL(cnnext, CPU, m) {
   m.impl("conv2d", &cnnext::conv2d_forward_cpu);
   m.impl("_conv2d_backward", &cnnext::conv2d_backward_cpu);
   m.impl("max_pool2d", &cnnext::max_pool2d_forward_cpu);
+  m.impl("_max_pool2d_with_taps", &cnnext::max_pool2d_with_taps_cpu);
   m.impl("max_pool2d_values", &cnnext::max_pool2d_values_cpu);
   m.impl("_max_pool2d_backward", &cnnext::max_pool2d_backward_cpu);
   m.impl("avg_pool2d", &cnnext::avg_pool2d_forward_cpu);
@@ -59,6 +64,7 @@ TORCH_LIBRARY_IMPL(cnnext, CUDA, m) {
   m.impl("conv2d", &cnnext::conv2d_forward_cuda);
   m.impl("_conv2d_backward", &cnnext::conv2d_backward_cuda);
   m.impl("max_pool2d", &cnnext::max_pool2d_forward_cuda);
+  m.impl("_max_pool2d_with_taps", &cnnext::max_pool2d_with_taps_cuda);
   m.impl("max_pool2d_values", &cnnext::max_pool2d_values_cuda);
   m.impl("_max_pool2d_backward", &cnnext::max_pool2d_backward_cuda);
   m.impl("avg_pool2d", &cnnext::avg_pool2d_forward_cuda);

@@ -55,12 +55,28 @@ def compare(ours_fn, native_fn, x, dtype, tol=None):
     return out, out_native
 
 
+def taps_to_positions(taps, kernel_size, stride, padding, dilation, width):
+    """uint8 window taps t * kw + u (what autograd saves) as int64 plane positions ih * W + iw (what
+    native returns), computed independently of the kernels."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (pair_of(a) for a in (kernel_size, stride, padding, dilation))
+    oh = torch.arange(taps.shape[-2], device=taps.device).view(-1, 1)
+    ow = torch.arange(taps.shape[-1], device=taps.device).view(1, -1)
+    t, u = taps.long() // kw, taps.long() % kw
+    return (oh * sh - ph + t * dh) * width + (ow * sw - pw + u * dw)
+
+
+def pair_of(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
 @pytest.mark.parametrize("device, dtype", FULL_PRECISION)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("ceil_mode", [False, True], ids=["floor", "ceil"])
 @pytest.mark.parametrize("dilation", [1, 2])
 @pytest.mark.parametrize("window", WINDOWS, ids=_window_id)
 def test_max_pool2d_matches_native(window, dilation, ceil_mode, layout, device, dtype):
+    """Both argmax encodings: int64 indices (return_indices=True) and the uint8 window taps
+    autograd saves otherwise; values, argmax and the gradient through each."""
     kernel, stride, padding = window  # padding <= kernel // 2, so also legal for dilation 2
     args = dict(kernel_size=kernel, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
     x = make_layout(distinct_values((2, 3, 11, 10), dtype, device), layout)
@@ -73,6 +89,12 @@ def test_max_pool2d_matches_native(window, dilation, ceil_mode, layout, device, 
     assert torch.equal(idx, idx_native)
     if layout == "channels_last":
         assert out.is_contiguous(memory_format=torch.channels_last)
+
+    compare(lambda t: cnnext.ops.max_pool2d(t, **args), lambda t: F.max_pool2d(t, **args), x, dtype)
+    explicit = [pair_of(args[k]) for k in ("kernel_size", "stride", "padding", "dilation")]
+    out_taps, taps = torch.ops.cnnext._max_pool2d_with_taps(x, *explicit, ceil_mode)
+    assert taps.dtype == torch.uint8 and torch.equal(out_taps, out)
+    assert torch.equal(taps_to_positions(taps, *explicit, x.shape[-1]), idx_native)
 
 
 @pytest.mark.parametrize("device, dtype", FULL_PRECISION)
@@ -148,16 +170,49 @@ def test_unbatched_input(device):
 
 
 @pytest.mark.parametrize("device, dtype", FULL_PRECISION + LOW_PRECISION)
-def test_max_pool2d_propagates_nan_like_native(device, dtype):
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("window", [(3, 2, 1), (2, 2, 0)], ids=_window_id)
+def test_max_pool2d_propagates_nan_like_native(window, layout, device, dtype):
     x = torch.randn(2, 3, 8, 8, device=device).to(dtype)
     x[0, 0, 1, 1] = float("nan")
-    x[0, 0, 1, 2] = float("nan")  # two NaNs in one window: native reports the last one
+    x[0, 0, 1, 0] = float("nan")  # two NaNs in one window: native reports the last one
     x[1, 2, 5, 6] = float("nan")
     x[1, 1, 6, 6] = float("-inf")
-    out, idx = cnnext.ops.max_pool2d(x, 3, 2, 1, return_indices=True)
-    out_native, idx_native = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+    x = make_layout(x, layout)
+    out, idx = cnnext.ops.max_pool2d(x, *window, return_indices=True)
+    out_native, idx_native = F.max_pool2d(x, *window, return_indices=True)
     torch.testing.assert_close(out, out_native, equal_nan=True, rtol=0, atol=0)
     assert torch.equal(idx, idx_native)
+    explicit = [pair_of(a) for a in window] + [(1, 1)]
+    out_taps, taps = torch.ops.cnnext._max_pool2d_with_taps(x, *explicit, False)
+    torch.testing.assert_close(out_taps, out_native, equal_nan=True, rtol=0, atol=0)
+    assert torch.equal(taps_to_positions(taps, *explicit, 8), idx_native)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("window", [(3, 2, 1), (2, 2, 0)], ids=_window_id)
+def test_max_pool2d_ties_and_infinities_like_native(window, layout, device):
+    """Ties keep the first maximum, windows of -inf their first tap inside the input, and an infinite
+    gradient reaches only the argmax (no inf * 0 = NaN in the other taps): values, both argmax
+    encodings and gradients against native."""
+    x = torch.randint(0, 3, (2, 3, 9, 8), device=device).double()  # many ties
+    x[0, 1] = float("-inf")
+    x[1, 0, :4] = float("inf")
+    x = make_layout(x, layout)
+    for return_indices in (True, False):
+        x_ours, x_native = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ours = cnnext.ops.max_pool2d(x_ours, *window, return_indices=return_indices)
+        native = F.max_pool2d(x_native, *window, return_indices=return_indices)
+        if return_indices:
+            assert torch.equal(ours[1], native[1])
+            ours, native = ours[0], native[0]
+        assert torch.equal(ours, native)
+        grad = torch.randn_like(native)
+        grad[0, 0, 0, 0] = float("inf")
+        (g_ours,) = torch.autograd.grad(ours, x_ours, grad)
+        (g_native,) = torch.autograd.grad(native, x_native, grad)
+        assert torch.equal(g_ours, g_native)
 
 
 @pytest.mark.parametrize("device, dtype", LOW_PRECISION)
@@ -174,6 +229,8 @@ def test_low_precision_matches_native(layout, device, dtype):
 
 POOLS = {
     "max": lambda t: cnnext.ops.max_pool2d(t, 3, 2, 1, dilation=(1, 2), ceil_mode=True),
+    "max_int64_indices": lambda t: cnnext.ops.max_pool2d(t, 3, 2, 1, dilation=(1, 2), return_indices=True)[0],
+    "max_2x2": lambda t: cnnext.ops.max_pool2d(t, 2),
     "avg": lambda t: cnnext.ops.avg_pool2d(t, (3, 2), 2, (1, 0), ceil_mode=True, count_include_pad=False),
     "avg_divisor": lambda t: cnnext.ops.avg_pool2d(t, 2, 1, divisor_override=3),
     "adaptive": lambda t: cnnext.ops.adaptive_avg_pool2d(t, (3, 4)),
@@ -192,6 +249,8 @@ def test_gradcheck_float64(pool, layout, device):
 def test_opcheck(device):
     x = distinct_values((2, 3, 7, 9), torch.float64, device).requires_grad_()
     torch.library.opcheck(torch.ops.cnnext.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], [1, 2], True))
+    for args in ([3, 3], [2, 2], [1, 1], [1, 2], True), ([2, 2], [2, 2], [0, 0], [1, 1], False):
+        torch.library.opcheck(torch.ops.cnnext._max_pool2d_with_taps.default, (x, *args))
     torch.library.opcheck(torch.ops.cnnext.avg_pool2d.default, (x, [3, 2], [2, 2], [1, 0], True, False, None))
     torch.library.opcheck(torch.ops.cnnext.avg_pool2d.default, (x, [2, 2], [1, 1], [0, 0], False, True, 3))
     torch.library.opcheck(torch.ops.cnnext.adaptive_avg_pool2d.default, (x, [3, 4]))
@@ -302,6 +361,45 @@ def test_max_pool2d_backward_rejects_out_of_range_indices():
         torch.ops.cnnext._max_pool2d_backward(grad, x, bad_indices, [2, 2], [2, 2], [0, 0], [1, 1], False)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize(
+    "window, tap, message",
+    [
+        ((2, 2, 0), 4, "window tap 4 .*is outside the"),  # NCHW: the 2x2 tiling path
+        ((3, 2, 1), 9, "window tap 9 of the 3x3 window at .* is outside the kernel"),
+        ((3, 2, 1), 0, r"tap 0 of the 3x3 window at \(-1, -1\) is outside the kernel or the 5x5 input"),
+    ],
+    ids=["2x2-past-kernel", "3x3-past-kernel", "3x3-in-padding"],
+)
+def test_max_pool2d_backward_rejects_bad_window_taps(window, tap, message, layout):
+    """Window taps that forward cannot have written (outside the kernel, or in the padding) are
+    reported, not turned into stray writes (CPU; the CUDA gather ignores them)."""
+    kernel, stride, padding = window
+    x = make_layout(torch.randn(1, 2, 5, 5), layout)
+    explicit = [[kernel] * 2, [stride] * 2, [padding] * 2, [1, 1], False]
+    out, taps = torch.ops.cnnext._max_pool2d_with_taps(x, *explicit)
+    taps = taps.clone()
+    taps[0, 1, 0, 0] = tap
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.cnnext._max_pool2d_backward(torch.ones_like(out), x, taps, *explicit)
+
+
+def test_window_taps_limited_to_uint8():
+    x = torch.randn(1, 1, 20, 20, requires_grad=True)
+    big = ([17, 16], [1, 1], [0, 0], [1, 1], False)
+    with pytest.raises(RuntimeError, match="window taps name at most 256 taps, the kernel 17x16 has 272"):
+        torch.ops.cnnext._max_pool2d_with_taps(x, *big)
+    taps = torch.zeros(1, 1, 4, 5, dtype=torch.uint8)
+    with pytest.raises(RuntimeError, match="uint8 window taps name at most 256 taps"):
+        torch.ops.cnnext._max_pool2d_backward(torch.ones(1, 1, 4, 5), x, taps, *big)
+    with pytest.raises(RuntimeError, match="must be int64 plane positions or uint8 window taps, got Int"):
+        torch.ops.cnnext._max_pool2d_backward(torch.ones(1, 1, 4, 5), x, taps.int(), *big)
+    # A window too large for uint8 taps: autograd saves int64 indices instead; the gradient is native's.
+    kernel = big[0]
+    ours, native = (lambda t: cnnext.ops.max_pool2d(t, kernel)), (lambda t: F.max_pool2d(t, kernel))
+    compare(ours, native, x.detach(), torch.float32)
+
+
 def test_baseline_isa_loops_match_native():
     """The CPU loops are built twice (baseline x86-64 and AVX2) and AVX2 machines only ever run the
     AVX2 build; run a representative set on the baseline build in a fresh process."""
@@ -311,6 +409,8 @@ from tests.test_pool2d import compare, distinct_values, make_layout
 CASES = [
     ("max_pool2d", dict(kernel_size=3, stride=2, padding=1, return_indices=True)),
     ("max_pool2d", dict(kernel_size=2, dilation=2, ceil_mode=True)),
+    ("max_pool2d", dict(kernel_size=2)),
+    ("max_pool2d", dict(kernel_size=3, stride=2, padding=1)),
     ("avg_pool2d", dict(kernel_size=3, stride=2, padding=1, count_include_pad=False)),
     ("adaptive_avg_pool2d", dict(output_size=(3, 4))),
     ("adaptive_avg_pool2d", dict(output_size=1)),

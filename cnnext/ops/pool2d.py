@@ -13,6 +13,8 @@ from ._layout import suggest_memory_format
 
 __all__ = ["adaptive_avg_pool2d", "avg_pool2d", "max_pool2d"]
 
+_MAX_WINDOW_TAPS = 256  # the most window taps a uint8 argmax can name (kMaxWindowTaps in pool2d.h)
+
 
 def _batched(input: Tensor) -> tuple[Tensor, bool]:
     """(C, H, W) inputs run as a batch of one, as F.*_pool2d accepts them."""
@@ -40,7 +42,9 @@ def max_pool2d(
     """Same arguments and result as :func:`torch.nn.functional.max_pool2d`.
 
     Returns the pooled tensor, or (pooled, indices) with ``return_indices=True``; indices are
-    int64 positions ``ih * W + iw`` within each (n, c) plane, as native returns them.
+    int64 positions ``ih * W + iw`` within each (n, c) plane, as native returns them. Without
+    indices, autograd saves each window's argmax as a uint8 tap instead (windows of up to 256
+    taps): an eighth of the memory, and less to write and read back.
     """
     kernel_size = pair(kernel_size, "kernel_size")
     input, unbatched = _batched(input)
@@ -51,9 +55,15 @@ def max_pool2d(
         pair(padding, "padding"),
         pair(dilation, "dilation"),
     )
-    if not return_indices and not (torch.is_grad_enabled() and input.requires_grad):
-        # Nothing will need the argmax: the inference op skips computing and storing it.
-        out = torch.ops.cnnext.max_pool2d_values.default(*args, ceil_mode)
+    if not return_indices:
+        if not (torch.is_grad_enabled() and input.requires_grad):
+            # Nothing will need the argmax: the inference op skips computing and storing it.
+            out = torch.ops.cnnext.max_pool2d_values.default(*args, ceil_mode)
+        elif kernel_size[0] * kernel_size[1] <= _MAX_WINDOW_TAPS:
+            # Only backward needs the argmax: saved as uint8 window taps, 1/8 of int64's bytes.
+            out, _ = torch.ops.cnnext._max_pool2d_with_taps.default(*args, ceil_mode)
+        else:
+            out, _ = torch.ops.cnnext.max_pool2d.default(*args, ceil_mode)
         return out.squeeze(0) if unbatched else out
     out, indices = torch.ops.cnnext.max_pool2d.default(*args, ceil_mode)
     if unbatched:
@@ -125,6 +135,16 @@ def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
     return _empty_output(input, out_hw), _empty_output(input, out_hw, dtype=torch.long)
 
 
+@torch.library.register_fake("cnnext::_max_pool2d_with_taps")
+def _max_pool2d_with_taps_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+    torch._check(
+        kernel_size[0] * kernel_size[1] <= _MAX_WINDOW_TAPS,
+        lambda: f"_max_pool2d_with_taps: uint8 window taps name at most {_MAX_WINDOW_TAPS} taps",
+    )
+    out, indices = _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode)
+    return out, indices.to(torch.uint8)
+
+
 @torch.library.register_fake("cnnext::max_pool2d_values")
 def _max_pool2d_values_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
     return _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode)[0]
@@ -191,5 +211,6 @@ def _adaptive_backward(ctx, grad_output):
 
 
 torch.library.register_autograd("cnnext::max_pool2d", _max_backward, setup_context=_max_setup)
+torch.library.register_autograd("cnnext::_max_pool2d_with_taps", _max_backward, setup_context=_max_setup)
 torch.library.register_autograd("cnnext::avg_pool2d", _avg_backward, setup_context=_avg_setup)
 torch.library.register_autograd("cnnext::adaptive_avg_pool2d", _adaptive_backward, setup_context=_avg_setup)

@@ -9,9 +9,14 @@
 //
 // max_pool2d_values: max_pool2d without indices, for inference (not differentiable); cnnext.ops
 // uses it when no gradient is needed and no indices were asked for.
+// _max_pool2d_with_taps: max_pool2d whose argmax is the window tap t * kernel_w + u as uint8 (the
+// window's row t and column u, row-major), for windows of at most 256 taps: what autograd saves
+// when the caller did not ask for indices. An eighth of int64's bytes to write, keep and read
+// back (measured on the 2x2 case: see benchmarks/NOTES.md).
 //
 // Backward ops (private, joined in Python with register_autograd):
 //   _max_pool2d_backward:          grad_input[n, c, indices[n, c, o]] += grad_output[n, c, o]
+//                                  (indices: int64 plane positions, or uint8 window taps)
 //   _avg_pool2d_backward,
 //   _adaptive_avg_pool2d_backward: every input in a window gets grad_output / divisor
 // grad_input is written (=) in full, zeros where no window reads.
@@ -47,8 +52,19 @@ void check_divisor_override(std::optional<int64_t> divisor_override);
 
 using PoolWithIndices = std::tuple<at::Tensor, at::Tensor>;
 
+// How max pooling records each window's argmax (the indices tensor's dtype tells the loops).
+enum class Argmax {
+  kNone,           // inference: not tracked
+  kPlanePosition,  // int64 ih * W + iw within the (n, c) plane: native's, returned to users
+  kWindowTap,      // uint8 t * kernel_w + u within the window: saved for backward
+};
+constexpr int64_t kMaxWindowTaps = 256;  // the most taps a uint8 can name
+
 PoolWithIndices max_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                        at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
+PoolWithIndices max_pool2d_with_taps_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                         bool ceil_mode);
 at::Tensor max_pool2d_values_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                  at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
@@ -66,6 +82,9 @@ at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, const
 #ifdef CNNEXT_WITH_CUDA
 PoolWithIndices max_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                         at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
+PoolWithIndices max_pool2d_with_taps_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                          bool ceil_mode);
 at::Tensor max_pool2d_values_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                  at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
 at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,

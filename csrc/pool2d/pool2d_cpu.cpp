@@ -50,13 +50,19 @@ using Entries = Pool2dEntries<CpuLoops>;
 
 PoolWithIndices max_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                        at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  return Entries::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, /*with_indices=*/true);
+  return Entries::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, Argmax::kPlanePosition);
+}
+
+PoolWithIndices max_pool2d_with_taps_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                         bool ceil_mode) {
+  return Entries::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, Argmax::kWindowTap);
 }
 
 at::Tensor max_pool2d_values_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                  at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
   return std::get<0>(
-      Entries::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, /*with_indices=*/false));
+      Entries::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, Argmax::kNone));
 }
 
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,

@@ -19,7 +19,9 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -152,12 +154,21 @@ inline bool replaces_max(scalar_t v, scalar_t best) {
 // time (every block but a short last one), 0 when it is `len`.
 constexpr int64_t kChannelBlock = 32;
 
-// Maximum (and argmax, as an index into the H * W plane) of channels [c0, c0 + len) over the
-// window's pixels into best_out and arg_out [c0, c0 + len); `x` is one sample (H, W, C), `first`
-// the argmax kept if nothing beats -inf. The argmax runs in int32, beside the float lanes.
-template <int64_t kLen, bool kWithIndices, typename scalar_t, typename Position>
-void max_pixel_block(const scalar_t* x, scalar_t* __restrict__ best_out, int64_t* __restrict__ arg_out, Span rows,
-                     Span cols, const Position& position, int64_t C, int64_t c0, int64_t len, int32_t first) {
+// What the argmax is recorded as (Argmax in pool2d.h): index_t void = not tracked, int64_t = plane
+// position ih * W + iw, uint8_t = window tap t * kernel_w + u.
+template <typename index_t>
+constexpr bool kTracksArgmax = !std::is_void_v<index_t>;
+template <typename index_t>
+constexpr bool kRecordsTaps = std::is_same_v<index_t, uint8_t>;
+
+// Maximum (and argmax, as index_t records it) of channels [c0, c0 + len) over the window's pixels
+// into best_out and arg_out [c0, c0 + len); `x` is one sample (H, W, C), position(t, u) the plane
+// index of window tap (t, u), `first` the argmax kept if nothing beats -inf. The argmax runs in
+// int32, beside the float lanes.
+template <int64_t kLen, typename index_t, typename scalar_t, typename Position>
+void max_pixel_block(const scalar_t* x, scalar_t* __restrict__ best_out, index_t* __restrict__ arg_out, Span rows,
+                     Span cols, const Position& position, int64_t kernel_w, int64_t C, int64_t c0, int64_t len,
+                     int32_t first) {
   constexpr int64_t kCapacity = kLen ? kLen : kChannelBlock;
   const int64_t n = kLen ? kLen : len;
   scalar_t best[kCapacity];
@@ -169,17 +180,18 @@ void max_pixel_block(const scalar_t* x, scalar_t* __restrict__ best_out, int64_t
   for (int64_t t = rows.lo; t < rows.hi; ++t) {  // window rows, then columns: row-major, as native
     for (int64_t u = cols.lo; u < cols.hi; ++u) {
       const int32_t index = position(t, u);
+      const int32_t label = kRecordsTaps<index_t> ? static_cast<int32_t>(t * kernel_w + u) : index;
       const scalar_t* __restrict__ src = x + index * C + c0;
       for (int64_t k = 0; k < n; ++k) {
         const bool take = replaces_max(src[k], best[k]);
         best[k] = take ? src[k] : best[k];
-        if constexpr (kWithIndices) arg[k] = take ? index : arg[k];
+        if constexpr (kTracksArgmax<index_t>) arg[k] = take ? label : arg[k];
       }
     }
   }
   for (int64_t k = 0; k < n; ++k) best_out[c0 + k] = best[k];
-  if constexpr (kWithIndices)
-    for (int64_t k = 0; k < n; ++k) arg_out[c0 + k] = arg[k];
+  if constexpr (kTracksArgmax<index_t>)
+    for (int64_t k = 0; k < n; ++k) arg_out[c0 + k] = static_cast<index_t>(arg[k]);
 }
 
 // Sum of channels [c0, c0 + len) over the window's pixels (rows x cols of one sample (H, W, C)),
@@ -208,9 +220,37 @@ void for_channel_blocks(int64_t C, const Block& block, const Tail& tail) {
   if (c0 < C) tail(c0, C - c0);
 }
 
-// kWithIndices = false (inference: nothing to save for backward) skips the argmax bookkeeping.
+// 2x2 windows at stride 2 without padding or dilation, each inside the input (the pooling
+// between CNN stages): the windows tile the input, so NCHW rows are read, or written, in pairs.
+inline bool tiles_in_pairs(const Pool2dGeometry& g) {
+  return g.kernel_h == 2 && g.kernel_w == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 && g.pad_w == 0 &&
+         g.dil_h == 1 && g.dil_w == 1 && 2 * g.out_h <= g.in_h && 2 * g.out_w <= g.in_w;
+}
+
+// One output row of 2x2 windows tiling input rows a and b: the maxima into best and, with
+// kWithIndices, the winning taps (0..3, row-major) into winner. Branch-free and in native's tap
+// order: NaN wins, ties keep the first maximum.
 template <bool kWithIndices, typename scalar_t>
-void max_forward(const scalar_t* x, scalar_t* out, int64_t* indices, const Pool2dGeometry& g, bool channels_last) {
+void max_of_pairs_row(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b, scalar_t* __restrict__ best,
+                      int32_t* __restrict__ winner, int64_t OW) {
+  for (int64_t ow = 0; ow < OW; ++ow) {
+    scalar_t m = a[2 * ow];
+    int32_t w = 0;
+    const scalar_t rest[3] = {a[2 * ow + 1], b[2 * ow], b[2 * ow + 1]};
+    for (int32_t k = 0; k < 3; ++k) {
+      const bool take = replaces_max(rest[k], m);
+      m = take ? rest[k] : m;
+      if constexpr (kWithIndices) w = take ? k + 1 : w;
+    }
+    best[ow] = m;
+    if constexpr (kWithIndices) winner[ow] = w;
+  }
+}
+
+// index_t void (inference: nothing to save for backward) skips the argmax bookkeeping.
+template <typename index_t, typename scalar_t>
+void max_forward(const scalar_t* x, scalar_t* out, index_t* indices, const Pool2dGeometry& g, bool channels_last) {
+  constexpr bool kWithIndices = kTracksArgmax<index_t>;
   const MaxAxis rows = max_rows(g), cols = max_cols(g);
   const auto row_taps = spans_of(g.out_h, [&](int64_t o) { return rows.taps(o); });
   const auto col_taps = spans_of(g.out_w, [&](int64_t o) { return cols.taps(o); });
@@ -227,6 +267,7 @@ void max_forward(const scalar_t* x, scalar_t* out, int64_t* indices, const Pool2
     std::vector<int64_t> tap_offset(g.kernel_h * kw);
     for (int64_t t = 0; t < g.kernel_h; ++t)
       for (int64_t u = 0; u < kw; ++u) tap_offset[t * kw + u] = t * g.dil_h * W + u * g.dil_w;
+    const bool pairs = tiles_in_pairs(g);
     at::parallel_for(0, g.batch * C, grain_for(H * W), [&](int64_t begin, int64_t end) {
       // Per output row: the winning tap t * kw + u (a loop constant in the inner loop, and int32 beside
       // the float lanes), turned into ih * W + iw once per output at the end.
@@ -238,24 +279,31 @@ void max_forward(const scalar_t* x, scalar_t* out, int64_t* indices, const Pool2
           scalar_t* __restrict__ best = out + (plane * OH + oh) * OW;  // (OW), built in place
           int32_t* __restrict__ winner = winner_row.data();
           const Span r = row_taps[oh];
-          for (int64_t ow = 0; ow < OW; ++ow) {
-            best[ow] = lowest;
-            winner[ow] = static_cast<int32_t>(r.lo * kw + col_taps[ow].lo);  // kept if nothing beats -inf
-          }
-          for (int64_t t = r.lo; t < r.hi; ++t) {  // window rows, then columns: row-major, as native
-            row.load(src + rows.position(oh, t) * W, W);
-            for (int64_t u = 0; u < kw; ++u) {
-              const scalar_t* v = row.column(taps[u]);
-              const int64_t shift = taps[u].shift;
-              const int32_t tap_id = static_cast<int32_t>(t * kw + u);
-              for (int64_t ow = taps[u].lo; ow < taps[u].hi; ++ow) {
-                const bool take = replaces_max(v[ow + shift], best[ow]);
-                best[ow] = take ? v[ow + shift] : best[ow];
-                if constexpr (kWithIndices) winner[ow] = take ? tap_id : winner[ow];
+          if (pairs) {  // the two rows in one pass; a loop over window taps would pass over them four times
+            max_of_pairs_row<kWithIndices>(src + 2 * oh * W, src + (2 * oh + 1) * W, best, winner, OW);
+          } else {
+            for (int64_t ow = 0; ow < OW; ++ow) {
+              best[ow] = lowest;
+              winner[ow] = static_cast<int32_t>(r.lo * kw + col_taps[ow].lo);  // kept if nothing beats -inf
+            }
+            for (int64_t t = r.lo; t < r.hi; ++t) {  // window rows, then columns: row-major, as native
+              row.load(src + rows.position(oh, t) * W, W);
+              for (int64_t u = 0; u < kw; ++u) {
+                const scalar_t* v = row.column(taps[u]);
+                const int64_t shift = taps[u].shift;
+                const int32_t tap_id = static_cast<int32_t>(t * kw + u);
+                for (int64_t ow = taps[u].lo; ow < taps[u].hi; ++ow) {
+                  const bool take = replaces_max(v[ow + shift], best[ow]);
+                  best[ow] = take ? v[ow + shift] : best[ow];
+                  if constexpr (kWithIndices) winner[ow] = take ? tap_id : winner[ow];
+                }
               }
             }
           }
-          if constexpr (kWithIndices) {
+          if constexpr (kRecordsTaps<index_t>) {
+            uint8_t* argmax = indices + (plane * OH + oh) * OW;
+            for (int64_t ow = 0; ow < OW; ++ow) argmax[ow] = static_cast<uint8_t>(winner[ow]);
+          } else if constexpr (kWithIndices) {
             int64_t* argmax = indices + (plane * OH + oh) * OW;
             const int64_t origin = rows.position(oh, 0) * W + cols.position(0, 0);
             for (int64_t ow = 0; ow < OW; ++ow) argmax[ow] = origin + ow * g.stride_w + tap_offset[winner[ow]];
@@ -271,9 +319,11 @@ void max_forward(const scalar_t* x, scalar_t* out, int64_t* indices, const Pool2
       const Span r = row_taps[oh];
       for (int64_t ow = 0; ow < OW; ++ow) {
         const Span c = col_taps[ow];
-        scalar_t* best = out + ((n * OH + oh) * OW + ow) * C;                      // (C)
-        int64_t* arg = kWithIndices ? indices + ((n * OH + oh) * OW + ow) * C : nullptr;  // (C)
-        const int32_t first = static_cast<int32_t>(rows.position(oh, r.lo) * W) + first_col[ow];
+        scalar_t* best = out + ((n * OH + oh) * OW + ow) * C;  // (C)
+        index_t* arg = nullptr;                                 // (C)
+        if constexpr (kWithIndices) arg = indices + ((n * OH + oh) * OW + ow) * C;
+        const int32_t first = kRecordsTaps<index_t> ? static_cast<int32_t>(r.lo * g.kernel_w + c.lo)
+                                                    : static_cast<int32_t>(rows.position(oh, r.lo) * W) + first_col[ow];
         // Plane index of window tap (t, u).
         const auto position = [&](int64_t t, int64_t u) {
           return static_cast<int32_t>(rows.position(oh, t) * W + cols.position(ow, u));
@@ -282,10 +332,10 @@ void max_forward(const scalar_t* x, scalar_t* out, int64_t* indices, const Pool2
         for_channel_blocks(
             C,
             [&](int64_t c0) {
-              max_pixel_block<kChannelBlock, kWithIndices>(sample, best, arg, r, c, position, C, c0, 0, first);
+              max_pixel_block<kChannelBlock>(sample, best, arg, r, c, position, g.kernel_w, C, c0, 0, first);
             },
             [&](int64_t c0, int64_t len) {
-              max_pixel_block<0, kWithIndices>(sample, best, arg, r, c, position, C, c0, len, first);
+              max_pixel_block<0>(sample, best, arg, r, c, position, g.kernel_w, C, c0, len, first);
             });
       }
     }
@@ -297,20 +347,96 @@ void check_index(int64_t index, int64_t plane_size) {
               " is outside the input plane of ", plane_size, " elements");
 }
 
+// Turns uint8 window taps back into plane positions: tap t * kernel_w + u of the window whose
+// top-left tap sits at (row0, col0) (possibly in the padding) reads (row0 + t * dil_h, col0 + u * dil_w).
+class TapDecoder {
+ public:
+  explicit TapDecoder(const Pool2dGeometry& g) : g_(g), row_(g.kernel_h * g.kernel_w), col_(row_.size()) {
+    for (int64_t t = 0; t < g.kernel_h; ++t)
+      for (int64_t u = 0; u < g.kernel_w; ++u) {
+        row_[t * g.kernel_w + u] = t * g.dil_h;
+        col_[t * g.kernel_w + u] = u * g.dil_w;
+      }
+  }
+  int64_t row0(int64_t oh) const { return oh * g_.stride_h - g_.pad_h; }
+  int64_t col0(int64_t ow) const { return ow * g_.stride_w - g_.pad_w; }
+
+  // The plane position `tap` names, checked: taps that did not come from forward (outside the
+  // kernel, or landing in the padding) are an error rather than a stray write.
+  int64_t position(int64_t row0, int64_t col0, uint8_t tap) const {
+    const bool in_kernel = tap < static_cast<int64_t>(row_.size());
+    const int64_t ih = row0 + (in_kernel ? row_[tap] : 0), iw = col0 + (in_kernel ? col_[tap] : 0);
+    TORCH_CHECK(in_kernel && ih >= 0 && ih < g_.in_h && iw >= 0 && iw < g_.in_w, "_max_pool2d_backward: window tap ",
+                int(tap), " of the ", g_.kernel_h, "x", g_.kernel_w, " window at (", row0, ", ", col0,
+                ") is outside the kernel or the ", g_.in_h, "x", g_.in_w, " input");
+    return ih * g_.in_w + iw;
+  }
+
+ private:
+  const Pool2dGeometry& g_;
+  std::vector<int64_t> row_, col_;
+};
+
+// v where `keep`, else +0, without a branch (argmax taps are random: branches mispredicted and
+// took 3x the time) and without v * 0 (NaN for an infinite v).
 template <typename scalar_t>
-void max_backward(const scalar_t* dy, const int64_t* indices, scalar_t* dx, const Pool2dGeometry& g,
+inline scalar_t keep_if(scalar_t v, bool keep) {
+  using bits_t = std::conditional_t<sizeof(scalar_t) == 4, uint32_t, uint64_t>;
+  bits_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits &= bits_t{0} - static_cast<bits_t>(keep);
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+// One output row of 2x2 windows that tile rows a and b: each gradient goes to its window's
+// argmax tap, zeros to the other three; every input is written once (no zero fill, no scatter).
+template <typename scalar_t>
+void scatter_pairs_row(const scalar_t* __restrict__ dy, const uint8_t* __restrict__ taps, scalar_t* __restrict__ a,
+                       scalar_t* __restrict__ b, int64_t OW) {
+  uint8_t worst = 0;
+  for (int64_t ow = 0; ow < OW; ++ow) {
+    const uint8_t tap = taps[ow];
+    const scalar_t v = dy[ow];
+    worst = std::max(worst, tap);
+    a[2 * ow] = keep_if(v, tap == 0);
+    a[2 * ow + 1] = keep_if(v, tap == 1);
+    b[2 * ow] = keep_if(v, tap == 2);
+    b[2 * ow + 1] = keep_if(v, tap == 3);
+  }
+  TORCH_CHECK(worst < 4, "_max_pool2d_backward: window tap ", int(worst), " is outside the 2x2 kernel's 4 taps");
+}
+
+template <typename index_t, typename scalar_t>
+void max_backward(const scalar_t* dy, const index_t* indices, scalar_t* dx, const Pool2dGeometry& g,
                   bool channels_last) {
-  const int64_t HW = g.in_h * g.in_w, OHW = g.out_h * g.out_w, C = g.channels;
+  const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, C = g.channels, HW = H * W, OHW = OH * OW;
+  const TapDecoder decoder(g);
   if (!channels_last) {
+    const bool pairs = kRecordsTaps<index_t> && tiles_in_pairs(g);
     at::parallel_for(0, g.batch * C, grain_for(HW), [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         scalar_t* dst = dx + plane * HW;
-        std::fill(dst, dst + HW, scalar_t(0));
+        // Pairs write every input of their rows; only odd sizes leave a row or column to zero.
+        if (!pairs || 2 * OH != H || 2 * OW != W) std::fill(dst, dst + HW, scalar_t(0));
         const scalar_t* src = dy + plane * OHW;
-        const int64_t* argmax = indices + plane * OHW;
-        for (int64_t o = 0; o < OHW; ++o) {
-          check_index(argmax[o], HW);
-          dst[argmax[o]] += src[o];
+        const index_t* argmax = indices + plane * OHW;
+        if constexpr (kRecordsTaps<index_t>) {
+          for (int64_t oh = 0; oh < OH; ++oh) {
+            const scalar_t* row_dy = src + oh * OW;
+            const uint8_t* row_taps = argmax + oh * OW;
+            if (pairs) {
+              scatter_pairs_row(row_dy, row_taps, dst + 2 * oh * W, dst + (2 * oh + 1) * W, OW);
+              continue;
+            }
+            const int64_t row0 = decoder.row0(oh);
+            for (int64_t ow = 0; ow < OW; ++ow) dst[decoder.position(row0, decoder.col0(ow), row_taps[ow])] += row_dy[ow];
+          }
+        } else {
+          for (int64_t o = 0; o < OHW; ++o) {
+            check_index(argmax[o], HW);
+            dst[argmax[o]] += src[o];
+          }
         }
       }
     });
@@ -321,10 +447,15 @@ void max_backward(const scalar_t* dy, const int64_t* indices, scalar_t* dx, cons
     for (int64_t i = 0; i < HW; ++i) std::fill(dst + i * C + c0, dst + i * C + c1, scalar_t(0));
     for (int64_t o = 0; o < OHW; ++o) {
       const scalar_t* src = dy + (n * OHW + o) * C;
-      const int64_t* argmax = indices + (n * OHW + o) * C;
+      const index_t* argmax = indices + (n * OHW + o) * C;
+      const int64_t row0 = decoder.row0(o / OW), col0 = decoder.col0(o % OW);
       for (int64_t ch = c0; ch < c1; ++ch) {
-        check_index(argmax[ch], HW);
-        dst[argmax[ch] * C + ch] += src[ch];
+        if constexpr (kRecordsTaps<index_t>) {
+          dst[decoder.position(row0, col0, argmax[ch]) * C + ch] += src[ch];
+        } else {
+          check_index(argmax[ch], HW);
+          dst[argmax[ch] * C + ch] += src[ch];
+        }
       }
     }
   });
@@ -334,13 +465,6 @@ void max_backward(const scalar_t* dy, const int64_t* indices, scalar_t* dx, cons
 // Average and adaptive-average pooling (AvgAxis::kernel == 0 means adaptive). The NCHW row loops
 // need a fixed window width, so adaptive NCHW pooling sums each window directly instead.
 
-
-// 2x2 windows at stride 2 without padding or dilation, each inside the input (the pooling
-// between CNN stages): the windows tile the input, so NCHW rows are read, or written, in pairs.
-inline bool tiles_in_pairs(const Pool2dGeometry& g) {
-  return g.kernel_h == 2 && g.kernel_w == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 && g.pad_w == 0 &&
-         g.dil_h == 1 && g.dil_w == 1 && 2 * g.out_h <= g.in_h && 2 * g.out_w <= g.in_w;
-}
 
 // The windows of one average-pooling call, computed once for every plane: each output row's and
 // column's input span, and 1 / divisor of every output (0 where a window is empty) so the plane
@@ -551,23 +675,38 @@ void avg_backward(const scalar_t* dy, scalar_t* dx, const Pool2dGeometry& g, Avg
 
 // Typed entry points of the table: the dtype dispatch happens here, inside this build's ISA.
 
+// Calls fn(index_t*) with the argmax pointer typed as `indices` records it (Argmax in pool2d.h);
+// const_cast only to share the code between the forward (writes) and backward (reads).
+template <typename Fn>
+void with_argmax_type(const at::Tensor& indices, const Fn& fn) {
+  if (!indices.defined()) {
+    fn(static_cast<void*>(nullptr));
+  } else if (indices.scalar_type() == at::kByte) {
+    fn(const_cast<uint8_t*>(indices.const_data_ptr<uint8_t>()));
+  } else {
+    fn(const_cast<int64_t*>(indices.const_data_ptr<int64_t>()));
+  }
+}
+
 void max_forward_loop(const at::Tensor& x, const at::Tensor& out, const at::Tensor& indices, const Pool2dGeometry& g,
                       bool channels_last) {
   CNNEXT_DISPATCH_CPU_TYPES(x.scalar_type(), "max_pool2d_forward_cpu", [&] {
-    if (indices.defined()) {
-      max_forward<true>(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
-                        indices.mutable_data_ptr<int64_t>(), g, channels_last);
-    } else {
-      max_forward<false>(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), nullptr, g, channels_last);
-    }
+    with_argmax_type(indices, [&](auto* argmax) {
+      max_forward(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), argmax, g, channels_last);
+    });
   });
 }
 
 void max_backward_loop(const at::Tensor& dy, const at::Tensor& indices, const at::Tensor& dx, const Pool2dGeometry& g,
                        bool channels_last) {
   CNNEXT_DISPATCH_CPU_TYPES(dy.scalar_type(), "max_pool2d_backward_cpu", [&] {
-    max_backward(dy.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(), dx.mutable_data_ptr<scalar_t>(), g,
-                 channels_last);
+    with_argmax_type(indices, [&](auto* argmax) {
+      using index_t = std::remove_pointer_t<decltype(argmax)>;
+      if constexpr (kTracksArgmax<index_t>) {
+        max_backward(dy.const_data_ptr<scalar_t>(), static_cast<const index_t*>(argmax),
+                     dx.mutable_data_ptr<scalar_t>(), g, channels_last);
+      }
+    });
   });
 }
 

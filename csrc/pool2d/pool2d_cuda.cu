@@ -1,9 +1,10 @@
 // Pooling on CUDA: max (with argmax indices), average and adaptive average, forward and backward.
 //
 // Forward: one thread per output element; it walks its window (pool2d_window.h) and writes the
-// result (and, for max, the argmax ih * W + iw). Backward is a gather, one thread per input
-// element: it visits the outputs whose window can read it (`covering`) and sums their gradient
-// shares (max: only where the saved argmax is this element), then writes grad_input (=). No
+// result (and, for max, the argmax: plane position ih * W + iw or window tap). Backward is a
+// gather, one thread per input element: it visits the outputs whose window can read it
+// (`covering`) and sums their gradient shares (max: only where the saved argmax names this
+// element; an argmax naming no input of its window matches nothing), then writes grad_input (=). No
 // atomics, so results are deterministic. Tensors are read and written through their strides, and
 // the thread-to-element order follows the memory layout (channels innermost for channels_last,
 // width innermost for NCHW) so a warp's accesses are contiguous. Accumulation is in float for
@@ -14,6 +15,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <limits>
+#include <type_traits>
 
 #include "common.h"
 #include "pool2d/pool2d_entries.h"
@@ -40,34 +42,41 @@ __device__ Coord decode(int64_t index, int64_t C, int64_t H, int64_t W) {
 #define CNNEXT_GRID_STRIDE_LOOP(i, total) \
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (total); i += int64_t(gridDim.x) * blockDim.x)
 
-template <typename scalar_t, bool kChannelsLast>
-__global__ void max_forward_kernel(const scalar_t* x, Strides4 xs, scalar_t* out, int64_t* indices, Strides4 os,
+// index_t: what the argmax is recorded as (Argmax in pool2d.h): int64_t plane positions ih * W + iw,
+// or uint8_t window taps t * kernel_w + u. indices null: inference, no argmax wanted.
+template <typename scalar_t, typename index_t, bool kChannelsLast>
+__global__ void max_forward_kernel(const scalar_t* x, Strides4 xs, scalar_t* out, index_t* indices, Strides4 os,
                                    int64_t C, MaxAxis rows, MaxAxis cols, int64_t total) {
   using acc_t = at::acc_type<scalar_t, true>;
   CNNEXT_GRID_STRIDE_LOOP(index, total) {
     const Coord o = decode<kChannelsLast>(index, C, rows.out_size, cols.out_size);
     const Span r = rows.taps(o.h), cc = cols.taps(o.w);
     acc_t best = -std::numeric_limits<acc_t>::infinity();
-    int64_t best_index = rows.position(o.h, r.lo) * cols.size + cols.position(o.w, cc.lo);
+    int64_t best_t = r.lo, best_u = cc.lo;  // kept if nothing beats -inf: the first tap inside, as native
     for (int64_t t = r.lo; t < r.hi; ++t) {
       const int64_t ih = rows.position(o.h, t);
       for (int64_t u = cc.lo; u < cc.hi; ++u) {
-        const int64_t iw = cols.position(o.w, u);
-        const acc_t v = static_cast<acc_t>(x[xs.offset(o.n, o.c, ih, iw)]);
+        const acc_t v = static_cast<acc_t>(x[xs.offset(o.n, o.c, ih, cols.position(o.w, u))]);
         if (v > best || isnan(v)) {  // NaN wins, as in native max pooling
           best = v;
-          best_index = ih * cols.size + iw;
+          best_t = t;
+          best_u = u;
         }
       }
     }
     const int64_t at = os.offset(o.n, o.c, o.h, o.w);
     out[at] = static_cast<scalar_t>(best);
-    if (indices != nullptr) indices[at] = best_index;  // null: inference, no argmax wanted
+    if (indices == nullptr) continue;
+    if constexpr (std::is_same_v<index_t, uint8_t>) {
+      indices[at] = static_cast<uint8_t>(best_t * cols.kernel + best_u);
+    } else {
+      indices[at] = rows.position(o.h, best_t) * cols.size + cols.position(o.w, best_u);
+    }
   }
 }
 
-template <typename scalar_t, bool kChannelsLast>
-__global__ void max_backward_kernel(const scalar_t* dy, const int64_t* indices, Strides4 ys, scalar_t* dx,
+template <typename scalar_t, typename index_t, bool kChannelsLast>
+__global__ void max_backward_kernel(const scalar_t* dy, const index_t* indices, Strides4 ys, scalar_t* dx,
                                     Strides4 xs, int64_t C, MaxAxis rows, MaxAxis cols, int64_t total) {
   using acc_t = at::acc_type<scalar_t, true>;
   CNNEXT_GRID_STRIDE_LOOP(index, total) {
@@ -76,9 +85,17 @@ __global__ void max_backward_kernel(const scalar_t* dy, const int64_t* indices, 
     const int64_t me = i.h * cols.size + i.w;
     acc_t sum = 0;
     for (int64_t oh = oh_range.lo; oh < oh_range.hi; ++oh) {
+      const int64_t t = rows.tap_reading(oh, i.h);
       for (int64_t ow = ow_range.lo; ow < ow_range.hi; ++ow) {
         const int64_t at = ys.offset(i.n, i.c, oh, ow);
-        if (indices[at] == me) sum += static_cast<acc_t>(dy[at]);
+        bool mine;
+        if constexpr (std::is_same_v<index_t, uint8_t>) {
+          const int64_t u = cols.tap_reading(ow, i.w);
+          mine = t >= 0 && u >= 0 && indices[at] == t * cols.kernel + u;
+        } else {
+          mine = indices[at] == me;
+        }
+        if (mine) sum += static_cast<acc_t>(dy[at]);
       }
     }
     dx[xs.offset(i.n, i.c, i.h, i.w)] = static_cast<scalar_t>(sum);
@@ -126,18 +143,30 @@ __global__ void avg_backward_kernel(const scalar_t* dy, Strides4 ys, scalar_t* d
 
 unsigned blocks_for(int64_t total) { return static_cast<unsigned>(std::min<int64_t>(ceil_div(total, kThreads), 1 << 30)); }
 
-// Launches KERNEL<scalar_t, channels_last>(args..., total) over `total` elements on the current
-// stream of the tensors' device.
-#define CNNEXT_LAUNCH_POOL(KERNEL, channels_last, total, ...)                                               \
+// Launches KERNEL<TYPES..., channels_last>(args..., total) over `total` elements on the current
+// stream of the tensors' device; TYPES is a parenthesised list, e.g. (scalar_t, index_t).
+#define CNNEXT_UNPAREN(...) __VA_ARGS__
+#define CNNEXT_LAUNCH_POOL(KERNEL, TYPES, channels_last, total, ...)                                        \
   do {                                                                                                      \
     const auto stream = c10::cuda::getCurrentCUDAStream();                                                  \
     if (channels_last) {                                                                                    \
-      KERNEL<scalar_t, true><<<blocks_for(total), kThreads, 0, stream>>>(__VA_ARGS__, total);               \
+      KERNEL<CNNEXT_UNPAREN TYPES, true><<<blocks_for(total), kThreads, 0, stream>>>(__VA_ARGS__, total);   \
     } else {                                                                                                \
-      KERNEL<scalar_t, false><<<blocks_for(total), kThreads, 0, stream>>>(__VA_ARGS__, total);              \
+      KERNEL<CNNEXT_UNPAREN TYPES, false><<<blocks_for(total), kThreads, 0, stream>>>(__VA_ARGS__, total);  \
     }                                                                                                       \
     C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                         \
   } while (0)
+
+// Calls fn(index_t{}) with index_t the type `indices` records the argmax as: uint8_t window taps,
+// else int64_t plane positions (also for undefined indices, passed to the kernel as null).
+template <typename Fn>
+void with_argmax_type(const at::Tensor& indices, const Fn& fn) {
+  if (indices.defined() && indices.scalar_type() == at::kByte) {
+    fn(uint8_t{});
+  } else {
+    fn(int64_t{});
+  }
+}
 
 struct CudaLoops {
   static constexpr c10::DeviceType kDevice = c10::DeviceType::CUDA;
@@ -147,10 +176,13 @@ struct CudaLoops {
     const c10::cuda::CUDAGuard guard(x.device());
     const int64_t total = out.numel();
     CNNEXT_DISPATCH_CUDA_TYPES(x.scalar_type(), "max_pool2d_forward_cuda", [&] {
-      CNNEXT_LAUNCH_POOL(max_forward_kernel, channels_last, total, x.const_data_ptr<scalar_t>(), strides_of(x),
-                         out.mutable_data_ptr<scalar_t>(),
-                         indices.defined() ? indices.mutable_data_ptr<int64_t>() : nullptr, strides_of(out),
-                         g.channels, max_rows(g), max_cols(g));
+      with_argmax_type(indices, [&](auto tag) {
+        using index_t = decltype(tag);
+        CNNEXT_LAUNCH_POOL(max_forward_kernel, (scalar_t, index_t), channels_last, total,
+                           x.const_data_ptr<scalar_t>(), strides_of(x), out.mutable_data_ptr<scalar_t>(),
+                           indices.defined() ? indices.mutable_data_ptr<index_t>() : nullptr, strides_of(out),
+                           g.channels, max_rows(g), max_cols(g));
+      });
     });
   }
 
@@ -159,9 +191,12 @@ struct CudaLoops {
     const c10::cuda::CUDAGuard guard(dx.device());
     const int64_t total = dx.numel();
     CNNEXT_DISPATCH_CUDA_TYPES(dx.scalar_type(), "max_pool2d_backward_cuda", [&] {
-      CNNEXT_LAUNCH_POOL(max_backward_kernel, channels_last, total, dy.const_data_ptr<scalar_t>(),
-                         indices.const_data_ptr<int64_t>(), strides_of(dy), dx.mutable_data_ptr<scalar_t>(),
-                         strides_of(dx), g.channels, max_rows(g), max_cols(g));
+      with_argmax_type(indices, [&](auto tag) {
+        using index_t = decltype(tag);
+        CNNEXT_LAUNCH_POOL(max_backward_kernel, (scalar_t, index_t), channels_last, total,
+                           dy.const_data_ptr<scalar_t>(), indices.const_data_ptr<index_t>(), strides_of(dy),
+                           dx.mutable_data_ptr<scalar_t>(), strides_of(dx), g.channels, max_rows(g), max_cols(g));
+      });
     });
   }
 
@@ -170,7 +205,7 @@ struct CudaLoops {
     const c10::cuda::CUDAGuard guard(x.device());
     const int64_t total = out.numel();
     CNNEXT_DISPATCH_CUDA_TYPES(x.scalar_type(), "avg_pool2d_forward_cuda", [&] {
-      CNNEXT_LAUNCH_POOL(avg_forward_kernel, channels_last, total, x.const_data_ptr<scalar_t>(), strides_of(x),
+      CNNEXT_LAUNCH_POOL(avg_forward_kernel, (scalar_t), channels_last, total, x.const_data_ptr<scalar_t>(), strides_of(x),
                          out.mutable_data_ptr<scalar_t>(), strides_of(out), g.channels, avg_rows(g), avg_cols(g),
                          divisor);
     });
@@ -181,7 +216,7 @@ struct CudaLoops {
     const c10::cuda::CUDAGuard guard(dx.device());
     const int64_t total = dx.numel();
     CNNEXT_DISPATCH_CUDA_TYPES(dx.scalar_type(), "avg_pool2d_backward_cuda", [&] {
-      CNNEXT_LAUNCH_POOL(avg_backward_kernel, channels_last, total, dy.const_data_ptr<scalar_t>(), strides_of(dy),
+      CNNEXT_LAUNCH_POOL(avg_backward_kernel, (scalar_t), channels_last, total, dy.const_data_ptr<scalar_t>(), strides_of(dy),
                          dx.mutable_data_ptr<scalar_t>(), strides_of(dx), g.channels, avg_rows(g), avg_cols(g),
                          divisor);
     });
@@ -189,6 +224,7 @@ struct CudaLoops {
 };
 
 #undef CNNEXT_LAUNCH_POOL
+#undef CNNEXT_UNPAREN
 
 using Entries = Pool2dEntries<CudaLoops>;
 
@@ -196,13 +232,19 @@ using Entries = Pool2dEntries<CudaLoops>;
 
 PoolWithIndices max_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                         at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  return Entries::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, /*with_indices=*/true);
+  return Entries::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, Argmax::kPlanePosition);
+}
+
+PoolWithIndices max_pool2d_with_taps_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                          bool ceil_mode) {
+  return Entries::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, Argmax::kWindowTap);
 }
 
 at::Tensor max_pool2d_values_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                   at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
   return std::get<0>(
-      Entries::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, /*with_indices=*/false));
+      Entries::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, Argmax::kNone));
 }
 
 at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,

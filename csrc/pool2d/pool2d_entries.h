@@ -2,8 +2,9 @@
 // the loops work in (NCHW or channels_last; other strides are copied once), output allocation and
 // the empty-tensor early return. `Loops` supplies the device: kDevice and the four loops, taking
 // dense tensors in the layout `channels_last` names and preallocated outputs:
-//   max_forward(x, out, indices, g, channels_last)   indices undefined: no argmax (inference)
-//   max_backward(dy, indices, dx, g, channels_last)
+//   max_forward(x, out, indices, g, channels_last)   indices: undefined (no argmax, inference),
+//                                                    int64 plane positions or uint8 window taps
+//   max_backward(dy, indices, dx, g, channels_last)  indices: int64 or uint8, as forward wrote
 //   avg_forward(x, out, g, divisor, channels_last)    divisor: see AvgDivisor (adaptive: kernel 0)
 //   avg_backward(dy, dx, g, divisor, channels_last)
 #pragma once
@@ -16,18 +17,31 @@
 
 namespace cnnext {
 
+// uint8 window taps can name the taps of windows up to kMaxWindowTaps.
+inline void check_window_taps(const char* op, const Pool2dGeometry& g) {
+  TORCH_CHECK(g.kernel_h * g.kernel_w <= kMaxWindowTaps, op, ": uint8 window taps name at most ", kMaxWindowTaps,
+              " taps, the kernel ", g.kernel_h, "x", g.kernel_w, " has ", g.kernel_h * g.kernel_w,
+              "; use max_pool2d (int64 indices)");
+}
+
 template <typename Loops>
 struct Pool2dEntries {
   static PoolWithIndices max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                     at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode,
-                                    bool with_indices) {
-    const auto g = pool2d_geometry("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode);
-    check_device_type(input, "max_pool2d: input", Loops::kDevice);
+                                    Argmax argmax) {
+    const bool taps = argmax == Argmax::kWindowTap;
+    const char* op = taps ? "_max_pool2d_with_taps" : "max_pool2d";
+    const auto g = pool2d_geometry(op, input, kernel_size, stride, padding, dilation, ceil_mode);
+    check_device_type(input, taps ? "_max_pool2d_with_taps: input" : "max_pool2d: input", Loops::kDevice);
+    if (taps) check_window_taps(op, g);
     const bool channels_last = pool2d_channels_last(input);
     const auto format = pool2d_memory_format(channels_last);
     auto out = at::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options().memory_format(format));
     at::Tensor indices;
-    if (with_indices) indices = at::empty(out.sizes(), out.options().dtype(at::kLong).memory_format(format));
+    if (argmax != Argmax::kNone) {
+      const auto dtype = taps ? at::kByte : at::kLong;
+      indices = at::empty(out.sizes(), out.options().dtype(dtype).memory_format(format));
+    }
     if (out.numel() > 0) Loops::max_forward(input.contiguous(format), out, indices, g, channels_last);
     return {out, indices};
   }
@@ -40,7 +54,9 @@ struct Pool2dEntries {
     const auto g = pool2d_geometry(op, input, kernel_size, stride, padding, dilation, ceil_mode);
     check_device_type(input, "_max_pool2d_backward: input", Loops::kDevice);
     check_pool2d_grad_output(op, grad_output, input, g);
-    TORCH_CHECK(indices.scalar_type() == at::kLong, op, ": indices must be int64, got ", indices.scalar_type());
+    TORCH_CHECK(indices.scalar_type() == at::kLong || indices.scalar_type() == at::kByte, op,
+                ": indices must be int64 plane positions or uint8 window taps, got ", indices.scalar_type());
+    if (indices.scalar_type() == at::kByte) check_window_taps(op, g);
     TORCH_CHECK(indices.sizes() == grad_output.sizes(), op, ": indices must have shape ", grad_output.sizes(),
                 ", got ", indices.sizes());
     check_same_device(input, "input", indices, "indices");

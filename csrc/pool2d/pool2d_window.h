@@ -39,6 +39,13 @@ struct MaxAxis {
     return {lo, max64(lo, hi), kernel};
   }
   C10_HOST_DEVICE int64_t position(int64_t o, int64_t t) const { return o * stride - pad + t * dilation; }
+  // The tap of output o's window that reads input i, or -1 if none does (i between dilated taps
+  // or outside the window).
+  C10_HOST_DEVICE int64_t tap_reading(int64_t o, int64_t i) const {
+    const int64_t reach = i - position(o, 0);
+    if (reach < 0 || reach % dilation != 0 || reach / dilation >= kernel) return -1;
+    return reach / dilation;
+  }
   C10_HOST_DEVICE Span covering(int64_t i) const {
     const int64_t reach = i + pad - (kernel - 1) * dilation;  // o * stride >= reach
     const int64_t lo = reach <= 0 ? 0 : ceil_div_nonneg(reach, stride);

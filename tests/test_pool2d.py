@@ -191,12 +191,13 @@ def test_max_pool2d_propagates_nan_like_native(window, layout, device, dtype):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("size", [(9, 8), (8, 6)], ids=["odd", "even"])  # 2x2 windows tile even sizes
 @pytest.mark.parametrize("window", [(3, 2, 1), (2, 2, 0)], ids=_window_id)
-def test_max_pool2d_ties_and_infinities_like_native(window, layout, device):
+def test_max_pool2d_ties_and_infinities_like_native(window, size, layout, device):
     """Ties keep the first maximum, windows of -inf their first tap inside the input, and an infinite
     gradient reaches only the argmax (no inf * 0 = NaN in the other taps): values, both argmax
     encodings and gradients against native."""
-    x = torch.randint(0, 3, (2, 3, 9, 8), device=device).double()  # many ties
+    x = torch.randint(0, 3, (2, 3, *size), device=device).double()  # many ties
     x[0, 1] = float("-inf")
     x[1, 0, :4] = float("inf")
     x = make_layout(x, layout)
@@ -367,7 +368,7 @@ def test_max_pool2d_backward_rejects_out_of_range_indices():
     [
         ((2, 2, 0), 4, "window tap 4 .*is outside the"),  # NCHW: the 2x2 tiling path
         ((3, 2, 1), 9, "window tap 9 of the 3x3 window at .* is outside the kernel"),
-        ((3, 2, 1), 0, r"tap 0 of the 3x3 window at \(-1, -1\) is outside the kernel or the 5x5 input"),
+        ((3, 2, 1), 0, r"tap 0 of the 3x3 window at \(-1, -1\) is outside the kernel or the 6x6 input"),
     ],
     ids=["2x2-past-kernel", "3x3-past-kernel", "3x3-in-padding"],
 )
@@ -375,7 +376,7 @@ def test_max_pool2d_backward_rejects_bad_window_taps(window, tap, message, layou
     """Window taps that forward cannot have written (outside the kernel, or in the padding) are
     reported, not turned into stray writes (CPU; the CUDA gather ignores them)."""
     kernel, stride, padding = window
-    x = make_layout(torch.randn(1, 2, 5, 5), layout)
+    x = make_layout(torch.randn(1, 2, 6, 6), layout)  # 2x2 windows tile it
     explicit = [[kernel] * 2, [stride] * 2, [padding] * 2, [1, 1], False]
     out, taps = torch.ops.cnnext._max_pool2d_with_taps(x, *explicit)
     taps = taps.clone()

@@ -138,11 +138,13 @@ def test_adaptive_avg_pool2d_matches_native(output_size, layout, device, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("size", [(32, 32), (7, 9)])
-def test_global_average_pooling_over_many_planes(size, dtype):
-    """The NCHW global path sums four planes at a time: 35 planes split over threads leave
-    remainders of planes and of columns (7 x 9 = 63 per plane)."""
-    x = torch.randn(5, 7, *size, dtype=dtype)
+def test_global_average_pooling_over_many_planes(size, layout, dtype):
+    """The global paths sum four planes (NCHW) or four quarters of a sample (channels_last) at a
+    time: 35 planes split over threads leave remainders of planes, of columns (7 x 9 = 63 per
+    plane) and of quarters."""
+    x = make_layout(torch.randn(5, 7, *size, dtype=dtype), layout)
     compare(lambda t: cnnext.ops.adaptive_avg_pool2d(t, 1), lambda t: F.adaptive_avg_pool2d(t, 1), x, dtype)
 
 

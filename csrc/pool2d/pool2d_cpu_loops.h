@@ -41,7 +41,7 @@ constexpr int64_t kMinTaskWork = 32768;
 int64_t grain_for(int64_t work_per_task) { return std::max<int64_t>(1, kMinTaskWork / std::max<int64_t>(work_per_task, 1)); }
 
 // Runs fn(n, c_begin, c_end) over (sample, channel block) slices, enough of them to occupy every
-// thread even for a small batch. Used by the channels_last backward scatters.
+// thread even for a small batch. Used by the channels_last backward scatters and global pooling.
 template <typename Fn>
 void for_channel_slices(int64_t batch, int64_t channels, const Fn& fn) {
   const int64_t threads = at::get_num_threads();
@@ -590,6 +590,34 @@ void avg_forward(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g, AvgD
       for (; plane < end; ++plane) {
         out[plane] = static_cast<scalar_t>(sum_lanes<opmath_t>(x + plane * HW, HW) * plane_scale);
       }
+    });
+    return;
+  }
+  if (channels_last && adaptive && OH == 1 && OW == 1) {  // global pooling: one pass over each sample
+    // All of a slice's channel sums in one buffer (L1-sized): the sample is read once, in memory
+    // order. Blocks of channels in registers (below) would read it once per block (measured:
+    // 1.0-1.7 ms vs native's 0.9 on 128x64x32x32).
+    const opmath_t plane_scale = scale[0];
+    for_channel_slices(g.batch, C, [&](int64_t n, int64_t c0, int64_t c1) {
+      const int64_t len = c1 - c0;
+      std::vector<opmath_t> sums(len, opmath_t(0));
+      opmath_t* __restrict__ acc = sums.data();
+      const scalar_t* sample = x + n * H * W * C + c0;
+      // Four quarters of the sample side by side: four load streams (as for NCHW planes above).
+      const int64_t quarter = H * W / 4;
+      for (int64_t i = 0; i < quarter; ++i) {
+        const scalar_t* __restrict__ p0 = sample + i * C;
+        const scalar_t* __restrict__ p1 = p0 + quarter * C;
+        const scalar_t* __restrict__ p2 = p1 + quarter * C;
+        const scalar_t* __restrict__ p3 = p2 + quarter * C;
+        for (int64_t ch = 0; ch < len; ++ch)
+          acc[ch] += (opmath_t(p0[ch]) + opmath_t(p1[ch])) + (opmath_t(p2[ch]) + opmath_t(p3[ch]));
+      }
+      for (int64_t i = 4 * quarter; i < H * W; ++i) {
+        const scalar_t* __restrict__ pixel = sample + i * C;
+        for (int64_t ch = 0; ch < len; ++ch) acc[ch] += pixel[ch];
+      }
+      for (int64_t ch = 0; ch < len; ++ch) out[n * C + c0 + ch] = static_cast<scalar_t>(acc[ch] * plane_scale);
     });
     return;
   }

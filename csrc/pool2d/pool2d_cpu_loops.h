@@ -486,7 +486,8 @@ void max_backward(const scalar_t* dy, const index_t* indices, scalar_t* dx, cons
               continue;
             }
             const int64_t row0 = decoder.row0(oh);
-            for (int64_t ow = 0; ow < OW; ++ow) dst[decoder.position(row0, decoder.col0(ow), row_taps[ow])] += row_dy[ow];
+            for (int64_t ow = 0; ow < OW; ++ow)
+              dst[decoder.position(row0, decoder.col0(ow), row_taps[ow])] += row_dy[ow];
           }
         } else {
           for (int64_t o = 0; o < OHW; ++o) {

@@ -205,9 +205,9 @@ struct CudaLoops {
     const c10::cuda::CUDAGuard guard(x.device());
     const int64_t total = out.numel();
     CNNEXT_DISPATCH_CUDA_TYPES(x.scalar_type(), "avg_pool2d_forward_cuda", [&] {
-      CNNEXT_LAUNCH_POOL(avg_forward_kernel, (scalar_t), channels_last, total, x.const_data_ptr<scalar_t>(), strides_of(x),
-                         out.mutable_data_ptr<scalar_t>(), strides_of(out), g.channels, avg_rows(g), avg_cols(g),
-                         divisor);
+      CNNEXT_LAUNCH_POOL(avg_forward_kernel, (scalar_t), channels_last, total, x.const_data_ptr<scalar_t>(),
+                         strides_of(x), out.mutable_data_ptr<scalar_t>(), strides_of(out), g.channels, avg_rows(g),
+                         avg_cols(g), divisor);
     });
   }
 
@@ -216,9 +216,9 @@ struct CudaLoops {
     const c10::cuda::CUDAGuard guard(dx.device());
     const int64_t total = dx.numel();
     CNNEXT_DISPATCH_CUDA_TYPES(dx.scalar_type(), "avg_pool2d_backward_cuda", [&] {
-      CNNEXT_LAUNCH_POOL(avg_backward_kernel, (scalar_t), channels_last, total, dy.const_data_ptr<scalar_t>(), strides_of(dy),
-                         dx.mutable_data_ptr<scalar_t>(), strides_of(dx), g.channels, avg_rows(g), avg_cols(g),
-                         divisor);
+      CNNEXT_LAUNCH_POOL(avg_backward_kernel, (scalar_t), channels_last, total, dy.const_data_ptr<scalar_t>(),
+                         strides_of(dy), dx.mutable_data_ptr<scalar_t>(), strides_of(dx), g.channels, avg_rows(g),
+                         avg_cols(g), divisor);
     });
   }
 };

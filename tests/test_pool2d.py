@@ -269,6 +269,23 @@ def test_torch_compile_fullgraph_matches_eager():
     torch.testing.assert_close(torch.compile(head, fullgraph=True)(x), head(x))
 
 
+@pytest.mark.parametrize("window", [(2, 2, 0), (3, 2, 1)], ids=_window_id)
+def test_torch_compile_fullgraph_backward_through_window_taps(window):
+    """With a gradient, max pooling saves uint8 window taps: the compiled graph's forward and
+    backward match eager's."""
+
+    def loss_of(t):
+        return cnnext.ops.max_pool2d(t, *window).square().sum()
+
+    x = distinct_values((2, 4, 9, 8), torch.float32, "cpu")
+    x_eager, x_compiled = x.clone().requires_grad_(), x.clone().requires_grad_()
+    eager, compiled = loss_of(x_eager), torch.compile(loss_of, fullgraph=True)(x_compiled)
+    eager.backward()
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(x_compiled.grad, x_eager.grad)
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 X = torch.randn(2, 3, 8, 8)

@@ -382,6 +382,19 @@ class MaxPlaneFold {
   std::vector<int32_t> row_win_, win_;
 };
 
+// winner[i] = first[i] where best[i] is -inf (no tap beat -inf: the window's first tap inside the
+// input, as native), else won[i]. Both loaded unconditionally: written as `c ? first[i] : won[i]`,
+// gcc used masked loads, which are slow on AMD (in perf, ~20% of the forward's time outside the
+// fold).
+template <typename scalar_t>
+void pick_winners(const scalar_t* __restrict__ best, const int32_t* __restrict__ won,
+                  const int32_t* __restrict__ first, int32_t* __restrict__ winner, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t if_none = first[i], if_any = won[i];
+    winner[i] = best[i] == -std::numeric_limits<scalar_t>::infinity() ? if_none : if_any;
+  }
+}
+
 // taps[i] = winner[i] as uint8. A function with restrict parameters: inline, gcc assumed the
 // uint8 stores could alias everything (char aliasing) and reloaded the source pointer per element.
 inline void narrow_taps(const int32_t* __restrict__ winner, uint8_t* __restrict__ taps, int64_t n) {
@@ -396,7 +409,6 @@ void max_forward(const scalar_t* x, scalar_t* out, index_t* indices, const Pool2
   const auto row_taps = spans_of(g.out_h, [&](int64_t o) { return rows.taps(o); });
   const auto col_taps = spans_of(g.out_w, [&](int64_t o) { return cols.taps(o); });
   const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, C = g.channels;
-  const scalar_t lowest = -std::numeric_limits<scalar_t>::infinity();
   // Argmax of a window that never beats -inf: its first tap inside the input, as native.
   std::vector<int32_t> first_col(OW);
   for (int64_t ow = 0; ow < OW; ++ow) first_col[ow] = static_cast<int32_t>(cols.position(ow, col_taps[ow].lo));
@@ -429,9 +441,7 @@ void max_forward(const scalar_t* x, scalar_t* out, index_t* indices, const Pool2
             const scalar_t* __restrict__ folded = fold->best(oh);
             std::copy(folded, folded + OW, best);
             if constexpr (kWithIndices) {
-              const int32_t* __restrict__ won = fold->winners(oh);
-              const int32_t* __restrict__ first = first_tap.data() + oh * OW;
-              for (int64_t ow = 0; ow < OW; ++ow) winner[ow] = folded[ow] == lowest ? first[ow] : won[ow];
+              pick_winners(folded, fold->winners(oh), first_tap.data() + oh * OW, winner, OW);
             }
           }
           if constexpr (kRecordsTaps<index_t>) {

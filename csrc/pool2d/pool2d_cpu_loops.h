@@ -77,6 +77,21 @@ std::vector<Span> spans_of(int64_t out_size, const Fn& fn) {
   return spans;
 }
 
+// Where window tap t of output o reads along one axis, in a layout split by stride phase: phase
+// (t * dilation - pad) mod stride, at index o + shift (may be negative: the padding).
+struct PhaseTap {
+  int64_t phase, shift;
+};
+std::vector<PhaseTap> phase_taps(int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+  std::vector<PhaseTap> taps(kernel);
+  for (int64_t t = 0; t < kernel; ++t) {
+    const int64_t offset = t * dilation - pad;
+    const int64_t phase = ((offset % stride) + stride) % stride;
+    taps[t] = {phase, (offset - phase) / stride};
+  }
+  return taps;
+}
+
 // Window column u of every output column: the outputs it lands inside the input for, the input
 // column of output 0 (input column = o * stride + offset), and where PhasedRow keeps those inputs:
 // phase offset mod stride, at o + shift. Computed once per call: the divisions cost more than the
@@ -86,12 +101,11 @@ struct ColumnTap {
 };
 std::vector<ColumnTap> column_taps(const Pool2dGeometry& g, int64_t dilation) {
   const int64_t stride = std::max<int64_t>(g.stride_w, 1);  // adaptive pooling has no stride
+  const auto phases = phase_taps(g.kernel_w, stride, g.pad_w, dilation);
   std::vector<ColumnTap> taps(g.kernel_w);
   for (int64_t u = 0; u < g.kernel_w; ++u) {
     const auto [lo, hi] = tap_output_range(g.out_w, g.in_w, stride, g.pad_w, u * dilation);
-    const int64_t offset = u * dilation - g.pad_w;
-    const int64_t phase = ((offset % stride) + stride) % stride;
-    taps[u] = {lo, hi, offset, phase, (offset - phase) / stride};
+    taps[u] = {lo, hi, u * dilation - g.pad_w, phases[u].phase, phases[u].shift};
   }
   return taps;
 }
@@ -244,21 +258,6 @@ void max_of_pairs_row(const scalar_t* __restrict__ a, const scalar_t* __restrict
     best[ow] = m;
     if constexpr (kWithIndices) winner[ow] = w;
   }
-}
-
-// Where window tap t of output o reads along one axis, in a layout split by stride phase: phase
-// (t * dilation - pad) mod stride, at index o + shift (may be negative: the padding).
-struct PhaseTap {
-  int64_t phase, shift;
-};
-std::vector<PhaseTap> phase_taps(int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
-  std::vector<PhaseTap> taps(kernel);
-  for (int64_t t = 0; t < kernel; ++t) {
-    const int64_t offset = t * dilation - pad;
-    const int64_t phase = ((offset % stride) + stride) % stride;
-    taps[t] = {phase, (offset - phase) / stride};
-  }
-  return taps;
 }
 
 // best[i] = max(best[i], v[i]) with "greater or NaN replaces" (native's order rule), and, with

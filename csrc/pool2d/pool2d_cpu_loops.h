@@ -110,11 +110,33 @@ std::vector<ColumnTap> column_taps(const Pool2dGeometry& g, int64_t dilation) {
   return taps;
 }
 
+// dst[p * pitch + j] = line[j * stride + p] for every column of the line with j < limit: a row
+// split by stride phase. The stride-2 split is a two-way deinterleave the compiler vectorises.
+template <typename scalar_t>
+void split_into_phases(const scalar_t* __restrict__ line, int64_t width, int64_t stride, scalar_t* __restrict__ dst,
+                       int64_t pitch, int64_t limit) {
+  if (stride == 1) {
+    std::copy(line, line + std::min(width, limit), dst);
+    return;
+  }
+  const int64_t full = std::min(width / stride, limit);
+  if (stride == 2) {
+    for (int64_t j = 0; j < full; ++j) {
+      dst[j] = line[2 * j];
+      dst[pitch + j] = line[2 * j + 1];
+    }
+  } else {
+    for (int64_t j = 0; j < full; ++j)
+      for (int64_t p = 0; p < stride; ++p) dst[p * pitch + j] = line[j * stride + p];
+  }
+  if (full < limit)  // a last, partial group of columns
+    for (int64_t p = 0; p < width - full * stride; ++p) dst[p * pitch + full] = line[full * stride + p];
+}
+
 // One input row split by stride phase, so that every window column reads contiguous memory:
 // with stride s, phase p holds line[j * s + p] at j, and window column `tap` of output o reads
-// phase (tap.offset mod s) at o + shift. Stride 1 uses the row itself. The split of a stride-2
-// row is a two-way deinterleave the compiler vectorises; strided loads inside the compare/add
-// loops had kept those scalar.
+// phase (tap.offset mod s) at o + shift. Stride 1 uses the row itself. Strided loads inside the
+// compare/add loops had kept those scalar.
 template <typename scalar_t>
 class PhasedRow {
  public:
@@ -123,19 +145,7 @@ class PhasedRow {
 
   void load(const scalar_t* line, int64_t width) {
     line_ = line;
-    if (stride_ == 1) return;
-    scalar_t* __restrict__ out = buffer_.data();
-    const int64_t full = width / stride_;
-    if (stride_ == 2) {
-      for (int64_t j = 0; j < full; ++j) {
-        out[j] = line[2 * j];
-        out[phase_len_ + j] = line[2 * j + 1];
-      }
-    } else {
-      for (int64_t j = 0; j < full; ++j)
-        for (int64_t p = 0; p < stride_; ++p) out[p * phase_len_ + j] = line[j * stride_ + p];
-    }
-    for (int64_t p = 0; p < width - full * stride_; ++p) out[p * phase_len_ + full] = line[full * stride_ + p];
+    if (stride_ > 1) split_into_phases(line, width, stride_, buffer_.data(), phase_len_, phase_len_);
   }
 
   // Inputs of a window column: output o reads column(tap)[o + tap.shift].
@@ -351,20 +361,8 @@ class MaxPlaneFold {
     const int64_t width = pitch_ - col_pad_;  // columns a window can read, per phase
     // Every input row fits: phase_rows_ >= row_pad_ + ceil(H / sh).
     for (int64_t ih = 0, q = 0, row = row_pad_; ih < H; ++ih) {
-      const scalar_t* __restrict__ line = x + ih * W;
-      scalar_t* __restrict__ dst = packed_.data() + (q * phase_rows_ + row) * pitch_ + col_pad_;
-      if (sw == 1) {
-        std::copy(line, line + std::min(W, width), dst);
-      } else if (sw == 2 && W % 2 == 0 && W / 2 <= width) {  // the common case, vectorised
-        scalar_t* __restrict__ odd = dst + phase_size_;
-        for (int64_t j = 0; j < W / 2; ++j) {
-          dst[j] = line[2 * j];
-          odd[j] = line[2 * j + 1];
-        }
-      } else {
-        for (int64_t p = 0; p < std::min(sw, W); ++p)
-          for (int64_t j = 0; j < std::min(ceil_div(W - p, sw), width); ++j) dst[p * phase_size_ + j] = line[j * sw + p];
-      }
+      split_into_phases(x + ih * W, W, sw, packed_.data() + (q * phase_rows_ + row) * pitch_ + col_pad_, phase_size_,
+                        width);
       if (++q == sh) {  // next row phase, or back to phase 0 one row down
         q = 0;
         ++row;

@@ -987,23 +987,31 @@ void avg_backward(const scalar_t* dy, scalar_t* dx, const Pool2dGeometry& g, Avg
 
 // Typed entry points of the table: the dtype dispatch happens here, inside this build's ISA.
 
-// Calls fn(index_t*) with the argmax pointer typed as `indices` records it (Argmax in pool2d.h);
-// const_cast only to share the code between the forward (writes) and backward (reads).
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls fn(TypeTag<index_t>) with index_t the type `indices` records the argmax as (Argmax in
+// pool2d.h): void when undefined, uint8_t window taps, int64_t plane positions.
 template <typename Fn>
 void with_argmax_type(const at::Tensor& indices, const Fn& fn) {
   if (!indices.defined()) {
-    fn(static_cast<void*>(nullptr));
+    fn(TypeTag<void>{});
   } else if (indices.scalar_type() == at::kByte) {
-    fn(const_cast<uint8_t*>(indices.const_data_ptr<uint8_t>()));
+    fn(TypeTag<uint8_t>{});
   } else {
-    fn(const_cast<int64_t*>(indices.const_data_ptr<int64_t>()));
+    fn(TypeTag<int64_t>{});
   }
 }
 
 void max_forward_loop(const at::Tensor& x, const at::Tensor& out, const at::Tensor& indices, const Pool2dGeometry& g,
                       bool channels_last) {
   CNNEXT_DISPATCH_CPU_TYPES(x.scalar_type(), "max_pool2d_forward_cpu", [&] {
-    with_argmax_type(indices, [&](auto* argmax) {
+    with_argmax_type(indices, [&](auto tag) {
+      using index_t = typename decltype(tag)::type;
+      index_t* argmax = nullptr;
+      if constexpr (kTracksArgmax<index_t>) argmax = indices.mutable_data_ptr<index_t>();
       max_forward(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), argmax, g, channels_last);
     });
   });
@@ -1012,11 +1020,11 @@ void max_forward_loop(const at::Tensor& x, const at::Tensor& out, const at::Tens
 void max_backward_loop(const at::Tensor& dy, const at::Tensor& indices, const at::Tensor& dx, const Pool2dGeometry& g,
                        bool channels_last) {
   CNNEXT_DISPATCH_CPU_TYPES(dy.scalar_type(), "max_pool2d_backward_cpu", [&] {
-    with_argmax_type(indices, [&](auto* argmax) {
-      using index_t = std::remove_pointer_t<decltype(argmax)>;
-      if constexpr (kTracksArgmax<index_t>) {
-        max_backward(dy.const_data_ptr<scalar_t>(), static_cast<const index_t*>(argmax),
-                     dx.mutable_data_ptr<scalar_t>(), g, channels_last);
+    with_argmax_type(indices, [&](auto tag) {
+      using index_t = typename decltype(tag)::type;
+      if constexpr (kTracksArgmax<index_t>) {  // backward always has indices (checked by the entry)
+        max_backward(dy.const_data_ptr<scalar_t>(), indices.const_data_ptr<index_t>(), dx.mutable_data_ptr<scalar_t>(),
+                     g, channels_last);
       }
     });
   });

@@ -47,6 +47,13 @@ def find_cuda_home():
     return next((c for c in candidates if _is_toolkit(c)), None)
 
 
+def _sources(extension):
+    """csrc/**/*.<extension>, without csrc/cuda_emulation/ (the test-only CUDA emulator, built by
+    cnnext.cuda_emulation as its own extension, never into cnnext._C)."""
+    found = glob.glob(f"csrc/**/*.{extension}", recursive=True)
+    return sorted(p for p in found if not p.startswith(os.path.join("csrc", "cuda_emulation", "")))
+
+
 def want_cuda(torch, cuda_home):
     if os.environ.get("CNNEXT_CUDA", "") == "0":
         return False
@@ -67,7 +74,7 @@ def extensions():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS_WITHOUT_GPU
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
+    sources = _sources("cpp")
     # The C++ standard is chosen by torch (C++20 for 2.14). -fno-trapping-math: we never read FP
     # exception flags, and without it GCC keeps clamps and selects as branches that block vectorising.
     # -g0: Python's CFLAGS carry -g, which doubles the compile time of every torch-including file.
@@ -75,7 +82,7 @@ def extensions():
     define_macros = []
     nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     if with_cuda:
-        sources += sorted(glob.glob("csrc/**/*.cu", recursive=True))
+        sources += _sources("cu")
         define_macros.append(("CNNEXT_WITH_CUDA", "1"))
         ext_type = CUDAExtension
         extra = {"cxx": cxx_flags, "nvcc": nvcc_flags}

@@ -1,48 +1,11 @@
-// Every cnnext operator schema, and which kernel serves it on which device. The autograd formula
-// and the fake (meta) implementations live in Python (cnnext/ops/), per the torch.library pattern.
+// The cnnext operators (schemas in operator_schemas.h) and which kernel serves each on which
+// device. The autograd formulas and the fake (meta) implementations live in Python (cnnext/ops/),
+// per the torch.library pattern.
 #include <torch/library.h>
 
-#include "attention/attention.h"
-#include "conv2d/conv2d.h"
-#include "pool2d/pool2d.h"
+#include "operator_schemas.h"
 
-TORCH_LIBRARY(cnnext, m) {
-  m.def(
-      "conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
-      "int[2] dilation, int groups) -> Tensor");
-  m.def(
-      "_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
-      "int[2] padding, int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
-
-  // Pooling: forward returns what backward needs (max: the argmax indices, int64, as native;
-  // or, from _max_pool2d_with_taps, uint8 window taps).
-  m.def(
-      "max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
-      "bool ceil_mode) -> (Tensor, Tensor)");
-  m.def(
-      "_max_pool2d_with_taps(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
-      "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
-  m.def(
-      "max_pool2d_values(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
-      "bool ceil_mode) -> Tensor");
-  m.def(
-      "_max_pool2d_backward(Tensor grad_output, Tensor input, Tensor indices, int[2] kernel_size, "
-      "int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor");
-  m.def(
-      "avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode, "
-      "bool count_include_pad, int? divisor_override) -> Tensor");
-  m.def(
-      "_avg_pool2d_backward(Tensor grad_output, Tensor input, int[2] kernel_size, int[2] stride, "
-      "int[2] padding, bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
-  m.def("adaptive_avg_pool2d(Tensor input, int[2] output_size) -> Tensor");
-  m.def("_adaptive_avg_pool2d_backward(Tensor grad_output, Tensor input) -> Tensor");
-
-  // Attention: forward also returns the per-row log-sum-exp that backward recomputes P from.
-  m.def("attention(Tensor q, Tensor k, Tensor v, float? scale, bool causal) -> (Tensor, Tensor)");
-  m.def(
-      "_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
-      "float? scale, bool causal) -> (Tensor, Tensor, Tensor)");
-}
+TORCH_LIBRARY(cnnext, m) { cnnext::define_operator_schemas(m); }
 
 TORCH_LIBRARY_IMPL(cnnext, CPU, m) {
   m.impl("conv2d", &cnnext::conv2d_forward_cpu);
@@ -60,18 +23,5 @@ TORCH_LIBRARY_IMPL(cnnext, CPU, m) {
 }
 
 #ifdef CNNEXT_WITH_CUDA
-TORCH_LIBRARY_IMPL(cnnext, CUDA, m) {
-  m.impl("conv2d", &cnnext::conv2d_forward_cuda);
-  m.impl("_conv2d_backward", &cnnext::conv2d_backward_cuda);
-  m.impl("max_pool2d", &cnnext::max_pool2d_forward_cuda);
-  m.impl("_max_pool2d_with_taps", &cnnext::max_pool2d_with_taps_cuda);
-  m.impl("max_pool2d_values", &cnnext::max_pool2d_values_cuda);
-  m.impl("_max_pool2d_backward", &cnnext::max_pool2d_backward_cuda);
-  m.impl("avg_pool2d", &cnnext::avg_pool2d_forward_cuda);
-  m.impl("_avg_pool2d_backward", &cnnext::avg_pool2d_backward_cuda);
-  m.impl("adaptive_avg_pool2d", &cnnext::adaptive_avg_pool2d_forward_cuda);
-  m.impl("_adaptive_avg_pool2d_backward", &cnnext::adaptive_avg_pool2d_backward_cuda);
-  m.impl("attention", &cnnext::attention_forward_cuda);
-  m.impl("_attention_backward", &cnnext::attention_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(cnnext, CUDA, m) { cnnext::register_cuda_kernels(m); }
 #endif

@@ -7,8 +7,12 @@ query row and saves only the output and the per-row log-sum-exp; the backward op
 (``cnnext::_attention_backward``) recomputes the probabilities tile by tile.
 """
 
+import functools
+
 import torch
 from torch import Tensor
+
+from ._library import ops, registration
 
 __all__ = ["attention"]
 
@@ -39,14 +43,12 @@ def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-@torch.library.register_fake("cnnext::attention")
 def _attention_fake(q, k, v, scale, causal):
     torch._check(q.dim() == 4, lambda: "attention: q must be a 4-D tensor")
     out = q.new_empty((q.shape[0], q.shape[1], q.shape[2], q.shape[3]))
     return out, q.new_empty(q.shape[:3], dtype=_lse_dtype(q.dtype))
 
 
-@torch.library.register_fake("cnnext::_attention_backward")
 def _attention_backward_fake(grad_out, q, k, v, out, lse, scale, causal):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
@@ -60,14 +62,20 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # no zero-filled grad for lse: backward never reads it
 
 
-def _backward(ctx, grad_out, grad_lse):
+def _backward(namespace, ctx, grad_out, grad_lse):
     if grad_out is None:  # only reachable through lse, which carries no gradient
         return None, None, None, None, None
     q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = torch.ops.cnnext._attention_backward.default(
+    dq, dk, dv = ops(namespace)._attention_backward.default(
         grad_out.contiguous(), q, k, v, out, lse, ctx.scale, ctx.causal
     )
     return dq, dk, dv, None, None
 
 
-torch.library.register_autograd("cnnext::attention", _backward, setup_context=_setup_context)
+@registration
+def _register(namespace: str) -> None:
+    torch.library.register_fake(f"{namespace}::attention")(_attention_fake)
+    torch.library.register_fake(f"{namespace}::_attention_backward")(_attention_backward_fake)
+    torch.library.register_autograd(
+        f"{namespace}::attention", functools.partial(_backward, namespace), setup_context=_setup_context
+    )

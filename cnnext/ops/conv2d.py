@@ -5,12 +5,15 @@ wrapper adds what F.conv2d accepts on top (ints or pairs, padding="same"/"valid"
 (C, H, W) inputs). The backward is ``torch.ops.cnnext._conv2d_backward``.
 """
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ._args import pair
 from ._layout import suggest_memory_format
+from ._library import ops, registration
 
 __all__ = ["conv2d", "conv2d_output_size"]
 
@@ -73,7 +76,6 @@ def conv2d_output_size(in_size, kernel, stride, padding, dilation):
     return (in_size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-@torch.library.register_fake("cnnext::conv2d")
 def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
     out_hw = [
         conv2d_output_size(input.shape[2 + i], weight.shape[2 + i], stride[i], padding[i], dilation[i])
@@ -87,7 +89,6 @@ def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
     return out.contiguous(memory_format=suggest_memory_format(input))
 
 
-@torch.library.register_fake("cnnext::_conv2d_backward")
 def _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
     need_input, need_weight, need_bias = output_mask
     grad_input = input.new_empty(input.shape).contiguous(memory_format=suggest_memory_format(input))
@@ -105,14 +106,20 @@ def _setup_context(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
-def _backward(ctx, grad_output):
+def _backward(namespace, ctx, grad_output):
     input, weight = ctx.saved_tensors
     need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
     output_mask = [need_input, need_weight, need_bias and ctx.has_bias]
-    grad_input, grad_weight, grad_bias = torch.ops.cnnext._conv2d_backward.default(
+    grad_input, grad_weight, grad_bias = ops(namespace)._conv2d_backward.default(
         grad_output, input, weight, *ctx.conv_args, output_mask
     )
     return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
-torch.library.register_autograd("cnnext::conv2d", _backward, setup_context=_setup_context)
+@registration
+def _register(namespace: str) -> None:
+    torch.library.register_fake(f"{namespace}::conv2d")(_conv2d_fake)
+    torch.library.register_fake(f"{namespace}::_conv2d_backward")(_conv2d_backward_fake)
+    torch.library.register_autograd(
+        f"{namespace}::conv2d", functools.partial(_backward, namespace), setup_context=_setup_context
+    )

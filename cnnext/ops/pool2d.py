@@ -5,11 +5,14 @@ The operators take explicit int[2] arguments; these wrappers accept what F.* acc
 (ints or pairs, stride=None, unbatched (C, H, W) inputs, None entries in adaptive output sizes).
 """
 
+import functools
+
 import torch
 from torch import Tensor
 
 from ._args import pair
 from ._layout import suggest_memory_format
+from ._library import ops, registration
 
 __all__ = ["adaptive_avg_pool2d", "avg_pool2d", "max_pool2d"]
 
@@ -125,7 +128,6 @@ def _empty_output(input, out_hw, dtype=None):
     return out.contiguous(memory_format=suggest_memory_format(input))
 
 
-@torch.library.register_fake("cnnext::max_pool2d")
 def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
     out_hw = [
         pooled_size(input.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i], ceil_mode)
@@ -135,7 +137,6 @@ def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
     return _empty_output(input, out_hw), _empty_output(input, out_hw, dtype=torch.long)
 
 
-@torch.library.register_fake("cnnext::_max_pool2d_with_taps")
 def _max_pool2d_with_taps_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
     torch._check(
         kernel_size[0] * kernel_size[1] <= _MAX_WINDOW_TAPS,
@@ -145,12 +146,10 @@ def _max_pool2d_with_taps_fake(input, kernel_size, stride, padding, dilation, ce
     return out, indices.to(torch.uint8)
 
 
-@torch.library.register_fake("cnnext::max_pool2d_values")
 def _max_pool2d_values_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
     return _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode)[0]
 
 
-@torch.library.register_fake("cnnext::avg_pool2d")
 def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     out_hw = [
         pooled_size(input.shape[2 + i], kernel_size[i], stride[i], padding[i], 1, ceil_mode) for i in range(2)
@@ -159,7 +158,6 @@ def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_inclu
     return _empty_output(input, out_hw)
 
 
-@torch.library.register_fake("cnnext::adaptive_avg_pool2d")
 def _adaptive_avg_pool2d_fake(input, output_size):
     return _empty_output(input, output_size)
 
@@ -168,8 +166,6 @@ def _grad_input_fake(grad_output, input, *args):
     return input.new_empty(input.shape).contiguous(memory_format=suggest_memory_format(input))
 
 
-for _name in ("_max_pool2d_backward", "_avg_pool2d_backward", "_adaptive_avg_pool2d_backward"):
-    torch.library.register_fake(f"cnnext::{_name}")(_grad_input_fake)
 
 
 # --- autograd ----------------------------------------------------------------------------------
@@ -185,11 +181,11 @@ def _max_setup(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _max_backward(ctx, grad_output, grad_indices):
+def _max_backward(namespace, ctx, grad_output, grad_indices):
     if grad_output is None:  # only reachable through the indices, which carry no gradient
         return None, None, None, None, None, None
     input, indices = ctx.saved_tensors
-    grad = torch.ops.cnnext._max_pool2d_backward.default(grad_output, input, indices, *ctx.params)
+    grad = ops(namespace)._max_pool2d_backward.default(grad_output, input, indices, *ctx.params)
     return grad, None, None, None, None, None
 
 
@@ -199,18 +195,40 @@ def _avg_setup(ctx, inputs, output):
     ctx.params = params
 
 
-def _avg_backward(ctx, grad_output):
+def _avg_backward(namespace, ctx, grad_output):
     (input,) = ctx.saved_tensors
-    grad = torch.ops.cnnext._avg_pool2d_backward.default(grad_output, input, *ctx.params)
+    grad = ops(namespace)._avg_pool2d_backward.default(grad_output, input, *ctx.params)
     return grad, None, None, None, None, None, None
 
 
-def _adaptive_backward(ctx, grad_output):
+def _adaptive_backward(namespace, ctx, grad_output):
     (input,) = ctx.saved_tensors
-    return torch.ops.cnnext._adaptive_avg_pool2d_backward.default(grad_output, input), None
+    return ops(namespace)._adaptive_avg_pool2d_backward.default(grad_output, input), None
 
 
-torch.library.register_autograd("cnnext::max_pool2d", _max_backward, setup_context=_max_setup)
-torch.library.register_autograd("cnnext::_max_pool2d_with_taps", _max_backward, setup_context=_max_setup)
-torch.library.register_autograd("cnnext::avg_pool2d", _avg_backward, setup_context=_avg_setup)
-torch.library.register_autograd("cnnext::adaptive_avg_pool2d", _adaptive_backward, setup_context=_avg_setup)
+_FAKES = {
+    "max_pool2d": _max_pool2d_fake,
+    "_max_pool2d_with_taps": _max_pool2d_with_taps_fake,
+    "max_pool2d_values": _max_pool2d_values_fake,
+    "avg_pool2d": _avg_pool2d_fake,
+    "adaptive_avg_pool2d": _adaptive_avg_pool2d_fake,
+    "_max_pool2d_backward": _grad_input_fake,
+    "_avg_pool2d_backward": _grad_input_fake,
+    "_adaptive_avg_pool2d_backward": _grad_input_fake,
+}
+_AUTOGRAD = {
+    "max_pool2d": (_max_backward, _max_setup),
+    "_max_pool2d_with_taps": (_max_backward, _max_setup),
+    "avg_pool2d": (_avg_backward, _avg_setup),
+    "adaptive_avg_pool2d": (_adaptive_backward, _avg_setup),
+}
+
+
+@registration
+def _register(namespace: str) -> None:
+    for name, fake in _FAKES.items():
+        torch.library.register_fake(f"{namespace}::{name}")(fake)
+    for name, (backward, setup) in _AUTOGRAD.items():
+        torch.library.register_autograd(
+            f"{namespace}::{name}", functools.partial(backward, namespace), setup_context=setup
+        )

@@ -9,14 +9,11 @@
 //   dkdv kernel    per key row, query tiles staged in shared memory:
 //                  dv_j = sum_i P_ij dO_i,  dk_j = sum_i P_ij (dP_ij - delta_i) q_i * scale
 // Written for correctness first: per-thread rows and scalar dot products, no tensor cores.
-#include <ATen/AccumulateType.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include "attention/attention.h"
 #include "common.h"
+#include "cuda_device.h"
 
 namespace cnnext {
 namespace {
@@ -24,12 +21,31 @@ namespace {
 constexpr int kRows = 64;                     // query (or key) rows per block, one per thread
 constexpr int64_t kSharedBytes = 48 * 1024;   // default shared-memory budget per block
 
+// The problem as the kernels see it. Blocks are numbered (batch*head, row tile) flattened into
+// grid.x, which allows 2^31 - 1 blocks (grid.y would stop at 65,535 batch*heads).
+template <typename acc_t>
 struct Dims {
   int64_t Lq, Lk, D;
-  float scale;
+  acc_t scale;  // in the accumulation type: a float-rounded 1/sqrt(D) is off by ~3e-8 in float64
   bool causal;
+  int64_t row_tiles;  // blocks per (batch, head)
   __device__ bool visible(int64_t i, int64_t j) const { return !causal || j <= i; }
+  __device__ int64_t head() const { return blockIdx.x / row_tiles; }       // batch * heads + head
+  __device__ int64_t row_tile() const { return blockIdx.x % row_tiles; }   // tile of kRows rows
 };
+
+template <typename acc_t>
+Dims<acc_t> kernel_dims(const AttentionGeometry& g, int64_t rows) {
+  return {g.q_len, g.k_len, g.head_dim, static_cast<acc_t>(g.scale), g.causal, ceil_div(rows, kRows)};
+}
+
+// One block per (batch*head, tile of kRows rows of length `rows`).
+cuda::LaunchConfig row_tile_launch(const AttentionGeometry& g, int64_t rows, size_t shared_bytes) {
+  const int64_t blocks = g.batch * g.heads * ceil_div(rows, kRows);
+  TORCH_CHECK(blocks <= 2147483647, "attention (CUDA): batch * heads * ceil(length / ", kRows, ") = ", blocks,
+              " blocks, more than a grid holds (2^31 - 1)");
+  return {dim3(static_cast<unsigned>(blocks)), dim3(kRows), shared_bytes};
+}
 
 // Rows of a staged tile that fit the shared-memory budget, for two (tile, D) arrays of acc_t.
 template <typename acc_t>
@@ -48,12 +64,11 @@ __device__ void stage(acc_t* dst, const scalar_t* src, int64_t r0, int n, int64_
 
 template <typename scalar_t, int kD>
 __global__ void forward_kernel(const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* out,
-                               at::acc_type<scalar_t, true>* lse, Dims dims, int tile) {
-  using acc_t = at::acc_type<scalar_t, true>;
-  extern __shared__ unsigned char shared_raw[];
-  acc_t* k_tile = reinterpret_cast<acc_t*>(shared_raw);  // (tile, D)
+                               cuda::acc_t<scalar_t>* lse, Dims<cuda::acc_t<scalar_t>> dims, int tile) {
+  using acc_t = cuda::acc_t<scalar_t>;
+  acc_t* k_tile = cuda::dynamic_shared_memory<acc_t>();  // (tile, D)
   acc_t* v_tile = k_tile + tile * dims.D;                // (tile, D)
-  const int64_t bh = blockIdx.y, i = int64_t(blockIdx.x) * kRows + threadIdx.x, D = dims.D;
+  const int64_t bh = dims.head(), tile0 = dims.row_tile() * kRows, i = tile0 + threadIdx.x, D = dims.D;
   const bool active = i < dims.Lq;
   const scalar_t* kb = k + bh * dims.Lk * D;
   const scalar_t* vb = v + bh * dims.Lk * D;
@@ -63,7 +78,7 @@ __global__ void forward_kernel(const scalar_t* q, const scalar_t* k, const scala
     acc[d] = 0;
   }
   acc_t m = -INFINITY, l = 0;
-  const int64_t last_row = min(dims.Lq, int64_t(blockIdx.x + 1) * kRows) - 1;
+  const int64_t last_row = min(dims.Lq, tile0 + kRows) - 1;
   const int64_t k_end = dims.causal ? min(dims.Lk, last_row + 1) : dims.Lk;
   for (int64_t j0 = 0; j0 < k_end; j0 += tile) {
     __syncthreads();
@@ -88,9 +103,9 @@ __global__ void forward_kernel(const scalar_t* q, const scalar_t* k, const scala
 }
 
 template <typename scalar_t>
-__global__ void delta_kernel(const scalar_t* dout, const scalar_t* out, at::acc_type<scalar_t, true>* delta,
+__global__ void delta_kernel(const scalar_t* dout, const scalar_t* out, cuda::acc_t<scalar_t>* delta,
                              int64_t rows, int64_t D) {
-  using acc_t = at::acc_type<scalar_t, true>;
+  using acc_t = cuda::acc_t<scalar_t>;
   for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < rows; r += int64_t(gridDim.x) * blockDim.x) {
     acc_t sum = 0;
     for (int64_t d = 0; d < D; ++d) sum += static_cast<acc_t>(dout[r * D + d]) * static_cast<acc_t>(out[r * D + d]);
@@ -100,13 +115,12 @@ __global__ void delta_kernel(const scalar_t* dout, const scalar_t* out, at::acc_
 
 template <typename scalar_t, int kD>
 __global__ void dq_kernel(const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v,
-                          const at::acc_type<scalar_t, true>* lse, const at::acc_type<scalar_t, true>* delta,
-                          scalar_t* dq, Dims dims, int tile) {
-  using acc_t = at::acc_type<scalar_t, true>;
-  extern __shared__ unsigned char shared_raw[];
-  acc_t* k_tile = reinterpret_cast<acc_t*>(shared_raw);
+                          const cuda::acc_t<scalar_t>* lse, const cuda::acc_t<scalar_t>* delta,
+                          scalar_t* dq, Dims<cuda::acc_t<scalar_t>> dims, int tile) {
+  using acc_t = cuda::acc_t<scalar_t>;
+  acc_t* k_tile = cuda::dynamic_shared_memory<acc_t>();
   acc_t* v_tile = k_tile + tile * dims.D;
-  const int64_t bh = blockIdx.y, i = int64_t(blockIdx.x) * kRows + threadIdx.x, D = dims.D;
+  const int64_t bh = dims.head(), tile0 = dims.row_tile() * kRows, i = tile0 + threadIdx.x, D = dims.D;
   const bool active = i < dims.Lq;
   const int64_t row = bh * dims.Lq + i;
   acc_t q_row[kD], do_row[kD], dq_row[kD];
@@ -116,7 +130,7 @@ __global__ void dq_kernel(const scalar_t* dout, const scalar_t* q, const scalar_
     dq_row[d] = 0;
   }
   const acc_t row_lse = active ? lse[row] : acc_t(0), row_delta = active ? delta[row] : acc_t(0);
-  const int64_t last_row = min(dims.Lq, int64_t(blockIdx.x + 1) * kRows) - 1;
+  const int64_t last_row = min(dims.Lq, tile0 + kRows) - 1;
   const int64_t k_end = dims.causal ? min(dims.Lk, last_row + 1) : dims.Lk;
   for (int64_t j0 = 0; j0 < k_end; j0 += tile) {
     __syncthreads();
@@ -141,13 +155,12 @@ __global__ void dq_kernel(const scalar_t* dout, const scalar_t* q, const scalar_
 
 template <typename scalar_t, int kD>
 __global__ void dkdv_kernel(const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v,
-                            const at::acc_type<scalar_t, true>* lse, const at::acc_type<scalar_t, true>* delta,
-                            scalar_t* dk, scalar_t* dv, Dims dims, int tile) {
-  using acc_t = at::acc_type<scalar_t, true>;
-  extern __shared__ unsigned char shared_raw[];
-  acc_t* q_tile = reinterpret_cast<acc_t*>(shared_raw);
+                            const cuda::acc_t<scalar_t>* lse, const cuda::acc_t<scalar_t>* delta,
+                            scalar_t* dk, scalar_t* dv, Dims<cuda::acc_t<scalar_t>> dims, int tile) {
+  using acc_t = cuda::acc_t<scalar_t>;
+  acc_t* q_tile = cuda::dynamic_shared_memory<acc_t>();
   acc_t* do_tile = q_tile + tile * dims.D;
-  const int64_t bh = blockIdx.y, j = int64_t(blockIdx.x) * kRows + threadIdx.x, D = dims.D;
+  const int64_t bh = dims.head(), tile0 = dims.row_tile() * kRows, j = tile0 + threadIdx.x, D = dims.D;
   const bool active = j < dims.Lk;
   const int64_t row = bh * dims.Lk + j;
   acc_t k_row[kD], v_row[kD], dk_row[kD], dv_row[kD];
@@ -157,7 +170,7 @@ __global__ void dkdv_kernel(const scalar_t* dout, const scalar_t* q, const scala
     dk_row[d] = dv_row[d] = 0;
   }
   // Causal: queries before this block's first key see none of its keys.
-  const int64_t i_begin = dims.causal ? (min(int64_t(blockIdx.x) * kRows, dims.Lq) / tile) * tile : 0;
+  const int64_t i_begin = dims.causal ? (min(tile0, dims.Lq) / tile) * tile : 0;
   for (int64_t i0 = i_begin; i0 < dims.Lq; i0 += tile) {
     __syncthreads();
     stage(q_tile, q + bh * dims.Lq * D, i0, tile, dims.Lq, D);
@@ -199,7 +212,7 @@ void with_head_dim(int64_t D, const Fn& fn) {
   }
 }
 
-void check_cuda(const at::Tensor& t, const char* name) { check_device_type(t, name, c10::DeviceType::CUDA); }
+void check_cuda(const at::Tensor& t, const char* name) { check_device_type(t, name, cuda::kDeviceType); }
 
 at::ScalarType lse_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
@@ -209,22 +222,19 @@ AttentionOutputs attention_forward_cuda(const at::Tensor& q, const at::Tensor& k
                                         std::optional<double> scale, bool causal) {
   const auto g = attention_geometry(q, k, v, scale, causal);
   check_cuda(q, "attention: q");
-  const c10::cuda::CUDAGuard guard(q.device());
+  const cuda::DeviceGuard guard(q.device());
   auto out = at::empty({g.batch, g.heads, g.q_len, g.head_dim}, q.options());
   auto lse = at::empty({g.batch, g.heads, g.q_len}, q.options().dtype(lse_dtype(q.scalar_type())));
   if (out.numel() == 0) return {out, lse};
   const auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
-  const Dims dims{g.q_len, g.k_len, g.head_dim, static_cast<float>(g.scale), g.causal};
-  const dim3 grid(static_cast<unsigned>(ceil_div(g.q_len, kRows)), static_cast<unsigned>(g.batch * g.heads));
   CNNEXT_DISPATCH_CUDA_TYPES(q.scalar_type(), "attention_forward_cuda", [&] {
-    using acc_t = at::acc_type<scalar_t, true>;
+    using acc_t = cuda::acc_t<scalar_t>;
     const int tile = tile_rows<acc_t>(g.head_dim);
-    const size_t shared = 2 * tile * g.head_dim * sizeof(acc_t);
+    const auto config = row_tile_launch(g, g.q_len, 2 * tile * g.head_dim * sizeof(acc_t));
     with_head_dim(g.head_dim, [&](auto head_dim) {
-      forward_kernel<scalar_t, decltype(head_dim)::value><<<grid, kRows, shared, c10::cuda::getCurrentCUDAStream()>>>(
-          qc.const_data_ptr<scalar_t>(), kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(),
-          out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), dims, tile);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cuda::launch<forward_kernel<scalar_t, decltype(head_dim)::value>>(
+          config, qc.const_data_ptr<scalar_t>(), kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(),
+          out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), kernel_dims<acc_t>(g, g.q_len), tile);
     });
   });
   return {out, lse};
@@ -235,39 +245,33 @@ AttentionGrads attention_backward_cuda(const at::Tensor& grad_out, const at::Ten
                                        std::optional<double> scale, bool causal) {
   const auto g = attention_backward_geometry(grad_out, q, k, v, out, lse, scale, causal);
   check_cuda(q, "_attention_backward: q");
-  const c10::cuda::CUDAGuard guard(q.device());
+  const cuda::DeviceGuard guard(q.device());
   auto dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options());
   auto dv = at::empty(v.sizes(), v.options());
   if (q.numel() == 0 || k.numel() == 0) return {dq.zero_(), dk.zero_(), dv.zero_()};
   const auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   const auto doc = grad_out.contiguous(), oc = out.contiguous(), lc = lse.contiguous();
-  const Dims dims{g.q_len, g.k_len, g.head_dim, static_cast<float>(g.scale), g.causal};
   const int64_t BH = g.batch * g.heads;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
   CNNEXT_DISPATCH_CUDA_TYPES(q.scalar_type(), "attention_backward_cuda", [&] {
-    using acc_t = at::acc_type<scalar_t, true>;
+    using acc_t = cuda::acc_t<scalar_t>;
     auto delta = at::empty({BH * g.q_len}, lc.options());
     const int64_t rows = BH * g.q_len;
-    delta_kernel<scalar_t><<<static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, 256), 65535)), 256, 0, stream>>>(
-        doc.const_data_ptr<scalar_t>(), oc.const_data_ptr<scalar_t>(), delta.mutable_data_ptr<acc_t>(), rows,
-        g.head_dim);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::launch<delta_kernel<scalar_t>>({static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, 256), 65535)), 256},
+                                         doc.const_data_ptr<scalar_t>(), oc.const_data_ptr<scalar_t>(),
+                                         delta.mutable_data_ptr<acc_t>(), rows, g.head_dim);
     const int tile = tile_rows<acc_t>(g.head_dim);
     const size_t shared = 2 * tile * g.head_dim * sizeof(acc_t);
     with_head_dim(g.head_dim, [&](auto head_dim) {
       constexpr int kD = decltype(head_dim)::value;
-      const dim3 q_grid(static_cast<unsigned>(ceil_div(g.q_len, kRows)), static_cast<unsigned>(BH));
-      dq_kernel<scalar_t, kD><<<q_grid, kRows, shared, stream>>>(
-          doc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(), kc.const_data_ptr<scalar_t>(),
-          vc.const_data_ptr<scalar_t>(), lc.const_data_ptr<acc_t>(), delta.const_data_ptr<acc_t>(),
-          dq.mutable_data_ptr<scalar_t>(), dims, tile);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      const dim3 k_grid(static_cast<unsigned>(ceil_div(g.k_len, kRows)), static_cast<unsigned>(BH));
-      dkdv_kernel<scalar_t, kD><<<k_grid, kRows, shared, stream>>>(
-          doc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(), kc.const_data_ptr<scalar_t>(),
-          vc.const_data_ptr<scalar_t>(), lc.const_data_ptr<acc_t>(), delta.const_data_ptr<acc_t>(),
-          dk.mutable_data_ptr<scalar_t>(), dv.mutable_data_ptr<scalar_t>(), dims, tile);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cuda::launch<dq_kernel<scalar_t, kD>>(
+          row_tile_launch(g, g.q_len, shared), doc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
+          kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(), lc.const_data_ptr<acc_t>(),
+          delta.const_data_ptr<acc_t>(), dq.mutable_data_ptr<scalar_t>(), kernel_dims<acc_t>(g, g.q_len), tile);
+      cuda::launch<dkdv_kernel<scalar_t, kD>>(
+          row_tile_launch(g, g.k_len, shared), doc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
+          kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(), lc.const_data_ptr<acc_t>(),
+          delta.const_data_ptr<acc_t>(), dk.mutable_data_ptr<scalar_t>(), dv.mutable_data_ptr<scalar_t>(),
+          kernel_dims<acc_t>(g, g.k_len), tile);
     });
   });
   return {dq, dk, dv};

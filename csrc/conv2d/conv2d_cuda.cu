@@ -16,16 +16,13 @@
 // blocks (split-K) into a float workspace, summed by a second kernel in a fixed order: the result
 // is deterministic, with no atomics. grad bias is a per-channel block reduction, also deterministic.
 //
-// Only c10/cuda headers are included (not ATen/cuda/CUDAContext.h, which pulls in cuBLAS and
-// cuSPARSE headers that a bare CUDA toolkit may lack and these kernels do not use).
-#include <ATen/AccumulateType.h>
+// The CUDA runtime is reached only through cuda_device.h, so this file also compiles for the CUDA
+// emulator (csrc/cuda_emulation/).
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include "common.h"
 #include "conv2d/conv2d.h"
+#include "cuda_device.h"
 
 namespace cnnext {
 namespace {
@@ -70,7 +67,7 @@ __device__ __forceinline__ acc_t grad_output_value(const scalar_t* dy, const Str
 
 template <typename scalar_t>
 struct ForwardProblem {
-  using acc_t = at::acc_type<scalar_t, true>;
+  using acc_t = cuda::acc_t<scalar_t>;
   static constexpr bool kAKFast = true, kBKFast = false;
   const scalar_t* x;      // (N, C, H, W), any strides
   const scalar_t* w;      // (Cout, C/G, kh, kw), contiguous
@@ -95,7 +92,7 @@ struct ForwardProblem {
 
 template <typename scalar_t>
 struct GradInputProblem {
-  using acc_t = at::acc_type<scalar_t, true>;
+  using acc_t = cuda::acc_t<scalar_t>;
   static constexpr bool kAKFast = true, kBKFast = false;
   const scalar_t* dy;  // (N, Cout, Ho, Wo), any strides
   const scalar_t* w;   // (Cout, C/G, kh, kw), contiguous
@@ -130,7 +127,7 @@ struct GradInputProblem {
 
 template <typename scalar_t>
 struct GradWeightProblem {
-  using acc_t = at::acc_type<scalar_t, true>;
+  using acc_t = cuda::acc_t<scalar_t>;
   static constexpr bool kAKFast = true, kBKFast = true;
   const scalar_t* dy;  // (N, Cout, Ho, Wo), any strides
   const scalar_t* x;   // (N, C, H, W), any strides
@@ -220,9 +217,7 @@ void launch_implicit_gemm(const Problem& prob, int64_t rows, int64_t cols, int64
   TORCH_CHECK(groups * splits <= kMaxGridZ, "conv2d (CUDA): too many groups (", groups, ")");
   const dim3 grid(static_cast<unsigned>(ceil_div(cols, kTileN)), static_cast<unsigned>(ceil_div(rows, kTileM)),
                   static_cast<unsigned>(groups * splits));
-  implicit_gemm_kernel<Problem>
-      <<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(prob, std::max<int64_t>(depth_per_split, kTileK));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  cuda::launch<implicit_gemm_kernel<Problem>>({grid, kThreads}, prob, std::max<int64_t>(depth_per_split, kTileK));
 }
 
 // dW[i] = sum over splits of partial[s][i], in split order (deterministic).
@@ -257,15 +252,12 @@ __global__ void bias_grad_kernel(const scalar_t* dy, Strides4 ys, KernelGeometry
 // splits than 16-deep stages, never past the grid's z limit.
 int64_t grad_weight_splits(const KernelGeometry& p) {
   const int64_t tiles = ceil_div(p.Coutg, kTileM) * ceil_div(p.K, kTileN) * p.groups;
-  int device = 0, sm_count = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
-  const int64_t target_blocks = 4 * int64_t{sm_count};
+  const int64_t target_blocks = 4 * int64_t{cuda::multiprocessor_count()};
   const int64_t splits = std::clamp<int64_t>(ceil_div(target_blocks, tiles), 1, ceil_div(p.N * p.L, kTileK));
   return std::min<int64_t>(splits, kMaxGridZ / p.groups);
 }
 
-void check_cuda(const at::Tensor& t, const char* name) { check_device_type(t, name, c10::DeviceType::CUDA); }
+void check_cuda(const at::Tensor& t, const char* name) { check_device_type(t, name, cuda::kDeviceType); }
 
 }  // namespace
 
@@ -274,7 +266,7 @@ at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight
                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const auto geometry = conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
   check_cuda(input, "conv2d: input");
-  const c10::cuda::CUDAGuard guard(input.device());
+  const cuda::DeviceGuard guard(input.device());
   const bool has_bias = bias.has_value() && bias->defined();
   auto out = at::empty({geometry.batch, geometry.out_channels, geometry.out_h, geometry.out_w},
                        input.options().memory_format(conv2d_output_format(input)));
@@ -296,16 +288,15 @@ Conv2dGrads conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor
                                  at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask) {
   const auto geometry = conv2d_backward_geometry(grad_output, input, weight, stride, padding, dilation, groups);
   check_cuda(input, "_conv2d_backward: input");
-  const c10::cuda::CUDAGuard guard(input.device());
+  const cuda::DeviceGuard guard(input.device());
   // Plain names, not a structured binding: the kernels' lambdas capture them (C++17 forbids that).
   const bool need_input = output_mask[0], need_weight = output_mask[1], need_bias = output_mask[2];
   const auto p = kernel_geometry(geometry);
   const auto w = weight.contiguous();
-  const auto stream = c10::cuda::getCurrentCUDAStream();
 
   at::Tensor dinput, dweight, dbias;
   CNNEXT_DISPATCH_CUDA_TYPES(input.scalar_type(), "conv2d_backward_cuda", [&] {
-    using acc_t = at::acc_type<scalar_t, true>;
+    using acc_t = cuda::acc_t<scalar_t>;
     if (need_input) {
       dinput = at::empty(input.sizes(), input.options().memory_format(conv2d_output_format(input)));
       if (dinput.numel() > 0) {
@@ -328,18 +319,16 @@ Conv2dGrads conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor
         launch_implicit_gemm(prob, p.Coutg, p.K, p.N * p.L, p.groups, splits);
         const int64_t size = p.Cout * p.K;
         const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(size, kThreads), 4096));
-        sum_splits_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(partial.const_data_ptr<acc_t>(),
-                                                                            dweight.mutable_data_ptr<scalar_t>(),
-                                                                            splits, size);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        cuda::launch<sum_splits_kernel<scalar_t, acc_t>>({blocks, kThreads}, partial.const_data_ptr<acc_t>(),
+                                                         dweight.mutable_data_ptr<scalar_t>(), splits, size);
       }
     }
     if (need_bias) {
       dbias = at::empty({p.Cout}, weight.options());
       if (p.Cout > 0) {
-        bias_grad_kernel<scalar_t, acc_t><<<static_cast<unsigned>(p.Cout), kThreads, 0, stream>>>(
-            grad_output.const_data_ptr<scalar_t>(), strides_of(grad_output), p, dbias.mutable_data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        cuda::launch<bias_grad_kernel<scalar_t, acc_t>>({static_cast<unsigned>(p.Cout), kThreads},
+                                                        grad_output.const_data_ptr<scalar_t>(), strides_of(grad_output),
+                                                        p, dbias.mutable_data_ptr<scalar_t>());
       }
     }
   });

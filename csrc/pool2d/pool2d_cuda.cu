@@ -9,15 +9,11 @@
 // the thread-to-element order follows the memory layout (channels innermost for channels_last,
 // width innermost for NCHW) so a warp's accesses are contiguous. Accumulation is in float for
 // half/bfloat16/float and in double for double.
-#include <ATen/AccumulateType.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
 #include <limits>
 #include <type_traits>
 
 #include "common.h"
+#include "cuda_device.h"
 #include "pool2d/pool2d_entries.h"
 
 namespace cnnext {
@@ -47,7 +43,7 @@ __device__ Coord decode(int64_t index, int64_t C, int64_t H, int64_t W) {
 template <typename scalar_t, typename index_t, bool kChannelsLast>
 __global__ void max_forward_kernel(const scalar_t* x, Strides4 xs, scalar_t* out, index_t* indices, Strides4 os,
                                    int64_t C, MaxAxis rows, MaxAxis cols, int64_t total) {
-  using acc_t = at::acc_type<scalar_t, true>;
+  using acc_t = cuda::acc_t<scalar_t>;
   CNNEXT_GRID_STRIDE_LOOP(index, total) {
     const Coord o = decode<kChannelsLast>(index, C, rows.out_size, cols.out_size);
     const Span r = rows.taps(o.h), cc = cols.taps(o.w);
@@ -78,7 +74,7 @@ __global__ void max_forward_kernel(const scalar_t* x, Strides4 xs, scalar_t* out
 template <typename scalar_t, typename index_t, bool kChannelsLast>
 __global__ void max_backward_kernel(const scalar_t* dy, const index_t* indices, Strides4 ys, scalar_t* dx,
                                     Strides4 xs, int64_t C, MaxAxis rows, MaxAxis cols, int64_t total) {
-  using acc_t = at::acc_type<scalar_t, true>;
+  using acc_t = cuda::acc_t<scalar_t>;
   CNNEXT_GRID_STRIDE_LOOP(index, total) {
     const Coord i = decode<kChannelsLast>(index, C, rows.size, cols.size);
     const Span oh_range = rows.covering(i.h), ow_range = cols.covering(i.w);
@@ -105,7 +101,7 @@ __global__ void max_backward_kernel(const scalar_t* dy, const index_t* indices, 
 template <typename scalar_t, bool kChannelsLast>
 __global__ void avg_forward_kernel(const scalar_t* x, Strides4 xs, scalar_t* out, Strides4 os, int64_t C,
                                    AvgAxis rows, AvgAxis cols, AvgDivisor divisor, int64_t total) {
-  using acc_t = at::acc_type<scalar_t, true>;
+  using acc_t = cuda::acc_t<scalar_t>;
   CNNEXT_GRID_STRIDE_LOOP(index, total) {
     const Coord o = decode<kChannelsLast>(index, C, rows.out_size, cols.out_size);
     const Span r = rows.window(o.h), cc = cols.window(o.w);
@@ -120,7 +116,7 @@ __global__ void avg_forward_kernel(const scalar_t* x, Strides4 xs, scalar_t* out
 template <typename scalar_t, bool kChannelsLast>
 __global__ void avg_backward_kernel(const scalar_t* dy, Strides4 ys, scalar_t* dx, Strides4 xs, int64_t C,
                                     AvgAxis rows, AvgAxis cols, AvgDivisor divisor, int64_t total) {
-  using acc_t = at::acc_type<scalar_t, true>;
+  using acc_t = cuda::acc_t<scalar_t>;
   CNNEXT_GRID_STRIDE_LOOP(index, total) {
     const Coord i = decode<kChannelsLast>(index, C, rows.size, cols.size);
     const Span oh_range = rows.covering(i.h), ow_range = cols.covering(i.w);
@@ -146,15 +142,14 @@ unsigned blocks_for(int64_t total) { return static_cast<unsigned>(std::min<int64
 // Launches KERNEL<TYPES..., channels_last>(args..., total) over `total` elements on the current
 // stream of the tensors' device; TYPES is a parenthesised list, e.g. (scalar_t, index_t).
 #define CNNEXT_UNPAREN(...) __VA_ARGS__
-#define CNNEXT_LAUNCH_POOL(KERNEL, TYPES, channels_last, total, ...)                                        \
-  do {                                                                                                      \
-    const auto stream = c10::cuda::getCurrentCUDAStream();                                                  \
-    if (channels_last) {                                                                                    \
-      KERNEL<CNNEXT_UNPAREN TYPES, true><<<blocks_for(total), kThreads, 0, stream>>>(__VA_ARGS__, total);   \
-    } else {                                                                                                \
-      KERNEL<CNNEXT_UNPAREN TYPES, false><<<blocks_for(total), kThreads, 0, stream>>>(__VA_ARGS__, total);  \
-    }                                                                                                       \
-    C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                         \
+#define CNNEXT_LAUNCH_POOL(KERNEL, TYPES, channels_last, total, ...)                                   \
+  do {                                                                                                 \
+    const cuda::LaunchConfig config{blocks_for(total), kThreads};                                       \
+    if (channels_last) {                                                                               \
+      cuda::launch<KERNEL<CNNEXT_UNPAREN TYPES, true>>(config, __VA_ARGS__, total);                    \
+    } else {                                                                                           \
+      cuda::launch<KERNEL<CNNEXT_UNPAREN TYPES, false>>(config, __VA_ARGS__, total);                   \
+    }                                                                                                  \
   } while (0)
 
 // Calls fn(index_t{}) with index_t the type `indices` records the argmax as: uint8_t window taps,
@@ -169,11 +164,11 @@ void with_argmax_type(const at::Tensor& indices, const Fn& fn) {
 }
 
 struct CudaLoops {
-  static constexpr c10::DeviceType kDevice = c10::DeviceType::CUDA;
+  static constexpr c10::DeviceType kDevice = cuda::kDeviceType;
 
   static void max_forward(const at::Tensor& x, const at::Tensor& out, const at::Tensor& indices,
                           const Pool2dGeometry& g, bool channels_last) {
-    const c10::cuda::CUDAGuard guard(x.device());
+    const cuda::DeviceGuard guard(x.device());
     const int64_t total = out.numel();
     CNNEXT_DISPATCH_CUDA_TYPES(x.scalar_type(), "max_pool2d_forward_cuda", [&] {
       with_argmax_type(indices, [&](auto tag) {
@@ -188,7 +183,7 @@ struct CudaLoops {
 
   static void max_backward(const at::Tensor& dy, const at::Tensor& indices, const at::Tensor& dx,
                            const Pool2dGeometry& g, bool channels_last) {
-    const c10::cuda::CUDAGuard guard(dx.device());
+    const cuda::DeviceGuard guard(dx.device());
     const int64_t total = dx.numel();
     CNNEXT_DISPATCH_CUDA_TYPES(dx.scalar_type(), "max_pool2d_backward_cuda", [&] {
       with_argmax_type(indices, [&](auto tag) {
@@ -202,7 +197,7 @@ struct CudaLoops {
 
   static void avg_forward(const at::Tensor& x, const at::Tensor& out, const Pool2dGeometry& g, AvgDivisor divisor,
                           bool channels_last) {
-    const c10::cuda::CUDAGuard guard(x.device());
+    const cuda::DeviceGuard guard(x.device());
     const int64_t total = out.numel();
     CNNEXT_DISPATCH_CUDA_TYPES(x.scalar_type(), "avg_pool2d_forward_cuda", [&] {
       CNNEXT_LAUNCH_POOL(avg_forward_kernel, (scalar_t), channels_last, total, x.const_data_ptr<scalar_t>(),
@@ -213,7 +208,7 @@ struct CudaLoops {
 
   static void avg_backward(const at::Tensor& dy, const at::Tensor& dx, const Pool2dGeometry& g, AvgDivisor divisor,
                            bool channels_last) {
-    const c10::cuda::CUDAGuard guard(dx.device());
+    const cuda::DeviceGuard guard(dx.device());
     const int64_t total = dx.numel();
     CNNEXT_DISPATCH_CUDA_TYPES(dx.scalar_type(), "avg_pool2d_backward_cuda", [&] {
       CNNEXT_LAUNCH_POOL(avg_backward_kernel, (scalar_t), channels_last, total, dy.const_data_ptr<scalar_t>(),

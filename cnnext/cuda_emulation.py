@@ -109,6 +109,17 @@ def _load() -> None:
     name = "cnnext_cuda_emulation_" + (_sanitizer() or "plain")
     if not (build / f"{name}.so").exists():
         print(f"cnnext.cuda_emulation: building the emulated CUDA kernels in {build} (first use)", file=sys.stderr)
+    # A sanitizer pass runs with the sanitizer's runtime preloaded; the compiler must not inherit it.
+    preload = os.environ.pop("LD_PRELOAD", None)
+    try:
+        _build_and_load(cpp_extension, name, sources, csrc, flags, build)
+    finally:
+        if preload is not None:
+            os.environ["LD_PRELOAD"] = preload
+    register_namespace(NAMESPACE)
+
+
+def _build_and_load(cpp_extension, name, sources, csrc, flags, build) -> None:
     cpp_extension.load(
         name=name,
         sources=sources,
@@ -120,7 +131,6 @@ def _load() -> None:
         is_python_module=False,
         verbose=os.environ.get("CNNEXT_EMU_VERBOSE_BUILD") == "1",
     )
-    register_namespace(NAMESPACE)
 
 
 def set_schedule(name: str, seed: int = 0) -> None:

@@ -7,16 +7,20 @@
 //   multiprocessor_count()      SMs of the current device (the emulator's setting when emulated)
 //   acc_t<scalar_t>             accumulation type: float for half/bfloat16/float, double for double
 //   dynamic_shared_memory<T>()  the block's dynamic shared memory (extern __shared__), as T*
+//   empty(sizes, options)       at::empty for a kernel's output; emulated, filled with 0xFF bytes
+//                               (NaN in every floating type) so that an element no thread writes shows
 //   launch<kernel>(config, args...)          kernel<<<grid, block, shared bytes, current stream>>>
 //                                             with the launch-error check
 //   allow_dynamic_shared<kernel>(bytes)      the opt-in for more than 48 KiB of dynamic shared memory
 #pragma once
 
+#include <ATen/ops/empty.h>
 #include <c10/core/Device.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <cstddef>
+#include <cstring>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -48,6 +52,13 @@ struct DeviceGuard {
 };
 
 inline int multiprocessor_count() { return ::cnnext_emu::multiprocessor_count(); }
+
+// A GPU's fresh memory holds whatever was there; the emulator makes that NaN, never a plausible value.
+inline at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  auto t = at::empty(sizes, options);
+  if (t.nbytes() > 0) std::memset(t.data_ptr(), 0xff, t.nbytes());
+  return t;
+}
 
 template <typename T>
 T* dynamic_shared_memory() {
@@ -97,6 +108,8 @@ inline int multiprocessor_count() {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
   return count;
 }
+
+inline at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) { return at::empty(sizes, options); }
 
 template <typename T>
 __device__ __forceinline__ T* dynamic_shared_memory() {

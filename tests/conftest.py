@@ -1,4 +1,13 @@
-"""Shared test parametrisation: devices, dtypes per device, and poisoning of CUDA memory."""
+"""Shared test parametrisation: devices, dtypes per device, poisoning of CUDA memory, and the
+emulated twin of every CUDA case.
+
+A CUDA case runs three ways: on a real GPU ("cuda", skipped without one) and twice on the CPU
+through the CUDA emulator ("emu_reverse", "emu_random": cnnext.cuda_emulation, the CUDA kernels
+compiled for the CPU, under the reverse and the random thread schedule). An emulated case gets
+CPU tensors ("cpu" as its device) and the `cuda_emulation` marker; the autouse fixture below then
+routes every torch.ops.cnnext call of the test to torch.ops.cnnext_emu. Tests that name an
+operator object directly (opcheck) take it from the `ops` fixture.
+"""
 
 import os
 import pathlib
@@ -14,16 +23,49 @@ import cnnext  # noqa: F401  (registers torch.ops.cnnext)
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device visible")
 
+# The emulated twins of a CUDA case: reverse order hides races where a thread reads a higher
+# neighbour's slot, forward a lower one's; random catches both (and shuffles blocks).
+EMULATED_SCHEDULES = ("reverse", "random")
+EMULATED = [f"emu_{schedule}" for schedule in EMULATED_SCHEDULES]
 
-def _case(device, dtype):
-    marks = [needs_cuda] if device == "cuda" else []
-    return pytest.param(device, dtype, id=f"{device}-{str(dtype).removeprefix('torch.')}", marks=marks)
+
+def _device_param(device, *values):
+    """pytest.param for `device` ("cpu", "cuda" or "emu_<schedule>"), with `values` after it."""
+    suffix = "".join(f"-{str(v).removeprefix('torch.')}" for v in values)
+    if device == "cuda":
+        return pytest.param(device, *values, id=f"cuda{suffix}", marks=[needs_cuda])
+    if device.startswith("emu_"):
+        marks = [pytest.mark.cuda_emulation(device.removeprefix("emu_"))]
+        return pytest.param("cpu", *values, id=f"{device}{suffix}", marks=marks)
+    return pytest.param(device, *values, id=f"{device}{suffix}")
 
 
-# float32/float64 on every device; float16/bfloat16 on CUDA only.
-FULL_PRECISION = [_case(d, t) for d in ("cpu", "cuda") for t in (torch.float32, torch.float64)]
-LOW_PRECISION = [_case("cuda", t) for t in (torch.float16, torch.bfloat16)]
-DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=[needs_cuda])]
+# float32/float64 on every device; float16/bfloat16 on CUDA (real or emulated) only.
+FULL_PRECISION = [_device_param(d, t) for d in ("cpu", "cuda", *EMULATED) for t in (torch.float32, torch.float64)]
+LOW_PRECISION = [_device_param(d, t) for d in ("cuda", *EMULATED) for t in (torch.float16, torch.bfloat16)]
+DEVICES = [_device_param(d) for d in ("cpu", "cuda", *EMULATED)]
+# Cases whose inputs are built on the CPU (bad-input tables): the CPU kernels and the emulated CUDA ones.
+CPU_AND_EMULATED = [_device_param(d) for d in ("cpu", *EMULATED)]
+
+
+@pytest.fixture(autouse=True)
+def cuda_emulation(request, fresh_seed):
+    """For a case marked cuda_emulation(schedule): the emulator with that schedule (seeded per test)
+    and every torch.ops.cnnext call routed to torch.ops.cnnext_emu; None otherwise."""
+    marker = request.node.get_closest_marker("cuda_emulation")
+    if marker is None:
+        yield None
+        return
+    import cnnext.cuda_emulation as emulation
+
+    with emulation.schedule(marker.args[0], seed=fresh_seed), emulation.routed():
+        yield emulation
+
+
+@pytest.fixture
+def ops(cuda_emulation):
+    """The operator namespace a case exercises: torch.ops.cnnext_emu when emulated, else torch.ops.cnnext."""
+    return torch.ops.cnnext_emu if cuda_emulation is not None else torch.ops.cnnext
 
 
 @pytest.fixture(autouse=True)

@@ -91,12 +91,12 @@ def test_gradcheck_float64(causal, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_opcheck(device):
+def test_opcheck(device, ops):
     q, k, v = (
         torch.randn(2, 2, n, 16, dtype=torch.float64, device=device, requires_grad=True) for n in (9, 7, 7)
     )
-    torch.library.opcheck(torch.ops.cnnext.attention.default, (q, k, v, None, True))
-    torch.library.opcheck(torch.ops.cnnext.attention.default, (q, k, v, 0.5, False))
+    torch.library.opcheck(ops.attention.default, (q, k, v, None, True))
+    torch.library.opcheck(ops.attention.default, (q, k, v, 0.5, False))
 
 
 def test_torch_compile_fullgraph_matches_eager():

@@ -289,15 +289,15 @@ def test_gradcheck_float64(conv_args, seed, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
-def test_opcheck(with_bias, device):
+def test_opcheck(with_bias, device, ops):
     x = torch.randn(2, 4, 7, 6, dtype=torch.float64, device=device, requires_grad=True)
     w = torch.randn(6, 2, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
     b = torch.randn(6, dtype=torch.float64, device=device, requires_grad=True) if with_bias else None
-    torch.library.opcheck(torch.ops.cnnext.conv2d.default, (x, w, b, [2, 1], [1, 1], [1, 2], 2))
+    torch.library.opcheck(ops.conv2d.default, (x, w, b, [2, 1], [1, 1], [1, 2], 2))
     grad_out = torch.randn(2, 6, 4, 4, dtype=torch.float64, device=device)
     backward_args = (grad_out, x.detach(), w.detach(), [2, 1], [1, 1], [1, 2], 2)
     for mask in ([True, True, with_bias], [False, True, False], [True, False, False]):
-        torch.library.opcheck(torch.ops.cnnext._conv2d_backward.default, (*backward_args, mask))
+        torch.library.opcheck(ops._conv2d_backward.default, (*backward_args, mask))
 
 
 def test_torch_compile_fullgraph_matches_eager():

@@ -249,14 +249,14 @@ def test_gradcheck_float64(pool, layout, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_opcheck(device):
+def test_opcheck(device, ops):
     x = distinct_values((2, 3, 7, 9), torch.float64, device).requires_grad_()
-    torch.library.opcheck(torch.ops.cnnext.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], [1, 2], True))
+    torch.library.opcheck(ops.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], [1, 2], True))
     for args in ([3, 3], [2, 2], [1, 1], [1, 2], True), ([2, 2], [2, 2], [0, 0], [1, 1], False):
-        torch.library.opcheck(torch.ops.cnnext._max_pool2d_with_taps.default, (x, *args))
-    torch.library.opcheck(torch.ops.cnnext.avg_pool2d.default, (x, [3, 2], [2, 2], [1, 0], True, False, None))
-    torch.library.opcheck(torch.ops.cnnext.avg_pool2d.default, (x, [2, 2], [1, 1], [0, 0], False, True, 3))
-    torch.library.opcheck(torch.ops.cnnext.adaptive_avg_pool2d.default, (x, [3, 4]))
+        torch.library.opcheck(ops._max_pool2d_with_taps.default, (x, *args))
+    torch.library.opcheck(ops.avg_pool2d.default, (x, [3, 2], [2, 2], [1, 0], True, False, None))
+    torch.library.opcheck(ops.avg_pool2d.default, (x, [2, 2], [1, 1], [0, 0], False, True, 3))
+    torch.library.opcheck(ops.adaptive_avg_pool2d.default, (x, [3, 4]))
 
 
 def test_torch_compile_fullgraph_matches_eager():

@@ -9,8 +9,6 @@
 //   dkdv kernel    per key row, query tiles staged in shared memory:
 //                  dv_j = sum_i P_ij dO_i,  dk_j = sum_i P_ij (dP_ij - delta_i) q_i * scale
 // Written for correctness first: per-thread rows and scalar dot products, no tensor cores.
-#include <ATen/ops/empty.h>
-
 #include "attention/attention.h"
 #include "common.h"
 #include "cuda_device.h"
@@ -223,8 +221,8 @@ AttentionOutputs attention_forward_cuda(const at::Tensor& q, const at::Tensor& k
   const auto g = attention_geometry(q, k, v, scale, causal);
   check_cuda(q, "attention: q");
   const cuda::DeviceGuard guard(q.device());
-  auto out = at::empty({g.batch, g.heads, g.q_len, g.head_dim}, q.options());
-  auto lse = at::empty({g.batch, g.heads, g.q_len}, q.options().dtype(lse_dtype(q.scalar_type())));
+  auto out = cuda::empty({g.batch, g.heads, g.q_len, g.head_dim}, q.options());
+  auto lse = cuda::empty({g.batch, g.heads, g.q_len}, q.options().dtype(lse_dtype(q.scalar_type())));
   if (out.numel() == 0) return {out, lse};
   const auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   CNNEXT_DISPATCH_CUDA_TYPES(q.scalar_type(), "attention_forward_cuda", [&] {
@@ -246,15 +244,15 @@ AttentionGrads attention_backward_cuda(const at::Tensor& grad_out, const at::Ten
   const auto g = attention_backward_geometry(grad_out, q, k, v, out, lse, scale, causal);
   check_cuda(q, "_attention_backward: q");
   const cuda::DeviceGuard guard(q.device());
-  auto dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options());
-  auto dv = at::empty(v.sizes(), v.options());
+  auto dq = cuda::empty(q.sizes(), q.options()), dk = cuda::empty(k.sizes(), k.options());
+  auto dv = cuda::empty(v.sizes(), v.options());
   if (q.numel() == 0 || k.numel() == 0) return {dq.zero_(), dk.zero_(), dv.zero_()};
   const auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   const auto doc = grad_out.contiguous(), oc = out.contiguous(), lc = lse.contiguous();
   const int64_t BH = g.batch * g.heads;
   CNNEXT_DISPATCH_CUDA_TYPES(q.scalar_type(), "attention_backward_cuda", [&] {
     using acc_t = cuda::acc_t<scalar_t>;
-    auto delta = at::empty({BH * g.q_len}, lc.options());
+    auto delta = cuda::empty({BH * g.q_len}, lc.options());
     const int64_t rows = BH * g.q_len;
     cuda::launch<delta_kernel<scalar_t>>({static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, 256), 65535)), 256},
                                          doc.const_data_ptr<scalar_t>(), oc.const_data_ptr<scalar_t>(),

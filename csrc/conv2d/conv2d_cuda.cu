@@ -18,8 +18,6 @@
 //
 // The CUDA runtime is reached only through cuda_device.h, so this file also compiles for the CUDA
 // emulator (csrc/cuda_emulation/).
-#include <ATen/ops/empty.h>
-
 #include "common.h"
 #include "conv2d/conv2d.h"
 #include "cuda_device.h"
@@ -268,7 +266,7 @@ at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight
   check_cuda(input, "conv2d: input");
   const cuda::DeviceGuard guard(input.device());
   const bool has_bias = bias.has_value() && bias->defined();
-  auto out = at::empty({geometry.batch, geometry.out_channels, geometry.out_h, geometry.out_w},
+  auto out = cuda::empty({geometry.batch, geometry.out_channels, geometry.out_h, geometry.out_w},
                        input.options().memory_format(conv2d_output_format(input)));
   if (out.numel() == 0) return out;
   const auto p = kernel_geometry(geometry);
@@ -298,7 +296,7 @@ Conv2dGrads conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor
   CNNEXT_DISPATCH_CUDA_TYPES(input.scalar_type(), "conv2d_backward_cuda", [&] {
     using acc_t = cuda::acc_t<scalar_t>;
     if (need_input) {
-      dinput = at::empty(input.sizes(), input.options().memory_format(conv2d_output_format(input)));
+      dinput = cuda::empty(input.sizes(), input.options().memory_format(conv2d_output_format(input)));
       if (dinput.numel() > 0) {
         const GradInputProblem<scalar_t> prob{grad_output.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
                                               dinput.mutable_data_ptr<scalar_t>(), strides_of(grad_output),
@@ -307,12 +305,12 @@ Conv2dGrads conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor
       }
     }
     if (need_weight) {
-      dweight = at::empty(weight.sizes(), weight.options());
+      dweight = cuda::empty(weight.sizes(), weight.options());
       if (p.N * p.L == 0) {
         dweight.zero_();  // nothing to sum over: the gradient is exactly zero
       } else if (dweight.numel() > 0) {
         const int64_t splits = grad_weight_splits(p);
-        auto partial = at::empty({splits, p.Cout, p.K}, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        auto partial = cuda::empty({splits, p.Cout, p.K}, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
         const GradWeightProblem<scalar_t> prob{grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
                                                partial.mutable_data_ptr<acc_t>(), strides_of(grad_output),
                                                strides_of(input), p};
@@ -324,7 +322,7 @@ Conv2dGrads conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor
       }
     }
     if (need_bias) {
-      dbias = at::empty({p.Cout}, weight.options());
+      dbias = cuda::empty({p.Cout}, weight.options());
       if (p.Cout > 0) {
         cuda::launch<bias_grad_kernel<scalar_t, acc_t>>({static_cast<unsigned>(p.Cout), kThreads},
                                                         grad_output.const_data_ptr<scalar_t>(), strides_of(grad_output),

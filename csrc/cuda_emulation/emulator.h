@@ -135,7 +135,7 @@ T from_bits(uint64_t bits) {
 
 // ---- Warp intrinsics -----------------------------------------------------------------------------
 // Macros only to record the call site; the work is in the templates below.
-#define __syncwarp(...) ::cnnext_emu::syncwarp(CNNEXT_EMU_SITE, ##__VA_ARGS__)
+#define __syncwarp(...) ::cnnext_emu::syncwarp(CNNEXT_EMU_SITE __VA_OPT__(, ) __VA_ARGS__)
 #define __shfl_sync(...) ::cnnext_emu::shuffle(CNNEXT_EMU_SITE, ::cnnext_emu::WarpOp::kShuffleIndex, __VA_ARGS__)
 #define __shfl_up_sync(...) ::cnnext_emu::shuffle(CNNEXT_EMU_SITE, ::cnnext_emu::WarpOp::kShuffleUp, __VA_ARGS__)
 #define __shfl_down_sync(...) \

@@ -13,8 +13,10 @@
 // Sanitizers: under ThreadSanitizer (CNNEXT_EMU_TSAN) every fiber is announced as a TSan fiber
 // and switches carry no synchronisation of their own; a barrier or collective passes happens-
 // before from each participant's arrival to every participant's resumption through a short-lived
-// relay fiber, so TSan sees exactly CUDA's ordering: races between phases of a block and between
-// blocks are reported. The runtime's own bookkeeping is hidden from TSan. Under AddressSanitizer
+// relay fiber, so TSan sees CUDA's ordering within a block: accesses of two threads with no
+// barrier or collective between them are reported. Blocks are ordered one after another (they
+// reuse stacks and shared memory), so races between blocks are not. The runtime's own bookkeeping
+// is hidden from TSan. Under AddressSanitizer
 // the stack switches are announced (__sanitizer_start/finish_switch_fiber).
 #include "cuda_emulation/emulator.h"
 
@@ -29,6 +31,7 @@
 #include <mutex>
 #include <numeric>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -211,7 +214,7 @@ struct BlockRun {
   void* scheduler_fiber = nullptr;
   std::vector<char>* completion_tokens = nullptr;
   size_t next_token = 0;
-  char* launch_exit_token = nullptr;
+  char* block_exit_token = nullptr;
 #endif
 #if defined(CNNEXT_EMU_ASAN)
   const void* scheduler_stack_bottom = nullptr;
@@ -227,7 +230,7 @@ struct Pool {
   std::vector<unsigned char> dynamic_shared;
 #if defined(CNNEXT_EMU_TSAN)
   std::vector<char> completion_tokens = std::vector<char>(4096);
-  char launch_exit_token = 0;
+  char block_exit_token = 0;
 #endif
 };
 thread_local Pool pool;
@@ -261,16 +264,13 @@ void resume(BlockRun& run, EmuThread& t) {
   run.running = nullptr;
 }
 
-// From a fiber: back to the scheduler. `final`: the fiber never resumes.
-void yield_to_scheduler(BlockRun& run, EmuThread& t, bool final) {
+// From a fiber: back to the scheduler, to be resumed later.
+void yield_to_scheduler(BlockRun& run, EmuThread& t) {
 #if defined(CNNEXT_EMU_TSAN)
   __tsan_switch_to_fiber(run.scheduler_fiber, 1);
 #endif
 #if defined(CNNEXT_EMU_ASAN)
-  __sanitizer_start_switch_fiber(final ? nullptr : &t.asan_fake_stack, run.scheduler_stack_bottom,
-                                 run.scheduler_stack_size);
-#else
-  (void)final;
+  __sanitizer_start_switch_fiber(&t.asan_fake_stack, run.scheduler_stack_bottom, run.scheduler_stack_size);
 #endif
   cnnext_emu_switch_context(&t.sp, run.scheduler_sp);
 #if defined(CNNEXT_EMU_ASAN)
@@ -278,14 +278,32 @@ void yield_to_scheduler(BlockRun& run, EmuThread& t, bool final) {
 #endif
 }
 
-// Inside a fiber: record a failure and give control back for good.
+// The last switch of a fiber, which never resumes. Called with one HideFromTsan level active,
+// which it ends (TSan forbids destroying a fiber that ignores accesses); from there on only locals
+// are touched.
+[[noreturn]] void finish_fiber(BlockRun& run, EmuThread& t) {
+  void* scheduler_sp = run.scheduler_sp;
+#if defined(CNNEXT_EMU_TSAN)
+  void* scheduler_fiber = run.scheduler_fiber;
+  char* token = run.block_exit_token;
+  __tsan_ignore_thread_end();
+  __tsan_release(token);
+  __tsan_switch_to_fiber(scheduler_fiber, 1);
+#endif
+#if defined(CNNEXT_EMU_ASAN)
+  __sanitizer_start_switch_fiber(nullptr, run.scheduler_stack_bottom, run.scheduler_stack_size);
+#endif
+  cnnext_emu_switch_context(&t.sp, scheduler_sp);
+  __builtin_unreachable();
+}
+
+// Inside a fiber (within a HideFromTsan scope): record a failure and give control back for good.
 [[noreturn]] void fail_in_fiber(const std::string& message) {
   BlockRun& run = *active;
   EmuThread& t = *run.running;
   t.failure = message;
   t.state = State::kFailed;
-  yield_to_scheduler(run, t, true);
-  __builtin_unreachable();
+  finish_fiber(run, t);
 }
 
 // Lays out a fresh stack so that switching to it enters cnnext_emu_fiber_entry with r12 = t.
@@ -312,11 +330,14 @@ void prepare_fiber(EmuThread& t) {
 // Passes happens-before from every participant's arrival to every participant's resumption.
 void relay(BlockRun& run, const std::vector<EmuThread*>& participants) {
   char* token = &(*run.completion_tokens)[run.next_token++ % run.completion_tokens->size()];
-  void* relay_fiber = __tsan_create_fiber(0);  // starts from the scheduler's clock: the launch's start
+  void* scheduler_fiber = run.scheduler_fiber;
+  void* relay_fiber = __tsan_create_fiber(0);  // starts from the scheduler's clock: the block's start
   __tsan_switch_to_fiber(relay_fiber, 1);
+  __tsan_ignore_thread_begin();  // what the relay reads is the runtime's, not the kernel's
   for (EmuThread* t : participants) __tsan_acquire(&t->arrival_token);
   __tsan_release(token);
-  __tsan_switch_to_fiber(run.scheduler_fiber, 1);
+  __tsan_ignore_thread_end();
+  __tsan_switch_to_fiber(scheduler_fiber, 1);
   __tsan_destroy_fiber(relay_fiber);
   for (EmuThread* t : participants) t->resume_token = token;
 }
@@ -333,7 +354,7 @@ void arrive_and_wait(State state) {
   __tsan_release(&t.arrival_token);
   __tsan_ignore_thread_begin();
 #endif
-  yield_to_scheduler(run, t, false);
+  yield_to_scheduler(run, t);
 #if defined(CNNEXT_EMU_TSAN)
   __tsan_ignore_thread_end();
   __tsan_acquire(t.resume_token);
@@ -344,8 +365,8 @@ void arrive_and_wait(State state) {
 }  // namespace
 
 int block_barrier(Site site, BarrierReduce reduce, int predicate) {
-  TORCH_CHECK(active != nullptr && active->running != nullptr, "__syncthreads() called outside an emulated kernel");
   HideFromTsan hide;
+  TORCH_CHECK(active != nullptr && active->running != nullptr, "__syncthreads() called outside an emulated kernel");
   EmuThread& t = *active->running;
   t.site = site;
   t.reduce = reduce;
@@ -355,8 +376,8 @@ int block_barrier(Site site, BarrierReduce reduce, int predicate) {
 }
 
 uint64_t warp_collective(Site site, WarpOp op, unsigned mask, uint64_t value, int lane_arg, int width) {
-  TORCH_CHECK(active != nullptr && active->running != nullptr, op_name(op), " called outside an emulated kernel");
   HideFromTsan hide;
+  TORCH_CHECK(active != nullptr && active->running != nullptr, op_name(op), " called outside an emulated kernel");
   BlockRun& run = *active;
   EmuThread& t = *run.running;
   std::ostringstream why;
@@ -389,6 +410,7 @@ uint64_t warp_collective(Site site, WarpOp op, unsigned mask, uint64_t value, in
 }
 
 unsigned active_mask() {
+  HideFromTsan hide;
   TORCH_CHECK(active != nullptr && active->running != nullptr, "__activemask() called outside an emulated kernel");
   const EmuThread& t = *active->running;
   unsigned mask = 0;
@@ -400,11 +422,13 @@ unsigned active_mask() {
 }
 
 void trap(Site site, const char* what) {
+  HideFromTsan hide;
   TORCH_CHECK(active != nullptr && active->running != nullptr, what, " called outside an emulated kernel");
   fail_in_fiber(std::string(what) + " at " + where(site));
 }
 
 unsigned char* dynamic_shared_base() {
+  HideFromTsan hide;
   TORCH_CHECK(active != nullptr, "dynamic shared memory used outside an emulated kernel");
   return active->dynamic_shared;
 }
@@ -424,21 +448,14 @@ extern "C" __attribute__((visibility("hidden"), used)) void cnnext_emu_fiber_mai
   try {
     (*run.body)();
   } catch (...) {
+    HideFromTsan hide;
     run.exception = std::current_exception();
     self->state = State::kFailed;
-    yield_to_scheduler(run, *self, true);
+    finish_fiber(run, *self);
   }
-  {
-    HideFromTsan hide;
-    self->state = State::kExited;
-#if defined(CNNEXT_EMU_TSAN)
-    __tsan_ignore_thread_end();
-    __tsan_release(run.launch_exit_token);
-    __tsan_ignore_thread_begin();
-#endif
-  }
-  yield_to_scheduler(run, *self, true);
-  __builtin_unreachable();
+  HideFromTsan hide;
+  self->state = State::kExited;
+  finish_fiber(run, *self);
 }
 
 namespace cnnext_emu {
@@ -726,9 +743,27 @@ void set_max_dynamic_shared(const void* kernel, const char* name, size_t bytes) 
 
 int multiprocessor_count() { return settings().sm_count; }
 
+namespace {
+std::mutex launched_mutex;
+std::set<std::string>& launched() {
+  static std::set<std::string> names;
+  return names;
+}
+}  // namespace
+
+std::vector<std::string> launched_kernels() {
+  std::lock_guard<std::mutex> lock(launched_mutex);
+  return {launched().begin(), launched().end()};
+}
+
 void launch(const LaunchRequest& request, const std::function<void()>& body) {
+  HideFromTsan hide;  // the scheduler's own accesses; the fibers are tracked
   const std::string kernel = short_kernel_name(request.name);
   check_launch(request, kernel);
+  {
+    std::lock_guard<std::mutex> lock(launched_mutex);
+    launched().insert(kernel);
+  }
   TORCH_CHECK(active == nullptr, "CUDA emulator: ", kernel, " launched from inside an emulated kernel");
   const Settings config = settings();
   std::mt19937_64& rng = schedule_rng();
@@ -770,7 +805,7 @@ void launch(const LaunchRequest& request, const std::function<void()>& body) {
 #if defined(CNNEXT_EMU_TSAN)
   run.scheduler_fiber = __tsan_get_current_fiber();
   run.completion_tokens = &pool.completion_tokens;
-  run.launch_exit_token = &pool.launch_exit_token;
+  run.block_exit_token = &pool.block_exit_token;
 #endif
   struct Deactivate {
     ~Deactivate() {
@@ -805,10 +840,12 @@ void launch(const LaunchRequest& request, const std::function<void()>& body) {
     } destroy{threads, count};
 #endif
     run_block(run, config.schedule, rng);
-  }
 #if defined(CNNEXT_EMU_TSAN)
-  __tsan_acquire(run.launch_exit_token);  // the stream orders the next launch after this one
+    // Blocks run one after another and reuse stacks and shared memory: TSan sees them ordered too
+    // (races between blocks are out of the emulator's sight), and the next launch after this one.
+    __tsan_acquire(run.block_exit_token);
 #endif
+  }
 }
 
 }  // namespace cnnext_emu

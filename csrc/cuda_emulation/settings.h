@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <random>
 #include <string>
+#include <vector>
 
 namespace cnnext_emu {
 
@@ -33,5 +34,8 @@ Schedule parse_schedule(const std::string& name);
 std::string schedule_name(Schedule schedule);
 void set_schedule(Schedule schedule, uint64_t seed);
 void set_multiprocessor_count(int count);
+
+// Every kernel (with its template arguments) launched in this process so far.
+std::vector<std::string> launched_kernels();
 
 }  // namespace cnnext_emu

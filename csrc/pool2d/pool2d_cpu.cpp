@@ -22,6 +22,8 @@ const Pool2dCpuLoops& loops() {
 struct CpuLoops {
   static constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
 
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) { return at::empty(sizes, options); }
+
   static void max_forward(const at::Tensor& x, const at::Tensor& out, const at::Tensor& indices,
                           const Pool2dGeometry& g, bool channels_last) {
     // The CPU loops track the argmax as int32 beside the float lanes.

@@ -166,6 +166,10 @@ void with_argmax_type(const at::Tensor& indices, const Fn& fn) {
 struct CudaLoops {
   static constexpr c10::DeviceType kDevice = cuda::kDeviceType;
 
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return cuda::empty(sizes, options);
+  }
+
   static void max_forward(const at::Tensor& x, const at::Tensor& out, const at::Tensor& indices,
                           const Pool2dGeometry& g, bool channels_last) {
     const cuda::DeviceGuard guard(x.device());

@@ -1,7 +1,8 @@
 // The pooling operator entry points, written once for both devices: argument checks, the layout
 // the loops work in (NCHW or channels_last; other strides are copied once), output allocation and
-// the empty-tensor early return. `Loops` supplies the device: kDevice and the four loops, taking
-// dense tensors in the layout `channels_last` names and preallocated outputs:
+// the empty-tensor early return. `Loops` supplies the device: kDevice, empty(sizes, options) to
+// allocate outputs, and the four loops, taking dense tensors in the layout `channels_last` names
+// and preallocated outputs:
 //   max_forward(x, out, indices, g, channels_last)   indices: undefined (no argmax, inference),
 //                                                    int64 plane positions or uint8 window taps
 //   max_backward(dy, indices, dx, g, channels_last)  indices: int64 or uint8, as forward wrote
@@ -36,11 +37,11 @@ struct Pool2dEntries {
     if (taps) check_window_taps(op, g);
     const bool channels_last = pool2d_channels_last(input);
     const auto format = pool2d_memory_format(channels_last);
-    auto out = at::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options().memory_format(format));
+    auto out = Loops::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options().memory_format(format));
     at::Tensor indices;
     if (argmax != Argmax::kNone) {
       const auto dtype = taps ? at::kByte : at::kLong;
-      indices = at::empty(out.sizes(), out.options().dtype(dtype).memory_format(format));
+      indices = Loops::empty(out.sizes(), out.options().dtype(dtype).memory_format(format));
     }
     if (out.numel() > 0) Loops::max_forward(input.contiguous(format), out, indices, g, channels_last);
     return {out, indices};
@@ -62,7 +63,7 @@ struct Pool2dEntries {
     check_same_device(input, "input", indices, "indices");
     const bool channels_last = pool2d_channels_last(input);
     const auto format = pool2d_memory_format(channels_last);
-    auto dx = at::empty(input.sizes(), input.options().memory_format(format));
+    auto dx = Loops::empty(input.sizes(), input.options().memory_format(format));
     advise_huge_pages(dx);
     if (dx.numel() > 0) {
       // grad_output and indices in the same layout: one set of strides serves both.
@@ -109,7 +110,7 @@ struct Pool2dEntries {
   static at::Tensor average(const at::Tensor& input, const Pool2dGeometry& g, AvgDivisor divisor) {
     const bool channels_last = pool2d_channels_last(input);
     const auto format = pool2d_memory_format(channels_last);
-    auto out = at::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options().memory_format(format));
+    auto out = Loops::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options().memory_format(format));
     if (out.numel() > 0) Loops::avg_forward(input.contiguous(format), out, g, divisor, channels_last);
     return out;
   }
@@ -119,7 +120,7 @@ struct Pool2dEntries {
     check_pool2d_grad_output(op, grad_output, input, g);
     const bool channels_last = pool2d_channels_last(input);
     const auto format = pool2d_memory_format(channels_last);
-    auto dx = at::empty(input.sizes(), input.options().memory_format(format));
+    auto dx = Loops::empty(input.sizes(), input.options().memory_format(format));
     advise_huge_pages(dx);
     if (dx.numel() > 0) Loops::avg_backward(grad_output.contiguous(format), dx, g, divisor, channels_last);
     return dx;

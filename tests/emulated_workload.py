@@ -1,0 +1,93 @@
+"""Every emulated CUDA kernel of the named ops, forward and backward, against native PyTorch: the
+workload of the sanitizer passes (tests/test_cuda_emulation.py runs it in a subprocess with
+ThreadSanitizer or AddressSanitizer preloaded and CNNEXT_EMU_SANITIZER set). Shapes are small but
+span several tiles, k-stages, split-K slices and key tiles, so every barrier is crossed.
+
+    python tests/emulated_workload.py conv2d pool2d attention [control-race | control-overflow]
+
+Prints "ok" last when every result matched. The control arguments run a deliberately broken
+self-test kernel instead (the sanitizer must report it).
+"""
+
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import cnnext
+import cnnext.cuda_emulation as emulation
+
+
+def close(got, want, what):
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=lambda m: f"{what}: {m}")
+
+
+def grads(fn, *tensors):
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    out = fn(*leaves)
+    (g,) = [torch.randn_like(out, generator=torch.Generator().manual_seed(0))]
+    return out, torch.autograd.grad(out, leaves, g)
+
+
+def conv2d():
+    for layout in (torch.contiguous_format, torch.channels_last):
+        for groups, stride in ((1, 1), (2, 2)):
+            x = torch.randn(2, 4, 9, 9).contiguous(memory_format=layout)
+            w, b = torch.randn(6, 4 // groups, 3, 3), torch.randn(6)
+            args = dict(stride=stride, padding=1, groups=groups)
+            with emulation.routed():
+                ours = grads(lambda *t: cnnext.ops.conv2d(*t, **args), x, w, b)
+            native = grads(lambda *t: F.conv2d(*t, **args), x, w, b)
+            close(ours[0], native[0], "conv2d")
+            for got, want in zip(ours[1], native[1], strict=True):
+                close(got, want, "conv2d gradient")
+
+
+def pool2d():
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 3, 9, 10).contiguous(memory_format=layout)
+        cases = [
+            (lambda t: cnnext.ops.max_pool2d(t, 3, 2, 1), lambda t: F.max_pool2d(t, 3, 2, 1)),
+            (
+                lambda t: cnnext.ops.max_pool2d(t, 2, return_indices=True)[0],
+                lambda t: F.max_pool2d(t, 2, return_indices=True)[0],
+            ),
+            (lambda t: cnnext.ops.avg_pool2d(t, 3, 2, 1), lambda t: F.avg_pool2d(t, 3, 2, 1)),
+            (lambda t: cnnext.ops.adaptive_avg_pool2d(t, (4, 3)), lambda t: F.adaptive_avg_pool2d(t, (4, 3))),
+        ]
+        for ours_fn, native_fn in cases:
+            with emulation.routed():
+                ours = grads(ours_fn, x)
+            native = grads(native_fn, x)
+            close(ours[0], native[0], "pooling")
+            close(ours[1][0], native[1][0], "pooling gradient")
+
+
+def attention():
+    for causal in (False, True):
+        q, k, v = torch.randn(1, 2, 37, 16), torch.randn(1, 2, 41, 16), torch.randn(1, 2, 41, 16)
+        with emulation.routed():
+            ours = grads(lambda *t: cnnext.ops.attention(*t, causal=causal), q, k, v)
+        native = grads(lambda *t: F.scaled_dot_product_attention(*t, is_causal=causal), q, k, v)
+        close(ours[0], native[0], "attention")
+        for got, want in zip(ours[1], native[1], strict=True):
+            close(got, want, "attention gradient")
+
+
+CONTROLS = {
+    # Every thread writes its slot, then reads its neighbour's with no barrier between.
+    "control-race": lambda: torch.ops.cnnext_emu._selftest_race(0, 64, False),
+    # Every thread writes one float past the end of its output.
+    "control-overflow": lambda: torch.ops.cnnext_emu._selftest_broken(5, 1, 64),
+}
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    emulation.set_schedule("random", seed=1)
+    for name in sys.argv[1:]:
+        if name in CONTROLS:
+            CONTROLS[name]()
+        else:
+            {"conv2d": conv2d, "pool2d": pool2d, "attention": attention}[name]()
+    print("ok")

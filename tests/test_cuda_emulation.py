@@ -1,0 +1,302 @@
+"""The CUDA emulator itself (cnnext.cuda_emulation): built-in variables, shared memory, barriers,
+warp collectives and atomics behave as CUDA specifies; broken kernels and bad launches fail with
+errors that say what is wrong; the schedules expose the races they are meant to; every kernel in
+csrc/ is reached; the emulated library keeps its symbols to itself; and the ThreadSanitizer and
+AddressSanitizer passes over every op are clean while catching a deliberate race and overflow.
+
+The emulated twins of the op suites (test_conv2d.py and others, ids "emu_reverse"/"emu_random")
+check the kernels' results; this file checks the machine they run on.
+"""
+
+import os
+import pathlib
+import re
+import runpy
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import cnnext.cuda_emulation as emulation
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+emu = torch.ops.cnnext_emu
+
+
+@pytest.fixture(autouse=True)
+def forward_schedule():
+    with emulation.schedule("forward"):
+        yield
+
+
+# --- built-in variables, shared memory, launch checks ------------------------------------------
+
+
+def test_every_thread_sees_its_indices_and_the_launch_dims():
+    grid, block = (2, 3, 2), (4, 2, 3)
+    shared = 100
+    result = emu._selftest_indices(list(grid), list(block), shared, 0)
+    blocks, threads = 2 * 3 * 2, 4 * 2 * 3
+    values = result[: blocks * threads * 12].view(blocks, threads, 12)
+    seen = set()
+    for b in range(blocks):
+        for t in range(threads):
+            tx, ty, tz, bx, by, bz, *dims = values[b, t].tolist()
+            assert dims == [*block, *grid]
+            assert bx + 2 * (by + 3 * bz) == b and tx + 4 * (ty + 2 * tz) == t
+            seen.add((tx, ty, tz, bx, by, bz))
+    assert len(seen) == blocks * threads
+    # Dynamic shared memory is NaN (0xFF bytes) when every block starts, though each dirties it.
+    assert result[blocks * threads * 12 :].tolist() == [1] * blocks
+
+
+@pytest.mark.parametrize("schedule", emulation.SCHEDULES)
+def test_blocks_all_run_once_under_every_schedule(schedule):
+    with emulation.schedule(schedule, seed=3):
+        result = emu._selftest_indices([5, 1, 1], [3, 1, 1], 0, 0)
+    block_ids = result[: 15 * 12].view(5, 3, 12)[:, :, 3]
+    assert sorted(block_ids[:, 0].tolist()) == list(range(5))
+
+
+LAUNCH_ERRORS = {
+    "1025 threads": ([1, 1, 1], [1025, 1, 1], 0, 0, r"1025 threads per block, more than 1024"),
+    "block z 65": ([1, 1, 1], [1, 1, 65], 0, 0, r"exceeds the per-axis limits"),
+    "grid y 65536": ([1, 65536, 1], [1, 1, 1], 0, 0, r"grid.y = 65536 exceeds 65535"),
+    "grid z 65536": ([1, 1, 65536], [1, 1, 1], 0, 0, r"grid.z = 65536 exceeds 65535"),
+    "empty grid": ([0, 1, 1], [32, 1, 1], 0, 0, r"empty grid"),
+    "empty block": ([1, 1, 1], [0, 1, 1], 0, 0, r"empty block"),
+    "shared over 48 KiB": ([1, 1, 1], [32, 1, 1], 48 * 1024 + 1, 0, r"48 KiB without cudaFuncAttribute"),
+    "shared over the opt-in": ([1, 1, 1], [32, 1, 1], 70000, 65536, r"the kernel's cudaFuncAttribute"),
+    "opt-in over 227 KiB": ([1, 1, 1], [32, 1, 1], 0, 300000, r"at most 232448 bytes per block"),
+}
+
+
+@pytest.mark.parametrize("grid, block, shared, opt_in, message", LAUNCH_ERRORS.values(), ids=LAUNCH_ERRORS.keys())
+def test_launches_a_gpu_would_refuse_raise_naming_the_kernel(grid, block, shared, opt_in, message):
+    with pytest.raises(RuntimeError, match=message) as error:
+        emu._selftest_indices(grid, block, shared, opt_in)
+    assert "indices_kernel" in str(error.value)
+
+
+def test_shared_memory_past_48_kib_runs_with_the_opt_in():
+    result = emu._selftest_indices([2, 1, 1], [32, 1, 1], 60000, 65536)
+    assert result[-2:].tolist() == [1, 1]
+
+
+# --- barriers, warp collectives, atomics ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("schedule", emulation.SCHEDULES)
+def test_reducing_barriers(schedule):
+    pred = torch.zeros(96, dtype=torch.int32)
+    pred[[3, 50, 95]] = 1
+    with emulation.schedule(schedule, seed=5):
+        assert emu._selftest_barrier_reduce(pred, 0).tolist() == [3] * 96  # __syncthreads_count
+        assert emu._selftest_barrier_reduce(pred, 1).tolist() == [0] * 96  # _and
+        assert emu._selftest_barrier_reduce(pred, 2).tolist() == [1] * 96  # _or
+        assert emu._selftest_barrier_reduce(torch.ones(96, dtype=torch.int32), 1).tolist() == [1] * 96
+
+
+SHFL, UP, DOWN, XOR, BALLOT, ANY, ALL, ACTIVE, SYNCWARP = range(9)
+FULL = 0xFFFFFFFF
+
+
+def warp_op(x, op, mask=FULL, arg=0, width=32):
+    return emu._selftest_warp(x, op, mask, arg, width, x.numel())
+
+
+@pytest.mark.parametrize("schedule", emulation.SCHEDULES)
+def test_shuffle_down_reduction_leaves_each_warps_sum_in_lane_0(schedule):
+    x = torch.arange(64, dtype=torch.float32)
+    with emulation.schedule(schedule, seed=7):
+        for offset in (16, 8, 4, 2, 1):
+            x = x + warp_op(x, DOWN, arg=offset)
+    assert x[0].item() == sum(range(32)) and x[32].item() == sum(range(32, 64))
+
+
+def test_xor_butterfly_gives_every_lane_the_sum():
+    x = torch.arange(32, dtype=torch.float32)
+    for mask in (16, 8, 4, 2, 1):
+        x = x + warp_op(x, XOR, arg=mask)
+    assert x.tolist() == [float(sum(range(32)))] * 32
+
+
+def test_shuffle_up_inclusive_scan():
+    x = torch.ones(32)
+    lane = torch.arange(32)
+    for offset in (1, 2, 4, 8, 16):
+        x = x + torch.where(lane >= offset, warp_op(x, UP, arg=offset), torch.zeros(32))
+    assert x.tolist() == [float(i + 1) for i in range(32)]
+
+
+def test_shuffle_index_broadcasts_within_each_width_segment():
+    x = torch.arange(32, dtype=torch.float32)
+    assert warp_op(x, SHFL, arg=3, width=8).tolist() == [float(8 * (i // 8) + 3) for i in range(32)]
+    # Lanes past a segment's end (down) or before its start (up) keep their own value.
+    assert warp_op(x, DOWN, arg=3, width=8).tolist() == [float(i + 3 if i % 8 < 5 else i) for i in range(32)]
+    assert warp_op(x, UP, arg=3, width=8).tolist() == [float(i - 3 if i % 8 >= 3 else i) for i in range(32)]
+
+
+def test_ballot_any_all_and_active_mask():
+    x = -torch.ones(40)
+    x[[1, 5, 33]] = 1.0
+    assert int(warp_op(x[:32], BALLOT)[0]) == (1 << 1) | (1 << 5)
+    assert int(warp_op(x, BALLOT, mask=0xFF)[32]) == 1 << 1  # the partial second warp: 8 lanes
+    assert warp_op(x, ANY, mask=0xFF)[32].item() == 1.0
+    assert warp_op(x[:32], ALL)[0].item() == 0.0
+    assert warp_op(torch.ones(32), ALL)[0].item() == 1.0
+    assert int(warp_op(x, ACTIVE, mask=0xFF)[32]) == 0xFF
+
+
+def test_a_full_mask_over_a_partial_warp_is_an_error():
+    with pytest.raises(RuntimeError, match="the mask 0xffffffff names lane 8, which does not exist"):
+        warp_op(torch.ones(40), BALLOT)
+
+
+def test_partial_masks_only_synchronise_their_lanes():
+    x = torch.arange(32, dtype=torch.float32)
+    out = warp_op(x, SHFL, mask=0x0000FFFF, arg=2)
+    assert out[:16].tolist() == [2.0] * 16 and out[16:].tolist() == [-1.0] * 16
+
+
+def test_atomics_from_every_thread_of_every_block():
+    count, sum_f, sum_d, max_index, sum_u64 = emu._selftest_atomics(3, 128).tolist()
+    assert (count, sum_f, sum_d, max_index, sum_u64) == (384, 192.0, 192.0, 383, 384)
+
+
+# --- what the schedules expose ----------------------------------------------------------------------
+
+# race_kernel: 0 = read the lower neighbour's slot, 1 = the upper one's, 2 = a tree sum; without
+# the barriers each needs, the result depends on the order threads run between barriers.
+CORRECT = {0: [i for i in range(256)], 1: [i + 2 for i in range(255)] + [0], 2: [256]}
+HIDES = {0: "forward", 1: "reverse", 2: "reverse"}  # the one order under which each race is invisible
+
+
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["lower-neighbour", "upper-neighbour", "tree-sum"])
+@pytest.mark.parametrize("schedule", emulation.SCHEDULES)
+def test_each_race_shows_under_every_schedule_but_the_one_that_hides_it(schedule, which):
+    with emulation.schedule(schedule, seed=11):
+        fixed = emu._selftest_race(which, 256, True).tolist()
+        broken = emu._selftest_race(which, 256, False).tolist()
+    result_length = len(CORRECT[which])
+    assert fixed[:result_length] == CORRECT[which]
+    if schedule == HIDES[which]:
+        assert broken[:result_length] == CORRECT[which]
+    else:
+        assert broken[:result_length] != CORRECT[which]
+
+
+BROKEN_KERNELS = {
+    "divergent barriers": (0, 64, r"divergent __syncthreads: threads 0-31 wait at selftest_kernels.cpp:\d+; "),
+    "exited threads at a barrier": (1, 64, r"threads 32-63 exited while threads 0-31 wait at __syncthreads"),
+    "mask naming exited lanes": (2, 32, r"(has exited|exited while lane \d+ waits for it)"),
+    "mask without the caller": (3, 32, r"the mask 0x1 does not name the calling lane [1-9]"),
+    "warp waits while a lane is at a barrier": (4, 32, r"deadlock: threads 1-31 wait at warp collectives"),
+    "trap": (7, 4, r"__trap\(\) at selftest_kernels.cpp"),
+}
+
+
+@pytest.mark.parametrize("mode, threads, message", BROKEN_KERNELS.values(), ids=BROKEN_KERNELS.keys())
+@pytest.mark.parametrize("schedule", emulation.SCHEDULES)
+def test_broken_kernels_fail_with_an_error_saying_why(schedule, mode, threads, message):
+    with emulation.schedule(schedule, seed=13), pytest.raises(RuntimeError, match=message) as error:
+        emu._selftest_broken(mode, 1, threads)
+    assert "broken_kernel block (0, 0, 0)" in str(error.value)
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        emulation.set_schedule("sideways")
+    with pytest.raises(RuntimeError, match="multiprocessor count must be >= 1"):
+        emulation.set_multiprocessor_count(0)
+
+
+# --- the emulated library ---------------------------------------------------------------------------
+
+
+def _emulated_kernel_names():
+    """Every __global__ kernel defined in csrc/<op>/*.cu."""
+    names = set()
+    for path in (ROOT / "csrc").glob("*/*.cu"):
+        names.update(re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)", path.read_text()))
+    return names
+
+
+def test_every_cuda_kernel_is_reached_by_the_emulated_workload():
+    """A kernel no emulated test reaches is an untested kernel: run the sanitizer workload here and
+    check that every __global__ function in csrc/ was launched."""
+    workload = runpy.run_path(str(ROOT / "tests" / "emulated_workload.py"))
+    for op in ("conv2d", "pool2d", "attention"):
+        workload[op]()
+    launched = {name.split("<")[0].split("::")[-1] for name in emu._launched_kernels()}
+    assert _emulated_kernel_names() <= launched, _emulated_kernel_names() - launched
+    # Both argmax encodings of max pooling and both layouts were launched.
+    full_names = " ".join(emu._launched_kernels())
+    assert "unsigned char, true" in full_names and "long int, false" in full_names
+
+
+def test_the_emulated_library_exports_no_cnnext_symbols():
+    """The emulated kernels share C++ names with cnnext._C's; hidden visibility keeps them apart."""
+    library = next(emulation.build_directory().glob("*.so"))
+    symbols = subprocess.run(["nm", "-D", "--defined-only", "-C", str(library)], capture_output=True, text=True)
+    assert symbols.returncode == 0, symbols.stderr
+    assert not [line for line in symbols.stdout.splitlines() if "cnnext::" in line]
+
+
+def test_emulated_ops_have_the_schemas_of_the_real_ones():
+    for name in ("conv2d", "_conv2d_backward", "max_pool2d", "_max_pool2d_with_taps", "max_pool2d_values",
+                 "_max_pool2d_backward", "avg_pool2d", "_avg_pool2d_backward", "adaptive_avg_pool2d",
+                 "_adaptive_avg_pool2d_backward", "attention", "_attention_backward"):
+        real, emulated = getattr(torch.ops.cnnext, name).default, getattr(emu, name).default
+        assert str(real._schema).removeprefix("cnnext::") == str(emulated._schema).removeprefix("cnnext_emu::")
+
+
+# --- sanitizer passes -------------------------------------------------------------------------------
+
+SANITIZERS = {
+    "thread": dict(library="libtsan.so", options="TSAN_OPTIONS", report="WARNING: ThreadSanitizer", control="control-race"),
+    "address": dict(
+        library="libasan.so", options="ASAN_OPTIONS", report="ERROR: AddressSanitizer", control="control-overflow"
+    ),
+}
+
+
+def _run_under(sanitizer, *workload):
+    spec = SANITIZERS[sanitizer]
+    # The sanitizer's runtime, and libstdc++ so that its C++ exception interceptors find their target
+    # (python itself does not link libstdc++).
+    preload = []
+    for name in (spec["library"], "libstdc++.so.6"):
+        found = subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+        if not os.path.isabs(found):
+            pytest.fail(f"{name} not found (gcc -print-file-name): the sanitizer pass cannot run")
+        preload.append(found)
+    env = {
+        **os.environ,
+        "LD_PRELOAD": " ".join(preload),
+        "CNNEXT_EMU_SANITIZER": sanitizer,
+        "OMP_NUM_THREADS": "1",
+        spec["options"]: "detect_leaks=0 exitcode=66 halt_on_error=0" if sanitizer == "address" else "exitcode=66",
+    }
+    env.pop("CNNEXT_EMU_BUILD_DIR", None)  # the sanitizer build has its own folder
+    command = [sys.executable, str(ROOT / "tests" / "emulated_workload.py"), *workload]
+    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+
+
+@pytest.mark.parametrize("op", ["conv2d", "pool2d", "attention"])
+@pytest.mark.parametrize("sanitizer", list(SANITIZERS), ids=["tsan", "asan"])
+def test_sanitizer_pass_is_clean(sanitizer, op):
+    result = _run_under(sanitizer, op)
+    report = SANITIZERS[sanitizer]["report"]
+    assert report not in result.stderr, result.stderr[-6000:]
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-4000:]
+
+
+@pytest.mark.parametrize("sanitizer", list(SANITIZERS), ids=["tsan", "asan"])
+def test_sanitizer_pass_catches_a_deliberate_bug(sanitizer):
+    """The passes above are not vacuous: a race between two threads of a block (TSan) and a write
+    past the end of a buffer (ASan) in a self-test kernel are reported."""
+    result = _run_under(sanitizer, SANITIZERS[sanitizer]["control"])
+    assert SANITIZERS[sanitizer]["report"] in result.stderr, result.stderr[-4000:]
+    assert "selftest_kernels.cpp" in result.stderr

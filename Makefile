@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Two cores here: two compile jobs. setup.py finds CUDA_HOME and picks a small arch list itself.
 export MAX_JOBS ?= 2
 
-.PHONY: setup build test demo bench lint format clean device-check
+.PHONY: setup build emulator test demo bench lint format clean device-check barrier-removal
 
 $(VENV)/.requirements: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ build: setup
 	fi
 	$(PY) -c "import cnnext; print('cnnext build:', cnnext.build_info())"
 
-test: build
+# The CUDA emulator: csrc/**/*.cu compiled with g++ for the CPU as a test-only extension
+# (torch.ops.cnnext_emu), so that every CUDA test runs here too. Built in build/cuda_emulation/.
+emulator: build
+	$(PY) -c "import cnnext.cuda_emulation"
+
+test: build emulator
 	$(PY) -m pytest tests -q
 
 # The quick FC vs CNN vs ResNet study on MNIST (data from $$CNNEXT_DATA, else ./data, downloaded
@@ -41,6 +46,8 @@ BENCH := $(PY) -m pytest benchmarks/bench_conv2d.py benchmarks/bench_pool2d.py b
 	benchmarks/bench_training.py -q -p no:cacheprovider
 bench: build
 	mkdir -p benchmarks/results
+	@if [ -x "$${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]; then $(PY) -m benchmarks.cuda_resources; \
+	else echo "no nvcc: the CUDA resources table (benchmarks/cuda_resources.json) is left as it is"; fi
 	$(BENCH) -k cpu --benchmark-json=benchmarks/results/cpu.json
 	if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
 		$(BENCH) -k cuda --benchmark-json=benchmarks/results/cuda.json; \
@@ -49,6 +56,10 @@ bench: build
 
 device-check:
 	bash benchmarks/device_check.sh
+
+# Proof that the emulated tests catch a missing barrier: each __syncthreads removed in turn (~10 min).
+barrier-removal: emulator
+	$(PY) -m benchmarks.barrier_removal
 
 lint: setup
 	$(PY) -m ruff check .

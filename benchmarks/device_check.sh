@@ -22,8 +22,22 @@ fi
 echo "build took $(($(date +%s) - start)) s"
 $PY -c "import cnnext; print(cnnext.build_info())" || exit 1
 
-echo "== tests"
-$PY -m pytest tests -q -x -p no:cacheprovider --durations=5 2>&1 | tee "$OUT/tests.log" | tail -25
+echo "== tests (CUDA cases; their emulated twins and the CPU ones run in CI)"
+$PY -m pytest tests -q -p no:cacheprovider --durations=5 -k "cuda and not emu and not emulation" 2>&1 \
+  | tee "$OUT/tests.log" | tail -25
+
+echo "== compute-sanitizer (memcheck, racecheck) over every kernel"
+SANITIZER=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
+if [ -x "$SANITIZER" ]; then
+  for tool in memcheck racecheck; do
+    "$SANITIZER" --tool "$tool" --error-exitcode 3 $PY tests/cuda_kernel_workload.py --device cuda \
+      conv2d pool2d attention >"$OUT/sanitizer-$tool.log" 2>&1
+    echo "$tool: exit $? ($(grep -c -E '^========= (Invalid|Error|Race)' "$OUT/sanitizer-$tool.log") reports)"
+    tail -5 "$OUT/sanitizer-$tool.log"
+  done
+else
+  echo "compute-sanitizer not found: skipped"
+fi
 
 echo "== benchmarks (CUDA)"
 # One JSON for every op, as `make bench` writes for the CPU. Copy it to benchmarks/results/cuda.json

@@ -275,6 +275,66 @@ def results_markdown(cases, runs, chart_name):
     return "\n".join(out) + "\n"
 
 
+def short_kernel_name(name):
+    """`implicit_gemm_kernel<ForwardProblem<Half>>` from ptxas' demangled `void cnnext::(anonymous
+    namespace)::implicit_gemm_kernel<...>(parameters)`."""
+    name = re.sub(r"^void\s+", "", name)
+    name = name.replace("cnnext::(anonymous namespace)::", "").replace("c10::", "")
+    depth, end = 0, len(name)
+    for i, ch in enumerate(name):  # cut the parameter list: the first "(" outside template brackets
+        depth += {"<": 1, ">": -1}.get(ch, 0)
+        if ch == "(" and depth == 0:
+            end = i
+            break
+    return name[:end].replace(" >", ">").replace("unsigned char", "uint8").replace("long", "int64")
+
+
+def resources_markdown(path):
+    """The "CUDA resources" section from benchmarks/cuda_resources.json (python -m
+    benchmarks.cuda_resources): one row per kernel instantiation, sm_80 and sm_90 side by side."""
+    data = json.loads(path.read_text())
+    archs = data["archs"]
+    rows = defaultdict(dict)
+    for k in data["kernels"]:
+        rows[(k["file"], short_kernel_name(k["name"]))][k["arch"]] = k
+    spilling = sorted({name for (_, name), per in rows.items() if any(r["spill_stores"] + r["spill_loads"] for r in per.values())})
+    local = sorted({name for (_, name), per in rows.items() if any(r["stack"] for r in per.values())})
+    lines = [
+        "",
+        "## CUDA resources",
+        "",
+        f"From ptxas (`-Xptxas -v`, written by `python -m benchmarks.cuda_resources`) for "
+        + ", ".join(f"sm_{a}" for a in archs)
+        + ": registers per thread, spill stores/loads (bytes), stack frame (local memory per thread, "
+        "bytes), static and dynamic shared memory per block (dynamic: the largest the host code "
+        "launches that instantiation with), threads per block, and the theoretical occupancy those "
+        "allow (resident blocks per SM, and the fraction of the SM's 64 warps). No GPU measured these: "
+        "they are the static signal until one is lent.",
+        "",
+        f"{len(rows)} instantiations; spills in {len(spilling)}"
+        + (f" ({', '.join(spilling)})" if spilling else "")
+        + f"; local memory (per-thread arrays) in {len(local)}.",
+        "",
+        "| file | kernel | threads | static + dynamic smem | "
+        + " | ".join(f"sm_{a} regs | sm_{a} spill st/ld | sm_{a} stack | sm_{a} blocks/SM (occupancy)" for a in archs)
+        + " |",
+        "|---|---|---:|---:|" + "---:|" * (4 * len(archs)),
+    ]
+    for (file, name), per in sorted(rows.items()):
+        first = next(iter(per.values()))
+        cells = [pathlib.Path(file).name, f"`{name}`", str(first["threads"]),
+                 f"{first['static_shared']} + {first['dynamic_shared']}"]
+        for a in archs:
+            r = per.get(a)
+            if r is None:
+                cells += ["-"] * 4
+                continue
+            cells += [str(r["registers"]), f"{r['spill_stores']}/{r['spill_loads']}", str(r["stack"]),
+                      f"{r['blocks_per_sm']} ({r['occupancy']:.0%})"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def readme_summary(cases):
     """The README block: geometric means, with the range, per op, device and pass."""
     lines = [
@@ -308,6 +368,12 @@ def main():
     parser.add_argument("--out", type=pathlib.Path, default=HERE / "RESULTS.md")
     parser.add_argument("--chart", type=pathlib.Path, default=HERE / "ratios.png")
     parser.add_argument(
+        "--resources",
+        type=pathlib.Path,
+        default=HERE / "cuda_resources.json",
+        help="ptxas resource JSON (python -m benchmarks.cuda_resources) for the CUDA resources section",
+    )
+    parser.add_argument(
         "--readme",
         default=str(HERE.parent / "README.md"),
         help="README whose speed-summary block is rewritten ('' to leave it alone)",
@@ -321,7 +387,10 @@ def main():
     if not cases:
         raise SystemExit(f"no benchmark cases in {', '.join(map(str, paths))}")
     plot(cases, args.chart)
-    args.out.write_text(results_markdown(cases, runs, args.chart.name))
+    markdown = results_markdown(cases, runs, args.chart.name)
+    if args.resources.is_file():
+        markdown += resources_markdown(args.resources)
+    args.out.write_text(markdown)
     if args.readme:
         update_readme(pathlib.Path(args.readme), cases)
     print(summary_table(cases))

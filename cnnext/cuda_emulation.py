@@ -78,10 +78,11 @@ def _sanitizer() -> str:
 
 
 def build_directory() -> pathlib.Path:
-    """Where the emulated extension is built (``build/cuda_emulation/<variant>`` in the checkout)."""
-    if os.environ.get("CNNEXT_EMU_BUILD_DIR"):
-        return pathlib.Path(os.environ["CNNEXT_EMU_BUILD_DIR"]).resolve()
-    return _REPO / "build" / "cuda_emulation" / (_sanitizer() or "plain")
+    """Where the emulated extension is built: ``<root>/<variant>``, the root being
+    CNNEXT_EMU_BUILD_DIR or ``build/cuda_emulation`` in the checkout, the variant ``plain``,
+    ``thread`` or ``address``."""
+    root = os.environ.get("CNNEXT_EMU_BUILD_DIR") or _REPO / "build" / "cuda_emulation"
+    return pathlib.Path(root).resolve() / (_sanitizer() or "plain")
 
 
 def _load() -> None:

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import cnnext.cuda_emulation as emulation
+from benchmarks import cuda_resources
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 emu = torch.ops.cnnext_emu
@@ -226,14 +227,25 @@ def _emulated_kernel_names():
 def test_every_cuda_kernel_is_reached_by_the_emulated_workload():
     """A kernel no emulated test reaches is an untested kernel: run the sanitizer workload here and
     check that every __global__ function in csrc/ was launched."""
-    workload = runpy.run_path(str(ROOT / "tests" / "emulated_workload.py"))
+    workload = runpy.run_path(str(ROOT / "tests" / "cuda_kernel_workload.py"))
     for op in ("conv2d", "pool2d", "attention"):
         workload[op]()
-    launched = {name.split("<")[0].split("::")[-1] for name in emu._launched_kernels()}
+    launches = [line.split("\t") for line in emu._launched_kernels()]
+    launched = {name.split("<")[0].split("::")[-1] for name, _, _ in launches}
     assert _emulated_kernel_names() <= launched, _emulated_kernel_names() - launched
     # Both argmax encodings of max pooling and both layouts were launched.
-    full_names = " ".join(emu._launched_kernels())
+    full_names = " ".join(name for name, _, _ in launches)
     assert "unsigned char, true" in full_names and "long int, false" in full_names
+    # The resource report's launch table (threads per block, largest dynamic shared memory) holds
+    # for every launch the host code made.
+    for name, threads, shared in launches:
+        if "cnnext_emu_selftest" in name:
+            continue
+        family = name.split("<")[0].split("::")[-1]
+        expected_threads, largest_shared = cuda_resources.LAUNCH[family]
+        assert int(threads) == expected_threads, name
+        assert int(shared) <= largest_shared(name), name
+    assert set(cuda_resources.LAUNCH) == _emulated_kernel_names()
 
 
 def test_the_emulated_library_exports_no_cnnext_symbols():
@@ -279,8 +291,7 @@ def _run_under(sanitizer, *workload):
         "OMP_NUM_THREADS": "1",
         spec["options"]: "detect_leaks=0 exitcode=66 halt_on_error=0" if sanitizer == "address" else "exitcode=66",
     }
-    env.pop("CNNEXT_EMU_BUILD_DIR", None)  # the sanitizer build has its own folder
-    command = [sys.executable, str(ROOT / "tests" / "emulated_workload.py"), *workload]
+    command = [sys.executable, str(ROOT / "tests" / "cuda_kernel_workload.py"), *workload]
     return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
 
 

@@ -746,8 +746,8 @@ int multiprocessor_count() { return settings().sm_count; }
 namespace {
 std::mutex launched_mutex;
 std::set<std::string>& launched() {
-  static std::set<std::string> names;
-  return names;
+  static std::set<std::string> launches;
+  return launches;
 }
 }  // namespace
 
@@ -762,7 +762,8 @@ void launch(const LaunchRequest& request, const std::function<void()>& body) {
   check_launch(request, kernel);
   {
     std::lock_guard<std::mutex> lock(launched_mutex);
-    launched().insert(kernel);
+    launched().insert(kernel + "\t" + std::to_string(uint64_t{request.block.x} * request.block.y * request.block.z) +
+                      "\t" + std::to_string(request.dynamic_shared_bytes));
   }
   TORCH_CHECK(active == nullptr, "CUDA emulator: ", kernel, " launched from inside an emulated kernel");
   const Settings config = settings();

@@ -35,7 +35,8 @@ std::string schedule_name(Schedule schedule);
 void set_schedule(Schedule schedule, uint64_t seed);
 void set_multiprocessor_count(int count);
 
-// Every kernel (with its template arguments) launched in this process so far.
+// Every kernel (with its template arguments) launched in this process so far, with the block size
+// and dynamic shared memory of each distinct launch: "name\tthreads\tbytes".
 std::vector<std::string> launched_kernels();
 
 }  // namespace cnnext_emu

@@ -1,21 +1,35 @@
-"""Every emulated CUDA kernel of the named ops, forward and backward, against native PyTorch: the
-workload of the sanitizer passes (tests/test_cuda_emulation.py runs it in a subprocess with
-ThreadSanitizer or AddressSanitizer preloaded and CNNEXT_EMU_SANITIZER set). Shapes are small but
-span several tiles, k-stages, split-K slices and key tiles, so every barrier is crossed.
+"""Every CUDA kernel of the named ops, forward and backward, against native PyTorch: the workload
+of the sanitizer passes. On the CUDA emulator (default) tests/test_cuda_emulation.py runs it in a
+subprocess with ThreadSanitizer or AddressSanitizer preloaded and CNNEXT_EMU_SANITIZER set; on a
+GPU (--device cuda) benchmarks/device_check.sh runs it under compute-sanitizer (memcheck,
+racecheck). Shapes are small but span several tiles, k-stages, split-K slices and key tiles, so
+every barrier is crossed.
 
-    python tests/emulated_workload.py conv2d pool2d attention [control-race | control-overflow]
+    python tests/cuda_kernel_workload.py [--device cuda] conv2d pool2d attention
+    python tests/cuda_kernel_workload.py control-race | control-overflow      (emulator only)
 
 Prints "ok" last when every result matched. The control arguments run a deliberately broken
 self-test kernel instead (the sanitizer must report it).
 """
 
-import sys
+import argparse
+import contextlib
 
 import torch
 import torch.nn.functional as F
 
 import cnnext
-import cnnext.cuda_emulation as emulation
+
+DEVICE = "cpu"  # the emulator's tensors; "cuda" with --device cuda
+
+
+def on_kernels():
+    """The context in which cnnext ops run the CUDA kernels: the emulator's routing, or nothing on a GPU."""
+    if DEVICE == "cuda":
+        return contextlib.nullcontext()
+    import cnnext.cuda_emulation as emulation
+
+    return emulation.routed()
 
 
 def close(got, want, what):
@@ -23,9 +37,9 @@ def close(got, want, what):
 
 
 def grads(fn, *tensors):
-    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    leaves = [t.detach().to(DEVICE).requires_grad_() for t in tensors]
     out = fn(*leaves)
-    (g,) = [torch.randn_like(out, generator=torch.Generator().manual_seed(0))]
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(out)
     return out, torch.autograd.grad(out, leaves, g)
 
 
@@ -35,7 +49,7 @@ def conv2d():
             x = torch.randn(2, 4, 9, 9).contiguous(memory_format=layout)
             w, b = torch.randn(6, 4 // groups, 3, 3), torch.randn(6)
             args = dict(stride=stride, padding=1, groups=groups)
-            with emulation.routed():
+            with on_kernels():
                 ours = grads(lambda *t: cnnext.ops.conv2d(*t, **args), x, w, b)
             native = grads(lambda *t: F.conv2d(*t, **args), x, w, b)
             close(ours[0], native[0], "conv2d")
@@ -56,7 +70,7 @@ def pool2d():
             (lambda t: cnnext.ops.adaptive_avg_pool2d(t, (4, 3)), lambda t: F.adaptive_avg_pool2d(t, (4, 3))),
         ]
         for ours_fn, native_fn in cases:
-            with emulation.routed():
+            with on_kernels():
                 ours = grads(ours_fn, x)
             native = grads(native_fn, x)
             close(ours[0], native[0], "pooling")
@@ -66,7 +80,7 @@ def pool2d():
 def attention():
     for causal in (False, True):
         q, k, v = torch.randn(1, 2, 37, 16), torch.randn(1, 2, 41, 16), torch.randn(1, 2, 41, 16)
-        with emulation.routed():
+        with on_kernels():
             ours = grads(lambda *t: cnnext.ops.attention(*t, causal=causal), q, k, v)
         native = grads(lambda *t: F.scaled_dot_product_attention(*t, is_causal=causal), q, k, v)
         close(ours[0], native[0], "attention")
@@ -82,12 +96,25 @@ CONTROLS = {
 }
 
 
+WORKLOADS = {"conv2d": conv2d, "pool2d": pool2d, "attention": attention}
+
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["emulator", "cuda"], default="emulator")
+    parser.add_argument("names", nargs="+", choices=[*WORKLOADS, *CONTROLS])
+    args = parser.parse_args()
     torch.manual_seed(0)
-    emulation.set_schedule("random", seed=1)
-    for name in sys.argv[1:]:
+    if args.device == "cuda":
+        DEVICE = "cuda"
+        torch.backends.cudnn.allow_tf32 = False  # the reference in float32, as the kernels compute
+        torch.backends.cuda.matmul.allow_tf32 = False
+    else:
+        import cnnext.cuda_emulation as emulation
+
+        emulation.set_schedule("random", seed=1)
+    for name in args.names:
         if name in CONTROLS:
             CONTROLS[name]()
         else:
-            {"conv2d": conv2d, "pool2d": pool2d, "attention": attention}[name]()
+            WORKLOADS[name]()
     print("ok")

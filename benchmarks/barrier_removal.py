@@ -25,7 +25,11 @@ import time
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BARRIER = re.compile(r"__syncthreads(_count|_and|_or)?\(")
 # The emulated tests of the kernels in each op folder.
-TESTS = {"conv2d": ["tests/test_conv2d.py"], "pool2d": ["tests/test_pool2d.py"], "attention": ["tests/test_attention.py"]}
+TESTS = {
+    "conv2d": ["tests/test_conv2d.py"],
+    "pool2d": ["tests/test_pool2d.py"],
+    "attention": ["tests/test_attention.py"],
+}
 
 
 def barriers():
@@ -66,7 +70,9 @@ def first_failure(output: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--no-tsan", action="store_true", help="skip the ThreadSanitizer pass of each removal")
+    parser.add_argument(
+        "--no-tsan", action="store_true", help="skip the ThreadSanitizer pass of each removal"
+    )
     parser.add_argument("--keep", type=pathlib.Path, help="work folder to keep (default: a temporary one)")
     args = parser.parse_args(argv)
 
@@ -85,15 +91,43 @@ def main(argv=None) -> int:
             start = time.time()
             build = run([sys.executable, "-c", "import cnnext.cuda_emulation"], env, log)
             op = relative.parts[0]
-            tests_verdict, tsan_verdict, failing = "build failed", "-", build.stderr.strip().splitlines()[-1:] or ["?"]
+            tests_verdict, tsan_verdict, failing = (
+                "build failed",
+                "-",
+                build.stderr.strip().splitlines()[-1:] or ["?"],
+            )
             if build.returncode == 0:
-                tests = run([sys.executable, "-m", "pytest", *TESTS[op], "-q", "-x", "-k", "emu", "-p", "no:cacheprovider"], env, log)
+                tests = run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "pytest",
+                        *TESTS[op],
+                        "-q",
+                        "-x",
+                        "-k",
+                        "emu",
+                        "-p",
+                        "no:cacheprovider",
+                    ],
+                    env,
+                    log,
+                )
                 tests_verdict = "caught" if tests.returncode != 0 else "missed"
                 failing = [first_failure(tests.stdout)] if tests.returncode != 0 else ["-"]
                 if not args.no_tsan:  # builds the TSan variant from the same patched copy, beside it
                     tsan = run(
-                        [sys.executable, "-m", "pytest", "tests/test_cuda_emulation.py", "-q", "-k",
-                         f"sanitizer_pass_is_clean and tsan and {op}", "-p", "no:cacheprovider"],
+                        [
+                            sys.executable,
+                            "-m",
+                            "pytest",
+                            "tests/test_cuda_emulation.py",
+                            "-q",
+                            "-k",
+                            f"sanitizer_pass_is_clean and tsan and {op}",
+                            "-p",
+                            "no:cacheprovider",
+                        ],
                         env,
                         log,
                     )

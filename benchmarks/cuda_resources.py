@@ -164,7 +164,9 @@ def collect(archs: list[int]) -> list[dict]:
         record["threads"] = threads
         record["dynamic_shared"] = dynamic(record["name"])
         shared = record["static_shared"] + record["dynamic_shared"]
-        record["blocks_per_sm"], record["occupancy"] = occupancy(record["registers"], shared, threads, record["arch"])
+        record["blocks_per_sm"], record["occupancy"] = occupancy(
+            record["registers"], shared, threads, record["arch"]
+        )
     return sorted(records, key=lambda r: (r["file"], r["family"], r["name"], r["arch"]))
 
 

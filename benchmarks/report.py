@@ -297,13 +297,19 @@ def resources_markdown(path):
     rows = defaultdict(dict)
     for k in data["kernels"]:
         rows[(k["file"], short_kernel_name(k["name"]))][k["arch"]] = k
-    spilling = sorted({name for (_, name), per in rows.items() if any(r["spill_stores"] + r["spill_loads"] for r in per.values())})
+    spilling = sorted(
+        {
+            name
+            for (_, name), per in rows.items()
+            if any(r["spill_stores"] + r["spill_loads"] for r in per.values())
+        }
+    )
     local = sorted({name for (_, name), per in rows.items() if any(r["stack"] for r in per.values())})
     lines = [
         "",
         "## CUDA resources",
         "",
-        f"From ptxas (`-Xptxas -v`, written by `python -m benchmarks.cuda_resources`) for "
+        "From ptxas (`-Xptxas -v`, written by `python -m benchmarks.cuda_resources`) for "
         + ", ".join(f"sm_{a}" for a in archs)
         + ": registers per thread, spill stores/loads (bytes), stack frame (local memory per thread, "
         "bytes), static and dynamic shared memory per block (dynamic: the largest the host code "
@@ -316,21 +322,31 @@ def resources_markdown(path):
         + f"; local memory (per-thread arrays) in {len(local)}.",
         "",
         "| file | kernel | threads | static + dynamic smem | "
-        + " | ".join(f"sm_{a} regs | sm_{a} spill st/ld | sm_{a} stack | sm_{a} blocks/SM (occupancy)" for a in archs)
+        + " | ".join(
+            f"sm_{a} regs | sm_{a} spill st/ld | sm_{a} stack | sm_{a} blocks/SM (occupancy)" for a in archs
+        )
         + " |",
         "|---|---|---:|---:|" + "---:|" * (4 * len(archs)),
     ]
     for (file, name), per in sorted(rows.items()):
         first = next(iter(per.values()))
-        cells = [pathlib.Path(file).name, f"`{name}`", str(first["threads"]),
-                 f"{first['static_shared']} + {first['dynamic_shared']}"]
+        cells = [
+            pathlib.Path(file).name,
+            f"`{name}`",
+            str(first["threads"]),
+            f"{first['static_shared']} + {first['dynamic_shared']}",
+        ]
         for a in archs:
             r = per.get(a)
             if r is None:
                 cells += ["-"] * 4
                 continue
-            cells += [str(r["registers"]), f"{r['spill_stores']}/{r['spill_loads']}", str(r["stack"]),
-                      f"{r['blocks_per_sm']} ({r['occupancy']:.0%})"]
+            cells += [
+                str(r["registers"]),
+                f"{r['spill_stores']}/{r['spill_loads']}",
+                str(r["stack"]),
+                f"{r['blocks_per_sm']} ({r['occupancy']:.0%})",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

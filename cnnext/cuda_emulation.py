@@ -109,7 +109,10 @@ def _load() -> None:
     build.mkdir(parents=True, exist_ok=True)
     name = "cnnext_cuda_emulation_" + (_sanitizer() or "plain")
     if not (build / f"{name}.so").exists():
-        print(f"cnnext.cuda_emulation: building the emulated CUDA kernels in {build} (first use)", file=sys.stderr)
+        print(
+            f"cnnext.cuda_emulation: building the emulated CUDA kernels in {build} (first use)",
+            file=sys.stderr,
+        )
     # A sanitizer pass runs with the sanitizer's runtime preloaded; the compiler must not inherit it.
     preload = os.environ.pop("LD_PRELOAD", None)
     try:
@@ -126,7 +129,12 @@ def _build_and_load(cpp_extension, name, sources, csrc, flags, build) -> None:
         sources=sources,
         extra_include_paths=[str(csrc)],
         # Hidden symbols: the emulated kernels share names with cnnext._C's and must never bind to them.
-        extra_cflags=[*flags["cflags"], "-fvisibility=hidden", "-DCNNEXT_CUDA_EMULATION", "-DCNNEXT_WITH_CUDA"],
+        extra_cflags=[
+            *flags["cflags"],
+            "-fvisibility=hidden",
+            "-DCNNEXT_CUDA_EMULATION",
+            "-DCNNEXT_WITH_CUDA",
+        ],
         extra_ldflags=flags["ldflags"],
         build_directory=str(build),
         is_python_module=False,

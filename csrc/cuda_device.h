@@ -83,8 +83,8 @@ void launch(const LaunchConfig& config, Args&&... args) {
   // emulated thread's call then takes its own by-value copies.
   const typename KernelParams<decltype(kernel)>::type params(std::forward<Args>(args)...);
   const std::function<void()> body = [&params] { std::apply(kernel, params); };
-  ::cnnext_emu::launch({kernel_name<kernel>(), reinterpret_cast<const void*>(kernel), config.grid, config.block,
-                        config.shared_bytes},
+  ::cnnext_emu::launch({kernel_name<kernel>(), reinterpret_cast<const void*>(kernel), config.grid,
+                        config.block, config.shared_bytes},
                        body);
 }
 
@@ -109,7 +109,9 @@ inline int multiprocessor_count() {
   return count;
 }
 
-inline at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) { return at::empty(sizes, options); }
+inline at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return at::empty(sizes, options);
+}
 
 template <typename T>
 __device__ __forceinline__ T* dynamic_shared_memory() {
@@ -119,14 +121,15 @@ __device__ __forceinline__ T* dynamic_shared_memory() {
 
 template <auto kernel, typename... Args>
 void launch(const LaunchConfig& config, Args&&... args) {
-  kernel<<<config.grid, config.block, config.shared_bytes, c10::cuda::getCurrentCUDAStream()>>>(
+  kernel<<<config.grid, config.block, config.shared_bytes, c10::cuda::getCurrentCUDAStream()> > >(
       std::forward<Args>(args)...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <auto kernel>
 void allow_dynamic_shared(size_t bytes) {
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  C10_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
 #endif

@@ -41,7 +41,9 @@ def _device_param(device, *values):
 
 
 # float32/float64 on every device; float16/bfloat16 on CUDA (real or emulated) only.
-FULL_PRECISION = [_device_param(d, t) for d in ("cpu", "cuda", *EMULATED) for t in (torch.float32, torch.float64)]
+FULL_PRECISION = [
+    _device_param(d, t) for d in ("cpu", "cuda", *EMULATED) for t in (torch.float32, torch.float64)
+]
 LOW_PRECISION = [_device_param(d, t) for d in ("cuda", *EMULATED) for t in (torch.float16, torch.bfloat16)]
 DEVICES = [_device_param(d) for d in ("cpu", "cuda", *EMULATED)]
 # Cases whose inputs are built on the CPU (bad-input tables): the CPU kernels and the emulated CUDA ones.

@@ -119,6 +119,23 @@ def test_empty_sequences(device):
     assert cnnext.ops.attention(q, k[:0], v[:0]).shape == (0, 1, 3, 8)
 
 
+@pytest.mark.parametrize("device", [d for d in DEVICES if d.id != "cpu" and "reverse" not in d.id])
+def test_more_batch_heads_than_a_grid_row_holds(device):
+    """65,537 (batch, head) pairs: past the 65,535 that grid.y allows, where the CUDA kernels once
+    put them (the emulator's launch check caught it); now they are numbered in grid.x."""
+    q, k, v = (
+        torch.randn(1, 65537, 1, 2, dtype=torch.float64, device=device, requires_grad=True) for _ in range(3)
+    )
+    out = cnnext.ops.attention(q, k, v)
+    ref = F.scaled_dot_product_attention(q.detach(), k.detach(), v.detach())
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    ref_grads = torch.autograd.grad(F.scaled_dot_product_attention(*leaves).sum(), leaves)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("heads", [1, 2])
 def test_self_attention2d_matches_native_backend(heads, device):

@@ -69,3 +69,74 @@ def test_command_writes_results_chart_and_readme_block(tmp_path, monkeypatch):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("rest\n") and "old" not in text
     assert "| pool2d | cpu | forward+backward | 3.00 | 3.00-3.00 | 1 |" in text
+
+
+# --- the CUDA resources table (benchmarks/cuda_resources.py, rendered by report.py) ---------------
+
+PTXAS_OUTPUT = """\
+ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function '_ZN6cnnext12_GLOBAL__N_111dkdv_kernelIfLi64EEEvPKT_S4_' for 'sm_90'
+ptxas info    : Function properties for _ZN6cnnext12_GLOBAL__N_111dkdv_kernelIfLi64EEEvPKT_S4_
+    1024 bytes stack frame, 8 bytes spill stores, 12 bytes spill loads
+ptxas info    : Used 56 registers, used 1 barriers, 400 bytes cmem[0]
+ptxas info    : Compiling entry function '_ZN6cnnext12_GLOBAL__N_114bias_grad_kernelIffEEvPKT_' for 'sm_90'
+ptxas info    : Function properties for _ZN6cnnext12_GLOBAL__N_114bias_grad_kernelIffEEvPKT_
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 36 registers, used 1 barriers, 1024 bytes smem, 392 bytes cmem[0]
+"""
+
+
+def test_ptxas_output_is_parsed_per_kernel():
+    from benchmarks import cuda_resources
+
+    kernels = cuda_resources.parse_ptxas(PTXAS_OUTPUT)
+    assert [
+        (k["arch"], k["registers"], k["stack"], k["spill_stores"], k["spill_loads"], k["static_shared"])
+        for k in kernels
+    ] == [(90, 56, 1024, 8, 12, 0), (90, 36, 0, 0, 0, 1024)]
+
+
+def test_occupancy_follows_the_sm_limits():
+    from benchmarks import cuda_resources
+
+    # 256 threads x 97 registers: 104 per thread after rounding, 26,624 per block: 2 blocks (16 of 64 warps).
+    assert cuda_resources.occupancy(97, 8704, 256, 90) == (2, 0.25)
+    # 64 threads, 48 KiB + 1 KiB reserved: shared memory allows 4 blocks of 2 warps on sm_90, 3 on sm_80.
+    assert cuda_resources.occupancy(48, 49152, 64, 90) == (4, 0.125)
+    assert cuda_resources.occupancy(48, 49152, 64, 80) == (3, 0.09375)
+    # Light kernels stop at 2048 threads per SM.
+    assert cuda_resources.occupancy(29, 0, 256, 80) == (8, 1.0)
+
+
+def test_attention_shared_memory_follows_the_tile_rule():
+    from benchmarks import cuda_resources
+
+    assert cuda_resources.attention_shared("forward_kernel<float, 64>") == 2 * 32 * 64 * 4
+    assert cuda_resources.attention_shared("dq_kernel<double, 256>") == 2 * 12 * 256 * 8
+
+
+def test_resources_section_lists_each_instantiation_once_with_both_archs(tmp_path):
+    name = "void cnnext::(anonymous namespace)::dq_kernel<c10::Half, 64>(c10::Half const*, long)"
+    record = dict(
+        file="csrc/attention/attention_cuda.cu",
+        name=name,
+        family="dq_kernel",
+        registers=59,
+        stack=768,
+        spill_stores=0,
+        spill_loads=0,
+        static_shared=0,
+        dynamic_shared=32768,
+        threads=64,
+        blocks_per_sm=4,
+        occupancy=0.125,
+    )
+    path = tmp_path / "resources.json"
+    path.write_text(
+        json.dumps({"archs": [80, 90], "kernels": [{**record, "arch": 80}, {**record, "arch": 90}]})
+    )
+    markdown = report.resources_markdown(path)
+    rows = [line for line in markdown.splitlines() if line.startswith("| attention_cuda.cu")]
+    assert len(rows) == 1
+    assert "`dq_kernel<Half, 64>`" in rows[0] and rows[0].count("4 (12%)") == 2
+    assert "spills in 0" in markdown and "local memory (per-thread arrays) in 1" in markdown

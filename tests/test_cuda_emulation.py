@@ -10,6 +10,7 @@ check the kernels' results; this file checks the machine they run on.
 
 import os
 import pathlib
+import random
 import re
 import runpy
 import subprocess
@@ -17,7 +18,9 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+import cnnext
 import cnnext.cuda_emulation as emulation
 from benchmarks import cuda_resources
 
@@ -73,7 +76,9 @@ LAUNCH_ERRORS = {
 }
 
 
-@pytest.mark.parametrize("grid, block, shared, opt_in, message", LAUNCH_ERRORS.values(), ids=LAUNCH_ERRORS.keys())
+@pytest.mark.parametrize(
+    "grid, block, shared, opt_in, message", LAUNCH_ERRORS.values(), ids=LAUNCH_ERRORS.keys()
+)
 def test_launches_a_gpu_would_refuse_raise_naming_the_kernel(grid, block, shared, opt_in, message):
     with pytest.raises(RuntimeError, match=message) as error:
         emu._selftest_indices(grid, block, shared, opt_in)
@@ -189,7 +194,11 @@ def test_each_race_shows_under_every_schedule_but_the_one_that_hides_it(schedule
 
 
 BROKEN_KERNELS = {
-    "divergent barriers": (0, 64, r"divergent __syncthreads: threads 0-31 wait at selftest_kernels.cpp:\d+; "),
+    "divergent barriers": (
+        0,
+        64,
+        r"divergent __syncthreads: threads 0-31 wait at selftest_kernels.cpp:\d+; ",
+    ),
     "exited threads at a barrier": (1, 64, r"threads 32-63 exited while threads 0-31 wait at __syncthreads"),
     "mask naming exited lanes": (2, 32, r"(has exited|exited while lane \d+ waits for it)"),
     "mask without the caller": (3, 32, r"the mask 0x1 does not name the calling lane [1-9]"),
@@ -213,6 +222,100 @@ def test_settings_are_validated():
         emulation.set_multiprocessor_count(0)
 
 
+# --- random shapes -----------------------------------------------------------------------------------
+
+
+def _random_case(g: random.Random):
+    """One random op call: (name, cnnext function, native function, input tensors)."""
+    layout = g.choice([torch.contiguous_format, torch.channels_last])
+    kind = g.choice(["conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "attention"])
+    if kind == "attention":
+        b, h, lq, lk, d = (
+            g.randint(1, 2),
+            g.randint(1, 3),
+            g.randint(1, 70),
+            g.randint(1, 70),
+            g.randint(1, 80),
+        )
+        causal = g.random() < 0.5
+        tensors = [torch.randn(b, h, lq, d), torch.randn(b, h, lk, d), torch.randn(b, h, lk, d)]
+        return (
+            kind,
+            lambda *t: cnnext.ops.attention(*t, causal=causal),
+            lambda *t: F.scaled_dot_product_attention(*t, is_causal=causal),
+            tensors,
+        )
+    size = (g.randint(5, 20), g.randint(5, 20))
+    if kind == "conv2d":
+        kernel, stride, dilation = (g.randint(1, 5), g.randint(1, 5)), g.randint(1, 3), g.randint(1, 2)
+        padding = g.randint(0, 2)
+        if any(s + 2 * padding < dilation * (k - 1) + 1 for s, k in zip(size, kernel, strict=True)):
+            padding = max(kernel) * dilation
+        groups = g.choice([1, 2, 3])
+        cin, cout = groups * g.randint(1, 3), groups * g.randint(1, 3)
+        args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        x = torch.randn(g.randint(1, 3), cin, *size).contiguous(memory_format=layout)
+        tensors = [x, torch.randn(cout, cin // groups, *kernel), torch.randn(cout)]
+        return kind, lambda *t: cnnext.ops.conv2d(*t, **args), lambda *t: F.conv2d(*t, **args), tensors
+    x = torch.randn(g.randint(1, 3), g.randint(1, 5), *size).contiguous(memory_format=layout)
+    if kind == "adaptive_avg_pool2d":
+        out = (g.randint(1, 8), g.randint(1, 8))
+        return (
+            kind,
+            lambda t: cnnext.ops.adaptive_avg_pool2d(t, out),
+            lambda t: F.adaptive_avg_pool2d(t, out),
+            [x],
+        )
+    kernel = g.randint(1, 4)
+    args = dict(
+        kernel_size=kernel,
+        stride=g.randint(1, 3),
+        padding=g.randint(0, kernel // 2),
+        ceil_mode=g.random() < 0.5,
+    )
+    if kind == "max_pool2d":
+        args["dilation"] = g.randint(1, 2)
+    return kind, lambda t: getattr(cnnext.ops, kind)(t, **args), lambda t: getattr(F, kind)(t, **args), [x]
+
+
+LOW_PRECISION_TYPES = (torch.float16, torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("seed", range(4))
+def test_emulated_ops_match_native_on_random_shapes(seed, dtype):
+    """Random geometries of every op, forward and every gradient, both layouts, on the emulated
+    kernels under the random schedule: float32/float64 against a float64 reference at the suites'
+    tolerances; float16/bfloat16 within twice native's own error (plus 1% of the largest value)."""
+    g = random.Random(f"{seed}-{dtype}")
+    for _ in range(10):
+        kind, ours_fn, native_fn, tensors = _random_case(g)
+        tensors = [t.to(dtype) for t in tensors]
+        leaves = [t.detach().requires_grad_() for t in tensors]
+        with emulation.schedule("random", seed=seed), emulation.routed():
+            ours = ours_fn(*leaves)
+            grad_out = torch.randn(ours.shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+            ours_grads = torch.autograd.grad(ours, leaves, grad_out)
+        ref_leaves = [t.detach().double().requires_grad_() for t in tensors]
+        ref = native_fn(*ref_leaves)
+        ref_grads = torch.autograd.grad(ref, ref_leaves, grad_out.double())
+        if dtype in LOW_PRECISION_TYPES:
+            native_leaves = [t.detach().requires_grad_() for t in tensors]
+            native = native_fn(*native_leaves)
+            native_grads = torch.autograd.grad(native, native_leaves, grad_out)
+            for got, want, theirs in zip(
+                (ours, *ours_grads), (ref, *ref_grads), (native, *native_grads), strict=True
+            ):
+                err, err_native = (got.double() - want).abs().max(), (theirs.double() - want).abs().max()
+                assert err <= 2 * err_native + 1e-2 * want.abs().max(), (
+                    f"{kind}: {err} vs native {err_native}"
+                )
+        else:
+            tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+            for got, want in zip((ours, *ours_grads), (ref, *ref_grads), strict=True):
+                torch.testing.assert_close(got.double(), want, **tol, msg=lambda m, k=kind: f"{k}: {m}")
+
+
 # --- the emulated library ---------------------------------------------------------------------------
 
 
@@ -220,7 +323,9 @@ def _emulated_kernel_names():
     """Every __global__ kernel defined in csrc/<op>/*.cu."""
     names = set()
     for path in (ROOT / "csrc").glob("*/*.cu"):
-        names.update(re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)", path.read_text()))
+        names.update(
+            re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)", path.read_text())
+        )
     return names
 
 
@@ -251,25 +356,48 @@ def test_every_cuda_kernel_is_reached_by_the_emulated_workload():
 def test_the_emulated_library_exports_no_cnnext_symbols():
     """The emulated kernels share C++ names with cnnext._C's; hidden visibility keeps them apart."""
     library = next(emulation.build_directory().glob("*.so"))
-    symbols = subprocess.run(["nm", "-D", "--defined-only", "-C", str(library)], capture_output=True, text=True)
+    symbols = subprocess.run(
+        ["nm", "-D", "--defined-only", "-C", str(library)], capture_output=True, text=True
+    )
     assert symbols.returncode == 0, symbols.stderr
     assert not [line for line in symbols.stdout.splitlines() if "cnnext::" in line]
 
 
 def test_emulated_ops_have_the_schemas_of_the_real_ones():
-    for name in ("conv2d", "_conv2d_backward", "max_pool2d", "_max_pool2d_with_taps", "max_pool2d_values",
-                 "_max_pool2d_backward", "avg_pool2d", "_avg_pool2d_backward", "adaptive_avg_pool2d",
-                 "_adaptive_avg_pool2d_backward", "attention", "_attention_backward"):
+    for name in (
+        "conv2d",
+        "_conv2d_backward",
+        "max_pool2d",
+        "_max_pool2d_with_taps",
+        "max_pool2d_values",
+        "_max_pool2d_backward",
+        "avg_pool2d",
+        "_avg_pool2d_backward",
+        "adaptive_avg_pool2d",
+        "_adaptive_avg_pool2d_backward",
+        "attention",
+        "_attention_backward",
+    ):
         real, emulated = getattr(torch.ops.cnnext, name).default, getattr(emu, name).default
-        assert str(real._schema).removeprefix("cnnext::") == str(emulated._schema).removeprefix("cnnext_emu::")
+        assert str(real._schema).removeprefix("cnnext::") == str(emulated._schema).removeprefix(
+            "cnnext_emu::"
+        )
 
 
 # --- sanitizer passes -------------------------------------------------------------------------------
 
 SANITIZERS = {
-    "thread": dict(library="libtsan.so", options="TSAN_OPTIONS", report="WARNING: ThreadSanitizer", control="control-race"),
+    "thread": dict(
+        library="libtsan.so",
+        options="TSAN_OPTIONS",
+        report="WARNING: ThreadSanitizer",
+        control="control-race",
+    ),
     "address": dict(
-        library="libasan.so", options="ASAN_OPTIONS", report="ERROR: AddressSanitizer", control="control-overflow"
+        library="libasan.so",
+        options="ASAN_OPTIONS",
+        report="ERROR: AddressSanitizer",
+        control="control-overflow",
     ),
 }
 
@@ -280,7 +408,9 @@ def _run_under(sanitizer, *workload):
     # (python itself does not link libstdc++).
     preload = []
     for name in (spec["library"], "libstdc++.so.6"):
-        found = subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+        found = subprocess.run(
+            ["gcc", f"-print-file-name={name}"], capture_output=True, text=True
+        ).stdout.strip()
         if not os.path.isabs(found):
             pytest.fail(f"{name} not found (gcc -print-file-name): the sanitizer pass cannot run")
         preload.append(found)
@@ -289,7 +419,9 @@ def _run_under(sanitizer, *workload):
         "LD_PRELOAD": " ".join(preload),
         "CNNEXT_EMU_SANITIZER": sanitizer,
         "OMP_NUM_THREADS": "1",
-        spec["options"]: "detect_leaks=0 exitcode=66 halt_on_error=0" if sanitizer == "address" else "exitcode=66",
+        spec["options"]: "detect_leaks=0 exitcode=66 halt_on_error=0"
+        if sanitizer == "address"
+        else "exitcode=66",
     }
     command = [sys.executable, str(ROOT / "tests" / "cuda_kernel_workload.py"), *workload]
     return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)

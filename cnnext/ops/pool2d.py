@@ -166,8 +166,6 @@ def _grad_input_fake(grad_output, input, *args):
     return input.new_empty(input.shape).contiguous(memory_format=suggest_memory_format(input))
 
 
-
-
 # --- autograd ----------------------------------------------------------------------------------
 
 

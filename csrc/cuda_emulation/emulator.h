@@ -136,18 +136,23 @@ T from_bits(uint64_t bits) {
 // ---- Warp intrinsics -----------------------------------------------------------------------------
 // Macros only to record the call site; the work is in the templates below.
 #define __syncwarp(...) ::cnnext_emu::syncwarp(CNNEXT_EMU_SITE __VA_OPT__(, ) __VA_ARGS__)
-#define __shfl_sync(...) ::cnnext_emu::shuffle(CNNEXT_EMU_SITE, ::cnnext_emu::WarpOp::kShuffleIndex, __VA_ARGS__)
-#define __shfl_up_sync(...) ::cnnext_emu::shuffle(CNNEXT_EMU_SITE, ::cnnext_emu::WarpOp::kShuffleUp, __VA_ARGS__)
+#define __shfl_sync(...) \
+  ::cnnext_emu::shuffle(CNNEXT_EMU_SITE, ::cnnext_emu::WarpOp::kShuffleIndex, __VA_ARGS__)
+#define __shfl_up_sync(...) \
+  ::cnnext_emu::shuffle(CNNEXT_EMU_SITE, ::cnnext_emu::WarpOp::kShuffleUp, __VA_ARGS__)
 #define __shfl_down_sync(...) \
   ::cnnext_emu::shuffle(CNNEXT_EMU_SITE, ::cnnext_emu::WarpOp::kShuffleDown, __VA_ARGS__)
-#define __shfl_xor_sync(...) ::cnnext_emu::shuffle(CNNEXT_EMU_SITE, ::cnnext_emu::WarpOp::kShuffleXor, __VA_ARGS__)
-#define __ballot_sync(mask, p) \
-  static_cast<unsigned>(         \
-      ::cnnext_emu::warp_collective(CNNEXT_EMU_SITE, ::cnnext_emu::WarpOp::kBallot, (mask), (p) ? 1 : 0, 0, 32))
-#define __any_sync(mask, p) \
-  static_cast<int>(::cnnext_emu::warp_collective(CNNEXT_EMU_SITE, ::cnnext_emu::WarpOp::kAny, (mask), (p) ? 1 : 0, 0, 32))
-#define __all_sync(mask, p) \
-  static_cast<int>(::cnnext_emu::warp_collective(CNNEXT_EMU_SITE, ::cnnext_emu::WarpOp::kAll, (mask), (p) ? 1 : 0, 0, 32))
+#define __shfl_xor_sync(...) \
+  ::cnnext_emu::shuffle(CNNEXT_EMU_SITE, ::cnnext_emu::WarpOp::kShuffleXor, __VA_ARGS__)
+#define __ballot_sync(mask, p)                                                                        \
+  static_cast<unsigned>(::cnnext_emu::warp_collective(CNNEXT_EMU_SITE, ::cnnext_emu::WarpOp::kBallot, \
+                                                      (mask), (p) ? 1 : 0, 0, 32))
+#define __any_sync(mask, p)                                                                           \
+  static_cast<int>(::cnnext_emu::warp_collective(CNNEXT_EMU_SITE, ::cnnext_emu::WarpOp::kAny, (mask), \
+                                                 (p) ? 1 : 0, 0, 32))
+#define __all_sync(mask, p)                                                                           \
+  static_cast<int>(::cnnext_emu::warp_collective(CNNEXT_EMU_SITE, ::cnnext_emu::WarpOp::kAll, (mask), \
+                                                 (p) ? 1 : 0, 0, 32))
 #define __activemask() ::cnnext_emu::active_mask()
 
 namespace cnnext_emu {
@@ -173,7 +178,8 @@ T atomic_update(T* address, T (*update)(T, T), T operand) {
     }
     return old;
   } else {
-    using Bits = std::conditional_t<sizeof(T) == 8, uint64_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>>;
+    using Bits =
+        std::conditional_t<sizeof(T) == 8, uint64_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>>;
     static_assert(sizeof(T) == sizeof(Bits), "atomics on 2-, 4- or 8-byte values");
     auto* bits = reinterpret_cast<Bits*>(address);
     Bits old_bits = __atomic_load_n(bits, __ATOMIC_RELAXED);

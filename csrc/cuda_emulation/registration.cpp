@@ -15,7 +15,9 @@ void set_schedule(std::string schedule, int64_t seed) {
 
 std::string get_schedule() { return cnnext_emu::schedule_name(cnnext_emu::settings().schedule); }
 
-void set_multiprocessor_count(int64_t count) { cnnext_emu::set_multiprocessor_count(static_cast<int>(count)); }
+void set_multiprocessor_count(int64_t count) {
+  cnnext_emu::set_multiprocessor_count(static_cast<int>(count));
+}
 
 int64_t get_multiprocessor_count() { return cnnext_emu::settings().sm_count; }
 

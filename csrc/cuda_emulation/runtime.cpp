@@ -18,8 +18,6 @@
 // reuse stacks and shared memory), so races between blocks are not. The runtime's own bookkeeping
 // is hidden from TSan. Under AddressSanitizer
 // the stack switches are announced (__sanitizer_start/finish_switch_fiber).
-#include "cuda_emulation/emulator.h"
-
 #include <c10/util/Exception.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -36,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_emulation/emulator.h"
 #include "cuda_emulation/settings.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -128,7 +127,8 @@ struct Stack {
 Stack allocate_stack(size_t size) {
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   size = (size + page - 1) / page * page;
-  void* region = mmap(nullptr, size + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* region =
+      mmap(nullptr, size + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   TORCH_CHECK(region != MAP_FAILED, "CUDA emulator: could not map a ", size, "-byte fiber stack");
   mprotect(region, page, PROT_NONE);
   return {static_cast<unsigned char*>(region) + page, size};
@@ -153,7 +153,7 @@ struct EmuThread {
   std::string failure;
 #if defined(CNNEXT_EMU_TSAN)
   void* tsan_fiber = nullptr;
-  char arrival_token = 0;    // released at every arrival at a barrier or collective
+  char arrival_token = 0;        // released at every arrival at a barrier or collective
   char* resume_token = nullptr;  // acquired when resumed after one
 #endif
 #if defined(CNNEXT_EMU_ASAN)
@@ -161,8 +161,8 @@ struct EmuThread {
 #endif
 };
 
-const char* kSiteNames[] = {"__syncwarp", "__shfl_sync", "__shfl_up_sync", "__shfl_down_sync",
-                            "__shfl_xor_sync", "__ballot_sync", "__any_sync", "__all_sync"};
+const char* kSiteNames[] = {"__syncwarp",      "__shfl_sync",   "__shfl_up_sync", "__shfl_down_sync",
+                            "__shfl_xor_sync", "__ballot_sync", "__any_sync",     "__all_sync"};
 const char* op_name(WarpOp op) { return kSiteNames[static_cast<int>(op)]; }
 
 std::string where(const Site& s) {
@@ -308,19 +308,20 @@ void yield_to_scheduler(BlockRun& run, EmuThread& t) {
 
 // Lays out a fresh stack so that switching to it enters cnnext_emu_fiber_entry with r12 = t.
 void prepare_fiber(EmuThread& t) {
-  auto* top = reinterpret_cast<uint64_t*>(reinterpret_cast<uintptr_t>(t.stack.base + t.stack.size) & ~uintptr_t{15});
+  auto* top =
+      reinterpret_cast<uint64_t*>(reinterpret_cast<uintptr_t>(t.stack.base + t.stack.size) & ~uintptr_t{15});
   uint64_t* sp = top - 10;  // 16-byte aligned: 8 saved words, the return address, one pad word
   uint32_t mxcsr = 0;
   uint16_t fpu_control = 0;
   asm volatile("stmxcsr %0" : "=m"(mxcsr));
   asm volatile("fnstcw %0" : "=m"(fpu_control));
   sp[0] = uint64_t{mxcsr} | (uint64_t{fpu_control} << 32);
-  sp[1] = 0;                                  // r15
-  sp[2] = 0;                                  // r14
-  sp[3] = 0;                                  // r13
-  sp[4] = reinterpret_cast<uint64_t>(&t);     // r12
-  sp[5] = 0;                                  // rbx
-  sp[6] = 0;                                  // rbp
+  sp[1] = 0;                               // r15
+  sp[2] = 0;                               // r14
+  sp[3] = 0;                               // r13
+  sp[4] = reinterpret_cast<uint64_t>(&t);  // r12
+  sp[5] = 0;                               // rbx
+  sp[6] = 0;                               // rbp
   sp[7] = reinterpret_cast<uint64_t>(&cnnext_emu_fiber_entry);
   sp[8] = 0;
   t.sp = sp;
@@ -366,7 +367,8 @@ void arrive_and_wait(State state) {
 
 int block_barrier(Site site, BarrierReduce reduce, int predicate) {
   HideFromTsan hide;
-  TORCH_CHECK(active != nullptr && active->running != nullptr, "__syncthreads() called outside an emulated kernel");
+  TORCH_CHECK(active != nullptr && active->running != nullptr,
+              "__syncthreads() called outside an emulated kernel");
   EmuThread& t = *active->running;
   t.site = site;
   t.reduce = reduce;
@@ -377,7 +379,8 @@ int block_barrier(Site site, BarrierReduce reduce, int predicate) {
 
 uint64_t warp_collective(Site site, WarpOp op, unsigned mask, uint64_t value, int lane_arg, int width) {
   HideFromTsan hide;
-  TORCH_CHECK(active != nullptr && active->running != nullptr, op_name(op), " called outside an emulated kernel");
+  TORCH_CHECK(active != nullptr && active->running != nullptr, op_name(op),
+              " called outside an emulated kernel");
   BlockRun& run = *active;
   EmuThread& t = *run.running;
   std::ostringstream why;
@@ -394,8 +397,9 @@ uint64_t warp_collective(Site site, WarpOp op, unsigned mask, uint64_t value, in
     if ((mask >> lane & 1u) == 0) continue;
     const int index = t.warp * kWarpSize + lane;
     if (index >= run.count || (*run.threads)[index].state == State::kExited) {
-      why << op_name(op) << " at " << where(site) << " (thread " << t.index << "): the mask 0x" << std::hex << mask
-          << std::dec << " names lane " << lane << ", which " << (index >= run.count ? "does not exist" : "has exited");
+      why << op_name(op) << " at " << where(site) << " (thread " << t.index << "): the mask 0x" << std::hex
+          << mask << std::dec << " names lane " << lane << ", which "
+          << (index >= run.count ? "does not exist" : "has exited");
       fail_in_fiber(why.str());
     }
   }
@@ -411,7 +415,8 @@ uint64_t warp_collective(Site site, WarpOp op, unsigned mask, uint64_t value, in
 
 unsigned active_mask() {
   HideFromTsan hide;
-  TORCH_CHECK(active != nullptr && active->running != nullptr, "__activemask() called outside an emulated kernel");
+  TORCH_CHECK(active != nullptr && active->running != nullptr,
+              "__activemask() called outside an emulated kernel");
   const EmuThread& t = *active->running;
   unsigned mask = 0;
   for (int lane = 0; lane < kWarpSize; ++lane) {
@@ -519,8 +524,8 @@ uint64_t collective_result(const BlockRun& run, const EmuThread& t) {
   }
   if ((t.mask >> source & 1u) == 0) {
     std::ostringstream why;
-    why << "thread " << t.index << ": " << op_name(t.op) << " at " << where(t.site) << " reads lane " << source
-        << ", which the mask 0x" << std::hex << t.mask << " does not name (undefined on a GPU)";
+    why << "thread " << t.index << ": " << op_name(t.op) << " at " << where(t.site) << " reads lane "
+        << source << ", which the mask 0x" << std::hex << t.mask << " does not name (undefined on a GPU)";
     block_error(run, why.str());
   }
   return value_of(source);
@@ -530,20 +535,20 @@ uint64_t collective_result(const BlockRun& run, const EmuThread& t) {
 bool try_complete_collective(BlockRun& run, EmuThread& t, std::vector<int>& ready) {
   auto& threads = *run.threads;
   const int base = t.warp * kWarpSize;
+  for (int lane = 0; lane < kWarpSize; ++lane) {
+    if ((t.mask >> lane & 1u) && threads[base + lane].state != State::kAtWarp) return false;
+  }
   std::vector<EmuThread*> group;
   for (int lane = 0; lane < kWarpSize; ++lane) {
-    if ((t.mask >> lane & 1u) == 0) continue;
-    EmuThread& other = threads[base + lane];
-    if (other.state != State::kAtWarp) return false;
-    group.push_back(&other);
+    if (t.mask >> lane & 1u) group.push_back(&threads[base + lane]);
   }
   for (EmuThread* other : group) {
     if (other->op != t.op || other->mask != t.mask) {
       std::ostringstream why;
-      why << "warp " << t.warp << ": lane " << t.lane << " waits at " << op_name(t.op) << " (" << where(t.site)
-          << ", mask 0x" << std::hex << t.mask << ") while lane " << std::dec << other->lane << " waits at "
-          << op_name(other->op) << " (" << where(other->site) << ", mask 0x" << std::hex << other->mask
-          << "): the lanes of a mask must all call the same intrinsic with the same mask";
+      why << "warp " << t.warp << ": lane " << t.lane << " waits at " << op_name(t.op) << " ("
+          << where(t.site) << ", mask 0x" << std::hex << t.mask << ") while lane " << std::dec << other->lane
+          << " waits at " << op_name(other->op) << " (" << where(other->site) << ", mask 0x" << std::hex
+          << other->mask << "): the lanes of a mask must all call the same intrinsic with the same mask";
       block_error(run, why.str());
     }
   }
@@ -581,25 +586,29 @@ void complete_barrier_or_fail(BlockRun& run, std::vector<int>& ready) {
   std::ostringstream why;
   if (!at_warp.empty()) {
     const EmuThread& w = threads[at_warp.front()];
-    why << "deadlock: threads " << ranges(at_warp) << " wait at warp collectives (first: " << op_name(w.op) << " at "
-        << where(w.site) << ", mask 0x" << std::hex << w.mask << std::dec << ")";
+    why << "deadlock: threads " << ranges(at_warp) << " wait at warp collectives (first: " << op_name(w.op)
+        << " at " << where(w.site) << ", mask 0x" << std::hex << w.mask << std::dec << ")";
     if (!at_barrier.empty()) {
-      why << " while threads " << ranges(at_barrier) << " wait at __syncthreads (" << where(threads[at_barrier[0]].site)
-          << ")";
+      why << " while threads " << ranges(at_barrier) << " wait at __syncthreads ("
+          << where(threads[at_barrier[0]].site) << ")";
     }
     if (!exited.empty()) why << "; threads " << ranges(exited) << " have exited";
     block_error(run, why.str());
   }
   if (!exited.empty()) {
-    why << "threads " << ranges(exited) << " exited while threads " << ranges(at_barrier) << " wait at __syncthreads ("
-        << where(threads[at_barrier[0]].site)
+    why << "threads " << ranges(exited) << " exited while threads " << ranges(at_barrier)
+        << " wait at __syncthreads (" << where(threads[at_barrier[0]].site)
         << "): a barrier that some threads never reach (undefined behaviour on a GPU)";
     block_error(run, why.str());
   }
   const EmuThread& first = threads[at_barrier[0]];
-  std::map<std::string, std::vector<int>> by_site;
-  for (int i : at_barrier) by_site[where(threads[i].site)].push_back(i);
-  if (by_site.size() > 1) {
+  auto same_site = [&](int i) {
+    const Site& s = threads[i].site;
+    return s.line == first.site.line && (s.file == first.site.file || std::strcmp(s.file, first.site.file) == 0);
+  };
+  if (!std::all_of(at_barrier.begin(), at_barrier.end(), same_site)) {
+    std::map<std::string, std::vector<int>> by_site;
+    for (int i : at_barrier) by_site[where(threads[i].site)].push_back(i);
     why << "divergent __syncthreads: ";
     bool more = false;
     for (const auto& [site, ids] : by_site) {
@@ -667,11 +676,12 @@ void run_block(BlockRun& run, Schedule schedule, std::mt19937_64& rng) {
           // A collective waiting for this lane can never complete.
           for (int lane = 0; lane < kWarpSize; ++lane) {
             const int other = t.warp * kWarpSize + lane;
-            if (other < run.count && threads[other].state == State::kAtWarp && (threads[other].mask >> t.lane & 1u)) {
+            if (other < run.count && threads[other].state == State::kAtWarp &&
+                (threads[other].mask >> t.lane & 1u)) {
               std::ostringstream why;
               why << "thread " << t.index << " exited while lane " << lane << " waits for it at "
-                  << op_name(threads[other].op) << " (" << where(threads[other].site) << ", mask 0x" << std::hex
-                  << threads[other].mask << ")";
+                  << op_name(threads[other].op) << " (" << where(threads[other].site) << ", mask 0x"
+                  << std::hex << threads[other].mask << ")";
               block_error(run, why.str());
             }
           }
@@ -703,12 +713,16 @@ void check_launch(const LaunchRequest& request, const std::string& kernel) {
   const dim3 g = request.grid, b = request.block;
   const uint64_t threads = uint64_t{b.x} * b.y * b.z;
   auto dims = [](const char* what, dim3 d) {
-    return std::string(what) + " (" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " + std::to_string(d.z) + ")";
+    return std::string(what) + " (" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " +
+           std::to_string(d.z) + ")";
   };
-  if (g.x == 0 || g.y == 0 || g.z == 0) launch_error(kernel, "empty " + dims("grid", g) + " (cudaErrorInvalidConfiguration)");
-  if (b.x == 0 || b.y == 0 || b.z == 0) launch_error(kernel, "empty " + dims("block", b) + " (cudaErrorInvalidConfiguration)");
+  if (g.x == 0 || g.y == 0 || g.z == 0)
+    launch_error(kernel, "empty " + dims("grid", g) + " (cudaErrorInvalidConfiguration)");
+  if (b.x == 0 || b.y == 0 || b.z == 0)
+    launch_error(kernel, "empty " + dims("block", b) + " (cudaErrorInvalidConfiguration)");
   if (threads > 1024) {
-    launch_error(kernel, std::to_string(threads) + " threads per block, more than 1024 (" + dims("block", b) + ")");
+    launch_error(kernel,
+                 std::to_string(threads) + " threads per block, more than 1024 (" + dims("block", b) + ")");
   }
   if (b.x > 1024 || b.y > 1024 || b.z > 64) {
     launch_error(kernel, dims("block", b) + " exceeds the per-axis limits (1024, 1024, 64)");
@@ -723,8 +737,8 @@ void check_launch(const LaunchRequest& request, const std::string& kernel) {
     if (it != dynamic_shared_opt_ins().end()) limit = std::max(limit, it->second);
   }
   if (request.dynamic_shared_bytes > limit) {
-    launch_error(kernel, std::to_string(request.dynamic_shared_bytes) + " bytes of dynamic shared memory, more than " +
-                             std::to_string(limit) +
+    launch_error(kernel, std::to_string(request.dynamic_shared_bytes) +
+                             " bytes of dynamic shared memory, more than " + std::to_string(limit) +
                              (limit == kDefaultSharedLimit
                                   ? " (48 KiB without cudaFuncAttributeMaxDynamicSharedMemorySize)"
                                   : " (the kernel's cudaFuncAttributeMaxDynamicSharedMemorySize)"));
@@ -762,8 +776,9 @@ void launch(const LaunchRequest& request, const std::function<void()>& body) {
   check_launch(request, kernel);
   {
     std::lock_guard<std::mutex> lock(launched_mutex);
-    launched().insert(kernel + "\t" + std::to_string(uint64_t{request.block.x} * request.block.y * request.block.z) +
-                      "\t" + std::to_string(request.dynamic_shared_bytes));
+    launched().insert(kernel + "\t" +
+                      std::to_string(uint64_t{request.block.x} * request.block.y * request.block.z) + "\t" +
+                      std::to_string(request.dynamic_shared_bytes));
   }
   TORCH_CHECK(active == nullptr, "CUDA emulator: ", kernel, " launched from inside an emulated kernel");
   const Settings config = settings();
@@ -775,7 +790,8 @@ void launch(const LaunchRequest& request, const std::function<void()>& body) {
   for (int i = 0; i < count; ++i) {
     EmuThread& t = threads[i];
     if (t.stack.size != config.stack_bytes) {
-      if (t.stack.base != nullptr) munmap(t.stack.base - sysconf(_SC_PAGESIZE), t.stack.size + sysconf(_SC_PAGESIZE));
+      if (t.stack.base != nullptr)
+        munmap(t.stack.base - sysconf(_SC_PAGESIZE), t.stack.size + sysconf(_SC_PAGESIZE));
       t.stack = allocate_stack(config.stack_bytes);
     }
     t.index = i;

@@ -17,8 +17,8 @@
 namespace cnnext_emu_selftest {
 namespace {
 
-using cnnext::cuda::LaunchConfig;
 using cnnext::cuda::launch;
+using cnnext::cuda::LaunchConfig;
 
 // out[block, thread] = (threadIdx, blockIdx, blockDim, gridDim) as 12 ints; shared_ok: whether the
 // block's dynamic shared memory was all 0xFF bytes when the block started.
@@ -48,8 +48,8 @@ at::Tensor launch_indices(at::IntArrayRef grid, at::IntArrayRef block, int64_t s
   const int64_t blocks = int64_t(g.x) * g.y * g.z, threads = int64_t(b.x) * b.y * b.z;
   auto out = at::empty({blocks > 0 ? blocks : 0, threads > 0 ? threads : 0, 12}, at::kInt);
   auto shared_ok = at::zeros({blocks > 0 ? blocks : 1}, at::kInt);
-  launch<indices_kernel>({g, b, static_cast<size_t>(shared_bytes)}, out.data_ptr<int>(), shared_ok.data_ptr<int>(),
-                         static_cast<int>(shared_bytes));
+  launch<indices_kernel>({g, b, static_cast<size_t>(shared_bytes)}, out.data_ptr<int>(),
+                         shared_ok.data_ptr<int>(), static_cast<int>(shared_bytes));
   return at::cat({out.flatten(), shared_ok});
 }
 
@@ -63,15 +63,34 @@ __global__ void warp_kernel(const float* x, float* out, int op, unsigned mask, i
   }
   const float v = x[i];
   switch (op) {
-    case 0: out[i] = __shfl_sync(mask, v, arg, width); break;
-    case 1: out[i] = __shfl_up_sync(mask, v, arg, width); break;
-    case 2: out[i] = __shfl_down_sync(mask, v, arg, width); break;
-    case 3: out[i] = __shfl_xor_sync(mask, v, arg, width); break;
-    case 4: out[i] = static_cast<float>(__ballot_sync(mask, v > 0.0f)); break;
-    case 5: out[i] = static_cast<float>(__any_sync(mask, v > 0.0f)); break;
-    case 6: out[i] = static_cast<float>(__all_sync(mask, v > 0.0f)); break;
-    case 7: out[i] = static_cast<float>(__activemask()); break;
-    default: __syncwarp(mask); out[i] = v; break;
+    case 0:
+      out[i] = __shfl_sync(mask, v, arg, width);
+      break;
+    case 1:
+      out[i] = __shfl_up_sync(mask, v, arg, width);
+      break;
+    case 2:
+      out[i] = __shfl_down_sync(mask, v, arg, width);
+      break;
+    case 3:
+      out[i] = __shfl_xor_sync(mask, v, arg, width);
+      break;
+    case 4:
+      out[i] = static_cast<float>(__ballot_sync(mask, v > 0.0f));
+      break;
+    case 5:
+      out[i] = static_cast<float>(__any_sync(mask, v > 0.0f));
+      break;
+    case 6:
+      out[i] = static_cast<float>(__all_sync(mask, v > 0.0f));
+      break;
+    case 7:
+      out[i] = static_cast<float>(__activemask());
+      break;
+    default:
+      __syncwarp(mask);
+      out[i] = v;
+      break;
   }
 }
 
@@ -93,13 +112,14 @@ __global__ void barrier_reduce_kernel(const int* pred, int* out, int kind) {
 
 at::Tensor barrier_reduce(const at::Tensor& pred, int64_t kind) {
   auto out = at::empty_like(pred);
-  launch<barrier_reduce_kernel>({1, static_cast<unsigned>(pred.numel())}, pred.data_ptr<int>(), out.data_ptr<int>(),
-                                static_cast<int>(kind));
+  launch<barrier_reduce_kernel>({1, static_cast<unsigned>(pred.numel())}, pred.data_ptr<int>(),
+                                out.data_ptr<int>(), static_cast<int>(kind));
   return out;
 }
 
 // Every thread of every block adds 1 (int), 0.5 (float, double) and takes the max of its index.
-__global__ void atomics_kernel(int* count, float* sum_f, double* sum_d, int* max_index, unsigned long long* sum_u64) {
+__global__ void atomics_kernel(int* count, float* sum_f, double* sum_d, int* max_index,
+                               unsigned long long* sum_u64) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   atomicAdd(count, 1);
   atomicAdd(sum_f, 0.5f);
@@ -113,11 +133,12 @@ at::Tensor atomics(int64_t blocks, int64_t threads) {
   auto f = at::zeros({1}, at::kFloat);
   auto d = at::zeros({1}, at::kDouble);
   auto u = at::zeros({1}, at::kLong);
-  launch<atomics_kernel>({static_cast<unsigned>(blocks), static_cast<unsigned>(threads)}, ints.data_ptr<int>(),
-                         f.data_ptr<float>(), d.data_ptr<double>(), ints.data_ptr<int>() + 1,
+  launch<atomics_kernel>({static_cast<unsigned>(blocks), static_cast<unsigned>(threads)},
+                         ints.data_ptr<int>(), f.data_ptr<float>(), d.data_ptr<double>(),
+                         ints.data_ptr<int>() + 1,
                          reinterpret_cast<unsigned long long*>(u.data_ptr<int64_t>()));
-  return at::stack({ints[0].to(at::kDouble), f[0].to(at::kDouble), d[0], ints[1].to(at::kDouble),
-                    u[0].to(at::kDouble)});
+  return at::stack(
+      {ints[0].to(at::kDouble), f[0].to(at::kDouble), d[0], ints[1].to(at::kDouble), u[0].to(at::kDouble)});
 }
 
 // Races the schedules must expose. out[i] = shared[i - 1] after every thread wrote shared[i] = i + 1
@@ -146,7 +167,8 @@ __global__ void race_kernel(int* out, int which, bool barrier) {
 
 at::Tensor race(int64_t which, int64_t threads, bool barrier) {
   auto out = at::zeros({threads}, at::kInt);
-  launch<race_kernel>({1, static_cast<unsigned>(threads)}, out.data_ptr<int>(), static_cast<int>(which), barrier);
+  launch<race_kernel>({1, static_cast<unsigned>(threads)}, out.data_ptr<int>(), static_cast<int>(which),
+                      barrier);
   return out;
 }
 
@@ -196,8 +218,8 @@ __global__ void broken_kernel(int mode, float* out, int n) {
 void broken(int64_t mode, int64_t blocks, int64_t threads) {
   auto out = at::zeros({threads}, at::kFloat);
   // Mode 5 writes into a buffer exactly `threads` floats long, from a fresh heap allocation.
-  launch<broken_kernel>({static_cast<unsigned>(blocks), static_cast<unsigned>(threads)}, static_cast<int>(mode),
-                        out.data_ptr<float>(), static_cast<int>(threads));
+  launch<broken_kernel>({static_cast<unsigned>(blocks), static_cast<unsigned>(threads)},
+                        static_cast<int>(mode), out.data_ptr<float>(), static_cast<int>(threads));
 }
 
 }  // namespace
@@ -205,7 +227,8 @@ void broken(int64_t mode, int64_t blocks, int64_t threads) {
 
 TORCH_LIBRARY_FRAGMENT(cnnext_emu, m) {
   using namespace cnnext_emu_selftest;
-  m.def("_selftest_indices(int[3] grid, int[3] block, int shared_bytes, int opt_in) -> Tensor", &launch_indices);
+  m.def("_selftest_indices(int[3] grid, int[3] block, int shared_bytes, int opt_in) -> Tensor",
+        &launch_indices);
   m.def("_selftest_warp(Tensor x, int op, int mask, int arg, int width, int threads) -> Tensor", &warp);
   m.def("_selftest_barrier_reduce(Tensor pred, int kind) -> Tensor", &barrier_reduce);
   m.def("_selftest_atomics(int blocks, int threads) -> Tensor", &atomics);

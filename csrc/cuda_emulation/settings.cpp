@@ -51,7 +51,8 @@ Schedule parse_schedule(const std::string& name) {
   if (name == "forward") return Schedule::kForward;
   if (name == "reverse") return Schedule::kReverse;
   if (name == "random") return Schedule::kRandom;
-  TORCH_CHECK(false, "CUDA emulator: the schedule must be 'forward', 'reverse' or 'random', got '", name, "'");
+  TORCH_CHECK(false, "CUDA emulator: the schedule must be 'forward', 'reverse' or 'random', got '", name,
+              "'");
   return Schedule::kForward;
 }
 

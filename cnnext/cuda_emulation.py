@@ -58,10 +58,10 @@ _REPO = pathlib.Path(__file__).resolve().parent.parent
 _SANITIZERS = {
     "": dict(cflags=["-O2", "-g0"], ldflags=[]),
     "thread": dict(
-        cflags=["-O1", "-g", "-fsanitize=thread", "-DCNNEXT_EMU_TSAN"], ldflags=["-fsanitize=thread"]
+        cflags=["-O1", "-g1", "-fsanitize=thread", "-DCNNEXT_EMU_TSAN"], ldflags=["-fsanitize=thread"]
     ),
     "address": dict(
-        cflags=["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"], ldflags=["-fsanitize=address"]
+        cflags=["-O1", "-g1", "-fsanitize=address", "-fno-omit-frame-pointer"], ldflags=["-fsanitize=address"]
     ),
 }
 

@@ -91,6 +91,18 @@ def test_gradcheck_float64(causal, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_gradgradcheck_float64(causal, device):
+    """Second derivatives through the backward op (recomputed by the plain-PyTorch formula)."""
+    q, k, v = (
+        torch.randn(1, 2, n, 4, dtype=torch.float64, device=device, requires_grad=True) for n in (5, 6, 6)
+    )
+    assert torch.autograd.gradgradcheck(
+        lambda *t: cnnext.ops.attention(*t, scale=0.7, causal=causal), (q, k, v)
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device, ops):
     q, k, v = (
         torch.randn(2, 2, n, 16, dtype=torch.float64, device=device, requires_grad=True) for n in (9, 7, 7)

@@ -249,6 +249,16 @@ def test_gradcheck_float64(pool, layout, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("pool", list(POOLS))
+def test_gradgradcheck_float64(pool, layout, device):
+    """Second derivatives (create_graph=True): each backward op has its own derivative (the adjoint
+    of the backward applied to the upstream gradient), not PyTorch's silent zero."""
+    x = make_layout(distinct_values((2, 3, 7, 9), torch.float64, device), layout).requires_grad_()
+    assert torch.autograd.gradgradcheck(POOLS[pool], (x,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device, ops):
     x = distinct_values((2, 3, 7, 9), torch.float64, device).requires_grad_()
     torch.library.opcheck(ops.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], [1, 2], True))

@@ -50,7 +50,8 @@ def _attention_fake(q, k, v, scale, causal):
 
 
 def _attention_backward_fake(grad_out, q, k, v, out, lse, scale, causal):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    # The kernels return contiguous gradients whatever q, k, v's strides (a permuted view included).
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
@@ -72,10 +73,45 @@ def _backward(namespace, ctx, grad_out, grad_lse):
     return dq, dk, dv, None, None
 
 
+# --- double backward ---------------------------------------------------------------------------
+# The backward op's derivatives (gradient penalties, Hessian-vector products) through the plain
+# PyTorch formula (cnnext.ops.reference.attention, which materialises the Lq x Lk matrix): the first
+# gradients are recomputed there with a graph and differentiated once more. The derivative flows
+# to grad_out, q, k and v; out and lse are functions of q, k, v, and that dependence is inside the
+# recomputation, so they get none of their own.
+
+
+def _backward_setup_context(ctx, inputs, output):
+    grad_out, q, k, v, _, _, scale, causal = inputs
+    ctx.save_for_backward(grad_out, q, k, v)
+    ctx.scale, ctx.causal = scale, causal
+    ctx.set_materialize_grads(False)
+
+
+def _double_backward(ctx, ggq, ggk, ggv):
+    from .reference import attention as reference_attention
+
+    saved = ctx.saved_tensors
+    with torch.enable_grad():
+        grad_out, q, k, v = (t.detach().requires_grad_() for t in saved)
+        out = reference_attention(q, k, v, ctx.scale, ctx.causal)
+        first = torch.autograd.grad(out, (q, k, v), grad_out, create_graph=True)
+        pairs = [(g, gg) for g, gg in zip(first, (ggq, ggk, ggv), strict=True) if gg is not None]
+        if not pairs:
+            return (None,) * 8
+        second = torch.autograd.grad(
+            [g for g, _ in pairs], (grad_out, q, k, v), [gg for _, gg in pairs], allow_unused=True
+        )
+    return (*second, None, None, None, None)
+
+
 @registration
 def _register(namespace: str) -> None:
     torch.library.register_fake(f"{namespace}::attention")(_attention_fake)
     torch.library.register_fake(f"{namespace}::_attention_backward")(_attention_backward_fake)
     torch.library.register_autograd(
         f"{namespace}::attention", functools.partial(_backward, namespace), setup_context=_setup_context
+    )
+    torch.library.register_autograd(
+        f"{namespace}::_attention_backward", _double_backward, setup_context=_backward_setup_context
     )

@@ -116,10 +116,50 @@ def _backward(namespace, ctx, grad_output):
     return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
+# --- double backward: the backward op's own derivatives, through the same ops ------------------
+# With g = grad_output: grad_input = conv_transpose(g, w), grad_weight = corr(x, g), grad_bias =
+# sum(g), each linear in g and in one of x, w. So for upstream gradients (ggi, ggw, ggb):
+#   d g = conv2d(ggi, w) + conv2d(x, ggw) + ggb,   d x = input grad of conv2d(x, ggw) at g,
+#   d w = weight grad of conv2d(ggi, w) at g.
+
+
+def _backward_setup_context(ctx, inputs, output):
+    grad_output, input, weight, stride, padding, dilation, groups, _ = inputs
+    ctx.save_for_backward(grad_output, input, weight)
+    ctx.conv_args = (stride, padding, dilation, groups)
+    ctx.set_materialize_grads(False)
+
+
+def _double_backward(namespace, ctx, ggi, ggw, ggb):
+    grad_output, input, weight = ctx.saved_tensors
+    conv, conv_backward = ops(namespace).conv2d.default, ops(namespace)._conv2d_backward.default
+    need_grad_output, need_input, need_weight = ctx.needs_input_grad[:3]
+    d_grad_output = d_input = d_weight = None
+    if need_grad_output:
+        terms = []
+        if ggi is not None:
+            terms.append(conv(ggi, weight, ggb, *ctx.conv_args))
+        elif ggb is not None:
+            terms.append(ggb.view(1, -1, 1, 1).expand_as(grad_output))
+        if ggw is not None:
+            terms.append(conv(input, ggw, None, *ctx.conv_args))
+        d_grad_output = sum(terms[1:], terms[0]) if terms else None
+    if need_input and ggw is not None:
+        d_input = conv_backward(grad_output, input, ggw, *ctx.conv_args, [True, False, False])[0]
+    if need_weight and ggi is not None:
+        d_weight = conv_backward(grad_output, ggi, weight, *ctx.conv_args, [False, True, False])[1]
+    return d_grad_output, d_input, d_weight, None, None, None, None, None
+
+
 @registration
 def _register(namespace: str) -> None:
     torch.library.register_fake(f"{namespace}::conv2d")(_conv2d_fake)
     torch.library.register_fake(f"{namespace}::_conv2d_backward")(_conv2d_backward_fake)
     torch.library.register_autograd(
         f"{namespace}::conv2d", functools.partial(_backward, namespace), setup_context=_setup_context
+    )
+    torch.library.register_autograd(
+        f"{namespace}::_conv2d_backward",
+        functools.partial(_double_backward, namespace),
+        setup_context=_backward_setup_context,
     )

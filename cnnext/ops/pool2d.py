@@ -204,6 +204,35 @@ def _adaptive_backward(namespace, ctx, grad_output):
     return ops(namespace)._adaptive_avg_pool2d_backward.default(grad_output, input), None
 
 
+# --- double backward: each pooling backward is linear in grad_output, and its derivative in the
+# input is zero (max: almost everywhere), so only d grad_output is nonzero: the adjoint of the
+# backward, applied to the upstream gradient ggi.
+
+
+def _pool_backward_setup(ctx, inputs, output):
+    ctx.save_for_backward(*[t for t in inputs[:3] if isinstance(t, torch.Tensor)])
+    ctx.params = [a for a in inputs[2:] if not isinstance(a, torch.Tensor)]
+
+
+def _max_double_backward(namespace, ctx, ggi):
+    # backward scatters grad_output[o] to its window's argmax; the adjoint gathers ggi there.
+    grad_output, input, indices = ctx.saved_tensors
+    if indices.dtype == torch.uint8:  # window taps: the same argmax as plane positions (int64)
+        indices = ops(namespace).max_pool2d.default(input.detach(), *ctx.params)[1]
+    planes = ggi.flatten(2).gather(2, indices.flatten(2)).view(indices.shape)
+    return planes.contiguous(memory_format=suggest_memory_format(grad_output)), None, None, *[None] * 5
+
+
+def _avg_double_backward(namespace, ctx, ggi):
+    (grad_output, _) = ctx.saved_tensors
+    return ops(namespace).avg_pool2d.default(ggi, *ctx.params), None, *[None] * 6
+
+
+def _adaptive_double_backward(namespace, ctx, ggi):
+    (grad_output, _) = ctx.saved_tensors
+    return ops(namespace).adaptive_avg_pool2d.default(ggi, list(grad_output.shape[-2:])), None
+
+
 _FAKES = {
     "max_pool2d": _max_pool2d_fake,
     "_max_pool2d_with_taps": _max_pool2d_with_taps_fake,
@@ -219,6 +248,9 @@ _AUTOGRAD = {
     "_max_pool2d_with_taps": (_max_backward, _max_setup),
     "avg_pool2d": (_avg_backward, _avg_setup),
     "adaptive_avg_pool2d": (_adaptive_backward, _avg_setup),
+    "_max_pool2d_backward": (_max_double_backward, _pool_backward_setup),
+    "_avg_pool2d_backward": (_avg_double_backward, _pool_backward_setup),
+    "_adaptive_avg_pool2d_backward": (_adaptive_double_backward, _pool_backward_setup),
 }
 
 

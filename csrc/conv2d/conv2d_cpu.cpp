@@ -21,6 +21,7 @@
 //   dbias:   sum of dY over (N, Ho, Wo)                                                 (written =)
 // Tensors are computed in NCHW; channels_last inputs get channels_last results.
 #include <ATen/AccumulateType.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/mm.h>
@@ -124,6 +125,9 @@ void col2im_add(const scalar_t* cols, scalar_t* dx, const Conv2dGeometry& g, int
 
 // out = a @ b for (groups, m, k) x (groups, k, n); one plain GEMM when there is one group.
 void gemm_out(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
+  // Below autograd: the operands may be views of tensors that require grad (the backward op called
+  // with create_graph=True), and out= ops refuse those; the op's derivative is cnnext's own.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   if (a.size(0) == 1) {
     auto out_matrix = out.select(0, 0);
     at::mm_out(out_matrix, a.select(0, 0), b.select(0, 0));

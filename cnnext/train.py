@@ -20,7 +20,28 @@ import torch.nn.functional as F
 from ._files import atomic_path
 from .data import Loader
 
-__all__ = ["SCHEDULES", "TrainConfig", "evaluate", "fit", "lr_factor", "set_seed", "synchronize"]
+__all__ = ["SCHEDULES", "Diverged", "TrainConfig", "evaluate", "fit", "lr_factor", "set_seed", "synchronize"]
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss: the run cannot continue meaningfully.
+
+    Attributes: epoch (1-based, the first epoch whose train or test loss was not finite),
+    last_finite_loss (the last finite epoch train loss, or None), history (every epoch, the
+    diverged one included)."""
+
+    def __init__(self, epoch: int, last_finite_loss: float | None, history: list[dict]):
+        self.epoch, self.last_finite_loss, self.history = epoch, last_finite_loss, history
+        last = (
+            "no epoch before it had one"
+            if last_finite_loss is None
+            else f"the last finite one was {last_finite_loss:.4g}"
+        )
+        entry = history[-1]
+        super().__init__(
+            f"training diverged in epoch {epoch}: train loss {entry['train_loss']}, test loss "
+            f"{entry['test_loss']} ({last}); lower the learning rate or check the inputs for NaN"
+        )
 
 
 SCHEDULES = ("cosine", "onecycle", "step", "constant")
@@ -139,7 +160,8 @@ def fit(
     on_epoch: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """Train for cfg.epochs, evaluating on `test` after every epoch; returns the history (one dict
-    per epoch; "lr" is the rate at the epoch's first step). With `checkpoint`, state is saved
+    per epoch; "lr" is the rate at the epoch's first step). An epoch whose train or test loss is
+    not finite raises Diverged (no checkpoint is written for it). With `checkpoint`, state is saved
     there after every epoch and a run whose checkpoint exists resumes from it. `on_epoch(history)`
     is called after each epoch's checkpoint (e.g. to write metrics as they come)."""
     from tqdm.auto import tqdm
@@ -212,6 +234,9 @@ def fit(
                 },
             }
         )
+        if not (math.isfinite(history[-1]["train_loss"]) and math.isfinite(history[-1]["test_loss"])):
+            finite = [h["train_loss"] for h in history[:-1] if math.isfinite(h["train_loss"])]
+            raise Diverged(epoch + 1, finite[-1] if finite else None, history)
         if checkpoint is not None:
             _save_atomically(
                 {

@@ -24,11 +24,22 @@ import torch
 import cnnext
 from cnnext import data
 
-from .report import write_report
+from .report import diverged_runs, write_report
 from .runner import git_commit, load_split, run_all, write_json
 from .spec import fingerprint
 from .studies import STUDIES
 from .studies.base import DATASETS
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 and negatives are rejected, never read as "unset")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m experiments",
         description="Train model families on native and cnnext kernels and write reports.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Data: --data-dir or $CNNEXT_DATA (see cnnext/data.py for the layouts).",
+        epilog="Data: --data-dir or $CNNEXT_DATA (see cnnext/data.py for the layouts). Exit status: 0 "
+        "done, 2 a study could not run (e.g. missing data), 3 done but some run diverged (its loss "
+        "stopped being finite; the reports leave it out and say so), 130 interrupted.",
     )
     sub = parser.add_subparsers(dest="study", required=True, metavar="STUDY", title="studies")
     every = SimpleNamespace(
@@ -66,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
             default="cnnext",
             help="convolution / pooling / attention from cnnext or from torch (default: cnnext)",
         )
-        p.add_argument("--seeds", type=int, help="seeds per model, 0..N-1 (default: the preset's, 1 or 2)")
+        p.add_argument(
+            "--seeds", type=_positive_int, help="seeds per model, 0..N-1 (default: the preset's, 1 or 2)"
+        )
         p.add_argument(
             "--device",
             default="cuda" if torch.cuda.is_available() else "cpu",
@@ -88,16 +103,18 @@ def _parser() -> argparse.ArgumentParser:
                 "original study's: mnist,cifar10",
             )
         group = p.add_argument_group("overrides of the preset (they change the run id)")
-        group.add_argument("--epochs", type=int, help="epochs of every model")
-        group.add_argument("--train-size", type=int, help="stratified training subset")
-        group.add_argument("--test-size", type=int, help="stratified test subset")
-        group.add_argument("--batch-size", type=int)
+        group.add_argument("--epochs", type=_positive_int, help="epochs of every model (>= 1)")
+        group.add_argument("--train-size", type=_positive_int, help="stratified training subset (>= 1 image)")
+        group.add_argument("--test-size", type=_positive_int, help="stratified test subset (>= 1 image)")
+        group.add_argument("--batch-size", type=_positive_int, help="(>= 1)")
     return parser
 
 
 def _apply_overrides(preset, args):
-    changes = {k: getattr(args, k) for k in ("train_size", "test_size", "batch_size") if getattr(args, k)}
-    if args.epochs:
+    changes = {
+        k: getattr(args, k) for k in ("train_size", "test_size", "batch_size") if getattr(args, k) is not None
+    }
+    if args.epochs is not None:
         models = tuple(
             dataclasses.replace(m, train=dataclasses.replace(m.train, epochs=args.epochs))
             for m in preset.models
@@ -120,6 +137,9 @@ def _machine(device: torch.device) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads"
 
 
+EXIT_DIVERGED = 3  # every report was written, but some run's loss stopped being finite
+
+
 class StudyFailed(Exception):
     """A study could not run (e.g. its data is missing); the message says why."""
 
@@ -131,7 +151,7 @@ def run_study(study, args, command: str, dataset: str) -> tuple[Path, dict, list
     device = torch.device(args.device)
     preset = _apply_overrides(study.preset(args.preset, args.dataset), args)
     augment_default = args.dataset in data.DATASETS and data.DATASETS[args.dataset].augment
-    seeds = args.seeds or preset.seeds
+    seeds = args.seeds if args.seeds is not None else preset.seeds
     specs = study.plan(preset, args.dataset, seeds, augment_default, args.backend)
     run_id = f"{args.dataset}-{args.preset}-{args.backend}-{device.type}-" + fingerprint(
         [s for s in specs if s.seed == 0]  # the seed count is not in the id: more seeds extend a run
@@ -178,8 +198,6 @@ def run_study(study, args, command: str, dataset: str) -> tuple[Path, dict, list
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.seeds is not None and args.seeds < 1:
-        raise SystemExit("--seeds must be >= 1")
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch here")
     from cnnext.train import set_seed
@@ -211,4 +229,12 @@ def main(argv: list[str] | None = None) -> int:
             args.out / "all" / f"{args.dataset}-{args.preset}-{args.backend}-{torch.device(args.device).type}"
         )
         print(f"combined report: {write_combined_report(out, done, command)}")
+    diverged = [r["run"] for *_, results in done for r in diverged_runs(results)]
+    if diverged:
+        print(
+            f"warning: {len(diverged)} run(s) diverged (non-finite loss) and are left out of the "
+            f"conclusions: {', '.join(diverged)}",
+            file=sys.stderr,
+        )
+        return EXIT_DIVERGED
     return 0

@@ -5,7 +5,17 @@ images point into the studies' own folders."""
 
 from pathlib import Path
 
-from .report import ModelSummary, compare, relative_link, setup_line, study_body, summarize, write_markdown
+from .report import (
+    ModelSummary,
+    compare,
+    context_of,
+    diverged_runs,
+    relative_link,
+    setup_line,
+    study_body,
+    summarize,
+    write_markdown,
+)
 
 TASKS = (
     ("Task 1: fully-connected vs convolutional vs residual networks", ("fc-vs-cnn",)),
@@ -14,11 +24,14 @@ TASKS = (
 )
 
 
-def _headline(name: str, models: list[ModelSummary]) -> str:
+def _headline(name: str, models: list[ModelSummary], diverged: int) -> str:
+    left_out = f" ({diverged} diverged run(s) left out)" if diverged else ""
     ranked = sorted(models, key=lambda m: m.accuracy, reverse=True)
+    if not ranked:
+        return f"{name}: every run diverged."
     if len(ranked) < 2:
-        return f"{name}: {ranked[0].label} {ranked[0].accuracy:.2f}%."
-    return f"{name}: best {compare(ranked[0], ranked[1])}"
+        return f"{name}: {ranked[0].label} {ranked[0].accuracy:.2f}%{left_out}."
+    return f"{name}{left_out}: best {compare(ranked[0], ranked[1])}"
 
 
 def write_combined_report(out: Path, done: list[tuple], command: str) -> Path:
@@ -54,8 +67,12 @@ def write_combined_report(out: Path, done: list[tuple], command: str) -> Path:
                 f"{config['seeds']} seed(s); full study report: "
                 f"[{name}]({relative_link(folder, out)}/REPORT.md).",
                 "",
-                *study_body(folder, study, results, level="####", link_base=out),
+                *study_body(
+                    folder, study, results, level="####", link_base=out, context=context_of(name, config)
+                ),
             ]
-            summary.append(_headline(f"{name} ({config['dataset']})", summarize(results)))
+            summary.append(
+                _headline(f"{name} ({config['dataset']})", summarize(results), len(diverged_runs(results)))
+            )
     lines += ["## Conclusion", "", *[f"- {line}" for line in summary], ""]
     return write_markdown(out / "REPORT.md", lines)

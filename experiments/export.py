@@ -20,8 +20,12 @@ def export(report: Path, dest: Path) -> Path:
             return text  # only the report and its pictures travel
         path = (source / link).resolve()
         parts = path.parts
-        # <study>/<run-id>/plots/x.png -> <study>/x.png: short, unique per study
-        name = f"{parts[-4]}/{parts[-1]}" if len(parts) >= 4 and parts[-2] == "plots" else parts[-1]
+        # <study>/<run-id>/plots/x.png -> <study>/<run-id>/x.png: unique per study and run (the run
+        # id names dataset, preset, backend and device), so two datasets of one study never share
+        # a picture.
+        name = (
+            "/".join(parts[-4:-2] + (parts[-1],)) if len(parts) >= 4 and parts[-2] == "plots" else parts[-1]
+        )
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, dest / name)
         return f"[{text}]({name})"

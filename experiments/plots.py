@@ -13,10 +13,14 @@ from cnnext._files import atomic_path  # noqa: E402
 __all__ = ["draw_all"]
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, models) -> Path:
+    """Write the figure, titled with what it shows (study, dataset, preset: the models' context)."""
+    context = models[0].context if models else ""
+    if context:
+        fig.suptitle(context, fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=110, format="png", metadata={"Title": context} if context else None)
     plt.close(fig)
     return path
 
@@ -46,12 +50,17 @@ def learning_curves(models, path: Path) -> Path:
                 alpha=0.2,
             )
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy", yscale="log", title="loss (mean over seeds)")
-    acc_ax.set(xlabel="epoch", ylabel="test accuracy %", title="test accuracy (band: min-max over seeds)")
+    banded = any(m.seeds > 1 for m in models)
+    acc_ax.set(
+        xlabel="epoch",
+        ylabel="test accuracy %",
+        title="test accuracy" + (" (band: min-max over seeds)" if banded else f" ({models[0].seeds} seed)"),
+    )
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return _save(fig, path)
+    return _save(fig, path, models)
 
 
 def accuracy_vs_parameters(models, path: Path) -> Path:
@@ -63,7 +72,7 @@ def accuracy_vs_parameters(models, path: Path) -> Path:
         ax.annotate(m.label, (m.parameters, m.accuracy), textcoords="offset points", xytext=(6, 4))
     ax.set(xscale="log", xlabel="parameters", ylabel="test accuracy %", title="accuracy vs parameters")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return _save(fig, path, models)
 
 
 def confusion_matrices(models, path: Path) -> Path:
@@ -81,7 +90,7 @@ def confusion_matrices(models, path: Path) -> Path:
                 if i != j and n:
                     ax.text(j, i, n, ha="center", va="center", fontsize=6, color="darkred")
         ax.set(xlabel="predicted", ylabel="true", title=f"{m.label} (seed 0; off-diagonal: counts)")
-    return _save(fig, path)
+    return _save(fig, path, models)
 
 
 def gradient_norms(models, path: Path) -> Path:
@@ -108,7 +117,7 @@ def gradient_norms(models, path: Path) -> Path:
     for ax in (init_ax, last_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, models)
 
 
 def timing(models, path: Path) -> Path:
@@ -121,7 +130,7 @@ def timing(models, path: Path) -> Path:
     infer_ax.set(ylabel="milliseconds", title=f"inference time per batch of {batch}")
     for ax in (train_ax, infer_ax):
         ax.grid(alpha=0.3, axis="y")
-    return _save(fig, path)
+    return _save(fig, path, models)
 
 
 def depth_profiles(models, path: Path, depth_of, group_of) -> Path:
@@ -150,7 +159,7 @@ def depth_profiles(models, path: Path, depth_of, group_of) -> Path:
             )
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    return _save(fig, path)
+    return _save(fig, path, models)
 
 
 def metric_vs(models, path: Path, x_of, group_of, xlabel: str) -> Path:
@@ -169,7 +178,7 @@ def metric_vs(models, path: Path, x_of, group_of, xlabel: str) -> Path:
     ax.set(xlabel=xlabel, ylabel="test accuracy %", title=f"accuracy vs {xlabel}")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return _save(fig, path, models)
 
 
 def draw_all(models, folder: Path) -> list[tuple[str, Path]]:

@@ -16,13 +16,14 @@ from pathlib import Path
 
 from cnnext._files import atomic_path
 
-__all__ = ["ModelSummary", "summarize", "write_report"]
+__all__ = ["ModelSummary", "context_of", "diverged_runs", "summarize", "write_report"]
 
 
 @dataclass
 class ModelSummary:
     label: str
     runs: list[dict]
+    context: str = ""  # "<study> · <dataset> · <preset> preset": what the plots say they show
 
     def _values(self, key):
         return [r[key] for r in self.runs]
@@ -83,12 +84,36 @@ class ModelSummary:
         return statistics.mean(spreads)
 
 
-def summarize(results: list[dict]) -> list[ModelSummary]:
-    """Results grouped by model label, in the order the study listed the models."""
+def summarize(results: list[dict], context: str = "") -> list[ModelSummary]:
+    """Results grouped by model label, in the order the study listed the models; diverged runs
+    (see diverged_runs) are left out, and a model all of whose runs diverged with them."""
     groups: dict[str, list[dict]] = {}
     for result in results:
-        groups.setdefault(result["spec"]["model"]["label"], []).append(result)
-    return [ModelSummary(label, runs) for label, runs in groups.items()]
+        if not result.get("diverged"):
+            groups.setdefault(result["spec"]["model"]["label"], []).append(result)
+    return [ModelSummary(label, runs, context) for label, runs in groups.items()]
+
+
+def diverged_runs(results: list[dict]) -> list[dict]:
+    """The runs whose training loss stopped being finite (result.json's "diverged")."""
+    return [r for r in results if r.get("diverged")]
+
+
+def diverged_lines(results: list[dict]) -> list[str]:
+    """A sentence per diverged run, for the conclusions: they are left out and why."""
+    lines = []
+    for r in diverged_runs(results):
+        d = r["diverged"]
+        last = "none" if d["last_finite_loss"] is None else f"{d['last_finite_loss']:.4g}"
+        lines.append(
+            f"**{r['run']} diverged** in epoch {d['epoch']} (loss not finite; last finite epoch loss: "
+            f"{last}) and is left out of every table, plot and comparison above and below."
+        )
+    return lines
+
+
+def context_of(study_name: str, config: dict) -> str:
+    return f"{study_name} · {config['dataset']} · {config['preset']} preset"
 
 
 def _pm(mean: float, std: float, seeds: int) -> str:
@@ -256,18 +281,36 @@ def _hardest_class(m: ModelSummary) -> str:
 
 
 def study_body(
-    out: Path, study, results: list[dict], level: str = "##", link_base: Path | None = None
+    out: Path,
+    study,
+    results: list[dict],
+    level: str = "##",
+    link_base: Path | None = None,
+    context: str = "",
 ) -> list[str]:
     """The results, conclusions, study details and plots of one study run as markdown, headings at
     `level`; summary.csv and the figures are (re)written under `out`, and image links are made
-    relative to `link_base` (default `out`: the study's own REPORT.md)."""
+    relative to `link_base` (default `out`: the study's own REPORT.md). `context` (study, dataset,
+    preset) titles every figure. Diverged runs are listed and left out of everything else."""
     from . import plots
 
-    models = summarize(results)
+    models = summarize(results, context)
+    diverged = diverged_lines(results)
     write_csv(models, out / "summary.csv")
+    if not models:
+        return [
+            f"{level} Results",
+            "",
+            "Every run diverged; nothing to compare.",
+            "",
+            *[f"- {d}" for d in diverged],
+            "",
+        ]
+    complete = {r["spec"]["model"]["label"] for r in results} == {m.label for m in models}
     figures = plots.draw_all(models, out / "plots")
-    details = study.sections(models, out / "plots") if study.sections else []
-    batch = results[0]["inference_batch"] if results else 0
+    # A study's own sections compare its whole model list: only when no model is missing.
+    details = study.sections(models, out / "plots") if study.sections and complete else []
+    batch = models[0].runs[0]["inference_batch"]
     lines = [
         f"{level} Results",
         "",
@@ -279,6 +322,7 @@ def study_body(
         "",
         f"{level} Conclusions (generated from the numbers above)",
         "",
+        *[f"- {line}" for line in diverged],
         *[f"- {line}" for line in conclusions(models)],
         "",
         *(
@@ -327,7 +371,7 @@ def write_report(out: Path, study, config: dict, results: list[dict]) -> Path:
         f"Command: `{config['command']}`  ",
         setup_line(config),
         "",
-        *study_body(out, study, results),
+        *study_body(out, study, results, context=context_of(study.name, config)),
         "## Files",
         "",
         "- `config.json`: the resolved configuration of every run, git commit, versions, device.",

@@ -8,12 +8,20 @@ Per run folder:
 
 Running the same command again skips runs with a result.json and resumes a run in progress from
 its checkpoint, so an interrupted study loses at most the epoch it was in.
+
+A run whose loss stops being finite ends there: its result.json says "diverged" (epoch, last finite
+loss, the message) instead of final metrics, and reports leave it out of their conclusions.
+
+JSON is written strictly (no NaN / Infinity tokens, which standard JSON lacks): a non-finite number
+is written as the string "NaN", "Infinity" or "-Infinity", and read_json turns those back.
 """
 
 import copy
 import json
+import math
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,20 +31,53 @@ import torch.nn.functional as F
 from cnnext import data
 from cnnext._files import atomic_path
 from cnnext.models import build_model, count_flops, count_parameters
-from cnnext.train import evaluate, fit, set_seed, synchronize
+from cnnext.train import Diverged, evaluate, fit, set_seed, synchronize
 
 from .spec import RunSpec
 
-__all__ = ["load_split", "run_all", "write_json"]
+__all__ = ["load_split", "read_json", "run_all", "write_json"]
 
 INFERENCE_BATCH = 256
 
 
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _strict(value):
+    """`value` with every non-finite float replaced by its string name (see the module docstring)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
+def _decode(value):
+    if isinstance(value, str):
+        return _NON_FINITE.get(value, value)
+    if isinstance(value, dict):
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
 def write_json(path: Path, value, lines: bool = False) -> None:
-    """Write JSON (or JSON lines) so that readers never see a partial file."""
-    text = "".join(json.dumps(v) + "\n" for v in value) if lines else json.dumps(value, indent=1) + "\n"
+    """Write strict JSON (or JSON lines) so that readers never see a partial file."""
+
+    def dump(v, **kw):
+        return json.dumps(_strict(v), allow_nan=False, **kw)
+
+    text = "".join(dump(v) + "\n" for v in value) if lines else dump(value, indent=1) + "\n"
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def read_json(path: Path):
+    """A file written by write_json, non-finite numbers restored."""
+    return _decode(json.loads(Path(path).read_text()))
 
 
 def git_commit() -> str:
@@ -168,15 +209,18 @@ def run_one(spec: RunSpec, folder: Path, splits: tuple, device: torch.device, pr
     if not checkpoint.exists():  # measured on the untrained model, before any resume could skip it
         write_json(init_norms_file, _gradient_norms(model, first_images, first_labels))
         set_seed(spec.seed)  # training starts from the same RNG state whether or not this ran
-    history = fit(
-        model,
-        train,
-        test,
-        spec.model.train,
-        checkpoint=checkpoint,
-        progress=progress,
-        on_epoch=lambda h: write_json(folder / "metrics.jsonl", h, lines=True),
-    )
+    try:
+        history = fit(
+            model,
+            train,
+            test,
+            spec.model.train,
+            checkpoint=checkpoint,
+            progress=progress,
+            on_epoch=lambda h: write_json(folder / "metrics.jsonl", h, lines=True),
+        )
+    except Diverged as diverged:
+        return _diverged_result(spec, folder, model, train_set, device, diverged)
     final = evaluate(model, test)
     test_images = next(iter(test))[0]
     result = {
@@ -195,11 +239,34 @@ def run_one(spec: RunSpec, folder: Path, splits: tuple, device: torch.device, pr
         "samples_per_second": statistics.mean(h["samples_per_second"] for h in history),
         "inference_ms": _inference_ms(model, test_images),
         "inference_batch": int(test_images.shape[0]),
-        "grad_norms_init": json.loads(init_norms_file.read_text()),
+        "grad_norms_init": read_json(init_norms_file),
         # conv and linear weights, input side first: the layers of the gradient-norm plots
         "layer_weights": [name for name, p in model.named_parameters() if p.ndim >= 2],
         "profile": _profile_training_step(model, first_images, first_labels) if spec.profile else None,
         "history": history,
+    }
+    write_json(folder / "result.json", result)
+    return result
+
+
+def _diverged_result(spec, folder, model, train_set, device, diverged: Diverged) -> dict:
+    """result.json of a run whose loss stopped being finite: what it reached, and when it failed."""
+    print(f"{spec.name}: {diverged}", file=sys.stderr)
+    write_json(folder / "metrics.jsonl", diverged.history, lines=True)
+    result = {
+        "run": spec.name,
+        "spec": spec.to_dict(),
+        "backend": spec.backend,
+        "git_commit": git_commit(),
+        "device": str(device),
+        "parameters": count_parameters(model),
+        "flops": count_flops(model, tuple(train_set.images.shape[1:])),
+        "diverged": {
+            "epoch": diverged.epoch,
+            "last_finite_loss": diverged.last_finite_loss,
+            "message": str(diverged),
+        },
+        "history": diverged.history,
     }
     write_json(folder / "result.json", result)
     return result
@@ -222,7 +289,7 @@ def run_all(
         folder = out / "runs" / spec.name
         done = folder / "result.json"
         if done.exists():
-            results.append(json.loads(done.read_text()))
+            results.append(read_json(done))
             continue
         bar.set_postfix_str(spec.name)
         results.append(run_one(spec, folder, splits, device, progress))

@@ -76,29 +76,8 @@ def test_depth_reports_gradient_ratios(tmp_path):
         assert re.search(rf"^\| {label} \| [0-9.e+-]+ \| [0-9.e+-]+ \| ", report, re.M), label
 
 
-def test_all_runs_every_study_and_writes_one_combined_report(tmp_path):
-    assert main(["all", *SMOKE, "--out", str(tmp_path)]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*STUDIES, "all"])
-    (combined,) = (tmp_path / "all").iterdir()
-    report = (combined / "REPORT.md").read_text()
-    for heading in (
-        "## Task 1",
-        "## Task 2",
-        "## Task 3",
-        "## Conclusion",
-        *[f"### {n} on synthetic" for n in STUDIES],
-    ):
-        assert heading in report, heading
-    links = re.findall(r"\]\(([^)]+)\)", report)
-    broken = [link for link in links if not (combined / link).exists()]
-    assert links and not broken, f"broken links in the combined report: {broken}"
-    # the combined report's numbers are the studies' own
-    for name in STUDIES:
-        (folder,) = (tmp_path / name).iterdir()
-        for row in csv.DictReader((folder / "summary.csv").open()):
-            assert f"| {row['model']} | {float(row['test_accuracy_mean']):.2f} | " in report
-    conclusion = report.split("## Conclusion", 1)[1]
-    assert all(f"- {name} (synthetic): " in conclusion for name in STUDIES)
+# `all` (every study, one combined report, on two datasets): tests/test_reliability.py,
+# test_two_dataset_all_report_links_each_picture_once_and_every_link_resolves.
 
 
 def test_export_makes_a_self_contained_copy(tmp_path):

@@ -16,7 +16,10 @@ read-only.
 """
 
 import hashlib
+import math
 import os
+import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +83,7 @@ def load(
         import torchvision
 
         cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
+        _check_idx_files(root / cls.__name__ / "raw", "train" if train else "t10k")
         try:
             ds = cls(str(root), train=train, download=download)
         except RuntimeError as error:
@@ -88,6 +92,46 @@ def load(
             ds.data.unsqueeze(1).contiguous(), ds.targets.long(), list(ds.classes), spec.mean, spec.std
         )
     return _load_cifar10(root, train, download, spec)
+
+
+def _idx_count(path: Path, magic: int, item_shape: tuple[int, ...]) -> int:
+    """The item count of an idx file (MNIST's format), after checking its header and size."""
+    size = path.stat().st_size
+    header = 4 * (2 + len(item_shape))
+    with path.open("rb") as f:
+        fields = struct.unpack(f">{2 + len(item_shape)}I", f.read(header)) if size >= header else None
+    if fields is None or fields[0] != magic or tuple(fields[2:]) != item_shape:
+        expected = f"magic {magic} and items of shape {item_shape}"
+        got = (
+            "a file too short for a header"
+            if fields is None
+            else f"magic {fields[0]}, item shape {fields[2:]}"
+        )
+        raise ValueError(f"{path} is not a valid idx file: expected {expected}, got {got}")
+    count = fields[1]
+    expected_size = header + count * math.prod(item_shape)
+    if size != expected_size:
+        raise ValueError(
+            f"{path} is damaged: its header announces {count} items ({expected_size} bytes), "
+            f"the file has {size} bytes"
+        )
+    return count
+
+
+def _check_idx_files(raw: Path, split: str) -> None:
+    """Validate an MNIST-layout split before torchvision reads it (torchvision's own checks are bare
+    asserts): magic numbers, item shapes, file sizes, and as many labels as images. Errors name the
+    file and the way out; missing files are left to the loader's "not found" message."""
+    images, labels = raw / f"{split}-images-idx3-ubyte", raw / f"{split}-labels-idx1-ubyte"
+    if not (images.is_file() and labels.is_file()):
+        return
+    way_out = " (replace the file, e.g. with ../shared/data/prepare.sh or --download, then run again)"
+    try:
+        n_images, n_labels = _idx_count(images, 2051, (28, 28)), _idx_count(labels, 2049, ())
+    except ValueError as error:
+        raise ValueError(f"{error}{way_out}") from None
+    if n_images != n_labels:
+        raise ValueError(f"{images} holds {n_images} images but {labels} holds {n_labels} labels{way_out}")
 
 
 def _load_cifar10(root: Path, train: bool, download: bool, spec: DatasetSpec) -> ImageSet:
@@ -122,15 +166,27 @@ def _cached_image_folder(folder: Path) -> tuple[Tensor, Tensor, list[str]]:
         for path in sorted((folder / c).iterdir())
         if path.suffix.lower() in (".png", ".jpg", ".jpeg")
     ]
-    key = hashlib.sha1(
-        f"{folder.resolve()}|{len(files)}|{files[-1][0].stat().st_mtime_ns}".encode()
-    ).hexdigest()[:16]
+    # The key covers every file's name, class, size and modification time: moving an image between
+    # class folders or editing any image makes a new cache entry.
+    listing = hashlib.sha1(str(folder.resolve()).encode())
+    for path, label in files:
+        stat = path.stat()
+        listing.update(f"\n{path.relative_to(folder)}|{label}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     cache = (
-        Path(os.environ.get("CNNEXT_CACHE") or Path.home() / ".cache" / "cnnext") / f"{folder.name}-{key}.pt"
+        Path(os.environ.get("CNNEXT_CACHE") or Path.home() / ".cache" / "cnnext")
+        / f"{folder.name}-{listing.hexdigest()[:16]}.pt"
     )
     if cache.exists():
-        saved = torch.load(cache)
-        return saved["images"], saved["labels"], saved["classes"]
+        try:
+            saved = torch.load(cache, weights_only=True)
+            images, labels, classes = saved["images"], saved["labels"], saved["classes"]
+            if images.dtype != torch.uint8 or images.shape[0] != len(files) or labels.shape != (len(files),):
+                raise ValueError(f"it holds {tuple(images.shape)} images for {len(files)} files")
+            return images, labels, classes
+        except Exception as error:  # any damage: decode again, the images are the truth
+            warnings.warn(
+                f"decoded-image cache {cache} is damaged ({error}); decoding the images again", stacklevel=2
+            )
     images = torch.stack([decode(path) for path, _ in files])
     labels = torch.tensor([label for _, label in files])
     with atomic_path(cache) as tmp:  # an interrupted decode never leaves a half-written cache

@@ -6,6 +6,8 @@ finished epoch and produces the same history as an uninterrupted run (model, opt
 and RNG states are checkpointed; the data order depends only on seed and epoch).
 """
 
+import hashlib
+import io
 import math
 import os
 import random
@@ -20,7 +22,18 @@ import torch.nn.functional as F
 from ._files import atomic_path
 from .data import Loader
 
-__all__ = ["SCHEDULES", "Diverged", "TrainConfig", "evaluate", "fit", "lr_factor", "set_seed", "synchronize"]
+__all__ = [
+    "SCHEDULES",
+    "CheckpointError",
+    "Diverged",
+    "TrainConfig",
+    "evaluate",
+    "fit",
+    "load_checkpoint",
+    "lr_factor",
+    "set_seed",
+    "synchronize",
+]
 
 
 class Diverged(RuntimeError):
@@ -145,9 +158,40 @@ def evaluate(model: torch.nn.Module, loader: Loader) -> dict:
     }
 
 
+CHECKPOINT_FORMAT = "cnnext-checkpoint-1"
+
+
 def _save_atomically(state: dict, path: Path) -> None:
+    """The state, serialised, with the SHA-256 of those bytes: a damaged file is detected on load."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
     with atomic_path(path) as tmp:  # a crash leaves the previous checkpoint intact, never a partial one
-        torch.save(state, tmp)
+        torch.save(
+            {"format": CHECKPOINT_FORMAT, "sha256": hashlib.sha256(payload).hexdigest(), "state": payload},
+            tmp,
+        )
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be trusted (unreadable, truncated or altered); the message names the
+    file and the way out."""
+
+
+def load_checkpoint(path: Path) -> dict:
+    """The state saved by fit, after checking its checksum."""
+    way_out = (
+        f"; delete {path} (or the run's folder, or rerun with --fresh) to train that run again from the start"
+    )
+    try:
+        wrapper = torch.load(path, map_location="cpu", weights_only=True)
+        if not (isinstance(wrapper, dict) and wrapper.get("format") == CHECKPOINT_FORMAT):
+            raise ValueError("it is not a cnnext checkpoint")
+        if hashlib.sha256(wrapper["state"]).hexdigest() != wrapper["sha256"]:
+            raise ValueError("its contents do not match their checksum (the file was altered or damaged)")
+        return torch.load(io.BytesIO(wrapper["state"]), map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise CheckpointError(f"checkpoint {path} cannot be used: {error}{way_out}") from error
 
 
 def fit(
@@ -172,7 +216,7 @@ def fit(
     start_epoch = 0
     checkpoint = Path(checkpoint) if checkpoint else None
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = load_checkpoint(checkpoint)
         if state["config"] != asdict(cfg):
             raise ValueError(
                 f"checkpoint {checkpoint} was written with another configuration: {state['config']}"
@@ -182,6 +226,8 @@ def fit(
         history, start_epoch = state["history"], state["epoch"]
         torch.set_rng_state(state["rng"])
         random.setstate(state["python_rng"])
+        if on_epoch is not None:  # a kill between the checkpoint and on_epoch left its files one epoch short
+            on_epoch(history)
 
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     steps_per_epoch = max(len(train), 1)

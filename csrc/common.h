@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <c10/util/irange.h>
+#include <c10/util/safe_numerics.h>
 
 #include <algorithm>
 #include <string>
@@ -13,6 +14,26 @@
 namespace cnnext {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// a + b and a * b for sizes derived from user arguments (padded extents, dilated kernels): an
+// error naming the op and the quantity instead of a silent 64-bit wrap-around.
+inline int64_t checked_add(const char* op, const char* what, int64_t a, int64_t b) {
+  int64_t result = 0;
+  TORCH_CHECK(!c10::add_overflows(a, b, &result), op, ": ", what, " overflows 64-bit integers (", a, " + ", b,
+              "); the arguments are too large");
+  return result;
+}
+inline int64_t checked_mul(const char* op, const char* what, int64_t a, int64_t b) {
+  int64_t result = 0;
+  TORCH_CHECK(!c10::mul_overflows(a, b, &result), op, ": ", what, " overflows 64-bit integers (", a, " * ", b,
+              "); the arguments are too large");
+  return result;
+}
+
+// The extent of a dilated window: dilation * (kernel - 1) + 1, checked.
+inline int64_t window_extent(const char* op, int64_t kernel, int64_t dilation) {
+  return checked_add(op, "the dilated kernel size", checked_mul(op, "the dilated kernel size", dilation, kernel - 1), 1);
+}
 
 // For a sliding window tap at input position o * stride - pad + offset (offset = tap * dilation):
 // the outputs [lo, hi) of [0, out_size) for which that position lies inside the input [0, size).

@@ -162,7 +162,7 @@ def run_study(study, args, command: str, dataset: str) -> tuple[Path, dict, list
             load_split(args.dataset, True, args.data_dir, preset.train_size, args.download),
             load_split(args.dataset, False, args.data_dir, preset.test_size, args.download),
         )
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:  # missing or damaged dataset files
         raise StudyFailed(str(error)) from error
     config = {
         "study": study.name,
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch here")
-    from cnnext.train import set_seed
+    from cnnext.train import CheckpointError, set_seed
 
     set_seed(0, deterministic=args.deterministic)
     command = "python -m experiments " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for study, dataset in plan:
             done.append((study, *run_study(study, args, command, dataset)))
-    except StudyFailed as error:
+    except (StudyFailed, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -289,8 +289,15 @@ def run_all(
         folder = out / "runs" / spec.name
         done = folder / "result.json"
         if done.exists():
-            results.append(read_json(done))
-            continue
+            try:
+                results.append(read_json(done))
+                continue
+            except (ValueError, OSError) as error:  # damaged: the checkpoint finishes the run again
+                print(
+                    f"{done} is damaged ({error}); finishing {spec.name} again from its checkpoint",
+                    file=sys.stderr,
+                )
+                done.unlink()
         bar.set_postfix_str(spec.name)
         results.append(run_one(spec, folder, splits, device, progress))
     return results

@@ -225,3 +225,258 @@ def test_two_dataset_all_report_links_each_picture_once_and_every_link_resolves(
         for picture in (folder / "plots").glob("*.png"):
             with Image.open(picture) as image:
                 assert image.text.get("Title") == f"fc-vs-cnn · {dataset} · quick preset", picture
+
+
+# --- 7. ops at the edges ------------------------------------------------------------------------
+
+HUGE_WINDOWS = {
+    "max-65536": (F.max_pool2d, cnnext.ops.max_pool2d, dict(kernel_size=65536, padding=32768)),
+    "max-1x2^24": (F.max_pool2d, cnnext.ops.max_pool2d, dict(kernel_size=(1, 2**24), padding=(0, 2**23))),
+    "max-stride1-ceil": (
+        F.max_pool2d,
+        cnnext.ops.max_pool2d,
+        dict(kernel_size=(3, 4097), stride=1, padding=(1, 2048), ceil_mode=True),
+    ),
+    "avg-65536": (F.avg_pool2d, cnnext.ops.avg_pool2d, dict(kernel_size=65536, padding=32768)),
+    "avg-stride1-include-pad": (
+        F.avg_pool2d,
+        cnnext.ops.avg_pool2d,
+        dict(kernel_size=(3, 4097), stride=1, padding=(1, 2048)),
+    ),
+    "avg-stride1-exclude-pad": (
+        F.avg_pool2d,
+        cnnext.ops.avg_pool2d,
+        dict(kernel_size=(4097, 3), stride=1, padding=(2048, 1), count_include_pad=False),
+    ),
+    "avg-divisor": (F.avg_pool2d, cnnext.ops.avg_pool2d, dict(kernel_size=9, padding=4, divisor_override=7)),
+}
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", list(HUGE_WINDOWS))
+def test_windows_larger_than_the_input_are_served_like_native(case, layout):
+    """Once a crash (kernel 2**32), std::bad_alloc (65536) or minutes of work (1 x 2**24): every
+    window covers the whole input, which is one global reduction, answered as fast as native."""
+    native_fn, ours_fn, args = HUGE_WINDOWS[case]
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(native_fn(x, **args))
+    results = []
+    for fn in (ours_fn, native_fn):
+        leaf = x.clone().requires_grad_()
+        out = fn(leaf, **args)
+        results.append((out, torch.autograd.grad(out, leaf, grad)[0]))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_window_of_2_to_the_32_is_a_global_max_not_a_crash():
+    x = torch.randn(1, 2, 4, 4)
+    out, indices = cnnext.ops.max_pool2d(x, 2**32, padding=2**31, return_indices=True)
+    torch.testing.assert_close(out, x.amax(dim=(2, 3), keepdim=True))
+    assert torch.equal(indices, x.flatten(2).argmax(2).view(1, 2, 1, 1))
+    # Called directly, the operator refuses such a window with a clear error instead.
+    with pytest.raises(RuntimeError, match="window has more than 2\\^31 - 1 taps"):
+        torch.ops.cnnext.max_pool2d(x, [2**32, 2**32], [1, 1], [2**31, 2**31], [1, 1], False)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: cnnext.ops.conv2d(torch.randn(1, 1, 4, 4), torch.randn(1, 1, 3, 3), padding=2**62),
+            "overflows",
+        ),
+        (
+            lambda: torch.ops.cnnext.max_pool2d(
+                torch.randn(1, 1, 4, 4), [3, 3], [1, 1], [1, 1], [2**62, 1], False
+            ),
+            "overflows",
+        ),
+    ],
+    ids=["conv2d padding 2^62", "max_pool2d dilation 2^62"],
+)
+def test_size_arithmetic_overflow_is_a_clear_error(call, message):
+    with pytest.raises(RuntimeError, match=message):
+        call()
+
+
+META = {
+    "attention": lambda m: cnnext.ops.attention(torch.randn(1, 1, 2, 4), m(1, 1, 2, 4), m(1, 1, 2, 4)),
+    "conv2d": lambda m: cnnext.ops.conv2d(torch.randn(1, 2, 5, 5), m(3, 2, 3, 3)),
+    "max_pool2d backward": lambda m: torch.ops.cnnext._max_pool2d_backward(
+        m(1, 1, 2, 2),
+        torch.randn(1, 1, 4, 4),
+        torch.zeros(1, 1, 2, 2, dtype=torch.long),
+        [2, 2],
+        [2, 2],
+        [0, 0],
+        [1, 1],
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("op", list(META))
+def test_a_meta_tensor_among_cpu_ones_is_a_device_error(op):
+    """Once: uninitialised CPU memory returned as the result (the meta tensor routed the call to
+    the fake impl). SDPA raises here too."""
+    with pytest.raises(RuntimeError, match="to be on the device of .* got meta"):
+        META[op](lambda *shape: torch.randn(*shape, device="meta"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("where", ["query", "key"])
+def test_nan_propagates_in_attention_as_in_sdpa_math_path(where, dtype):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = (
+        torch.randn(1, 2, 3, 4, dtype=dtype),
+        torch.randn(1, 2, 70, 4, dtype=dtype),
+        torch.randn(1, 2, 70, 4, dtype=dtype),
+    )
+    (q if where == "query" else k)[0, 1, 1, 2] = float("nan")
+    with sdpa_kernel(SDPBackend.MATH):
+        want = F.scaled_dot_product_attention(q, k, v)
+    got = cnnext.ops.attention(q, k, v)
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    finite = ~torch.isnan(want)
+    torch.testing.assert_close(got[finite], want[finite])
+
+
+# --- 4. caches keyed on content ---------------------------------------------------------------
+
+
+def _image_folder(root, images_per_class=2):
+    from PIL import Image
+
+    folder = root / "cifar-10-images" / "train"
+    generator = torch.Generator().manual_seed(0)
+    for c in ("airplane", "automobile"):
+        (folder / c).mkdir(parents=True)
+        for i in range(images_per_class):
+            pixels = torch.randint(0, 256, (8, 8, 3), dtype=torch.uint8, generator=generator).numpy()
+            Image.fromarray(pixels).save(folder / c / f"{i}.png")
+    return folder
+
+
+def test_image_cache_follows_edits_and_moves_and_survives_damage(tmp_path, monkeypatch):
+    from cnnext import data
+
+    monkeypatch.setenv("CNNEXT_CACHE", str(tmp_path / "cache"))
+    folder = _image_folder(tmp_path / "data")
+    first = data.load("cifar10", train=True, root=tmp_path / "data")
+    # Editing an image that is not the last one (the old key looked at the last file only).
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(folder / "airplane" / "0.png")
+    edited = data.load("cifar10", train=True, root=tmp_path / "data")
+    assert not torch.equal(edited.images, first.images) and edited.images[0, 0, 0, 0] == 255
+    # Moving an image to another class changes the labels (file count and last file unchanged).
+    (folder / "airplane" / "1.png").rename(folder / "automobile" / "1b.png")
+    moved = data.load("cifar10", train=True, root=tmp_path / "data")
+    assert moved.labels.tolist() == [0, 1, 1, 1]
+    # A damaged cache entry is rebuilt, with a warning naming it.
+    cache = max((tmp_path / "cache").glob("*.pt"), key=lambda p: p.stat().st_mtime_ns)  # the current entry
+    cache.write_bytes(b"not a tensor file")
+    with pytest.warns(UserWarning, match=f"cache {re.escape(str(cache))} is damaged"):
+        again = data.load("cifar10", train=True, root=tmp_path / "data")
+    assert torch.equal(again.images, moved.images)
+
+
+# --- 5. damaged files ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def trained_run(tmp_path):
+    """A finished two-epoch fc-vs-cnn run (MLP only kept interesting) on the synthetic set."""
+    args = ["fc-vs-cnn", "--dataset", "synthetic", *SMOKE, "--epochs", "2", "--out", str(tmp_path)]
+    assert cli.main(args) == 0
+    (folder,) = (tmp_path / "fc-vs-cnn").iterdir()
+    return args, folder, folder / "runs" / "MLP-seed0"
+
+
+def test_a_bit_flipped_checkpoint_is_refused_naming_the_file(trained_run, capsys):
+    args, _, run = trained_run
+    checkpoint = run / "checkpoint.pt"
+    data = bytearray(checkpoint.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    checkpoint.write_bytes(bytes(data))
+    (run / "result.json").unlink()  # make the run resume from the checkpoint
+    assert cli.main(args) == 2
+    error = capsys.readouterr().err
+    assert f"checkpoint {checkpoint} cannot be used" in error and "--fresh" in error
+
+
+def test_a_truncated_checkpoint_is_refused_naming_the_file(trained_run, capsys):
+    args, _, run = trained_run
+    checkpoint = run / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    (run / "result.json").unlink()
+    assert cli.main(args) == 2
+    assert f"checkpoint {checkpoint} cannot be used" in capsys.readouterr().err
+
+
+def test_an_empty_result_is_rebuilt_from_the_checkpoint(trained_run):
+    args, folder, run = trained_run
+    before = _strict_json(run / "result.json")
+    (run / "result.json").write_text("")
+    assert cli.main(args) == 0
+    after = _strict_json(run / "result.json")
+    assert after["test_accuracy"] == before["test_accuracy"] and len(after["history"]) == 2
+
+
+def test_metrics_are_rederived_after_a_kill_between_checkpoint_and_metrics(trained_run):
+    args, _, run = trained_run
+    metrics = run / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().splitlines()[0] + "\n")  # as if killed before the last write
+    (run / "result.json").unlink()
+    (run / ".metrics.jsonl.tmp999999999").write_text("{")  # a killed writer's leftover
+    assert cli.main(args) == 0
+    assert len(metrics.read_text().splitlines()) == 2
+    assert not list(run.glob(".*.tmp*"))
+
+
+def test_a_full_disk_is_reported_as_such(tmp_path, monkeypatch):
+    import shutil
+
+    from cnnext._files import atomic_path
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100, 100, 0))
+    with pytest.raises(OSError, match=r"no space left on the device while writing .*checkpoint.pt"):
+        with atomic_path(tmp_path / "checkpoint.pt"):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("random", "is not a valid idx file: expected magic 2051"),
+        ("truncated", "is damaged: its header announces 100 items"),
+        ("labels", "holds 100 images but .* holds 60 labels"),
+    ],
+)
+def test_damaged_mnist_files_are_named_with_the_way_out(tmp_path, damage, message, capsys):
+    _write_fake_mnist(tmp_path)
+    raw = tmp_path / "MNIST" / "raw"
+    images = raw / "train-images-idx3-ubyte"
+    if damage == "random":
+        images.write_bytes(torch.randint(0, 256, (5000,), dtype=torch.uint8).numpy().tobytes())
+    elif damage == "truncated":
+        images.write_bytes(images.read_bytes()[:-5])
+    else:  # labels of another split: counts disagree
+        (raw / "train-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, 60) + bytes(60))
+    args = [
+        "fc-vs-cnn",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(tmp_path),
+        *SMOKE,
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    assert cli.main(args) == 2
+    error = capsys.readouterr().err
+    assert re.search(message, error) and "replace the file" in error

@@ -36,6 +36,20 @@ def register_namespace(namespace: str) -> None:
         register(namespace)
 
 
+def check_same_device(op: str, **tensors) -> None:
+    """In a fake impl: every tensor argument on the first one's device (the kernels' own check). A
+    meta tensor among real ones dispatches to the fake impl, which would otherwise allocate a
+    result on the real device and return it uninitialised."""
+    (first_name, first), *rest = [(n, t) for n, t in tensors.items() if t is not None]
+    for name, t in rest:
+        torch._check(
+            t.device == first.device,
+            lambda n=name, t=t: (
+                f"{op}: expected {n} to be on the device of {first_name} ({first.device}), got {t.device}"
+            ),
+        )
+
+
 def ops(namespace: str):
     """``torch.ops.<namespace>``."""
     return getattr(torch.ops, namespace)

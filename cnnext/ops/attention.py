@@ -12,7 +12,7 @@ import functools
 import torch
 from torch import Tensor
 
-from ._library import ops, registration
+from ._library import check_same_device, ops, registration
 
 __all__ = ["attention"]
 
@@ -44,12 +44,14 @@ def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _attention_fake(q, k, v, scale, causal):
+    check_same_device("attention", q=q, k=k, v=v)
     torch._check(q.dim() == 4, lambda: "attention: q must be a 4-D tensor")
     out = q.new_empty((q.shape[0], q.shape[1], q.shape[2], q.shape[3]))
     return out, q.new_empty(q.shape[:3], dtype=_lse_dtype(q.dtype))
 
 
 def _attention_backward_fake(grad_out, q, k, v, out, lse, scale, causal):
+    check_same_device("_attention_backward", q=q, k=k, v=v, grad_out=grad_out, out=out, lse=lse)
     # The kernels return contiguous gradients whatever q, k, v's strides (a permuted view included).
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 

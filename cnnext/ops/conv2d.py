@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ._args import pair
 from ._layout import suggest_memory_format
-from ._library import ops, registration
+from ._library import check_same_device, ops, registration
 
 __all__ = ["conv2d", "conv2d_output_size"]
 
@@ -77,6 +77,7 @@ def conv2d_output_size(in_size, kernel, stride, padding, dilation):
 
 
 def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
+    check_same_device("conv2d", input=input, weight=weight, bias=bias)
     out_hw = [
         conv2d_output_size(input.shape[2 + i], weight.shape[2 + i], stride[i], padding[i], dilation[i])
         for i in range(2)
@@ -90,6 +91,7 @@ def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
 
 
 def _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
+    check_same_device("_conv2d_backward", input=input, grad_output=grad_output, weight=weight)
     need_input, need_weight, need_bias = output_mask
     grad_input = input.new_empty(input.shape).contiguous(memory_format=suggest_memory_format(input))
     return (

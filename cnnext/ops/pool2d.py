@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ._args import pair
 from ._layout import suggest_memory_format
-from ._library import ops, registration
+from ._library import check_same_device, ops, registration
 
 __all__ = ["adaptive_avg_pool2d", "avg_pool2d", "max_pool2d"]
 
@@ -31,6 +31,58 @@ def _stride(stride, kernel_size):
     if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
         return kernel_size
     return pair(stride, "stride")
+
+
+def _whole_axes(input: Tensor, kernel_size, stride, padding, dilation, ceil_mode):
+    """Per spatial axis, whether every window covers the whole input axis while being larger than
+    it (windows of mostly padding, e.g. kernel 65536 on a 4-wide map): such an axis is one global
+    reduction, which the kernels then compute with a window of the input's size instead of
+    walking (or tabulating) every tap of the giant one."""
+    whole = []
+    for axis in range(2):
+        size, k, s, p, d = (
+            input.shape[2 + axis],
+            kernel_size[axis],
+            stride[axis],
+            padding[axis],
+            dilation[axis],
+        )
+        if k < 1 or s < 1 or d < 1 or p < 0 or p > (d * (k - 1) + 1) // 2:
+            return [False, False]  # invalid: the operator's checks say why
+        extent = d * (k - 1) + 1
+        out = pooled_size(size, k, s, p, d, ceil_mode)
+        whole.append(d == 1 and extent > size and out >= 1 and (out - 1) * s <= p and extent - p >= size)
+    return whole
+
+
+def _global_axes(input: Tensor, args, whole, ceil_mode):
+    """The op arguments with each whole axis reduced to one window of the input's size, and the
+    output sizes of the original problem (the reduced one gives 1 along those axes)."""
+    _, kernel_size, stride, padding, dilation = args
+    out_sizes = [
+        pooled_size(input.shape[2 + a], kernel_size[a], stride[a], padding[a], dilation[a], ceil_mode)
+        for a in range(2)
+    ]
+
+    def pick(values, replacement):
+        return [replacement[a] if whole[a] else values[a] for a in range(2)]
+
+    sizes = list(input.shape[2:])
+    reduced = (
+        input,
+        pick(kernel_size, sizes),
+        pick(stride, [1, 1]),
+        pick(padding, [0, 0]),
+        pick(dilation, [1, 1]),
+    )
+    return reduced, out_sizes
+
+
+def _expand_whole(t: Tensor, whole, out_sizes, unbatched: bool) -> Tensor:
+    """The reduced problem's output, repeated along the whole axes to the original output size."""
+    shape = [*t.shape[:2], *[out_sizes[a] if whole[a] else t.shape[2 + a] for a in range(2)]]
+    t = t.expand(shape).contiguous(memory_format=suggest_memory_format(t))
+    return t.squeeze(0) if unbatched else t
 
 
 def max_pool2d(
@@ -58,6 +110,13 @@ def max_pool2d(
         pair(padding, "padding"),
         pair(dilation, "dilation"),
     )
+    whole = _whole_axes(input, *args[1:], ceil_mode) if input.dim() == 4 else [False, False]
+    if any(whole):
+        reduced, out_sizes = _global_axes(input, args, whole, ceil_mode)
+        result = max_pool2d(*reduced, ceil_mode=ceil_mode, return_indices=return_indices)
+        if return_indices:
+            return tuple(_expand_whole(t, whole, out_sizes, unbatched) for t in result)
+        return _expand_whole(result, whole, out_sizes, unbatched)
     if not return_indices:
         if not (torch.is_grad_enabled() and input.requires_grad):
             # Nothing will need the argmax: the inference op skips computing and storing it.
@@ -86,15 +145,24 @@ def avg_pool2d(
     """Same arguments and result as :func:`torch.nn.functional.avg_pool2d`."""
     kernel_size = pair(kernel_size, "kernel_size")
     input, unbatched = _batched(input)
-    out = torch.ops.cnnext.avg_pool2d.default(
-        input,
-        kernel_size,
-        _stride(stride, kernel_size),
-        pair(padding, "padding"),
-        ceil_mode,
-        count_include_pad,
-        divisor_override,
-    )
+    args = (input, kernel_size, _stride(stride, kernel_size), pair(padding, "padding"), [1, 1])
+    whole = _whole_axes(input, *args[1:], ceil_mode) if input.dim() == 4 else [False, False]
+    if any(whole):
+        # Each whole axis sums the entire input axis; only the divisor can differ between its
+        # outputs: with count_include_pad, window o counts min(start + kernel, size + pad) - start
+        # positions (start = o * stride - pad), where the reduced window counts `size`.
+        (_, kernel, strides, pads, _), out_sizes = _global_axes(input, args, whole, ceil_mode)
+        out = torch.ops.cnnext.avg_pool2d.default(
+            input, kernel, strides, pads, ceil_mode, count_include_pad, divisor_override
+        )
+        if count_include_pad and divisor_override is None:
+            for a in (a for a in range(2) if whole[a]):
+                size, start = input.shape[2 + a], torch.arange(out_sizes[a]) * args[2][a] - args[3][a]
+                counted = torch.minimum(start + kernel_size[a], torch.tensor(size + args[3][a])) - start
+                scale = (size / counted).to(out.dtype).to(out.device)
+                out = out * scale.view(-1, 1) if a == 0 else out * scale
+        return _expand_whole(out, whole, out_sizes, unbatched)
+    out = torch.ops.cnnext.avg_pool2d.default(*args[:4], ceil_mode, count_include_pad, divisor_override)
     return out.squeeze(0) if unbatched else out
 
 
@@ -163,6 +231,8 @@ def _adaptive_avg_pool2d_fake(input, output_size):
 
 
 def _grad_input_fake(grad_output, input, *args):
+    indices = args[0] if args and isinstance(args[0], Tensor) else None
+    check_same_device("pooling backward", input=input, grad_output=grad_output, indices=indices)
     return input.new_empty(input.shape).contiguous(memory_format=suggest_memory_format(input))
 
 

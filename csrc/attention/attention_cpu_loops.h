@@ -84,6 +84,8 @@ void gemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, s
 // the exponent bits. Inputs are clamped to [-87, 88], where 2^n stays a normal float (the clamps
 // vectorise as min/max thanks to -fno-trapping-math, see setup.py). float64 keeps std::exp.
 inline float exp_vectorizable(float x) {
+  const bool nan = x != x;  // NaN in, NaN out (as std::exp), by a select that vectorises
+  x = nan ? 0.0f : x;
   x = x < -87.0f ? -87.0f : x;  // also maps -inf (masked or first-tile rescale) to ~0
   x = x > 88.0f ? 88.0f : x;
   const int n = static_cast<int>(x * 1.44269504088896341f + 0.5f + 1024.0f) - 1024;  // floor, as x > -1024 ln 2
@@ -100,7 +102,16 @@ inline float exp_vectorizable(float x) {
   const int32_t bits = (n + 127) << 23;
   float two_to_n;
   std::memcpy(&two_to_n, &bits, sizeof(two_to_n));
-  return p * two_to_n;
+  return nan ? std::numeric_limits<float>::quiet_NaN() : p * two_to_n;
+}
+
+// Whether any of the n scores is NaN. The running max skips NaN, so a row whose scores hold one
+// is marked and written as NaN, as the plain softmax (SDPA's math path) makes it.
+template <typename scalar_t>
+bool any_nan(const scalar_t* p, int64_t n) {
+  bool found = false;
+  for (int64_t i = 0; i < n; ++i) found |= p[i] != p[i];
+  return found;
 }
 inline double exp_vectorizable(double x) { return std::exp(x); }
 
@@ -123,12 +134,14 @@ void forward(const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* 
   const int64_t D = g.head_dim, Lq = g.q_len, Lk = g.k_len, q_blocks = ceil_div(Lq, kQueryBlock);
   at::parallel_for(0, g.batch * g.heads * q_blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> s(kQueryBlock * kKeyBlock), acc(kQueryBlock * D), m(kQueryBlock), l(kQueryBlock);
+    std::vector<char> nan_row(kQueryBlock);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / q_blocks, i0 = (task % q_blocks) * kQueryBlock, nq = std::min(kQueryBlock, Lq - i0);
       const scalar_t* q_blk = q + (bh * Lq + i0) * D;  // (nq, D)
       std::fill(acc.begin(), acc.end(), scalar_t(0));
       std::fill(m.begin(), m.end(), -std::numeric_limits<scalar_t>::infinity());
       std::fill(l.begin(), l.end(), scalar_t(0));
+      std::fill(nan_row.begin(), nan_row.end(), 0);
       const int64_t k_end = g.key_end(i0 + nq - 1);
       for (int64_t j0 = 0; j0 < k_end; j0 += kKeyBlock) {
         const int64_t nk = std::min(kKeyBlock, k_end - j0);
@@ -137,6 +150,7 @@ void forward(const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* 
         for (int64_t r = 0; r < nq; ++r) {
           const int64_t visible = std::clamp<int64_t>(g.key_end(i0 + r) - j0, 0, nk);
           scalar_t* row = s.data() + r * kKeyBlock;
+          nan_row[r] |= any_nan(row, visible);
           const scalar_t row_max = max_lanes(row, visible, m[r]);
           if (visible == 0 || row_max == -std::numeric_limits<scalar_t>::infinity()) {
             std::fill(row, row + nk, scalar_t(0));
@@ -156,8 +170,9 @@ void forward(const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* 
       for (int64_t r = 0; r < nq; ++r) {
         scalar_t* out_row = out + (bh * Lq + i0 + r) * D;
         const scalar_t inv = l[r] > 0 ? scalar_t(1) / l[r] : scalar_t(0);
-        for (int64_t d = 0; d < D; ++d) out_row[d] = acc[r * D + d] * inv;
-        lse[bh * Lq + i0 + r] = m[r] + std::log(l[r]);
+        const scalar_t nan = std::numeric_limits<scalar_t>::quiet_NaN();
+        for (int64_t d = 0; d < D; ++d) out_row[d] = nan_row[r] ? nan : acc[r * D + d] * inv;
+        lse[bh * Lq + i0 + r] = nan_row[r] ? nan : m[r] + std::log(l[r]);
       }
     }
   });

@@ -45,8 +45,10 @@ Conv2dGeometry conv2d_geometry(const at::Tensor& input, const at::Tensor& weight
   TORCH_CHECK(g.kernel_h >= 1 && g.kernel_w >= 1, "conv2d: kernel size must be >= 1, got weight shape ",
               weight.sizes());
 
-  const int64_t span_h = g.dil_h * (g.kernel_h - 1) + 1, span_w = g.dil_w * (g.kernel_w - 1) + 1;
-  const int64_t padded_h = g.in_h + 2 * g.pad_h, padded_w = g.in_w + 2 * g.pad_w;
+  const char* op = "conv2d";
+  const int64_t span_h = window_extent(op, g.kernel_h, g.dil_h), span_w = window_extent(op, g.kernel_w, g.dil_w);
+  const int64_t padded_h = checked_add(op, "the padded input height", g.in_h, checked_mul(op, "padding", 2, g.pad_h));
+  const int64_t padded_w = checked_add(op, "the padded input width", g.in_w, checked_mul(op, "padding", 2, g.pad_w));
   TORCH_CHECK(span_h <= padded_h && span_w <= padded_w, "conv2d: kernel size (dilated) ", span_h, "x",
               span_w, " is larger than the padded input ", padded_h, "x", padded_w);
   g.out_h = (padded_h - span_h) / g.stride_h + 1;

@@ -1,5 +1,7 @@
 // Boundary checks of the pooling ops, shared by CPU and CUDA: one requirement per check, each
 // message naming the op and the argument, with the native ops' rules for output sizes.
+#include <limits>
+
 #include "common.h"
 #include "pool2d/pool2d.h"
 
@@ -18,12 +20,14 @@ void check_pool_input(const char* op, const at::Tensor& input) {
 
 // Output length along one axis, as native pooling computes it: in ceil mode the last window
 // must still start inside the input or its left padding.
-int64_t pooled_size(int64_t size, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation, bool ceil_mode) {
-  const int64_t span = dilation * (kernel - 1) + 1;
-  const int64_t numerator = size + 2 * pad - span + (ceil_mode ? stride - 1 : 0);
+int64_t pooled_size(const char* op, int64_t size, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation,
+                    bool ceil_mode) {
+  const int64_t span = window_extent(op, kernel, dilation);
+  const int64_t padded = checked_add(op, "the padded input size", size, checked_mul(op, "padding", 2, pad));
+  const int64_t numerator = checked_add(op, "the output size", padded - span, ceil_mode ? stride - 1 : 0);
   // Floor division that rounds towards minus infinity (numerator may be negative).
   int64_t out = (numerator >= 0 ? numerator / stride : -((-numerator + stride - 1) / stride)) + 1;
-  if (ceil_mode && (out - 1) * stride >= size + pad) --out;
+  if (ceil_mode && checked_mul(op, "the last window's start", out - 1, stride) >= size + pad) --out;
   return out;
 }
 
@@ -52,7 +56,7 @@ Pool2dGeometry pool2d_geometry(const char* op, const at::Tensor& input, at::IntA
     TORCH_CHECK(stride[axis] >= 1, op, ": stride must be >= 1, got ", stride);
     TORCH_CHECK(dilation[axis] >= 1, op, ": dilation must be >= 1, got ", dilation);
     TORCH_CHECK(padding[axis] >= 0, op, ": padding must be >= 0, got ", padding);
-    const int64_t span = dilation[axis] * (kernel_size[axis] - 1) + 1;
+    const int64_t span = window_extent(op, kernel_size[axis], dilation[axis]);
     TORCH_CHECK(padding[axis] <= span / 2, op,
                 ": padding must be at most half of the (dilated) kernel size, got padding ", padding,
                 " for kernel_size ", kernel_size, " and dilation ", dilation);
@@ -66,8 +70,14 @@ Pool2dGeometry pool2d_geometry(const char* op, const at::Tensor& input, at::IntA
   g.pad_w = padding[1];
   g.dil_h = dilation[0];
   g.dil_w = dilation[1];
-  g.out_h = pooled_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dil_h, ceil_mode);
-  g.out_w = pooled_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dil_w, ceil_mode);
+  // The kernels number a window's taps t * kernel_w + u in 32 bits. Windows this large reach the
+  // ops only when called directly: cnnext.ops serves windows larger than the input as the global
+  // reductions they are (cnnext/ops/pool2d.py).
+  TORCH_CHECK(g.kernel_h <= std::numeric_limits<int32_t>::max() / g.kernel_w, op, ": a ", g.kernel_h, "x",
+              g.kernel_w, " window has more than 2^31 - 1 taps (cnnext.ops.max_pool2d and avg_pool2d serve ",
+              "windows larger than the input as the global reductions they are)");
+  g.out_h = pooled_size(op, g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dil_h, ceil_mode);
+  g.out_w = pooled_size(op, g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dil_w, ceil_mode);
   TORCH_CHECK(g.out_h >= 1 && g.out_w >= 1, op, ": the output would be empty: input ", g.in_h, "x", g.in_w,
               " with kernel_size ", kernel_size, ", stride ", stride, ", padding ", padding, ", dilation ",
               dilation, " gives ", g.out_h, "x", g.out_w);

@@ -25,7 +25,7 @@ import cnnext
 from cnnext import data
 
 from .report import diverged_runs, write_report
-from .runner import git_commit, load_split, run_all, write_json
+from .runner import RunFilesDamaged, git_commit, load_split, run_all, write_json
 from .spec import fingerprint
 from .studies import STUDIES
 from .studies.base import DATASETS
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for study, dataset in plan:
             done.append((study, *run_study(study, args, command, dataset)))
-    except (StudyFailed, CheckpointError) as error:
+    except (StudyFailed, CheckpointError, RunFilesDamaged) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -35,7 +35,7 @@ from cnnext.train import Diverged, evaluate, fit, set_seed, synchronize
 
 from .spec import RunSpec
 
-__all__ = ["load_split", "read_json", "run_all", "write_json"]
+__all__ = ["RunFilesDamaged", "load_split", "read_json", "run_all", "write_json"]
 
 INFERENCE_BATCH = 256
 
@@ -76,8 +76,12 @@ def write_json(path: Path, value, lines: bool = False) -> None:
 
 
 def read_json(path: Path):
-    """A file written by write_json, non-finite numbers restored."""
-    return _decode(json.loads(Path(path).read_text()))
+    """A file written by write_json, non-finite numbers restored. A file that does not parse raises
+    ValueError naming it."""
+    try:
+        return _decode(json.loads(Path(path).read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is damaged: {error}") from error
 
 
 def git_commit() -> str:
@@ -239,7 +243,7 @@ def run_one(spec: RunSpec, folder: Path, splits: tuple, device: torch.device, pr
         "samples_per_second": statistics.mean(h["samples_per_second"] for h in history),
         "inference_ms": _inference_ms(model, test_images),
         "inference_batch": int(test_images.shape[0]),
-        "grad_norms_init": read_json(init_norms_file),
+        "grad_norms_init": _initial_gradient_norms(init_norms_file),
         # conv and linear weights, input side first: the layers of the gradient-norm plots
         "layer_weights": [name for name, p in model.named_parameters() if p.ndim >= 2],
         "profile": _profile_training_step(model, first_images, first_labels) if spec.profile else None,
@@ -247,6 +251,21 @@ def run_one(spec: RunSpec, folder: Path, splits: tuple, device: torch.device, pr
     }
     write_json(folder / "result.json", result)
     return result
+
+
+class RunFilesDamaged(RuntimeError):
+    """A run's file that cannot be rebuilt is damaged; the message names it and the way out."""
+
+
+def _initial_gradient_norms(path: Path) -> dict:
+    """grad_norms_init.json, measured on the untrained model: a trained one cannot measure it again."""
+    try:
+        return read_json(path)
+    except (ValueError, OSError) as error:
+        raise RunFilesDamaged(
+            f"{error}; it was measured before training and cannot be rebuilt: delete {path.parent} "
+            "(or rerun with --fresh) to train that run again"
+        ) from error
 
 
 def _diverged_result(spec, folder, model, train_set, device, diverged: Diverged) -> dict:

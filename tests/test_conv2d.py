@@ -277,14 +277,16 @@ def test_unbatched_input(device):
 )
 @pytest.mark.parametrize("seed", [0, 1])
 def test_gradcheck_float64(conv_args, seed, device):
-    generator = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=generator, dtype=torch.float64).to(device).requires_grad_()
-
-    groups = conv_args["groups"]
-    x, w, b = rand(2, 4, 7, 6), rand(4, 4 // groups, 3, 2), rand(4)
+    x, w, b = float64_leaves(seed, device, (2, 4, 7, 6), (4, 4 // conv_args["groups"], 3, 2), (4,))
     assert torch.autograd.gradcheck(lambda *t: cnnext.ops.conv2d(*t, **conv_args), (x, w, b))
+
+
+def float64_leaves(seed, device, *shapes):
+    """Random float64 tensors of `shapes` that require grad, drawn from `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(*s, generator=generator, dtype=torch.float64).to(device).requires_grad_() for s in shapes
+    ]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -296,13 +298,7 @@ def test_gradcheck_float64(conv_args, seed, device):
 def test_gradgradcheck_float64(conv_args, device):
     """Second derivatives (gradient penalties, Hessian-vector products): _conv2d_backward has its
     own derivative, expressed through conv2d and _conv2d_backward themselves."""
-    generator = torch.Generator().manual_seed(0)
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=generator, dtype=torch.float64).to(device).requires_grad_()
-
-    groups = conv_args["groups"]
-    x, w, b = rand(2, 4, 6, 5), rand(4, 4 // groups, 3, 2), rand(4)
+    x, w, b = float64_leaves(0, device, (2, 4, 6, 5), (4, 4 // conv_args["groups"], 3, 2), (4,))
     assert torch.autograd.gradgradcheck(lambda *t: cnnext.ops.conv2d(*t, **conv_args), (x, w, b))
 
 

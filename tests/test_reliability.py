@@ -480,3 +480,12 @@ def test_damaged_mnist_files_are_named_with_the_way_out(tmp_path, damage, messag
     assert cli.main(args) == 2
     error = capsys.readouterr().err
     assert re.search(message, error) and "replace the file" in error
+
+
+def test_a_damaged_file_that_cannot_be_rebuilt_is_named_with_the_way_out(trained_run, capsys):
+    args, _, run = trained_run
+    (run / "grad_norms_init.json").write_text("{not json")
+    (run / "result.json").unlink()
+    assert cli.main(args) == 2
+    error = capsys.readouterr().err
+    assert f"{run / 'grad_norms_init.json'} is damaged" in error and f"delete {run}" in error

@@ -16,8 +16,8 @@
 // relay fiber, so TSan sees CUDA's ordering within a block: accesses of two threads with no
 // barrier or collective between them are reported. Blocks are ordered one after another (they
 // reuse stacks and shared memory), so races between blocks are not. The runtime's own bookkeeping
-// is hidden from TSan. Under AddressSanitizer
-// the stack switches are announced (__sanitizer_start/finish_switch_fiber).
+// is hidden from TSan. Under AddressSanitizer the stack switches are announced
+// (__sanitizer_start/finish_switch_fiber).
 #include <c10/util/Exception.h>
 #include <sys/mman.h>
 #include <unistd.h>

@@ -51,7 +51,9 @@ def _whole_axes(input: Tensor, kernel_size, stride, padding, dilation, ceil_mode
             return [False, False]  # invalid: the operator's checks say why
         extent = d * (k - 1) + 1
         out = pooled_size(size, k, s, p, d, ceil_mode)
-        whole.append(d == 1 and extent > size and out >= 1 and (out - 1) * s <= p and extent - p >= size)
+        whole.append(
+            size >= 1 and d == 1 and extent > size and out >= 1 and (out - 1) * s <= p and extent - p >= size
+        )
     return whole
 
 

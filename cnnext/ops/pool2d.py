@@ -38,6 +38,8 @@ def _whole_axes(input: Tensor, kernel_size, stride, padding, dilation, ceil_mode
     it (windows of mostly padding, e.g. kernel 65536 on a 4-wide map): such an axis is one global
     reduction, which the kernels then compute with a window of the input's size instead of
     walking (or tabulating) every tap of the giant one."""
+    if kernel_size[0] <= input.shape[2] and kernel_size[1] <= input.shape[3]:
+        return [False, False]  # the usual case, decided without the arithmetic below
     whole = []
     for axis in range(2):
         size, k, s, p, d = (

@@ -84,8 +84,6 @@ void gemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, s
 // the exponent bits. Inputs are clamped to [-87, 88], where 2^n stays a normal float (the clamps
 // vectorise as min/max thanks to -fno-trapping-math, see setup.py). float64 keeps std::exp.
 inline float exp_vectorizable(float x) {
-  const bool nan = x != x;  // NaN in, NaN out (as std::exp), by a select that vectorises
-  x = nan ? 0.0f : x;
   x = x < -87.0f ? -87.0f : x;  // also maps -inf (masked or first-tile rescale) to ~0
   x = x > 88.0f ? 88.0f : x;
   const int n = static_cast<int>(x * 1.44269504088896341f + 0.5f + 1024.0f) - 1024;  // floor, as x > -1024 ln 2
@@ -102,16 +100,34 @@ inline float exp_vectorizable(float x) {
   const int32_t bits = (n + 127) << 23;
   float two_to_n;
   std::memcpy(&two_to_n, &bits, sizeof(two_to_n));
-  return nan ? std::numeric_limits<float>::quiet_NaN() : p * two_to_n;
+  return p * two_to_n;
 }
 
-// Whether any of the n scores is NaN. The running max skips NaN, so a row whose scores hold one
-// is marked and written as NaN, as the plain softmax (SDPA's math path) makes it.
+// Whether any of the n values is NaN or +inf. A score like that makes the plain softmax of its row
+// NaN (SDPA's math path), but the running max skips NaN and exp_vectorizable is not defined
+// there, so such rows are marked and written as NaN at the end. Only when q or k holds a
+// non-finite value can a score be one (short of a finite overflow), so the scores are searched
+// only then: a pass over q and k, not over every score.
 template <typename scalar_t>
-bool any_nan(const scalar_t* p, int64_t n) {
+bool any_nan_or_inf(const scalar_t* p, int64_t n) {
+  constexpr scalar_t kInf = std::numeric_limits<scalar_t>::infinity();
   bool found = false;
-  for (int64_t i = 0; i < n; ++i) found |= p[i] != p[i];
+  for (int64_t i = 0; i < n; ++i) found |= !(p[i] < kInf);
   return found;
+}
+
+template <typename scalar_t>
+bool all_finite(const scalar_t* p, int64_t n) {
+  // x * 0 is NaN exactly for non-finite x; eight partial sums let the loop vectorise (max_lanes).
+  constexpr int kLanes = 8;
+  scalar_t lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) lanes[j] += p[i + j] * scalar_t(0);
+  scalar_t sum = 0;
+  for (int j = 0; j < kLanes; ++j) sum += lanes[j];
+  for (; i < n; ++i) sum += p[i] * scalar_t(0);
+  return sum == scalar_t(0);
 }
 inline double exp_vectorizable(double x) { return std::exp(x); }
 
@@ -138,6 +154,7 @@ void forward(const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* 
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / q_blocks, i0 = (task % q_blocks) * kQueryBlock, nq = std::min(kQueryBlock, Lq - i0);
       const scalar_t* q_blk = q + (bh * Lq + i0) * D;  // (nq, D)
+      const bool search_scores = !all_finite(q_blk, nq * D) || !all_finite(k + bh * Lk * D, Lk * D);
       std::fill(acc.begin(), acc.end(), scalar_t(0));
       std::fill(m.begin(), m.end(), -std::numeric_limits<scalar_t>::infinity());
       std::fill(l.begin(), l.end(), scalar_t(0));
@@ -150,7 +167,7 @@ void forward(const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* 
         for (int64_t r = 0; r < nq; ++r) {
           const int64_t visible = std::clamp<int64_t>(g.key_end(i0 + r) - j0, 0, nk);
           scalar_t* row = s.data() + r * kKeyBlock;
-          nan_row[r] |= any_nan(row, visible);
+          if (search_scores) nan_row[r] |= any_nan_or_inf(row, visible);
           const scalar_t row_max = max_lanes(row, visible, m[r]);
           if (visible == 0 || row_max == -std::numeric_limits<scalar_t>::infinity()) {
             std::fill(row, row + nk, scalar_t(0));

@@ -180,9 +180,7 @@ class CheckpointError(RuntimeError):
 
 def load_checkpoint(path: Path) -> dict:
     """The state saved by fit, after checking its checksum."""
-    way_out = (
-        f"; delete {path} (or the run's folder, or rerun with --fresh) to train that run again from the start"
-    )
+    way_out = f"; delete {path} (or the run's folder) to train that run again from the start"
     try:
         wrapper = torch.load(path, map_location="cpu", weights_only=True)
         if not (isinstance(wrapper, dict) and wrapper.get("format") == CHECKPOINT_FORMAT):

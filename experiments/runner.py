@@ -264,7 +264,7 @@ def _initial_gradient_norms(path: Path) -> dict:
     except (ValueError, OSError) as error:
         raise RunFilesDamaged(
             f"{error}; it was measured before training and cannot be rebuilt: delete {path.parent} "
-            "(or rerun with --fresh) to train that run again"
+            "to train that run again"
         ) from error
 
 

@@ -411,7 +411,7 @@ def test_a_bit_flipped_checkpoint_is_refused_naming_the_file(trained_run, capsys
     (run / "result.json").unlink()  # make the run resume from the checkpoint
     assert cli.main(args) == 2
     error = capsys.readouterr().err
-    assert f"checkpoint {checkpoint} cannot be used" in error and "--fresh" in error
+    assert f"checkpoint {checkpoint} cannot be used" in error and f"delete {checkpoint}" in error
 
 
 def test_a_truncated_checkpoint_is_refused_naming_the_file(trained_run, capsys):

@@ -37,10 +37,11 @@ def _whole_axes(input: Tensor, kernel_size, stride, padding, dilation, ceil_mode
     """Per spatial axis, whether every window covers the whole input axis while being larger than
     it (windows of mostly padding, e.g. kernel 65536 on a 4-wide map): such an axis is one global
     reduction, which the kernels then compute with a window of the input's size instead of
-    walking (or tabulating) every tap of the giant one."""
+    walking (or tabulating) every tap of the giant one. Returns (whole per axis, output sizes);
+    the sizes only where some axis is whole."""
     if kernel_size[0] <= input.shape[2] and kernel_size[1] <= input.shape[3]:
-        return [False, False]  # the usual case, decided without the arithmetic below
-    whole = []
+        return [False, False], None  # the usual case, decided without the arithmetic below
+    whole, out_sizes = [], []
     for axis in range(2):
         size, k, s, p, d = (
             input.shape[2 + axis],
@@ -50,36 +51,31 @@ def _whole_axes(input: Tensor, kernel_size, stride, padding, dilation, ceil_mode
             dilation[axis],
         )
         if k < 1 or s < 1 or d < 1 or p < 0 or p > (d * (k - 1) + 1) // 2:
-            return [False, False]  # invalid: the operator's checks say why
+            return [False, False], None  # invalid: the operator's checks say why
         extent = d * (k - 1) + 1
         out = pooled_size(size, k, s, p, d, ceil_mode)
+        out_sizes.append(out)
         whole.append(
             size >= 1 and d == 1 and extent > size and out >= 1 and (out - 1) * s <= p and extent - p >= size
         )
-    return whole
+    return whole, out_sizes
 
 
-def _global_axes(input: Tensor, args, whole, ceil_mode):
-    """The op arguments with each whole axis reduced to one window of the input's size, and the
-    output sizes of the original problem (the reduced one gives 1 along those axes)."""
-    _, kernel_size, stride, padding, dilation = args
-    out_sizes = [
-        pooled_size(input.shape[2 + a], kernel_size[a], stride[a], padding[a], dilation[a], ceil_mode)
-        for a in range(2)
-    ]
+def _global_axes(args, whole):
+    """The op arguments (input, kernel, stride, padding, dilation) with each whole axis reduced to
+    one window of the input's size (which gives one output along it)."""
+    input, kernel_size, stride, padding, dilation = args
 
     def pick(values, replacement):
         return [replacement[a] if whole[a] else values[a] for a in range(2)]
 
-    sizes = list(input.shape[2:])
-    reduced = (
+    return (
         input,
-        pick(kernel_size, sizes),
+        pick(kernel_size, list(input.shape[2:])),
         pick(stride, [1, 1]),
         pick(padding, [0, 0]),
         pick(dilation, [1, 1]),
     )
-    return reduced, out_sizes
 
 
 def _expand_whole(t: Tensor, whole, out_sizes, unbatched: bool) -> Tensor:
@@ -114,10 +110,11 @@ def max_pool2d(
         pair(padding, "padding"),
         pair(dilation, "dilation"),
     )
-    whole = _whole_axes(input, *args[1:], ceil_mode) if input.dim() == 4 else [False, False]
+    whole, out_sizes = (
+        _whole_axes(input, *args[1:], ceil_mode) if input.dim() == 4 else ([False, False], None)
+    )
     if any(whole):
-        reduced, out_sizes = _global_axes(input, args, whole, ceil_mode)
-        result = max_pool2d(*reduced, ceil_mode=ceil_mode, return_indices=return_indices)
+        result = max_pool2d(*_global_axes(args, whole), ceil_mode=ceil_mode, return_indices=return_indices)
         if return_indices:
             return tuple(_expand_whole(t, whole, out_sizes, unbatched) for t in result)
         return _expand_whole(result, whole, out_sizes, unbatched)
@@ -150,17 +147,17 @@ def avg_pool2d(
     kernel_size = pair(kernel_size, "kernel_size")
     input, unbatched = _batched(input)
     args = (input, kernel_size, _stride(stride, kernel_size), pair(padding, "padding"), [1, 1])
-    whole = _whole_axes(input, *args[1:], ceil_mode) if input.dim() == 4 else [False, False]
+    whole, out_sizes = (
+        _whole_axes(input, *args[1:], ceil_mode) if input.dim() == 4 else ([False, False], None)
+    )
     if any(whole):
         # Each whole axis sums the entire input axis; only the divisor can differ between its
         # outputs: with count_include_pad, window o counts min(start + kernel, size + pad) - start
         # positions (start = o * stride - pad), where the reduced window counts `size`.
-        (_, kernel, strides, pads, _), out_sizes = _global_axes(input, args, whole, ceil_mode)
-        out = torch.ops.cnnext.avg_pool2d.default(
-            input, kernel, strides, pads, ceil_mode, count_include_pad, divisor_override
-        )
-        if count_include_pad and divisor_override is None:
-            for a in (a for a in range(2) if whole[a]):
+        reduced = _global_axes(args, whole)[:4]
+        out = torch.ops.cnnext.avg_pool2d.default(*reduced, ceil_mode, count_include_pad, divisor_override)
+        for a in range(2):
+            if whole[a] and count_include_pad and divisor_override is None:
                 size, start = input.shape[2 + a], torch.arange(out_sizes[a]) * args[2][a] - args[3][a]
                 counted = torch.minimum(start + kernel_size[a], torch.tensor(size + args[3][a])) - start
                 scale = (size / counted).to(out.dtype).to(out.device)

@@ -228,13 +228,7 @@ def run_one(spec: RunSpec, folder: Path, splits: tuple, device: torch.device, pr
     final = evaluate(model, test)
     test_images = next(iter(test))[0]
     result = {
-        "run": spec.name,
-        "spec": spec.to_dict(),
-        "backend": spec.backend,
-        "git_commit": git_commit(),  # the code that trained this run (config.json: the latest invocation's)
-        "device": str(device),
-        "parameters": count_parameters(model),
-        "flops": count_flops(model, tuple(train_set.images.shape[1:])),
+        **_run_identity(spec, model, train_set, device),
         "test_accuracy": final["accuracy"],
         "test_loss": final["loss"],
         "confusion": _confusion(final["predictions"], test_set.labels, len(test_set.classes)),
@@ -257,6 +251,22 @@ class RunFilesDamaged(RuntimeError):
     """A run's file that cannot be rebuilt is damaged; the message names it and the way out."""
 
 
+def _run_identity(
+    spec: RunSpec, model: torch.nn.Module, train_set: data.ImageSet, device: torch.device
+) -> dict:
+    """The fields of every result.json, finished or diverged: which run, on what code and device, of
+    what size."""
+    return {
+        "run": spec.name,
+        "spec": spec.to_dict(),
+        "backend": spec.backend,
+        "git_commit": git_commit(),  # the code that trained this run (config.json: the latest invocation's)
+        "device": str(device),
+        "parameters": count_parameters(model),
+        "flops": count_flops(model, tuple(train_set.images.shape[1:])),
+    }
+
+
 def _initial_gradient_norms(path: Path) -> dict:
     """grad_norms_init.json, measured on the untrained model: a trained one cannot measure it again."""
     try:
@@ -273,13 +283,7 @@ def _diverged_result(spec, folder, model, train_set, device, diverged: Diverged)
     print(f"{spec.name}: {diverged}", file=sys.stderr)
     write_json(folder / "metrics.jsonl", diverged.history, lines=True)
     result = {
-        "run": spec.name,
-        "spec": spec.to_dict(),
-        "backend": spec.backend,
-        "git_commit": git_commit(),
-        "device": str(device),
-        "parameters": count_parameters(model),
-        "flops": count_flops(model, tuple(train_set.images.shape[1:])),
+        **_run_identity(spec, model, train_set, device),
         "diverged": {
             "epoch": diverged.epoch,
             "last_finite_loss": diverged.last_finite_loss,

@@ -13,6 +13,7 @@ a CUDA build and nvcc is found. Environment switches:
 
 import glob
 import os
+import re
 import shutil
 
 from setuptools import find_packages, setup
@@ -104,14 +105,53 @@ def extensions():
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
+def version() -> str:
+    """cnnext.__version__, read without importing the package (its import needs the extension)."""
+    text = open(os.path.join(ROOT, "cnnext", "__init__.py")).read()
+    return re.search(r'^__version__ = "([^"]+)"', text, re.M).group(1)
+
+
+def runtime_requirements() -> list[str]:
+    """What an installed cnnext needs at run time.
+
+    torch is pinned to the release this build compiled against: the extension links to that
+    torch's C++ ABI, and another release fails to load it (undefined symbols). The local part of
+    the version (+cu130, +cpu) is dropped so that either build of that release satisfies pip; a
+    CUDA build of cnnext additionally needs a CUDA build of torch, which `cnnext.build_info()` and
+    the import error message report.
+    """
+    import torch
+
+    torch_release = torch.__version__.split("+")[0]
+    return [
+        f"torch=={torch_release}",
+        "torchvision",  # datasets; pip picks the release that matches the pinned torch
+        "numpy",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+        "pyyaml>=6",  # --config FILE.yaml
+        'tomli>=2; python_version < "3.11"',  # --config FILE.toml (tomllib from 3.11)
+    ]
+
+
 ext_modules, cmdclass = extensions()
 
 setup(
     name="cnnext",
-    version="0.1.0",
+    version=version(),
     description="Hand-written C++/CUDA convolution, pooling and attention operators for PyTorch",
-    packages=find_packages(include=["cnnext", "cnnext.*"]),
+    long_description=open(os.path.join(ROOT, "README.md")).read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["cnnext", "cnnext.*", "experiments", "experiments.*"]),
+    package_data={"cnnext": ["py.typed"], "experiments": ["py.typed", "README.md"]},
     python_requires=">=3.10",
+    install_requires=runtime_requirements(),
+    extras_require={
+        "bench": ["pytest>=8", "pytest-benchmark>=5"],
+        "tensorboard": ["tensorboard>=2.14"],
+        "dev": ["pytest>=8", "pytest-benchmark>=5", "ruff", "build", "clang-format"],
+    },
+    entry_points={"console_scripts": ["cnnext-experiments = experiments.cli:console_main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

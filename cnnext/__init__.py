@@ -17,9 +17,10 @@ except ImportError as error:  # pragma: no cover - depends on the install
     ) from error
 
 from . import nn, ops  # noqa: E402  (the operators must be registered first)
+from .runs import load_run  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["build_info", "nn", "ops"]
+__all__ = ["build_info", "load_run", "nn", "ops"]
 
 
 def build_info() -> dict:

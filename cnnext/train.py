@@ -178,18 +178,42 @@ class CheckpointError(RuntimeError):
     file and the way out."""
 
 
-def load_checkpoint(path: Path) -> dict:
-    """The state saved by fit, after checking its checksum."""
-    way_out = f"; delete {path} (or the run's folder) to train that run again from the start"
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """The state saved by fit, after checking its checksum; tensors go to `map_location`.
+
+    Loaded with weights_only=True: a checkpoint holds tensors and plain Python values only, so
+    unpickling cannot run code from a file someone handed you."""
+    way_out = (
+        f"; delete {path} (or rerun the study with --fresh) to train that run again from the start"
+    )
     try:
         wrapper = torch.load(path, map_location="cpu", weights_only=True)
         if not (isinstance(wrapper, dict) and wrapper.get("format") == CHECKPOINT_FORMAT):
             raise ValueError("it is not a cnnext checkpoint")
         if hashlib.sha256(wrapper["state"]).hexdigest() != wrapper["sha256"]:
             raise ValueError("its contents do not match their checksum (the file was altered or damaged)")
-        return torch.load(io.BytesIO(wrapper["state"]), map_location="cpu", weights_only=False)
+        return torch.load(io.BytesIO(wrapper["state"]), map_location=map_location, weights_only=True)
     except Exception as error:
         raise CheckpointError(f"checkpoint {path} cannot be used: {error}{way_out}") from error
+
+
+def _rng_state() -> dict:
+    """Every generator a training step draws from: Python's, torch's CPU one and, when CUDA is
+    initialised, each CUDA device's (dropout on a GPU draws from its device's generator)."""
+    state = {"rng": torch.get_rng_state(), "python_rng": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_rng"] = {i: torch.cuda.get_rng_state(i) for i in range(torch.cuda.device_count())}
+    return state
+
+
+def _restore_rng(state: dict) -> None:
+    """Put back what _rng_state saved. A CUDA generator is restored on the device of the same
+    index; a checkpoint from a machine with more devices than this one restores those it can."""
+    torch.set_rng_state(state["rng"].cpu())
+    random.setstate(state["python_rng"])
+    for index, cuda_state in state.get("cuda_rng", {}).items():
+        if torch.cuda.is_available() and index < torch.cuda.device_count():
+            torch.cuda.set_rng_state(cuda_state.cpu(), index)
 
 
 def fit(
@@ -222,8 +246,7 @@ def fit(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history, start_epoch = state["history"], state["epoch"]
-        torch.set_rng_state(state["rng"])
-        random.setstate(state["python_rng"])
+        _restore_rng(state)
         if on_epoch is not None:  # a kill between the checkpoint and on_epoch left its files one epoch short
             on_epoch(history)
 
@@ -289,8 +312,7 @@ def fit(
                     "optimizer": optimizer.state_dict(),
                     "history": history,
                     "epoch": epoch + 1,
-                    "rng": torch.get_rng_state(),
-                    "python_rng": random.getstate(),
+                    **_rng_state(),
                 },
                 checkpoint,
             )

@@ -1,32 +1,28 @@
-"""python -m experiments <study> [options]: run a study and write its report.
+"""cnnext-experiments <study> [options] (or python -m experiments): run a study, write its report.
 
-    python -m experiments --help
-    python -m experiments fc-vs-cnn --dataset mnist --preset quick
-    python -m experiments fc-vs-cnn --dataset cifar10 --preset full --device cuda --seeds 3
+    cnnext-experiments --help
+    cnnext-experiments fc-vs-cnn --dataset mnist --preset quick
+    cnnext-experiments fc-vs-cnn --dataset cifar10 --preset full --device cuda --seeds 3
+    cnnext-experiments fc-vs-cnn --config my-study.yaml --set lr=0.05 --set CNN.width=32
+    cnnext-experiments fc-vs-cnn --config results/fc-vs-cnn/<run id>/config.json   # replay
 
 Results go to OUT/<study>/<run-id>/ (OUT: --out, default ./results). The run id is
 <dataset>-<preset>-<backend>-<device>-<hash of the resolved configuration>, so the same command
 finds the same folder: rerunning it after an interruption resumes (finished runs are kept, the
 run in progress continues from its last epoch), and rerunning it with more --seeds adds seeds.
+This module only parses arguments: the work is experiments.api's (experiments.run).
 """
 
 import argparse
-import dataclasses
-import platform
+import os
 import shlex
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import torch
-
-import cnnext
-from cnnext import data
-
-from .report import diverged_runs, write_report
-from .runner import RunFilesDamaged, git_commit, load_split, run_all, write_json
-from .spec import fingerprint
+from . import api
+from .config import ConfigError, parse_assignments
+from .runner import RunFilesDamaged
 from .studies import STUDIES
 from .studies.base import DATASETS
 
@@ -42,14 +38,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments",
+        prog=prog,
         description="Train model families on native and cnnext kernels and write reports.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Data: --data-dir or $CNNEXT_DATA (see cnnext/data.py for the layouts). Exit status: 0 "
-        "done, 2 a study could not run (e.g. missing data), 3 done but some run diverged (its loss "
-        "stopped being finite; the reports leave it out and say so), 130 interrupted.",
+        epilog="Data: --data-dir or $CNNEXT_DATA (see cnnext/data.py for the layouts). Configuration "
+        "keys: experiments/config.py (or `--set help`). Exit status: 0 done, 2 a study could not run "
+        "(a bad option or key, missing data), 3 done but some run diverged (its loss stopped being "
+        "finite; the reports leave it out and say so), 130 interrupted.",
     )
     sub = parser.add_subparsers(dest="study", required=True, metavar="STUDY", title="studies")
     every = SimpleNamespace(
@@ -61,31 +58,41 @@ def _parser() -> argparse.ArgumentParser:
     )
     for study in [*STUDIES.values(), every]:
         p = sub.add_parser(study.name, help=study.help, description=study.question)
+        # Run keys default to None here: a value given on the command line must be told apart from
+        # a default, because it wins over --config while a default does not.
         p.add_argument(
             "--dataset",
             choices=DATASETS,
-            default="mnist",
             help="'synthetic' is a learnable toy set for smoke tests (default: mnist)",
         )
         p.add_argument(
             "--preset",
             choices=list(study.presets),
-            default="quick",
-            help="quick: minutes on a 2-core CPU; full: the literature's budget, for a GPU",
+            help="quick (default): minutes on a 2-core CPU; full: the literature's budget, for a GPU",
         )
         p.add_argument(
             "--backend",
             choices=["cnnext", "native"],
-            default="cnnext",
             help="convolution / pooling / attention from cnnext or from torch (default: cnnext)",
         )
         p.add_argument(
             "--seeds", type=_positive_int, help="seeds per model, 0..N-1 (default: the preset's, 1 or 2)"
         )
+        p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when visible)")
         p.add_argument(
-            "--device",
-            default="cuda" if torch.cuda.is_available() else "cpu",
-            help="cpu or cuda (default: cuda when visible)",
+            "--config",
+            type=Path,
+            metavar="FILE",
+            help="YAML, TOML or JSON file of configuration keys; a study's recorded config.json replays it",
+        )
+        p.add_argument(
+            "--set",
+            dest="assignments",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override one key, e.g. lr=0.05, schedule=cosine, CNN.width=32, MLP.hidden=[256,128] "
+            "(repeatable; wins over --config)",
         )
         p.add_argument("--out", type=Path, default=Path("results"), help="results root (default: ./results)")
         p.add_argument("--data-dir", default=None, help="dataset root (default: $CNNEXT_DATA, else ./data)")
@@ -93,16 +100,26 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--deterministic",
             action="store_true",
+            default=None,
             help="deterministic kernels only (torch.use_deterministic_algorithms)",
         )
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument(
+            "--fresh", action="store_true", help="delete this study's earlier results and start over"
+        )
+        p.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines stay)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars, epoch lines or summary table")
+        p.add_argument(
+            "--tensorboard",
+            action="store_true",
+            help="also write TensorBoard event files (runs/*/tensorboard)",
+        )
         if study.name == "all":
             p.add_argument(
                 "--task1-datasets",
                 help="comma-separated datasets of the fc-vs-cnn task (default: --dataset only); the "
                 "original study's: mnist,cifar10",
             )
-        group = p.add_argument_group("overrides of the preset (they change the run id)")
+        group = p.add_argument_group("shorthands for --set (they change the run id)")
         group.add_argument("--epochs", type=_positive_int, help="epochs of every model (>= 1)")
         group.add_argument("--train-size", type=_positive_int, help="stratified training subset (>= 1 image)")
         group.add_argument("--test-size", type=_positive_int, help="stratified test subset (>= 1 image)")
@@ -110,126 +127,56 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _apply_overrides(preset, args):
-    changes = {
-        k: getattr(args, k) for k in ("train_size", "test_size", "batch_size") if getattr(args, k) is not None
-    }
-    if args.epochs is not None:
-        models = tuple(
-            dataclasses.replace(m, train=dataclasses.replace(m.train, epochs=args.epochs))
-            for m in preset.models
-        )
-        changes["models"] = models
-    return dataclasses.replace(preset, **changes)
-
-
-def _machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
-
-
+EXIT_FAILED = 2  # a study could not run: bad configuration, missing or damaged files
 EXIT_DIVERGED = 3  # every report was written, but some run's loss stopped being finite
 
 
-class StudyFailed(Exception):
-    """A study could not run (e.g. its data is missing); the message says why."""
-
-
-def run_study(study, args, command: str, dataset: str) -> tuple[Path, dict, list[dict]]:
-    """Plan, run (or resume) and report one study on `dataset`; returns its folder, config and
-    results. Raises StudyFailed for missing data and KeyboardInterrupt when interrupted."""
-    args = argparse.Namespace(**{**vars(args), "dataset": dataset})
-    device = torch.device(args.device)
-    preset = _apply_overrides(study.preset(args.preset, args.dataset), args)
-    augment_default = args.dataset in data.DATASETS and data.DATASETS[args.dataset].augment
-    seeds = args.seeds if args.seeds is not None else preset.seeds
-    specs = study.plan(preset, args.dataset, seeds, augment_default, args.backend)
-    run_id = f"{args.dataset}-{args.preset}-{args.backend}-{device.type}-" + fingerprint(
-        [s for s in specs if s.seed == 0]  # the seed count is not in the id: more seeds extend a run
+def _options(args) -> dict:
+    """experiments.run's keyword arguments from the parsed command line."""
+    overrides = {k: getattr(args, k) for k in ("epochs", "train_size", "test_size", "batch_size")}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides.update(parse_assignments(args.assignments))
+    return dict(
+        preset=args.preset,
+        seeds=args.seeds,
+        backend=args.backend,
+        device=args.device,
+        config=args.config,
+        deterministic=args.deterministic,
+        out=args.out,
+        data_dir=args.data_dir,
+        download=args.download,
+        fresh=args.fresh,
+        progress=not args.no_progress,
+        quiet=args.quiet,
+        tensorboard=args.tensorboard,
+        **overrides,
     )
-    out = args.out / study.name / run_id
-    try:
-        splits = (
-            load_split(args.dataset, True, args.data_dir, preset.train_size, args.download),
-            load_split(args.dataset, False, args.data_dir, preset.test_size, args.download),
-        )
-    except (FileNotFoundError, ValueError) as error:  # missing or damaged dataset files
-        raise StudyFailed(str(error)) from error
-    config = {
-        "study": study.name,
-        "dataset": args.dataset,
-        "preset": args.preset,
-        "backend": args.backend,
-        "seeds": seeds,
-        "device": str(device),
-        "machine": _machine(device),
-        "command": command,
-        "git_commit": git_commit(),
-        "torch": torch.__version__,
-        "cnnext_build": cnnext.build_info(),
-        "train_images": len(splits[0]),
-        "test_images": len(splits[1]),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "expected": preset.expected,
-        "runs": [s.to_dict() for s in specs],
-    }
-    write_json(out / "config.json", config)
-    print(f"{study.name}: {len(specs)} runs -> {out}")
-    try:
-        results = run_all(specs, out, splits, device, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        print(
-            f"\ninterrupted: finished runs are kept in {out}; run the same command again to resume",
-            file=sys.stderr,
-        )
-        raise
-    print(f"report: {write_report(out, study, config, results)}")
-    return out, config, results
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible to torch here")
-    from cnnext.train import CheckpointError, set_seed
+def main(argv: list[str] | None = None, prog: str = "python -m experiments") -> int:
+    """Run the command line `argv` (default sys.argv[1:]); returns the exit status."""
+    args = _parser(prog).parse_args(argv)
+    command = f"{prog} " + shlex.join(sys.argv[1:] if argv is None else argv)
+    from cnnext.train import CheckpointError
 
-    set_seed(0, deterministic=args.deterministic)
-    command = "python -m experiments " + shlex.join(sys.argv[1:] if argv is None else argv)
-    if args.study == "all":  # Task 1 also on CIFAR-10, as in the original study
-        task1 = args.task1_datasets.split(",") if args.task1_datasets else [args.dataset]
-        unknown = [d for d in task1 if d not in DATASETS]
-        if unknown:
-            raise SystemExit(f"--task1-datasets: unknown {unknown}; choose from {', '.join(DATASETS)}")
-        plan = [(STUDIES["fc-vs-cnn"], d) for d in task1]
-        plan += [(study, args.dataset) for study in STUDIES.values() if study.name != "fc-vs-cnn"]
-    else:
-        plan = [(STUDIES[args.study], args.dataset)]
-    done = []
     try:
-        for study, dataset in plan:
-            done.append((study, *run_study(study, args, command, dataset)))
-    except (StudyFailed, CheckpointError, RunFilesDamaged) as error:
+        options = {**_options(args), "command": command}
+        if args.study == "all":
+            task1 = args.task1_datasets.split(",") if args.task1_datasets else None
+            combined = api.run_every_study(args.dataset or "mnist", task1, **options)
+            print(f"combined report: {combined.report}")
+            studies = combined.studies
+        else:
+            studies = [api.run(args.study, dataset=args.dataset, **options)]
+            print(f"report: {studies[0].report}")
+    except (ConfigError, api.StudyFailed, CheckpointError, RunFilesDamaged) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_FAILED
     except KeyboardInterrupt:
+        print("\ninterrupted: finished runs are kept; run the same command again to resume", file=sys.stderr)
         return 130
-    if args.study == "all":
-        from .combined import write_combined_report
-
-        out = (
-            args.out / "all" / f"{args.dataset}-{args.preset}-{args.backend}-{torch.device(args.device).type}"
-        )
-        print(f"combined report: {write_combined_report(out, done, command)}")
-    diverged = [r["run"] for *_, results in done for r in diverged_runs(results)]
+    diverged = [r.name for s in studies for r in s.diverged]
     if diverged:
         print(
             f"warning: {len(diverged)} run(s) diverged (non-finite loss) and are left out of the "
@@ -238,3 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_DIVERGED
     return 0
+
+
+def console_main() -> None:
+    """Entry point of the `cnnext-experiments` console script."""
+    sys.exit(main(prog=os.path.basename(sys.argv[0]) or "cnnext-experiments"))

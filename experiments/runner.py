@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -115,21 +116,16 @@ def load_split(dataset: str, train: bool, root, size: int | None, download: bool
     return images
 
 
-def _model_for(spec: RunSpec, images: data.ImageSet, device: torch.device) -> torch.nn.Module:
+def _model_arguments(spec: RunSpec, images: data.ImageSet) -> dict:
+    """build_model's keyword arguments for `spec` on `images`: the study's model configuration plus
+    what the data decides (input channels or features, classes)."""
     channels, height, width = images.images.shape[1:]
     shape_args = (
         {"in_features": channels * height * width}
         if spec.model.family == "mlp"
         else {"in_channels": channels}
     )
-    model = build_model(
-        spec.model.family,
-        backend=spec.backend,
-        num_classes=len(images.classes),
-        **shape_args,
-        **spec.model.config,
-    )
-    return model.to(device)
+    return {"num_classes": len(images.classes), **shape_args, **spec.model.config}
 
 
 def _gradient_norms(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -198,11 +194,31 @@ def _confusion(predictions: torch.Tensor, labels: torch.Tensor, classes: int) ->
     return torch.bincount(index, minlength=classes * classes).view(classes, classes).tolist()
 
 
-def run_one(spec: RunSpec, folder: Path, splits: tuple, device: torch.device, progress: bool) -> dict:
-    """Train (or resume) one run and write its result.json; returns the result."""
+def run_one(
+    spec: RunSpec,
+    folder: Path,
+    splits: tuple,
+    device: torch.device,
+    progress: bool,
+    reporter: Callable[[str, Path, int, list[dict]], None] | None = None,
+) -> dict:
+    """Train (or resume) one run and write its result.json; returns the result. `reporter(run
+    name, folder, epochs, history)` is called after each finished epoch's files are written."""
     train_set, test_set = splits
     set_seed(spec.seed)
-    model = _model_for(spec, train_set, device)
+    arguments = _model_arguments(spec, train_set)
+    model = build_model(spec.model.family, backend=spec.backend, **arguments).to(device)
+    # What cnnext.load_run needs to rebuild the model around checkpoint.pt's weights.
+    write_json(
+        folder / "model.json",
+        {
+            "family": spec.model.family,
+            "backend": spec.backend,
+            "arguments": arguments,
+            "classes": list(train_set.classes),
+            "image_shape": list(train_set.images.shape[1:]),
+        },
+    )
     train = data.Loader(
         train_set, spec.batch_size, shuffle=True, augment=spec.augment, device=device, seed=spec.seed
     )
@@ -213,6 +229,12 @@ def run_one(spec: RunSpec, folder: Path, splits: tuple, device: torch.device, pr
     if not checkpoint.exists():  # measured on the untrained model, before any resume could skip it
         write_json(init_norms_file, _gradient_norms(model, first_images, first_labels))
         set_seed(spec.seed)  # training starts from the same RNG state whether or not this ran
+
+    def on_epoch(folder, history):
+        write_json(folder / "metrics.jsonl", history, lines=True)
+        if reporter is not None:
+            reporter(spec.name, folder, spec.model.train.epochs, history)
+
     try:
         history = fit(
             model,
@@ -221,7 +243,7 @@ def run_one(spec: RunSpec, folder: Path, splits: tuple, device: torch.device, pr
             spec.model.train,
             checkpoint=checkpoint,
             progress=progress,
-            on_epoch=lambda h: write_json(folder / "metrics.jsonl", h, lines=True),
+            on_epoch=lambda h: on_epoch(folder, h),
         )
     except Diverged as diverged:
         return _diverged_result(spec, folder, model, train_set, device, diverged)
@@ -274,7 +296,7 @@ def _initial_gradient_norms(path: Path) -> dict:
     except (ValueError, OSError) as error:
         raise RunFilesDamaged(
             f"{error}; it was measured before training and cannot be rebuilt: delete {path.parent} "
-            "to train that run again"
+            "to train that run again (or rerun the study with --fresh)"
         ) from error
 
 
@@ -301,9 +323,10 @@ def run_all(
     splits: tuple[data.ImageSet, data.ImageSet],
     device: torch.device,
     progress: bool = True,
+    reporter: Callable[[str, Path, int, list[dict]], None] | None = None,
 ) -> list[dict]:
     """Every run of `specs` under out/runs on the (train, test) `splits`: finished ones read back,
-    the others trained or resumed."""
+    the others trained or resumed; `reporter` as in run_one."""
     from tqdm.auto import tqdm
 
     results = []
@@ -322,5 +345,5 @@ def run_all(
                 )
                 done.unlink()
         bar.set_postfix_str(spec.name)
-        results.append(run_one(spec, folder, splits, device, progress))
+        results.append(run_one(spec, folder, splits, device, progress, reporter))
     return results

@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["build_model", "list_models", "register"]
+__all__ = ["build_model", "list_models", "model_builder", "register"]
 
 _BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {}
 BACKENDS = ("native", "cnnext")
@@ -27,11 +27,17 @@ def list_models() -> list[str]:
     return sorted(_BUILDERS)
 
 
+def model_builder(name: str) -> Callable[..., torch.nn.Module]:
+    """The class or function registered as `name` (its signature lists the family's settings)."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    return _BUILDERS[name]
+
+
 def build_model(name: str, backend: str = "native", **cfg) -> torch.nn.Module:
     """Build model family `name` on `backend` ("native": torch.nn layers, "cnnext": cnnext's
     convolution, pooling and attention; linear, batch norm and activations stay native)."""
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    builder = model_builder(name)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return _BUILDERS[name](backend=backend, **cfg)
+    return builder(backend=backend, **cfg)

@@ -183,9 +183,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
     Loaded with weights_only=True: a checkpoint holds tensors and plain Python values only, so
     unpickling cannot run code from a file someone handed you."""
-    way_out = (
-        f"; delete {path} (or rerun the study with --fresh) to train that run again from the start"
-    )
+    way_out = f"; delete {path} (or rerun the study with --fresh) to train that run again from the start"
     try:
         wrapper = torch.load(path, map_location="cpu", weights_only=True)
         if not (isinstance(wrapper, dict) and wrapper.get("format") == CHECKPOINT_FORMAT):

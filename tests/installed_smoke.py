@@ -18,7 +18,8 @@ import experiments
 
 work = Path(sys.argv[1])
 for module in (cnnext, experiments):
-    assert "site-packages" in module.__file__, f"{module.__name__} imported from {module.__file__}, not the install"
+    where = module.__file__
+    assert "site-packages" in where, f"{module.__name__} imported from {where}, not the install"
 print("cnnext", cnnext.__version__, cnnext.build_info())
 
 x = torch.randn(2, 3, 9, 9, dtype=torch.float64, requires_grad=True)
@@ -32,7 +33,8 @@ torch.testing.assert_close(ours, F.conv2d(x, w, None, stride=1, padding=1))
 torch.testing.assert_close(grads, (x.grad, w.grad))
 print("conv2d forward and gradients match torch")
 
-help_text = subprocess.run(["cnnext-experiments", "--help"], capture_output=True, text=True, check=True).stdout
+help_text = subprocess.run(["cnnext-experiments", "--help"], capture_output=True, text=True, check=True)
+help_text = help_text.stdout
 assert "fc-vs-cnn" in help_text, help_text
 
 result = experiments.run(

@@ -36,8 +36,10 @@ def api_study(tmp_path_factory):
 
 
 CONFIG_FILES = {
-    "yaml": "dataset: synthetic\ntrain_size: 60\nlr: 0.02\nCNN:\n  width: 6\n  lr: 0.01\nMLP.hidden: [16, 8]\n",
-    "toml": 'dataset = "synthetic"\ntrain_size = 60\nlr = 0.02\n"MLP.hidden" = [16, 8]\n[CNN]\nwidth = 6\nlr = 0.01\n',
+    "yaml": "dataset: synthetic\ntrain_size: 60\nlr: 0.02\nCNN:\n  width: 6\n  lr: 0.01\n"
+    "MLP.hidden: [16, 8]\n",
+    "toml": 'dataset = "synthetic"\ntrain_size = 60\nlr = 0.02\n"MLP.hidden" = [16, 8]\n'
+    "[CNN]\nwidth = 6\nlr = 0.01\n",
     "json": '{"dataset": "synthetic", "train_size": 60, "lr": 0.02, "CNN": {"width": 6, "lr": 0.01}, '
     '"MLP.hidden": [16, 8]}',
 }

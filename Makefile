@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Two cores here: two compile jobs. setup.py finds CUDA_HOME and picks a small arch list itself.
 export MAX_JOBS ?= 2
 
-.PHONY: setup build emulator test demo bench lint format clean device-check barrier-removal
+.PHONY: setup build emulator test demo bench bench-compare wheel-smoke lint format clean device-check barrier-removal
 
 $(VENV)/.requirements: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,10 +16,10 @@ $(VENV)/.requirements: requirements.txt
 
 setup: $(VENV)/.requirements
 
-# First build: an editable install (pip compiles everything). Later builds: ninja recompiles only
-# what changed.
+# First build: an editable install (pip compiles everything), again whenever setup.py changes (its
+# packages and console scripts are installed then). Later builds: ninja recompiles only what changed.
 build: setup
-	@if [ -f $(VENV)/.cnnext-editable ]; then \
+	@if [ -f $(VENV)/.cnnext-editable ] && [ $(VENV)/.cnnext-editable -nt setup.py ]; then \
 		$(PY) setup.py build_ext --inplace; \
 	else \
 		$(PY) -m pip install --no-build-isolation --no-deps -e . && touch $(VENV)/.cnnext-editable; \
@@ -48,11 +48,25 @@ bench: build
 	mkdir -p benchmarks/results
 	@if [ -x "$${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]; then $(PY) -m benchmarks.cuda_resources; \
 	else echo "no nvcc: the CUDA resources table (benchmarks/cuda_resources.json) is left as it is"; fi
-	$(BENCH) -k cpu --benchmark-json=benchmarks/results/cpu.json
+	$(BENCH) -k cpu --benchmark-autosave --benchmark-json=benchmarks/results/cpu.json
 	if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
 		$(BENCH) -k cuda --benchmark-json=benchmarks/results/cuda.json; \
 	fi
 	$(PY) -m benchmarks.report
+
+# Every `make bench` is also saved in pytest-benchmark's history (.benchmarks/<machine>/, not
+# committed). bench-compare reruns the CPU suite, prints each case's change against the last saved
+# run and fails when a median grew by more than BENCH_FAIL. 25%: on this 2-core VM two runs of an
+# unchanged checkout differ by up to ~15% in a case's median (benchmarks/NOTES.md), so a smaller
+# threshold would flag noise; set BENCH_FAIL=median:10% on a quiet machine.
+BENCH_FAIL ?= median:25%
+bench-compare: build
+	@ls .benchmarks/*/*.json >/dev/null 2>&1 || { echo "no saved benchmark run to compare with: run make bench first"; exit 2; }
+	$(BENCH) -k cpu --benchmark-compare --benchmark-compare-fail=$(BENCH_FAIL) --benchmark-columns=median,iqr,rounds
+
+# The package as a user installs it: sdist, wheel built from it in isolation, fresh venv, smoke test.
+wheel-smoke: setup
+	bash .ci/wheel_smoke.sh
 
 device-check:
 	bash benchmarks/device_check.sh

@@ -35,12 +35,17 @@ def bytes_moved(case, out_hw, backward):
     return total
 
 
+# Every suite names its parameters shape, direction, impl, device (pytest-benchmark's --group-by
+# param:NAME and `compare` need the same names across files): a pooling shape is case + layout.
+SHAPES = [(case, layout) for case in CASES for layout in ("nchw", "channels_last")]
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("impl", ["native", "cnnext"])
 @pytest.mark.parametrize("direction", ["forward", "forward+backward"])
-@pytest.mark.parametrize("case", list(CASES))
-def test_pool2d_speed(benchmark, case, direction, impl, layout, device):
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"{c.replace(' ', '_')}-{layout}" for c, layout in SHAPES])
+def test_pool2d_speed(benchmark, shape, direction, impl, device):
+    case, layout = shape
     ours, native, out_hw = CASES[case]
     pool = ours if impl == "cnnext" else native
     backward = direction == "forward+backward"

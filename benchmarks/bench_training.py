@@ -23,8 +23,10 @@ CASES = {  # name: (family, config, batch, (C, H, W))
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", ["native", "cnnext"])
-@pytest.mark.parametrize("case", list(CASES))
-def test_training_step_speed(benchmark, case, impl, device):
+@pytest.mark.parametrize("direction", ["training step"])  # every suite has the same parameter names
+@pytest.mark.parametrize("shape", list(CASES), ids=[c.replace(" ", "_") for c in CASES])
+def test_training_step_speed(benchmark, shape, direction, impl, device):
+    case = shape
     family, config, batch, shape = CASES[case]
     torch.manual_seed(0)
     model = build_model(family, backend=impl, **config).to(device)
@@ -39,7 +41,5 @@ def test_training_step_speed(benchmark, case, impl, device):
         synchronize(device)
 
     flops = 3 * 2 * count_flops(model, shape) * batch
-    record(
-        benchmark, op="training", shape=case, direction="training step", impl=impl, device=device, flops=flops
-    )
+    record(benchmark, op="training", shape=case, direction=direction, impl=impl, device=device, flops=flops)
     benchmark.pedantic(step, rounds=20 if device == "cuda" else 8, iterations=1, warmup_rounds=2)

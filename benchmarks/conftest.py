@@ -65,6 +65,9 @@ def record(benchmark, *, op, shape, direction, impl, device, flops=None, bytes=N
     give achieved GFLOP/s or GB/s, their fraction of the peak, and the floor time."""
     if (flops is None) == (bytes is None):
         raise ValueError("give exactly one of flops and bytes")
+    # One pytest-benchmark group per op, pass, shape and device: its tables then set native and
+    # cnnext of the same case side by side, and `--benchmark-compare` matches like with like.
+    benchmark.group = f"{op} {direction} {shape} {device}"
     benchmark.extra_info.update(
         op=op,
         shape=shape,

@@ -16,6 +16,7 @@ import json
 import math
 import pathlib
 import re
+import warnings
 from collections import defaultdict
 
 import matplotlib
@@ -72,8 +73,10 @@ class Run:
 
 
 def load(paths):
-    """Cases keyed by (op, device, direction, shape), and one Run per file."""
-    cases, runs = {}, []
+    """Cases keyed by (op, device, direction, shape), and one Run per file. A case measured in two
+    files keeps the later file's time, with a warning naming both (two runs of one machine, or a
+    CUDA file copied in twice, would otherwise mix silently)."""
+    cases, runs, seen, duplicates = {}, [], {}, defaultdict(list)
     for path in paths:
         data = json.loads(path.read_text())
         commit = data.get("commit_info", {})
@@ -96,7 +99,16 @@ def load(paths):
                     unit="GFLOP/s" if flops else "GB/s",
                     peak=info["peak_gflops"] if flops else info["copy_gbps"],
                 )
+            measured = (*key, info["impl"])
+            if measured in seen and seen[measured] != path:
+                duplicates[(seen[measured], path)].append(" / ".join(measured))
+            seen[measured] = path
             cases[key].times[info["impl"]] = bench["stats"]["median"]
+    for (earlier, later), names in duplicates.items():
+        warnings.warn(
+            f"{len(names)} case(s) are in both {earlier} and {later} (e.g. {names[0]}); using {later}",
+            stacklevel=2,
+        )
     return cases, runs
 
 

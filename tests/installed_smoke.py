@@ -20,6 +20,9 @@ work = Path(sys.argv[1])
 for module in (cnnext, experiments):
     where = module.__file__
     assert "site-packages" in where, f"{module.__name__} imported from {where}, not the install"
+from importlib.metadata import version  # noqa: E402
+
+assert version("cnnext") == cnnext.__version__, (version("cnnext"), cnnext.__version__)
 print("cnnext", cnnext.__version__, cnnext.build_info())
 
 x = torch.randn(2, 3, 9, 9, dtype=torch.float64, requires_grad=True)

@@ -140,3 +140,30 @@ def test_resources_section_lists_each_instantiation_once_with_both_archs(tmp_pat
     assert len(rows) == 1
     assert "`dq_kernel<Half, 64>`" in rows[0] and rows[0].count("4 (12%)") == 2
     assert "spills in 0" in markdown and "local memory (per-thread arrays) in 1" in markdown
+
+
+def test_a_case_in_two_files_is_a_warning_naming_both(tmp_path):
+    import pytest
+
+    write_json(tmp_path / "cpu.json")
+    write_json(tmp_path / "cpu-again.json")
+    with pytest.warns(
+        UserWarning, match="6 case.s. are in both .*cpu-again.json and .*cpu.json .e.g. conv2d / cpu"
+    ):
+        report.load([tmp_path / "cpu-again.json", tmp_path / "cpu.json"])
+
+
+def test_every_suite_names_its_parameters_alike():
+    """pytest-benchmark's --group-by param:NAME and `compare` read each case's parameters by name;
+    one suite naming them differently breaks both (KeyError)."""
+    from benchmarks import bench_attention, bench_conv2d, bench_pool2d, bench_training
+
+    suites = {
+        bench_attention.test_attention_speed,
+        bench_conv2d.test_conv2d_speed,
+        bench_pool2d.test_pool2d_speed,
+        bench_training.test_training_step_speed,
+    }
+    for test in suites:
+        names = {m.args[0] for m in test.pytestmark if m.name == "parametrize"}
+        assert names == {"shape", "direction", "impl", "device"}, test.__name__

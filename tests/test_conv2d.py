@@ -100,6 +100,23 @@ def test_layouts_batches_and_bias(grouping, with_bias, batch, layout, device, dt
         assert out.is_contiguous()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel", [3, 1])  # 1x1: a channels_last weight is also "contiguous", strides differ
+@pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
+def test_weight_gradient_has_the_weights_strides(weight_layout, kernel, device, ops):
+    """DDP's buckets copy any gradient whose strides differ from its parameter's, every step."""
+    x = make_layout(torch.randn(2, 4, 7, 7, dtype=torch.float64, device=device), "channels_last")
+    w = make_layout(torch.randn(6, 4, kernel, kernel, dtype=torch.float64, device=device), weight_layout)
+    x.requires_grad_(), w.requires_grad_()
+    out, (grad_x, grad_w, *_) = check_against_native(
+        x, w, None, {"rtol": 1e-10, "atol": 1e-10}, padding=kernel // 2
+    )
+    assert grad_w.stride() == w.stride() and grad_x.stride() == x.stride()
+    # The fake implementation promises the same strides (opcheck compares them with the real op's).
+    backward_args = (torch.randn_like(out), x.detach(), w.detach(), [1, 1], [kernel // 2] * 2, [1, 1], 1)
+    torch.library.opcheck(ops._conv2d_backward.default, (*backward_args, [True, True, False]))
+
+
 @pytest.mark.parametrize("device, dtype", FULL_PRECISION)
 @pytest.mark.parametrize("stride, groups", [(1, 1), (2, 2)])
 def test_large_patches_are_processed_in_row_blocks(stride, groups, device, dtype):

@@ -79,6 +79,22 @@ def test_backends_give_same_logits_and_gradients(case, dtype):
             assert error < 0.1, f"{name}: gradient differs from native by {error:.1%} in norm"
 
 
+@pytest.mark.parametrize("backend", ["native", "cnnext"])
+@pytest.mark.parametrize("case", [c for c in FAMILY_CONFIGS if _family(c) != "mlp"])
+def test_a_channels_last_models_gradients_have_its_parameters_strides(case, backend):
+    """What DDP checks before it uses a gradient in place ("grad strides do not match bucket view
+    strides" otherwise, and a copy every step); native is the control."""
+    torch.manual_seed(0)
+    model = build_model(_family(case), backend=backend, **FAMILY_CONFIGS[case]).double()
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    F.cross_entropy(model(x), torch.tensor([1, 2])).backward()
+    mismatched = [
+        (n, p.stride(), p.grad.stride()) for n, p in model.named_parameters() if p.grad.stride() != p.stride()
+    ]
+    assert not mismatched
+
+
 @pytest.mark.parametrize("case", list(FAMILY_CONFIGS))
 def test_ten_sgd_steps_give_same_losses(case):
     native, ours = twin_models(case)

@@ -96,7 +96,7 @@ def _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation,
     grad_input = input.new_empty(input.shape).contiguous(memory_format=suggest_memory_format(input))
     return (
         grad_input if need_input else None,
-        weight.new_empty(weight.shape) if need_weight else None,
+        torch.empty_like(weight) if need_weight else None,  # the weight's layout (in_layout_of_weight)
         weight.new_empty((weight.shape[0],)) if need_bias else None,
     )
 

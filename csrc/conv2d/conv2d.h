@@ -46,6 +46,19 @@ inline at::MemoryFormat conv2d_output_format(const at::Tensor& input) {
   return input.suggest_memory_format();
 }
 
+// The weight's gradient in the weight's own layout (empty_like's rule: the same strides when the
+// weight is dense, so a channels_last weight gets a channels_last gradient). DDP's gradient buckets
+// and the optimisers expect that; a contiguous gradient for a channels_last weight would cost them
+// a copy every step. The kernels compute it contiguous; the weight is small, so one copy here.
+inline at::Tensor in_layout_of_weight(const at::Tensor& dweight, const at::Tensor& weight) {
+  if (!dweight.defined()) return dweight;
+  if (!weight.is_non_overlapping_and_dense()) return dweight.contiguous(weight.suggest_memory_format());
+  if (dweight.strides() == weight.strides()) return dweight;
+  auto out = dweight.new_empty_strided(weight.sizes(), weight.strides());
+  out.copy_(dweight);
+  return out;
+}
+
 using Conv2dGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,

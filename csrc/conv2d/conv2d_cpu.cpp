@@ -365,7 +365,7 @@ Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
     for (int64_t t = 1; t < partial_count; ++t) dweight.add_(partial_dweight[t]);
     dweight = dweight.view(weight.sizes());
   }
-  return {dinput, dweight, dbias};
+  return {dinput, in_layout_of_weight(dweight, weight), dbias};
 }
 
 }  // namespace cnnext

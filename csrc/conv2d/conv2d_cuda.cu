@@ -330,7 +330,7 @@ Conv2dGrads conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor
       }
     }
   });
-  return {dinput, dweight, dbias};
+  return {dinput, in_layout_of_weight(dweight, weight), dbias};
 }
 
 }  // namespace cnnext

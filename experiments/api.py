@@ -12,6 +12,7 @@ same keys, or a study's recorded config.json to replay it.
 
 import dataclasses
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -281,6 +282,12 @@ def run(
         results = run_all(
             specs, folder, splits, torch_device, progress=progress and not quiet, reporter=reporter
         )
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: finished runs are kept in {folder}; run the same command again to resume",
+            file=sys.stderr,
+        )
+        raise
     finally:
         reporter.close()
     report = write_report(folder, chosen, recorded, results)

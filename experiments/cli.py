@@ -173,8 +173,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m experiments") -> 
     except (ConfigError, api.StudyFailed, CheckpointError, RunFilesDamaged) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished runs are kept; run the same command again to resume", file=sys.stderr)
+    except KeyboardInterrupt:  # experiments.run has said where the finished runs are
         return 130
     diverged = [r.name for s in studies for r in s.diverged]
     if diverged:

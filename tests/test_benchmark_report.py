@@ -167,3 +167,21 @@ def test_every_suite_names_its_parameters_alike():
     for test in suites:
         names = {m.args[0] for m in test.pytestmark if m.name == "parametrize"}
         assert names == {"shape", "direction", "impl", "device"}, test.__name__
+
+
+def test_compare_judges_ratios_per_op_and_pass(tmp_path, capsys):
+    """Everything twice as slow (a noisy machine) is no regression; cnnext alone slower is."""
+    from benchmarks import compare
+
+    def run(path, native, cnnext):
+        benchmarks = [bench("conv2d", s, "forward", "native", native, flops=1e8) for s in "ab"]
+        benchmarks += [bench("conv2d", s, "forward", "cnnext", cnnext, flops=1e8) for s in "ab"]
+        path.write_text(json.dumps({"benchmarks": benchmarks, "machine_info": {}, "commit_info": {}}))
+        return str(path)
+
+    baseline = run(tmp_path / "base.json", 0.002, 0.001)
+    assert compare.main([baseline, run(tmp_path / "noisy.json", 0.004, 0.002), "--threshold", "10"]) == 0
+    assert compare.main([baseline, run(tmp_path / "slower.json", 0.002, 0.0015), "--threshold", "30"]) == 1
+    out = capsys.readouterr().out
+    assert "conv2d / cpu / forward" in out and "-33.3%  REGRESSION" in out
+    assert compare.main([baseline, str(tmp_path / "slower.json"), "--threshold", "40"]) == 0

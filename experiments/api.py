@@ -15,22 +15,25 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 import cnnext
 from cnnext import data
 
-from .config import ConfigError, check_device, load_file, resolve
+from .config import ConfigError, Settings, check_device, load_file, resolve
 from .progress import EpochReporter, summary_table
 from .report import write_report
 from .runner import git_commit, load_split, run_all, write_json
-from .spec import fingerprint
+from .spec import Preset, RunSpec, fingerprint
 from .studies import STUDIES
+from .studies.base import Study
 
 __all__ = [
     "CombinedResult",
     "ConfigError",
+    "Plan",
     "RunResult",
     "StudyFailed",
     "StudyResult",
@@ -109,6 +112,14 @@ class CombinedResult:
     report: Path
 
 
+class Plan(NamedTuple):
+    study: Study
+    settings: Settings  # dataset, preset, backend, seeds, device, deterministic after precedence
+    preset: Preset  # the preset with the file's and the overrides' keys applied
+    specs: list[RunSpec]  # every (model, seed) run
+    run_id: str  # the folder name under out/<study>/
+
+
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -151,7 +162,8 @@ def plan(
     deterministic=None,
     **overrides,
 ):
-    """The study's (Study, Settings, Preset, RunSpecs, run id), every key checked; writes nothing."""
+    """What run() would run, every key checked, nothing written: a Plan (study, settings, preset,
+    specs, run_id). Takes run()'s configuration arguments."""
     if study not in STUDIES:
         raise ConfigError(f"study: unknown {study!r}; choose from {', '.join(STUDIES)}")
     chosen = STUDIES[study]
@@ -183,7 +195,7 @@ def plan(
     run_id = f"{settings.dataset}-{settings.preset}-{settings.backend}-{device_type}-" + fingerprint(
         [s for s in specs if s.seed == 0]  # the seed count is not in the id: more seeds extend a run
     )
-    return chosen, settings, resolved, specs, run_id
+    return Plan(chosen, settings, resolved, specs, run_id)
 
 
 def run(

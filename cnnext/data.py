@@ -230,6 +230,14 @@ class Loader:
     Shuffling uses its own generator (seed + epoch), so a run is reproducible and a resumed run
     sees the same batches. augment=True applies a random crop after 4-pixel zero padding and a
     random horizontal flip per image, batched on the device.
+
+    Data-parallel training (rank, world_size): `batch_size` stays the global batch. Every rank
+    draws the same permutation and, from each global batch, takes every world_size-th sample
+    starting at its rank, as torch's DistributedSampler deals indices; a last batch that does not
+    divide evenly is topped up from the start of the permutation (DistributedSampler's padding),
+    so every rank gets an equal share and DDP's gradient mean is the global batch's mean. The
+    augmentation is drawn for the whole global batch and each rank applies its part, so the
+    samples seen do not depend on the number of ranks.
     """
 
     def __init__(
@@ -241,15 +249,25 @@ class Loader:
         device: str | torch.device = "cpu",
         seed: int = 0,
         drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if batch_size % world_size:
+            raise ValueError(
+                f"the global batch size {batch_size} must divide evenly over {world_size} ranks"
+            )
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
         self.seed, self.drop_last, self.epoch = seed, drop_last, 0
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
+        """Batches per epoch (global batches: the same on every rank)."""
         n = self.labels.numel()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
@@ -261,21 +279,30 @@ class Loader:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start : start + self.batch_size].to(self.images.device)
+            index = order[start : start + self.batch_size]
+            if self.world_size > 1 and index.numel() % self.world_size:  # top up the last batch
+                index = torch.cat([index, order[: self.world_size - index.numel() % self.world_size]])
+            crop = _crop_flip_draw(index.numel(), generator) if self.augment else None
+            mine = slice(self.rank, None, self.world_size)
+            index = index[mine].to(self.images.device)
             images = self.images[index]
-            if self.augment:
-                images = random_crop_flip(images, generator)
+            if crop is not None:
+                images = _crop_flip(images, *(c[mine] for c in crop))
             yield (images.float() / 255 - self.mean) / self.std, self.labels[index]
 
 
-def random_crop_flip(images: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
-    """Per image: a random crop of the original size from the zero-padded image, then a horizontal
-    flip with probability 1/2. Batched gathers, no per-image Python loop."""
+def _crop_flip_draw(n: int, generator: torch.Generator, padding: int = 4):
+    """Per image: vertical and horizontal crop offsets in [0, 2 padding] and whether to flip."""
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    return dy, dx, flip
+
+
+def _crop_flip(images: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, padding: int = 4) -> Tensor:
     n, _, h, w = images.shape
+    dy, dx, flip = (t.to(images.device) for t in (dy, dx, flip))
     padded = F.pad(images, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
     rows = dy[:, None] + torch.arange(h, device=images.device)  # (n, h)
     cols = dx[:, None] + torch.arange(w, device=images.device)  # (n, w)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
@@ -283,3 +310,9 @@ def random_crop_flip(images: Tensor, generator: torch.Generator, padding: int = 
     return (
         padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
     )
+
+
+def random_crop_flip(images: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
+    """Per image: a random crop of the original size from the zero-padded image, then a horizontal
+    flip with probability 1/2. Batched gathers, no per-image Python loop."""
+    return _crop_flip(images, *_crop_flip_draw(images.shape[0], generator, padding), padding)

@@ -214,6 +214,73 @@ def _restore_rng(state: dict) -> None:
             torch.cuda.set_rng_state(cuda_state.cpu(), index)
 
 
+class _DataParallel:
+    """fit's view of torch.distributed: a no-op with one process, DDP and collectives with more."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device):
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.rank = dist.get_rank() if self.active else 0
+        self.world_size = dist.get_world_size() if self.active else 1
+        self.net = model
+        if self.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = None  # CPU: DDP runs on the module's device
+            if device.type == "cuda":
+                ids = [device.index if device.index is not None else torch.cuda.current_device()]
+            self.net = DistributedDataParallel(model, device_ids=ids)
+
+    def sum(self, *values: torch.Tensor) -> tuple:
+        """Each tensor summed over the ranks (in place on a copy)."""
+        if not self.active:
+            return values
+        summed = []
+        for value in values:
+            value = value.clone()
+            self.dist.all_reduce(value)
+            summed.append(value)
+        return tuple(summed)
+
+    def from_rank0(self, compute: Callable[[], dict]) -> dict:
+        """compute() on rank 0, its scalar results on every rank (others wait meanwhile)."""
+        if not self.active:
+            return compute()
+        box = [None]
+        if self.rank == 0:
+            result = compute()
+            box = [{k: v for k, v in result.items() if k != "predictions"}]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def every_rank_rng(self) -> dict:
+        """This process's generator states, plus every rank's under "rank_rng" when distributed."""
+        state = _rng_state()
+        if self.active:
+            every = [None] * self.world_size
+            self.dist.all_gather_object(every, state)
+            state["rank_rng"] = every
+        return state
+
+    def own_rng(self, state: dict) -> dict:
+        """The generator states this rank saved (rank 0's are the checkpoint's top level)."""
+        ranks = state.get("rank_rng")
+        if self.active and ranks is not None and len(ranks) == self.world_size:
+            return ranks[self.rank]
+        if self.active and self.rank > 0:
+            raise RuntimeError(
+                f"the checkpoint was written by {len(ranks) if ranks else 1} process(es), not "
+                f"{self.world_size}: resume with the same number of ranks (or start over)"
+            )
+        return state
+
+    def barrier(self) -> None:
+        if self.active:
+            self.dist.barrier()
+
+
 def fit(
     model: torch.nn.Module,
     train: Loader,
@@ -227,10 +294,18 @@ def fit(
     per epoch; "lr" is the rate at the epoch's first step). An epoch whose train or test loss is
     not finite raises Diverged (no checkpoint is written for it). With `checkpoint`, state is saved
     there after every epoch and a run whose checkpoint exists resumes from it. `on_epoch(history)`
-    is called after each epoch's checkpoint (e.g. to write metrics as they come)."""
+    is called after each epoch's checkpoint (e.g. to write metrics as they come).
+
+    Data-parallel: when a torch.distributed process group of more than one rank is initialised,
+    fit trains a DistributedDataParallel wrapper of `model` (give each rank its Loader share:
+    Loader(rank=, world_size=)). Loss and accuracy sums are all-reduced, so every rank's history
+    holds the global figures; rank 0 alone evaluates (and broadcasts the result) and writes the
+    checkpoint, with every rank's random-generator state, which each rank restores on resume.
+    on_epoch is called on every rank (write files from rank 0 only)."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
+    group = _DataParallel(model, device)
     optimizer = _optimizer(model, cfg)
     history: list[dict] = []
     start_epoch = 0
@@ -244,7 +319,7 @@ def fit(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history, start_epoch = state["history"], state["epoch"]
-        _restore_rng(state)
+        _restore_rng(group.own_rng(state))
         if on_epoch is not None:  # a kill between the checkpoint and on_epoch left its files one epoch short
             on_epoch(history)
 
@@ -263,11 +338,11 @@ def fit(
         synchronize(device)
         started = time.perf_counter()
         for images, labels in tqdm(
-            train, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress
+            train, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress or group.rank > 0
         ):
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(cfg, epoch + steps / steps_per_epoch)
-            logits = model(images)
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = cfg.lr * lr_factor(cfg, epoch + steps / steps_per_epoch)
+            logits = group.net(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -281,7 +356,9 @@ def fit(
             steps += 1
         synchronize(device)
         seconds = time.perf_counter() - started
-        result = evaluate(model, test)
+        total_loss, correct, summed_count = group.sum(total_loss, correct, torch.tensor(count, device=device))
+        count = int(summed_count.item())
+        result = group.from_rank0(lambda: evaluate(model, test))
         history.append(
             {
                 "epoch": epoch + 1,
@@ -303,17 +380,20 @@ def fit(
             finite = [h["train_loss"] for h in history[:-1] if math.isfinite(h["train_loss"])]
             raise Diverged(epoch + 1, finite[-1] if finite else None, history)
         if checkpoint is not None:
-            _save_atomically(
-                {
-                    "config": asdict(cfg),
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "history": history,
-                    "epoch": epoch + 1,
-                    **_rng_state(),
-                },
-                checkpoint,
-            )
+            rng = group.every_rank_rng()
+            if group.rank == 0:
+                _save_atomically(
+                    {
+                        "config": asdict(cfg),
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "history": history,
+                        "epoch": epoch + 1,
+                        **rng,
+                    },
+                    checkpoint,
+                )
+            group.barrier()  # no rank runs ahead of the checkpoint it would resume from
         if on_epoch is not None:
             on_epoch(history)
     return history

@@ -22,10 +22,11 @@ import torch
 import cnnext
 from cnnext import data
 
+from . import distributed
 from .config import ConfigError, Settings, check_device, load_file, resolve
 from .progress import EpochReporter, summary_table
 from .report import write_report
-from .runner import git_commit, load_split, run_all, write_json
+from .runner import collect_results, git_commit, load_split, train_runs, write_json
 from .spec import Preset, RunSpec, fingerprint
 from .studies import STUDIES
 from .studies.base import Study
@@ -97,7 +98,8 @@ class StudyResult:
     folder: Path
     report: Path
     config: dict
-    runs: list[RunResult]
+    runs: list[RunResult]  # the finished runs
+    missing: list[str] = dataclasses.field(default_factory=list)  # runs not finished (other shards)
 
     @property
     def diverged(self) -> list[RunResult]:
@@ -215,6 +217,10 @@ def run(
     progress: bool = True,
     quiet: bool = False,
     tensorboard: bool = False,
+    shard: tuple[int, int] | None = None,
+    report: bool = True,
+    report_only: bool = False,
+    sync_bn: bool = False,
     command: str | None = None,
     **overrides,
 ) -> StudyResult:
@@ -232,6 +238,11 @@ def run(
     fresh: delete the study's earlier results in its folder first, instead of resuming them.
     progress, quiet: progress bars; quiet also drops the per-epoch lines and the summary table.
     tensorboard: also write TensorBoard event files per run (needs the tensorboard package).
+    shard: (i, n): train only the runs whose index (plan order, see --list-runs) is i modulo n;
+        the report then covers whatever runs are finished and names the missing ones.
+    report: False trains without writing the report (for workers of a sweep).
+    report_only: train nothing: write the report from the finished runs, naming the missing ones.
+    sync_bn: under torchrun, batch-norm statistics over every rank (SyncBatchNorm; CUDA only).
     overrides: any preset, training or "<model>.<field>" key (see experiments/config.py).
 
     Raises ConfigError (a bad key or value, a device that is not here) before anything is written,
@@ -253,7 +264,19 @@ def run(
     )
     if tensorboard:
         _check_tensorboard()
+    if shard is not None and not (isinstance(shard, tuple) and len(shard) == 2 and 0 <= shard[0] < shard[1]):
+        raise ConfigError(f"shard: expected (i, n) with 0 <= i < n, got {shard!r}")
     torch_device = check_device(settings.device)
+    if sync_bn and torch_device.type != "cuda":
+        raise ConfigError(
+            "sync_bn: SyncBatchNorm runs on CUDA only; on the CPU each rank keeps its own statistics"
+        )
+    ranks, torch_device = distributed.setup(torch_device)
+    if resolved.batch_size % ranks.world_size:
+        raise ConfigError(
+            f"batch_size: the global batch {resolved.batch_size} does not divide over "
+            f"{ranks.world_size} ranks"
+        )
     set_seed(0, deterministic=settings.deterministic)
     folder = Path(out) / chosen.name / run_id
     try:
@@ -263,8 +286,9 @@ def run(
         )
     except (FileNotFoundError, ValueError) as error:  # missing or damaged dataset files
         raise StudyFailed(str(error)) from error
-    if fresh and folder.exists():
+    if fresh and folder.exists() and ranks.main and not report_only:
         shutil.rmtree(folder)
+    ranks.barrier()
     recorded = {
         "study": chosen.name,
         "dataset": settings.dataset,
@@ -285,15 +309,30 @@ def run(
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "expected": resolved.expected,
         "runs": [s.to_dict() for s in specs],
+        "ranks": ranks.world_size,
+        "sync_bn": sync_bn,
     }
-    write_json(folder / "config.json", recorded)
-    if not quiet:
-        print(f"{chosen.name}: {len(specs)} runs -> {folder}")
-    reporter = EpochReporter(show=not quiet, tensorboard=tensorboard)
+    mine = specs if shard is None else [s for i, s in enumerate(specs) if i % shard[1] == shard[0]]
+    if ranks.main and not report_only:
+        write_json(folder / "config.json", recorded)
+    show = not quiet and ranks.main
+    if show:
+        share = "" if shard is None else f" (shard {shard[0]}/{shard[1]}: {len(mine)} of them)"
+        print(f"{chosen.name}: {len(specs)} runs{share} -> {folder}")
+    reporter = EpochReporter(show=show, tensorboard=tensorboard)
     try:
-        results = run_all(
-            specs, folder, splits, torch_device, progress=progress and not quiet, reporter=reporter
-        )
+        if not report_only:
+            train_runs(
+                mine,
+                folder,
+                splits,
+                torch_device,
+                progress and show,
+                reporter,
+                ranks=ranks,
+                sync_bn=sync_bn,
+                announce=show,
+            )
     except KeyboardInterrupt:
         print(
             f"\ninterrupted: finished runs are kept in {folder}; run the same command again to resume",
@@ -302,11 +341,22 @@ def run(
         raise
     finally:
         reporter.close()
-    report = write_report(folder, chosen, recorded, results)
+    results, missing = collect_results(specs, folder)
+    if report_only and not (folder / "config.json").exists():
+        raise StudyFailed(f"{folder} holds no study (no config.json): nothing to report")
+    path = folder / "REPORT.md"
+    if (report or report_only) and ranks.main:
+        if missing:
+            print(f"warning: {len(missing)} run(s) not finished: {', '.join(missing)}", file=sys.stderr)
+        if results:
+            path = write_report(folder, chosen, recorded, results, missing)
+        else:
+            print("no finished run: no report written", file=sys.stderr)
+    ranks.barrier()
     runs = [RunResult.from_result(r, folder / "runs" / r["run"]) for r in results]
-    if not quiet:
+    if show:
         print(summary_table(runs))
-    return StudyResult(chosen.name, settings.dataset, run_id, folder, report, recorded, runs)
+    return StudyResult(chosen.name, settings.dataset, run_id, folder, path, recorded, runs, missing)
 
 
 def run_every_study(
@@ -337,7 +387,20 @@ def run_every_study(
 
 
 # run()'s options that are not configuration keys (plan() does not take them)
-_RUN_ONLY = {"out", "data_dir", "download", "fresh", "progress", "quiet", "tensorboard", "command"}
+_RUN_ONLY = {
+    "out",
+    "data_dir",
+    "download",
+    "fresh",
+    "progress",
+    "quiet",
+    "tensorboard",
+    "command",
+    "shard",
+    "report",
+    "report_only",
+    "sync_bn",
+}
 
 
 def diverged(results: StudyResult | CombinedResult) -> list[RunResult]:

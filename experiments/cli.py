@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from . import api
+from . import api, distributed
 from .config import ConfigError, parse_assignments
 from .runner import RunFilesDamaged
 from .studies import STUDIES
@@ -36,6 +36,31 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """argparse type: "I/N" with 0 <= I < N, or "N" with I from a job array's environment."""
+    import os
+
+    index, sep, count = text.rpartition("/")
+    try:
+        n = int(count)
+        if sep:
+            i = int(index)
+        elif "SLURM_ARRAY_TASK_ID" in os.environ:
+            i = int(os.environ["SLURM_ARRAY_TASK_ID"]) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+        elif "JOB_COMPLETION_INDEX" in os.environ:  # a Kubernetes indexed Job
+            i = int(os.environ["JOB_COMPLETION_INDEX"])
+        else:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give I/N, or N inside a Slurm array or indexed Job (SLURM_ARRAY_TASK_ID, "
+                "JOB_COMPLETION_INDEX)"
+            )
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"{text!r}: the shard index must be in 0..{n - 1}, got {i}")
+    return i, n
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -113,6 +138,34 @@ def _parser(prog: str) -> argparse.ArgumentParser:
             action="store_true",
             help="also write TensorBoard event files (runs/*/tensorboard)",
         )
+        scale = p.add_argument_group("running at scale (README: Running at scale)")
+        scale.add_argument(
+            "--list-runs",
+            nargs="?",
+            const="text",
+            choices=["text", "json"],
+            help="print the study's runs with their index and state, train nothing",
+        )
+        scale.add_argument(
+            "--shard",
+            type=_shard,
+            metavar="I/N",
+            help="train the runs whose index is I modulo N; 'N' alone takes I from SLURM_ARRAY_TASK_ID "
+            "(minus SLURM_ARRAY_TASK_MIN) or JOB_COMPLETION_INDEX",
+        )
+        scale.add_argument(
+            "--no-report", action="store_true", help="train, but leave the report to a later --report-only"
+        )
+        scale.add_argument(
+            "--report-only",
+            action="store_true",
+            help="write the report from the finished runs; train nothing",
+        )
+        scale.add_argument(
+            "--sync-bn",
+            action="store_true",
+            help="under torchrun on GPUs: batch norm over every rank's batch",
+        )
         if study.name == "all":
             p.add_argument(
                 "--task1-datasets",
@@ -150,6 +203,10 @@ def _options(args) -> dict:
         progress=not args.no_progress,
         quiet=args.quiet,
         tensorboard=args.tensorboard,
+        shard=args.shard,
+        report=not args.no_report,
+        report_only=args.report_only,
+        sync_bn=args.sync_bn,
         **overrides,
     )
 
@@ -162,6 +219,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m experiments") -> 
 
     try:
         options = {**_options(args), "command": command}
+        if args.list_runs:
+            if args.study == "all":
+                raise ConfigError("--list-runs: list one study's runs (all runs every study in turn)")
+            return _list_runs(args, options)
         if args.study == "all":
             task1 = args.task1_datasets.split(",") if args.task1_datasets else None
             combined = api.run_every_study(args.dataset or "mnist", task1, **options)
@@ -169,12 +230,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m experiments") -> 
             studies = combined.studies
         else:
             studies = [api.run(args.study, dataset=args.dataset, **options)]
-            print(f"report: {studies[0].report}")
+            if studies[0].report.exists() and not args.no_report and distributed.current().main:
+                print(f"report: {studies[0].report}")
     except (ConfigError, api.StudyFailed, CheckpointError, RunFilesDamaged) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:  # experiments.run has said where the finished runs are
         return 130
+    finally:
+        distributed.shutdown()
     diverged = [r.name for s in studies for r in s.diverged]
     if diverged:
         print(
@@ -183,6 +247,44 @@ def main(argv: list[str] | None = None, prog: str = "python -m experiments") -> 
             file=sys.stderr,
         )
         return EXIT_DIVERGED
+    return 0
+
+
+def _list_runs(args, options: dict) -> int:
+    """Print the study's runs: index (what --shard divides), name, state, folder."""
+    import json
+
+    from .runner import collect_results
+
+    keys = {k: v for k, v in options.items() if k not in api._RUN_ONLY}
+    planned = api.plan(args.study, dataset=args.dataset, **keys)
+    folder = Path(args.out) / planned.study.name / planned.run_id
+    _, missing = collect_results(planned.specs, folder)
+    runs = []
+    for index, spec in enumerate(planned.specs):
+        run_folder = folder / "runs" / spec.name
+        state = (
+            "claimed" if (run_folder / "claim.json").exists() else "started" if run_folder.exists() else "new"
+        )
+        runs.append(
+            {
+                "index": index,
+                "run": spec.name,
+                "state": "finished" if spec.name not in missing else state,
+                "folder": str(run_folder),
+            }
+        )
+    if args.list_runs == "json":
+        print(
+            json.dumps(
+                {"study": planned.study.name, "run_id": planned.run_id, "folder": str(folder), "runs": runs},
+                indent=1,
+            )
+        )
+    else:
+        print(f"{planned.study.name} {planned.run_id}: {len(runs)} runs in {folder}")
+        for r in runs:
+            print(f"{r['index']:>4}  {r['run']:<40} {r['state']}")
     return 0
 
 

@@ -360,8 +360,39 @@ def write_markdown(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def write_report(out: Path, study, config: dict, results: list[dict]) -> Path:
-    """summary.csv, the plots and REPORT.md under `out`; returns REPORT.md's path."""
+def scheduling_lines(results: list[dict]) -> list[str]:
+    """What a reader of the timings must know: runs timed while other workers shared their host,
+    runs trained data-parallel, runs from several hosts."""
+    lines = []
+    shared = [r["run"] for r in results if r.get("co_scheduled")]
+    if shared:
+        lines.append(
+            f"**Timings are not comparable**: {', '.join(shared)} trained while other workers ran on "
+            "the same host (they shared its cores); compare their speeds only with runs timed alone."
+        )
+    parallel = sorted({r["ranks"] for r in results if r.get("ranks", 1) > 1})
+    if parallel:
+        lines.append(f"Some runs trained data-parallel over {', '.join(map(str, parallel))} processes (DDP).")
+    hosts = sorted({r["host"] for r in results if r.get("host")})
+    if len(hosts) > 1:
+        lines.append(
+            f"Runs were trained on {len(hosts)} hosts ({', '.join(hosts)}): times compare within a host."
+        )
+    return [*lines, ""] if lines else []
+
+
+def write_report(out: Path, study, config: dict, results: list[dict], missing: list[str] = ()) -> Path:
+    """summary.csv, the plots and REPORT.md under `out`; returns REPORT.md's path. `missing`: runs
+    of the study not finished yet (the report says so and covers the others)."""
+    incomplete = (
+        [
+            f"**Incomplete**: {len(missing)} run(s) of this study are not finished and are not in "
+            f"this report: {', '.join(missing)}.",
+            "",
+        ]
+        if missing
+        else []
+    )
     lines = [
         f"# {study.name}: {config['dataset']} "
         f"({config['preset']} preset, default backend {config['backend']})",
@@ -371,6 +402,8 @@ def write_report(out: Path, study, config: dict, results: list[dict]) -> Path:
         f"Command: `{config['command']}`  ",
         setup_line(config),
         "",
+        *incomplete,
+        *scheduling_lines(results),
         *study_body(out, study, results, context=context_of(study.name, config)),
         "## Files",
         "",

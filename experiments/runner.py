@@ -17,8 +17,10 @@ is written as the string "NaN", "Infinity" or "-Infinity", and read_json turns t
 """
 
 import copy
+import functools
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -34,9 +36,21 @@ from cnnext._files import atomic_path
 from cnnext.models import build_model, count_flops, count_parameters
 from cnnext.train import Diverged, evaluate, fit, set_seed, synchronize
 
+from . import claims
+from .distributed import Ranks
 from .spec import RunSpec
 
-__all__ = ["RunFilesDamaged", "load_split", "read_json", "run_all", "write_json"]
+SINGLE = Ranks()  # one process, not launched by torchrun
+
+__all__ = [
+    "RunFilesDamaged",
+    "collect_results",
+    "load_split",
+    "read_json",
+    "run_all",
+    "train_runs",
+    "write_json",
+]
 
 INFERENCE_BATCH = 256
 
@@ -201,36 +215,55 @@ def run_one(
     device: torch.device,
     progress: bool,
     reporter: Callable[[str, Path, int, list[dict]], None] | None = None,
+    ranks: Ranks = SINGLE,
+    sync_bn: bool = False,
 ) -> dict:
-    """Train (or resume) one run and write its result.json; returns the result. `reporter(run
-    name, folder, epochs, history)` is called after each finished epoch's files are written."""
+    """Train (or resume) one run and write its result.json; returns the result (on every rank).
+    `reporter(run name, folder, epochs, history)` is called after each finished epoch's files are
+    written. Under torchrun (`ranks.active`) the run trains data-parallel and rank 0 alone writes."""
+    # Other workers training on this host while this run is timed: said in the report.
+    co_scheduled = claims.live_claims_on_this_host(folder.parent) - 1 if ranks.main else 0
     train_set, test_set = splits
     set_seed(spec.seed)
     arguments = _model_arguments(spec, train_set)
     model = build_model(spec.model.family, backend=spec.backend, **arguments).to(device)
-    # What cnnext.load_run needs to rebuild the model around checkpoint.pt's weights.
-    write_json(
-        folder / "model.json",
-        {
-            "family": spec.model.family,
-            "backend": spec.backend,
-            "arguments": arguments,
-            "classes": list(train_set.classes),
-            "image_shape": list(train_set.images.shape[1:]),
-        },
+    if sync_bn and ranks.active:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if ranks.main:  # what cnnext.load_run needs to rebuild the model around checkpoint.pt's weights
+        write_json(
+            folder / "model.json",
+            {
+                "family": spec.model.family,
+                "backend": spec.backend,
+                "arguments": arguments,
+                "classes": list(train_set.classes),
+                "image_shape": list(train_set.images.shape[1:]),
+            },
+        )
+    loader = functools.partial(
+        data.Loader,
+        train_set,
+        spec.batch_size,
+        shuffle=True,
+        augment=spec.augment,
+        device=device,
+        seed=spec.seed,
     )
-    train = data.Loader(
-        train_set, spec.batch_size, shuffle=True, augment=spec.augment, device=device, seed=spec.seed
-    )
+    train = loader(rank=ranks.rank, world_size=ranks.world_size)
     test = data.Loader(test_set, INFERENCE_BATCH, device=device)
-    first_images, first_labels = next(iter(train))
+    first_images, first_labels = next(iter(loader()))  # the global first batch, whatever the ranks
     checkpoint = folder / "checkpoint.pt"
     init_norms_file = folder / "grad_norms_init.json"
-    if not checkpoint.exists():  # measured on the untrained model, before any resume could skip it
-        write_json(init_norms_file, _gradient_norms(model, first_images, first_labels))
+    if ranks.share(not checkpoint.exists()):  # measured untrained, before any resume could skip it
+        if ranks.main:
+            write_json(init_norms_file, _gradient_norms(model, first_images, first_labels))
         set_seed(spec.seed)  # training starts from the same RNG state whether or not this ran
+    if ranks.rank > 0:  # the model is rank 0's (DDP broadcasts it); dropout masks differ per rank
+        torch.manual_seed(spec.seed + 1_000_003 * ranks.rank)
 
     def on_epoch(folder, history):
+        if not ranks.main:
+            return
         write_json(folder / "metrics.jsonl", history, lines=True)
         if reporter is not None:
             reporter(spec.name, folder, spec.model.train.epochs, history)
@@ -246,11 +279,18 @@ def run_one(
             on_epoch=lambda h: on_epoch(folder, h),
         )
     except Diverged as diverged:
-        return _diverged_result(spec, folder, model, train_set, device, diverged)
+        return ranks.share(
+            _diverged_result(spec, folder, model, train_set, device, diverged) if ranks.main else None
+        )
+    if not ranks.main:
+        return ranks.share()  # rank 0 evaluates, measures and writes; its result is every rank's
     final = evaluate(model, test)
     test_images = next(iter(test))[0]
     result = {
         **_run_identity(spec, model, train_set, device),
+        "host": claims.HOST,
+        "ranks": ranks.world_size,
+        "co_scheduled": max(co_scheduled, claims.live_claims_on_this_host(folder.parent) - 1),
         "test_accuracy": final["accuracy"],
         "test_loss": final["loss"],
         "confusion": _confusion(final["predictions"], test_set.labels, len(test_set.classes)),
@@ -266,7 +306,7 @@ def run_one(
         "history": history,
     }
     write_json(folder / "result.json", result)
-    return result
+    return ranks.share(result)
 
 
 class RunFilesDamaged(RuntimeError):
@@ -317,6 +357,87 @@ def _diverged_result(spec, folder, model, train_set, device, diverged: Diverged)
     return result
 
 
+def _finished(folder: Path) -> dict | None:
+    """The run's result.json, or None; a damaged one is removed (the checkpoint finishes the run
+    again)."""
+    done = folder / "result.json"
+    if not done.exists():
+        return None
+    try:
+        return read_json(done)
+    except (ValueError, OSError) as error:
+        print(
+            f"{done} is damaged ({error}); finishing {folder.name} again from its checkpoint", file=sys.stderr
+        )
+        done.unlink()
+        return None
+
+
+POLL_SECONDS = 5.0  # how often a worker waiting on other workers' runs looks again
+
+
+def train_runs(
+    specs: list[RunSpec],
+    out: Path,
+    splits: tuple[data.ImageSet, data.ImageSet],
+    device: torch.device,
+    progress: bool = True,
+    reporter: Callable[[str, Path, int, list[dict]], None] | None = None,
+    ranks: Ranks = SINGLE,
+    sync_bn: bool = False,
+    announce: bool = True,
+) -> list[str]:
+    """Train (or resume) every unfinished run of `specs` under out/runs, claiming each first
+    (experiments/claims.py): runs another live worker holds are waited for, a dead worker's are
+    taken over, so this returns when every run of `specs` is finished. Returns the names of the
+    runs this worker trained. Under torchrun rank 0 decides and every rank trains with it."""
+    from tqdm.auto import tqdm
+
+    pending = list(specs)
+    trained = []
+    bar = tqdm(total=len(pending), desc="runs", unit="run", disable=not progress or not ranks.main)
+    while pending:
+        progressed = False
+        for spec in list(pending):
+            folder = out / "runs" / spec.name
+            ownership = None
+            if ranks.main:
+                ownership = "done" if _finished(folder) is not None else claims.claim(folder) or "busy"
+            decision = ranks.share(ownership if isinstance(ownership, str) else "mine")
+            if decision == "busy":
+                continue
+            pending.remove(spec)
+            bar.update()
+            if decision == "done":
+                continue
+            bar.set_postfix_str(spec.name)
+            try:
+                if ranks.main and announce:
+                    tqdm.write(f"training {spec.name} (worker {claims.HOST}:{os.getpid()})")
+                run_one(spec, folder, splits, device, progress, reporter, ranks, sync_bn)
+            finally:
+                if ranks.main:
+                    ownership.release()
+            trained.append(spec.name)
+            progressed = True
+        if pending and not progressed:
+            time.sleep(POLL_SECONDS)  # every rank: they all saw "busy"
+    bar.close()
+    return trained
+
+
+def collect_results(specs: list[RunSpec], out: Path) -> tuple[list[dict], list[str]]:
+    """(results of the finished runs of `specs`, names of the others), in the specs' order."""
+    results, missing = [], []
+    for spec in specs:
+        result = _finished(out / "runs" / spec.name)
+        if result is None:
+            missing.append(spec.name)
+        else:
+            results.append(result)
+    return results, missing
+
+
 def run_all(
     specs: list[RunSpec],
     out: Path,
@@ -325,25 +446,7 @@ def run_all(
     progress: bool = True,
     reporter: Callable[[str, Path, int, list[dict]], None] | None = None,
 ) -> list[dict]:
-    """Every run of `specs` under out/runs on the (train, test) `splits`: finished ones read back,
-    the others trained or resumed; `reporter` as in run_one."""
-    from tqdm.auto import tqdm
-
-    results = []
-    bar = tqdm(specs, desc="runs", unit="run", disable=not progress)
-    for spec in bar:
-        folder = out / "runs" / spec.name
-        done = folder / "result.json"
-        if done.exists():
-            try:
-                results.append(read_json(done))
-                continue
-            except (ValueError, OSError) as error:  # damaged: the checkpoint finishes the run again
-                print(
-                    f"{done} is damaged ({error}); finishing {spec.name} again from its checkpoint",
-                    file=sys.stderr,
-                )
-                done.unlink()
-        bar.set_postfix_str(spec.name)
-        results.append(run_one(spec, folder, splits, device, progress, reporter))
-    return results
+    """Every run of `specs` under out/runs on the (train, test) `splits`, trained or resumed where
+    unfinished, then every result (one process; experiments.api drives the distributed cases)."""
+    train_runs(specs, out, splits, device, progress, reporter)
+    return collect_results(specs, out)[0]

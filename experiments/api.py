@@ -381,9 +381,13 @@ def run_every_study(
         / "all"
         / (f"{dataset}-{first['preset']}-{first['backend']}-{torch.device(first['device']).type}")
     )
-    studies = [(STUDIES[s.study], s.folder, s.config, [r.result for r in s.runs]) for s in done]
-    command = options.get("command") or "experiments.run_every_study(...)"
-    return CombinedResult(done, write_combined_report(combined, studies, command))
+    report = combined / "REPORT.md"
+    wanted = options.get("report", True) or options.get("report_only", False)
+    if wanted and distributed.current().main and all(s.runs for s in done):
+        studies = [(STUDIES[s.study], s.folder, s.config, [r.result for r in s.runs]) for s in done]
+        command = options.get("command") or "experiments.run_every_study(...)"
+        report = write_combined_report(combined, studies, command)
+    return CombinedResult(done, report)
 
 
 # run()'s options that are not configuration keys (plan() does not take them)

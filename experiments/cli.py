@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m experiments") -> 
         if args.study == "all":
             task1 = args.task1_datasets.split(",") if args.task1_datasets else None
             combined = api.run_every_study(args.dataset or "mnist", task1, **options)
-            print(f"combined report: {combined.report}")
+            if combined.report.exists() and not args.no_report and distributed.current().main:
+                print(f"combined report: {combined.report}")
             studies = combined.studies
         else:
             studies = [api.run(args.study, dataset=args.dataset, **options)]

@@ -289,3 +289,9 @@ def test_the_report_says_when_timings_shared_a_host():
     text = " ".join(scheduling_lines(results))
     assert "A trained while other workers ran on the same host" in text and "2 hosts (h1, h2)" in text
     assert scheduling_lines([{"run": "A", "co_scheduled": 0, "ranks": 1, "host": "h"}]) == []
+
+
+def test_sync_bn_on_the_cpu_is_refused_before_anything_is_written(tmp_path, capsys):
+    assert cli.main([*STUDY, "--sync-bn", "--device", "cpu", "--out", str(tmp_path / "r")]) == cli.EXIT_FAILED
+    assert "sync_bn: SyncBatchNorm runs on CUDA only" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

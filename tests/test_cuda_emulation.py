@@ -121,6 +121,22 @@ def test_shuffle_down_reduction_leaves_each_warps_sum_in_lane_0(schedule):
     assert x[0].item() == sum(range(32)) and x[32].item() == sum(range(32, 64))
 
 
+@pytest.mark.parametrize("schedule", emulation.SCHEDULES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_tensor_core_mma_computes_a_16x8x16_product_with_the_documented_fragments(dtype, schedule):
+    """cuda_tensor_cores.h's mma_m16n8k16 as the emulator runs it: each lane loads the fragments
+    the header documents, one warp multiplies, each lane stores its part of D. A layout mistake on
+    either side (loads, the emulated instruction, stores) puts values in the wrong places."""
+    generator = torch.Generator().manual_seed(3)
+    a = torch.randn(16, 16, generator=generator).to(dtype)
+    b = torch.randn(16, 8, generator=generator).to(dtype)
+    c = torch.randn(16, 8, generator=generator)
+    with emulation.schedule(schedule, seed=11):
+        d = emu._selftest_mma(a, b.t().contiguous(), c)
+    # Products of two 16-bit numbers are exact in float; only the float sums round.
+    torch.testing.assert_close(d, (a.double() @ b.double() + c.double()).float(), rtol=1e-6, atol=1e-5)
+
+
 def test_xor_butterfly_gives_every_lane_the_sum():
     x = torch.arange(32, dtype=torch.float32)
     for mask in (16, 8, 4, 2, 1):

@@ -13,6 +13,7 @@
 
 #include "common.h"
 #include "cuda_device.h"
+#include "cuda_tensor_cores.h"
 
 namespace cnnext_emu_selftest {
 namespace {
@@ -222,6 +223,47 @@ void broken(int64_t mode, int64_t blocks, int64_t threads) {
                         static_cast<int>(mode), out.data_ptr<float>(), static_cast<int>(threads));
 }
 
+// d (16, 8) = a (16, 16) @ b + c by one warp's mma_m16n8k16, each lane loading its fragments from
+// memory as cuda_tensor_cores.h documents them: a row-major, b given as bt = b^T (8, 16) row-major
+// (the instruction's column-major B), c and d row-major float.
+template <typename T>
+__global__ void mma_kernel(const T* a, const T* bt, const float* c, float* d) {
+  using cnnext::cuda::pack_pair;
+  const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+  const auto A = [&](int row, int k) { return a[row * 16 + k]; };
+  const auto B = [&](int k, int col) { return bt[col * 16 + k]; };
+  const uint32_t fa[4] = {pack_pair(A(g, 2 * t), A(g, 2 * t + 1)), pack_pair(A(g + 8, 2 * t), A(g + 8, 2 * t + 1)),
+                          pack_pair(A(g, 2 * t + 8), A(g, 2 * t + 9)),
+                          pack_pair(A(g + 8, 2 * t + 8), A(g + 8, 2 * t + 9))};
+  const uint32_t fb[2] = {pack_pair(B(2 * t, g), B(2 * t + 1, g)), pack_pair(B(2 * t + 8, g), B(2 * t + 9, g))};
+  const int top = g * 8 + 2 * t, bottom = (g + 8) * 8 + 2 * t;
+  const float fc[4] = {c[top], c[top + 1], c[bottom], c[bottom + 1]};
+  float fd[4];
+  cnnext::cuda::mma_m16n8k16<T>(fd, fa, fb, fc);
+  d[top] = fd[0];
+  d[top + 1] = fd[1];
+  d[bottom] = fd[2];
+  d[bottom + 1] = fd[3];
+}
+
+at::Tensor mma(const at::Tensor& a, const at::Tensor& bt, const at::Tensor& c) {
+  TORCH_CHECK(a.sizes() == at::IntArrayRef({16, 16}) && bt.sizes() == at::IntArrayRef({8, 16}) &&
+                  c.sizes() == at::IntArrayRef({16, 8}) && c.scalar_type() == at::kFloat &&
+                  a.scalar_type() == bt.scalar_type() && a.is_contiguous() && bt.is_contiguous() && c.is_contiguous(),
+              "_selftest_mma: a (16, 16), bt (8, 16) of one 16-bit type, c (16, 8) float, all contiguous");
+  auto d = at::empty({16, 8}, at::kFloat);
+  if (a.scalar_type() == at::kHalf) {
+    launch<mma_kernel<c10::Half>>({1, 32}, a.const_data_ptr<c10::Half>(), bt.const_data_ptr<c10::Half>(),
+                                  c.const_data_ptr<float>(), d.mutable_data_ptr<float>());
+  } else {
+    TORCH_CHECK(a.scalar_type() == at::kBFloat16, "_selftest_mma: half or bfloat16, got ", a.scalar_type());
+    launch<mma_kernel<c10::BFloat16>>({1, 32}, a.const_data_ptr<c10::BFloat16>(),
+                                      bt.const_data_ptr<c10::BFloat16>(), c.const_data_ptr<float>(),
+                                      d.mutable_data_ptr<float>());
+  }
+  return d;
+}
+
 }  // namespace
 }  // namespace cnnext_emu_selftest
 
@@ -234,4 +276,5 @@ TORCH_LIBRARY_FRAGMENT(cnnext_emu, m) {
   m.def("_selftest_atomics(int blocks, int threads) -> Tensor", &atomics);
   m.def("_selftest_race(int which, int threads, bool barrier) -> Tensor", &race);
   m.def("_selftest_broken(int mode, int blocks, int threads) -> ()", &broken);
+  m.def("_selftest_mma(Tensor a, Tensor bt, Tensor c) -> Tensor", &mma);
 }

@@ -1,0 +1,106 @@
+// Tensor-core instructions for cnnext's CUDA kernels, one function per instruction: inline PTX on a
+// GPU (sm_80 and newer), and under the CUDA emulator (CNNEXT_CUDA_EMULATION) the same operation
+// computed from the warp's fragments, gathered with __shfl_sync. So a kernel that uses tensor cores
+// runs, fragment layout included, on the emulator in CI.
+//
+// mma_m16n8k16<T>(d, a, b, c): the warp computes D = A * B + C with A 16x16 (row-major), B 16x8
+// (column-major), C and D 16x8 in float; T = c10::Half or c10::BFloat16 (PTX mma.sync.aligned
+// .m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32). Every lane of the warp must call it (it is a
+// warp collective, like __shfl_sync with a full mask). Fragments, per lane: g = lane / 4,
+// t = lane % 4; a uint32_t holds two 16-bit elements, the one with the lower column (A) or row (B)
+// in its low 16 bits (pack_pair):
+//   a[0] = A[g][2t, 2t+1]      a[1] = A[g+8][2t, 2t+1]    a[2] = A[g][2t+8, 2t+9]   a[3] = A[g+8][2t+8, 2t+9]
+//   b[0] = B[2t, 2t+1][g]      b[1] = B[2t+8, 2t+9][g]
+//   c[0], c[1] = C[g][2t], C[g][2t+1]      c[2], c[3] = C[g+8][2t], C[g+8][2t+1]      (d alike)
+// The emulated sum runs over k in order in float; the hardware's order is unspecified, so results
+// may differ in the last bits of float (products of two 16-bit values are exact in float either way).
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "cuda_device.h"
+
+namespace cnnext::cuda {
+
+template <typename T>
+inline constexpr bool kTensorCoreType = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
+
+// Two 16-bit values in one 32-bit register: `low` in bits 0-15 (the lower column or row index).
+template <typename T>
+__device__ __forceinline__ uint32_t pack_pair(T low, T high) {
+  static_assert(kTensorCoreType<T>, "tensor-core fragments hold half or bfloat16");
+  return static_cast<uint32_t>(low.x) | (static_cast<uint32_t>(high.x) << 16);
+}
+
+template <typename T>
+__device__ __forceinline__ float unpack(uint32_t pair, int which) {
+  T value;
+  value.x = static_cast<uint16_t>(which == 0 ? pair & 0xffffu : pair >> 16);
+  return static_cast<float>(value);
+}
+
+#ifdef CNNEXT_CUDA_EMULATION
+
+template <typename T>
+__device__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]) {
+  static_assert(kTensorCoreType<T>, "mma_m16n8k16 multiplies half or bfloat16");
+  const int lane = static_cast<int>((threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32);
+  const int g = lane / 4, t = lane % 4;
+  float sum[4] = {c[0], c[1], c[2], c[3]};
+  // k in four slices of four: slice s (k = 2s, 2s+1, 2s+8, 2s+9) is held by lane 4 g + s for A's
+  // rows g and g+8, and by lane 4 n + s for B's column n. Every lane asks every time (full mask).
+  for (int s = 0; s < 4; ++s) {
+    const uint32_t a_row[2][2] = {{__shfl_sync(0xffffffffu, a[0], 4 * g + s), __shfl_sync(0xffffffffu, a[2], 4 * g + s)},
+                                  {__shfl_sync(0xffffffffu, a[1], 4 * g + s), __shfl_sync(0xffffffffu, a[3], 4 * g + s)}};
+    uint32_t b_col[2][2];
+    for (int j = 0; j < 2; ++j) {
+      b_col[j][0] = __shfl_sync(0xffffffffu, b[0], 4 * (2 * t + j) + s);
+      b_col[j][1] = __shfl_sync(0xffffffffu, b[1], 4 * (2 * t + j) + s);
+    }
+    for (int half = 0; half < 2; ++half) {  // k = 2s + e (half 0) or 2s + 8 + e (half 1)
+      for (int e = 0; e < 2; ++e) {
+        for (int row = 0; row < 2; ++row) {  // g, g + 8
+          const float x = unpack<T>(a_row[row][half], e);
+          for (int j = 0; j < 2; ++j) sum[2 * row + j] += x * unpack<T>(b_col[j][half], e);
+        }
+      }
+    }
+  }
+  for (int i = 0; i < 4; ++i) d[i] = sum[i];
+}
+
+#else
+
+template <typename T>
+__device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                             const float (&c)[4]) {
+  static_assert(kTensorCoreType<T>, "mma_m16n8k16 multiplies half or bfloat16");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%10, %11, %12, %13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+          "f"(c[3]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%10, %11, %12, %13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+          "f"(c[3]));
+  }
+#else
+  __trap();  // built for an architecture before sm_80: callers choose another path there
+#endif
+}
+
+#endif
+
+}  // namespace cnnext::cuda

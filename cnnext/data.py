@@ -255,9 +255,7 @@ class Loader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if batch_size % world_size:
-            raise ValueError(
-                f"the global batch size {batch_size} must divide evenly over {world_size} ranks"
-            )
+            raise ValueError(f"the global batch size {batch_size} must divide evenly over {world_size} ranks")
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)

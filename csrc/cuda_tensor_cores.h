@@ -20,21 +20,46 @@
 #include <c10/util/Half.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string_view>
 #include <type_traits>
 
 #include "cuda_device.h"
 
+#ifndef CNNEXT_CUDA_EMULATION
+#include <c10/cuda/CUDAFunctions.h>
+#include <cuda_runtime.h>
+#endif
+
 namespace cnnext::cuda {
+
+// Whether kernels take their tensor-core variant for half / bfloat16: on a GPU of compute
+// capability 8.0 or newer, and always under the emulator, unless CNNEXT_CUDA_TENSOR_CORES=0 (the
+// FMA variants, for comparison and for their tests). Read at every launch (a getenv).
+inline bool tensor_cores_enabled() {
+  const char* setting = std::getenv("CNNEXT_CUDA_TENSOR_CORES");
+  if (setting != nullptr && std::string_view(setting) == "0") return false;
+#ifdef CNNEXT_CUDA_EMULATION
+  return true;
+#else
+  int major = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, c10::cuda::current_device()));
+  return major >= 8;
+#endif
+}
 
 template <typename T>
 inline constexpr bool kTensorCoreType = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
 
 // Two 16-bit values in one 32-bit register: `low` in bits 0-15 (the lower column or row index).
+__device__ __forceinline__ uint32_t pack_pair(uint16_t low, uint16_t high) {
+  return static_cast<uint32_t>(low) | (static_cast<uint32_t>(high) << 16);
+}
 template <typename T>
 __device__ __forceinline__ uint32_t pack_pair(T low, T high) {
   static_assert(kTensorCoreType<T>, "tensor-core fragments hold half or bfloat16");
-  return static_cast<uint32_t>(low.x) | (static_cast<uint32_t>(high.x) << 16);
+  return pack_pair(low.x, high.x);
 }
 
 template <typename T>
@@ -47,16 +72,19 @@ __device__ __forceinline__ float unpack(uint32_t pair, int which) {
 #ifdef CNNEXT_CUDA_EMULATION
 
 template <typename T>
-__device__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]) {
+__device__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                             const float (&c)[4]) {
   static_assert(kTensorCoreType<T>, "mma_m16n8k16 multiplies half or bfloat16");
-  const int lane = static_cast<int>((threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32);
+  const int lane =
+      static_cast<int>((threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32);
   const int g = lane / 4, t = lane % 4;
   float sum[4] = {c[0], c[1], c[2], c[3]};
   // k in four slices of four: slice s (k = 2s, 2s+1, 2s+8, 2s+9) is held by lane 4 g + s for A's
   // rows g and g+8, and by lane 4 n + s for B's column n. Every lane asks every time (full mask).
   for (int s = 0; s < 4; ++s) {
-    const uint32_t a_row[2][2] = {{__shfl_sync(0xffffffffu, a[0], 4 * g + s), __shfl_sync(0xffffffffu, a[2], 4 * g + s)},
-                                  {__shfl_sync(0xffffffffu, a[1], 4 * g + s), __shfl_sync(0xffffffffu, a[3], 4 * g + s)}};
+    const uint32_t a_row[2][2] = {
+        {__shfl_sync(0xffffffffu, a[0], 4 * g + s), __shfl_sync(0xffffffffu, a[2], 4 * g + s)},
+        {__shfl_sync(0xffffffffu, a[1], 4 * g + s), __shfl_sync(0xffffffffu, a[3], 4 * g + s)}};
     uint32_t b_col[2][2];
     for (int j = 0; j < 2; ++j) {
       b_col[j][0] = __shfl_sync(0xffffffffu, b[0], 4 * (2 * t + j) + s);

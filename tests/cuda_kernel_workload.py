@@ -55,6 +55,17 @@ def conv2d():
             close(ours[0], native[0], "conv2d")
             for got, want in zip(ours[1], native[1], strict=True):
                 close(got, want, "conv2d gradient")
+    # 16-bit types take the tensor-core variant of the implicit GEMM (sm_80+, and the emulator).
+    for dtype in (torch.float16, torch.bfloat16):
+        x, w = torch.randn(2, 8, 9, 9), torch.randn(16, 8, 3, 3)
+        with on_kernels():
+            ours = grads(lambda *t: cnnext.ops.conv2d(*t, padding=1), x.to(dtype), w.to(dtype))
+        native = grads(lambda *t: F.conv2d(*t, padding=1), x.double(), w.double())
+        # 16-bit inputs and outputs of ~N(0, 72), float accumulation: half rounds at ~0.004, bfloat16 ~0.03
+        low = dict(rtol=1e-2, atol=2e-2) if dtype == torch.float16 else dict(rtol=3e-2, atol=1.5e-1)
+        torch.testing.assert_close(ours[0].double().cpu(), native[0], **low)
+        for got, want in zip(ours[1], native[1], strict=True):
+            torch.testing.assert_close(got.double().cpu(), want, **low)
 
 
 def pool2d():

@@ -239,6 +239,28 @@ print("ok")
     run_with_baseline_isa(script)
 
 
+@pytest.mark.parametrize("device", [d for d in DEVICES if "emu" in d.id or d.id == "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_tensor_core_and_fma_variants_both_match_native(layout, dtype, device, monkeypatch):
+    """16-bit convolutions run the implicit GEMM's tensor-core variant (mma.sync; the emulator's
+    twin here) unless CNNEXT_CUDA_TENSOR_CORES=0 selects the FMA one. Both give the forward and
+    both gradients within 16-bit rounding of a float64 reference, with remainder tiles in every GEMM
+    dimension (70 = 64 + 6 output channels, K = 5 * 9 = 45 = two 16-deep stages + 13)."""
+    x = make_layout(torch.randn(2, 5, 11, 9, device=device), layout)
+    w = torch.randn(70, 5, 3, 3, device=device)
+    # Outputs of ~N(0, 45): a 16-bit rounding of ~7 is 0.004 (half) or 0.03 (bfloat16).
+    tol = {torch.float16: dict(rtol=1e-2, atol=2e-2), torch.bfloat16: dict(rtol=3e-2, atol=1e-1)}[dtype]
+    for setting in ("1", "0"):
+        monkeypatch.setenv("CNNEXT_CUDA_TENSOR_CORES", setting)
+        check_against_native(x.to(dtype), w.to(dtype), None, tol, stride=(1, 2), padding=1)
+    if device == "cpu":  # emulated: the launches name the variants
+        launched = " ".join(torch.ops.cnnext_emu._launched_kernels())
+        name = "c10::Half" if dtype == torch.float16 else "c10::BFloat16"
+        for variant in ("true", "false"):
+            assert f"implicit_gemm_kernel<ForwardProblem<{name}>, {variant}>" in launched
+
+
 @pytest.mark.parametrize("device, dtype", LOW_PRECISION)
 @pytest.mark.parametrize("case", GRID[::7], ids=_grid_id)
 def test_low_precision_error_is_comparable_to_native(case, device, dtype):

@@ -357,6 +357,10 @@ def test_every_cuda_kernel_is_reached_by_the_emulated_workload():
     # Both argmax encodings of max pooling and both layouts were launched.
     full_names = " ".join(name for name, _, _ in launches)
     assert "unsigned char, true" in full_names and "long int, false" in full_names
+    # The tensor-core variant of the implicit GEMM, for both 16-bit types and all three problems.
+    for problem in ("ForwardProblem", "GradInputProblem", "GradWeightProblem"):
+        for dtype in ("c10::Half", "c10::BFloat16"):
+            assert f"implicit_gemm_kernel<{problem}<{dtype}>, true>" in full_names, (problem, dtype)
     # The resource report's launch table (threads per block, largest dynamic shared memory) holds
     # for every launch the host code made.
     for name, threads, shared in launches:

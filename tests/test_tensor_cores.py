@@ -53,3 +53,27 @@ def test_mma_becomes_hmma_on_sm80_and_sm90(tmp_path):
     for block in per_arch:
         assert "HMMA.16816.F32.BF16" in block, block[:2000]
         assert any(line.split()[1:2] == ["HMMA.16816.F32"] for line in block.splitlines() if "HMMA" in line)
+
+
+def test_the_built_conv2d_tensor_core_variants_contain_hmma():
+    """In cnnext._C as built here: every tensor-core instantiation of the implicit GEMM (three
+    problems x half / bfloat16) has tensor-core instructions in its SASS for every architecture
+    built (sm_80+), and no float instantiation claims to be one."""
+    import cnnext
+
+    if not cnnext.build_info()["cuda"]:
+        pytest.skip("cnnext._C was built without CUDA kernels")
+    sass = subprocess.run(
+        [CUOBJDUMP, "-sass", cnnext._C.__file__], check=True, capture_output=True, text=True
+    )
+    variants = []  # (architecture, kernel, HMMA count)
+    for arch_block in sass.stdout.split("arch = ")[1:]:
+        arch = arch_block.split()[0]
+        for block in arch_block.split("Function : ")[1:]:
+            name, _, body = block.partition("\n")
+            if "implicit_gemm_kernel" in name and name.strip().endswith("Lb1EEEvT_l"):
+                variants.append((arch, name.strip(), body.count("HMMA")))
+    archs = {arch for arch, _, _ in variants}
+    assert archs and len(variants) == 6 * len(archs), variants
+    assert all(hmma > 0 for _, _, hmma in variants), variants
+    assert not any("IfEE" in name or "IdEE" in name for _, name, _ in variants)  # float / double: never

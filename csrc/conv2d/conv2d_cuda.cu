@@ -18,9 +18,18 @@
 //
 // The CUDA runtime is reached only through cuda_device.h, so this file also compiles for the CUDA
 // emulator (csrc/cuda_emulation/).
+//
+// Kernel variants of implicit_gemm_kernel<Problem, kTensorCores>:
+//   fma           float32 / float64, and 16-bit types where tensor cores are off: the 4x4 micro tiles
+//                 above, shared tiles in acc_t.
+//   tensor_cores  float16 / bfloat16 on sm_80+ (cuda::tensor_cores_enabled()): the same 64x64x16
+//                 block tiles kept in 16 bits in shared memory; each of the 8 warps owns 16 rows x
+//                 32 columns of C and multiplies with four mma_m16n8k16 per 16-deep stage
+//                 (cuda_tensor_cores.h), accumulating in float.
 #include "common.h"
 #include "conv2d/conv2d.h"
 #include "cuda_device.h"
+#include "cuda_tensor_cores.h"
 
 namespace cnnext {
 namespace {
@@ -65,6 +74,7 @@ __device__ __forceinline__ acc_t grad_output_value(const scalar_t* dy, const Str
 
 template <typename scalar_t>
 struct ForwardProblem {
+  using scalar_type = scalar_t;
   using acc_t = cuda::acc_t<scalar_t>;
   static constexpr bool kAKFast = true, kBKFast = false;
   const scalar_t* x;      // (N, C, H, W), any strides
@@ -90,6 +100,7 @@ struct ForwardProblem {
 
 template <typename scalar_t>
 struct GradInputProblem {
+  using scalar_type = scalar_t;
   using acc_t = cuda::acc_t<scalar_t>;
   static constexpr bool kAKFast = true, kBKFast = false;
   const scalar_t* dy;  // (N, Cout, Ho, Wo), any strides
@@ -125,6 +136,7 @@ struct GradInputProblem {
 
 template <typename scalar_t>
 struct GradWeightProblem {
+  using scalar_type = scalar_t;
   using acc_t = cuda::acc_t<scalar_t>;
   static constexpr bool kAKFast = true, kBKFast = true;
   const scalar_t* dy;  // (N, Cout, Ho, Wo), any strides
@@ -143,20 +155,100 @@ struct GradWeightProblem {
   }
 };
 
-// C[g] = A[g] @ B[g] over depth range [split * depth_per_split, ...) for blockIdx.z = split * G + g.
-template <typename Problem>
-__global__ void __launch_bounds__(kThreads) implicit_gemm_kernel(const Problem prob, int64_t depth_per_split) {
+// A value as a shared tile holds it: acc_t for the fma variant, the 16-bit pattern of scalar_t
+// (uint16_t, what the mma fragments are packed from) for the tensor-core one.
+template <typename tile_t, typename scalar_t, typename acc_t>
+__device__ __forceinline__ tile_t to_tile(acc_t value) {
+  if constexpr (std::is_same_v<tile_t, uint16_t>) {
+    return static_cast<scalar_t>(value).x;
+  } else {
+    return static_cast<tile_t>(value);
+  }
+}
+
+// One 16-deep stage of A (kTileM x kTileK) and B (kTileK x kTileN) from the problem into shared
+// memory as tile_t, zero outside the matrices and past the split's depth.
+template <typename Problem, typename tile_t>
+__device__ __forceinline__ void load_stage(const Problem& prob, tile_t (*a_tile)[kTileM + 8],
+                                           tile_t (*b_tile)[kTileN + 8], int64_t group, int64_t m0,
+                                           int64_t n0, int64_t k0, int64_t k_end) {
   using acc_t = typename Problem::acc_t;
-  __shared__ acc_t a_tile[kTileK][kTileM + 4];  // +4: fewer bank conflicts when k varies per thread
-  __shared__ acc_t b_tile[kTileK][kTileN + 4];
-
-  const int64_t group = blockIdx.z % prob.p.groups, split = blockIdx.z / prob.p.groups;
   const int64_t rows = prob.rows(), cols = prob.cols();
-  const int64_t m0 = int64_t(blockIdx.y) * kTileM, n0 = int64_t(blockIdx.x) * kTileN;
-  const int64_t k_begin = split * depth_per_split;
-  const int64_t k_end = min(prob.depth(), k_begin + depth_per_split);
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll
+  for (int i = 0; i < (kTileM * kTileK) / kThreads; ++i) {
+    const int e = threadIdx.x + i * kThreads;
+    const int mm = Problem::kAKFast ? e / kTileK : e % kTileM;
+    const int kk = Problem::kAKFast ? e % kTileK : e / kTileM;
+    const int64_t m = m0 + mm, k = k0 + kk;
+    a_tile[kk][mm] = to_tile<tile_t, typename Problem::scalar_type>((m < rows && k < k_end) ? prob.a(group, m, k)
+                                                                                             : acc_t(0));
+  }
+#pragma unroll
+  for (int i = 0; i < (kTileN * kTileK) / kThreads; ++i) {
+    const int e = threadIdx.x + i * kThreads;
+    const int nn = Problem::kBKFast ? e / kTileK : e % kTileN;
+    const int kk = Problem::kBKFast ? e % kTileK : e / kTileN;
+    const int64_t n = n0 + nn, k = k0 + kk;
+    b_tile[kk][nn] = to_tile<tile_t, typename Problem::scalar_type>((n < cols && k < k_end) ? prob.b(group, k, n)
+                                                                                             : acc_t(0));
+  }
+}
 
+// The tensor_cores variant's block (see the header): warp w owns rows 16 (w / 2) and columns
+// 32 (w % 2) of the 64x64 tile, as four 16x8 mma tiles whose float fragments stay in registers.
+template <typename Problem>
+__device__ void tensor_core_block(const Problem& prob, int64_t group, int64_t split, int64_t m0, int64_t n0,
+                                  int64_t k_begin, int64_t k_end) {
+  using scalar_t = typename Problem::scalar_type;
+  using cuda::pack_pair;
+  // The 16-bit patterns of scalar_t (a plain integer type: no construction, nothing to convert
+  // before packing); +8 keeps rows 16-byte aligned.
+  __shared__ uint16_t a_tile[kTileK][kTileM + 8];
+  __shared__ uint16_t b_tile[kTileK][kTileN + 8];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int wm = (warp / 2) * 16, wn = (warp % 2) * 32;
+  float acc[4][4];  // [mma tile j][fragment], fragments as cuda_tensor_cores.h documents
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int f = 0; f < 4; ++f) acc[j][f] = 0.f;
+
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kTileK) {
+    load_stage(prob, a_tile, b_tile, group, m0, n0, k0, k_end);
+    __syncthreads();
+    const uint32_t a[4] = {pack_pair(a_tile[2 * t][wm + g], a_tile[2 * t + 1][wm + g]),
+                           pack_pair(a_tile[2 * t][wm + g + 8], a_tile[2 * t + 1][wm + g + 8]),
+                           pack_pair(a_tile[2 * t + 8][wm + g], a_tile[2 * t + 9][wm + g]),
+                           pack_pair(a_tile[2 * t + 8][wm + g + 8], a_tile[2 * t + 9][wm + g + 8])};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int col = wn + 8 * j + g;
+      const uint32_t b[2] = {pack_pair(b_tile[2 * t][col], b_tile[2 * t + 1][col]),
+                             pack_pair(b_tile[2 * t + 8][col], b_tile[2 * t + 9][col])};
+      cuda::mma_m16n8k16<scalar_t>(acc[j], a, b, acc[j]);
+    }
+    __syncthreads();
+  }
+
+  const int64_t rows = prob.rows(), cols = prob.cols();
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+#pragma unroll
+    for (int f = 0; f < 4; ++f) {
+      const int64_t m = m0 + wm + g + (f < 2 ? 0 : 8), n = n0 + wn + 8 * j + 2 * t + (f % 2);
+      if (m < rows && n < cols) prob.store(group, split, m, n, acc[j][f]);
+    }
+  }
+}
+
+// The fma variant's block: thread (ty, tx) accumulates C rows ty + 16 i and columns tx + 16 j.
+template <typename Problem>
+__device__ void fma_block(const Problem& prob, int64_t group, int64_t split, int64_t m0, int64_t n0,
+                          int64_t k_begin, int64_t k_end) {
+  using acc_t = typename Problem::acc_t;
+  __shared__ acc_t a_tile[kTileK][kTileM + 8];  // padded: fewer bank conflicts when k varies per thread
+  __shared__ acc_t b_tile[kTileK][kTileN + 8];
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   acc_t acc[4][4];
 #pragma unroll
   for (int i = 0; i < 4; ++i)
@@ -164,22 +256,7 @@ __global__ void __launch_bounds__(kThreads) implicit_gemm_kernel(const Problem p
     for (int j = 0; j < 4; ++j) acc[i][j] = acc_t(0);
 
   for (int64_t k0 = k_begin; k0 < k_end; k0 += kTileK) {
-#pragma unroll
-    for (int i = 0; i < (kTileM * kTileK) / kThreads; ++i) {
-      const int e = threadIdx.x + i * kThreads;
-      const int mm = Problem::kAKFast ? e / kTileK : e % kTileM;
-      const int kk = Problem::kAKFast ? e % kTileK : e / kTileM;
-      const int64_t m = m0 + mm, k = k0 + kk;
-      a_tile[kk][mm] = (m < rows && k < k_end) ? prob.a(group, m, k) : acc_t(0);
-    }
-#pragma unroll
-    for (int i = 0; i < (kTileN * kTileK) / kThreads; ++i) {
-      const int e = threadIdx.x + i * kThreads;
-      const int nn = Problem::kBKFast ? e / kTileK : e % kTileN;
-      const int kk = Problem::kBKFast ? e % kTileK : e / kTileN;
-      const int64_t n = n0 + nn, k = k0 + kk;
-      b_tile[kk][nn] = (n < cols && k < k_end) ? prob.b(group, k, n) : acc_t(0);
-    }
+    load_stage(prob, a_tile, b_tile, group, m0, n0, k0, k_end);
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kTileK; ++kk) {
@@ -196,6 +273,7 @@ __global__ void __launch_bounds__(kThreads) implicit_gemm_kernel(const Problem p
     __syncthreads();
   }
 
+  const int64_t rows = prob.rows(), cols = prob.cols();
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
 #pragma unroll
@@ -203,6 +281,22 @@ __global__ void __launch_bounds__(kThreads) implicit_gemm_kernel(const Problem p
       const int64_t m = m0 + ty + 16 * i, n = n0 + tx + 16 * j;
       if (m < rows && n < cols) prob.store(group, split, m, n, acc[i][j]);
     }
+  }
+}
+
+// C[g] = A[g] @ B[g] over depth range [split * depth_per_split, ...) for blockIdx.z = split * G + g,
+// by the variant kTensorCores names (the file's header).
+template <typename Problem, bool kTensorCores>
+__global__ void __launch_bounds__(kThreads)
+    implicit_gemm_kernel(const Problem prob, int64_t depth_per_split) {
+  const int64_t group = blockIdx.z % prob.p.groups, split = blockIdx.z / prob.p.groups;
+  const int64_t m0 = int64_t(blockIdx.y) * kTileM, n0 = int64_t(blockIdx.x) * kTileN;
+  const int64_t k_begin = split * depth_per_split;
+  const int64_t k_end = min(prob.depth(), k_begin + depth_per_split);
+  if constexpr (kTensorCores) {
+    tensor_core_block(prob, group, split, m0, n0, k_begin, k_end);
+  } else {
+    fma_block(prob, group, split, m0, n0, k_begin, k_end);
   }
 }
 
@@ -215,7 +309,14 @@ void launch_implicit_gemm(const Problem& prob, int64_t rows, int64_t cols, int64
   TORCH_CHECK(groups * splits <= kMaxGridZ, "conv2d (CUDA): too many groups (", groups, ")");
   const dim3 grid(static_cast<unsigned>(ceil_div(cols, kTileN)), static_cast<unsigned>(ceil_div(rows, kTileM)),
                   static_cast<unsigned>(groups * splits));
-  cuda::launch<implicit_gemm_kernel<Problem>>({grid, kThreads}, prob, std::max<int64_t>(depth_per_split, kTileK));
+  const int64_t stage_depth = std::max<int64_t>(depth_per_split, kTileK);
+  if constexpr (cuda::kTensorCoreType<typename Problem::scalar_type>) {
+    if (cuda::tensor_cores_enabled()) {
+      cuda::launch<implicit_gemm_kernel<Problem, true>>({grid, kThreads}, prob, stage_depth);
+      return;
+    }
+  }
+  cuda::launch<implicit_gemm_kernel<Problem, false>>({grid, kThreads}, prob, stage_depth);
 }
 
 // dW[i] = sum over splits of partial[s][i], in split order (deterministic).

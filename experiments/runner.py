@@ -403,6 +403,9 @@ def train_runs(
             ownership = None
             if ranks.main:
                 ownership = "done" if _finished(folder) is not None else claims.claim(folder) or "busy"
+                if isinstance(ownership, claims.Claim) and _finished(folder) is not None:
+                    ownership.release()  # its worker finished it between our look and our claim
+                    ownership = "done"
             decision = ranks.share(ownership if isinstance(ownership, str) else "mine")
             if decision == "busy":
                 continue

@@ -255,26 +255,19 @@ def _list_runs(args, options: dict) -> int:
     """Print the study's runs: index (what --shard divides), name, state, folder."""
     import json
 
-    from .runner import collect_results
-
     keys = {k: v for k, v in options.items() if k not in api._RUN_ONLY}
     planned = api.plan(args.study, dataset=args.dataset, **keys)
     folder = Path(args.out) / planned.study.name / planned.run_id
-    _, missing = collect_results(planned.specs, folder)
     runs = []
     for index, spec in enumerate(planned.specs):
-        run_folder = folder / "runs" / spec.name
-        state = (
-            "claimed" if (run_folder / "claim.json").exists() else "started" if run_folder.exists() else "new"
-        )
-        runs.append(
-            {
-                "index": index,
-                "run": spec.name,
-                "state": "finished" if spec.name not in missing else state,
-                "folder": str(run_folder),
-            }
-        )
+        run_folder = folder / "runs" / spec.name  # looked at only: listing changes nothing
+        if (run_folder / "result.json").exists():
+            state = "finished"
+        elif (run_folder / "claim.json").exists():
+            state = "claimed"
+        else:
+            state = "started" if run_folder.exists() else "new"
+        runs.append({"index": index, "run": spec.name, "state": state, "folder": str(run_folder)})
     if args.list_runs == "json":
         print(
             json.dumps(

@@ -19,6 +19,8 @@ import time
 import uuid
 from pathlib import Path
 
+from cnnext._files import process_alive
+
 __all__ = ["Claim", "claim", "live_claims_on_this_host"]
 
 HEARTBEAT = 10.0
@@ -28,16 +30,6 @@ WORKER = uuid.uuid4().hex[:12]  # this process
 
 def _timeout() -> float:
     return float(os.environ.get("CNNEXT_CLAIM_TIMEOUT", "120"))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _owner(path: Path) -> dict | None:
@@ -55,7 +47,7 @@ def _stale(path: Path) -> bool:
     owner = _owner(path)
     if owner is None:
         return age > _timeout()  # an owner that died between creating and writing it
-    if owner.get("host") == HOST and not _alive(int(owner.get("pid", -1))):
+    if owner.get("host") == HOST and not process_alive(int(owner.get("pid", -1))):
         return True
     return age > _timeout()
 
@@ -113,6 +105,6 @@ def live_claims_on_this_host(runs: Path) -> int:
     count = 0
     for path in runs.glob("*/claim.json"):
         owner = _owner(path)
-        if owner is not None and owner.get("host") == HOST and _alive(int(owner.get("pid", -1))):
+        if owner is not None and owner.get("host") == HOST and process_alive(int(owner.get("pid", -1))):
             count += 1
     return count

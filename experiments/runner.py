@@ -47,7 +47,6 @@ __all__ = [
     "collect_results",
     "load_split",
     "read_json",
-    "run_all",
     "train_runs",
     "write_json",
 ]
@@ -439,17 +438,3 @@ def collect_results(specs: list[RunSpec], out: Path) -> tuple[list[dict], list[s
         else:
             results.append(result)
     return results, missing
-
-
-def run_all(
-    specs: list[RunSpec],
-    out: Path,
-    splits: tuple[data.ImageSet, data.ImageSet],
-    device: torch.device,
-    progress: bool = True,
-    reporter: Callable[[str, Path, int, list[dict]], None] | None = None,
-) -> list[dict]:
-    """Every run of `specs` under out/runs on the (train, test) `splits`, trained or resumed where
-    unfinished, then every result (one process; experiments.api drives the distributed cases)."""
-    train_runs(specs, out, splits, device, progress, reporter)
-    return collect_results(specs, out)[0]

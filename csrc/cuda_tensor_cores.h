@@ -14,8 +14,16 @@
 //   c[0], c[1] = C[g][2t], C[g][2t+1]      c[2], c[3] = C[g+8][2t], C[g+8][2t+1]      (d alike)
 // The emulated sum runs over k in order in float; the hardware's order is unspecified, so results
 // may differ in the last bits of float (products of two 16-bit values are exact in float either way).
+//
+// mma_m16n8k8_tf32(d, a, b, c): the same for float32 data as TF32 (PTX mma.sync.aligned.m16n8k8
+// .row.col.f32.tf32.tf32.f32): A 16x8, B 8x8, one element per register, each already rounded to
+// TF32 by to_tf32 (10 mantissa bits, round to nearest with ties away from zero: cvt.rna.tf32.f32).
+//   a[0] = A[g][t]   a[1] = A[g+8][t]   a[2] = A[g][t+4]   a[3] = A[g+8][t+4]
+//   b[0] = B[t][g]   b[1] = B[t+4][g]          c and d as for mma_m16n8k16
+// Products of two TF32 values are exact in float, so here too only the order of the sum is free.
 #pragma once
 
+#include <ATen/Context.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -49,6 +57,11 @@ inline bool tensor_cores_enabled() {
 #endif
 }
 
+// Whether float32 kernels take their TF32 tensor-core variant: exactly when native convolutions
+// may (torch.backends.cudnn.allow_tf32, PyTorch's default True, read at every launch) and tensor
+// cores are enabled as above.
+inline bool tf32_enabled() { return at::globalContext().allowTF32CuDNN() && tensor_cores_enabled(); }
+
 template <typename T>
 inline constexpr bool kTensorCoreType = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
 
@@ -70,6 +83,45 @@ __device__ __forceinline__ float unpack(uint32_t pair, int which) {
 }
 
 #ifdef CNNEXT_CUDA_EMULATION
+
+// float -> TF32 as cvt.rna.tf32.f32 does it, returned as float bits with the low 13 mantissa bits
+// zero: round the magnitude to nearest, ties away from zero; infinities and NaN unchanged.
+__device__ inline uint32_t to_tf32(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + 0x1000u) & 0xffffe000u;
+  return bits;
+}
+
+__device__ inline float tf32_value(uint32_t bits) {
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+__device__ inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                        const float (&c)[4]) {
+  const int lane =
+      static_cast<int>((threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32);
+  const int g = lane / 4, t = lane % 4;
+  float sum[4] = {c[0], c[1], c[2], c[3]};
+  // Lane 4 g + s holds A's rows g and g+8 at k = s and s + 4; lane 4 n + s holds B's column n there.
+  for (int s = 0; s < 4; ++s) {
+    uint32_t a_k[4], b_k[2][2];
+    for (int r = 0; r < 4; ++r) a_k[r] = __shfl_sync(0xffffffffu, a[r], 4 * g + s);
+    for (int j = 0; j < 2; ++j) {
+      b_k[j][0] = __shfl_sync(0xffffffffu, b[0], 4 * (2 * t + j) + s);
+      b_k[j][1] = __shfl_sync(0xffffffffu, b[1], 4 * (2 * t + j) + s);
+    }
+    for (int half = 0; half < 2; ++half) {  // k = s (half 0) or s + 4 (half 1)
+      for (int row = 0; row < 2; ++row) {   // g, g + 8
+        const float x = tf32_value(a_k[2 * half + row]);
+        for (int j = 0; j < 2; ++j) sum[2 * row + j] += x * tf32_value(b_k[j][half]);
+      }
+    }
+  }
+  for (int i = 0; i < 4; ++i) d[i] = sum[i];
+}
 
 template <typename T>
 __device__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
@@ -103,6 +155,31 @@ __device__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32
 }
 
 #else
+
+__device__ __forceinline__ uint32_t to_tf32(float value) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  uint32_t bits;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(bits) : "f"(value));
+  return bits;
+#else
+  __trap();
+  return 0;
+#endif
+}
+
+__device__ __forceinline__ void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                                 const float (&c)[4]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%10, %11, %12, %13};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+        "f"(c[3]));
+#else
+  __trap();  // built for an architecture before sm_80: callers choose another path there
+#endif
+}
 
 template <typename T>
 __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],

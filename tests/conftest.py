@@ -86,6 +86,27 @@ def poison_cuda_memory():
 
 
 @pytest.fixture(autouse=True)
+def full_float32():
+    """float32 in full precision unless a test turns TF32 on. torch.backends.cudnn.allow_tf32 (True
+    by PyTorch's default) lets native cuDNN convolutions and cnnext's CUDA implicit GEMM (emulated
+    too) multiply float32 as TF32, with a 10-bit mantissa the float32 tolerances are not made for;
+    the TF32 tests set it themselves."""
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = previous
+
+
+def tf32_reference(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to TF32 (11 significant bits), to nearest with ties away from zero (cvt.rna), in
+    float64 from frexp: independent of the bit trick the kernels use."""
+    mantissa, exponent = torch.frexp(x.double())  # |mantissa| in [0.5, 1)
+    scaled = mantissa * 2.0**11
+    rounded = torch.sign(scaled) * torch.floor(scaled.abs() + 0.5)
+    return torch.ldexp(rounded / 2.0**11, exponent)
+
+
+@pytest.fixture(autouse=True)
 def fresh_seed(request):
     """Fresh random inputs per test, reproducible per test id (printed on failure)."""
     seed = zlib.crc32(request.node.nodeid.encode())

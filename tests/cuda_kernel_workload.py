@@ -66,6 +66,20 @@ def conv2d():
         torch.testing.assert_close(ours[0].double().cpu(), native[0], **low)
         for got, want in zip(ours[1], native[1], strict=True):
             torch.testing.assert_close(got.double().cpu(), want, **low)
+    # float32 under torch.backends.cudnn.allow_tf32: the TF32 tensor-core variant.
+    x, w = torch.randn(2, 8, 9, 9), torch.randn(16, 8, 3, 3)
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        with on_kernels():
+            ours = grads(lambda *t: cnnext.ops.conv2d(*t, padding=1), x, w)
+    finally:
+        torch.backends.cudnn.allow_tf32 = False
+    native = grads(lambda *t: F.conv2d(*t, padding=1), x.double(), w.double())
+    # Operands rounded to 11 significant bits (~5e-4 relative), outputs ~N(0, 72).
+    tf32 = dict(rtol=1e-2, atol=5e-2)
+    torch.testing.assert_close(ours[0].double().cpu(), native[0], **tf32)
+    for got, want in zip(ours[1], native[1], strict=True):
+        torch.testing.assert_close(got.double().cpu(), want, **tf32)
 
 
 def pool2d():
@@ -97,6 +111,23 @@ def attention():
         close(ours[0], native[0], "attention")
         for got, want in zip(ours[1], native[1], strict=True):
             close(got, want, "attention gradient")
+    # 16-bit forwards take the tensor-core kernel (sm_80+, and the emulator): every head-dim bucket.
+    for dtype, head_dim in (
+        (torch.float16, 24),
+        (torch.bfloat16, 64),
+        (torch.float16, 100),
+        (torch.bfloat16, 256),
+    ):
+        q, k, v = (
+            torch.randn(1, 2, 37, head_dim),
+            torch.randn(1, 2, 41, head_dim),
+            torch.randn(1, 2, 41, head_dim),
+        )
+        with on_kernels():
+            ours = cnnext.ops.attention(*(t.to(DEVICE, dtype) for t in (q, k, v)), causal=True)
+        native = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
+        # Outputs are averages of N(0, 1) values: 16-bit rounding of inputs, P and the output.
+        torch.testing.assert_close(ours.double().cpu(), native, rtol=2e-2, atol=2e-2)
 
 
 CONTROLS = {
@@ -115,10 +146,11 @@ if __name__ == "__main__":
     parser.add_argument("names", nargs="+", choices=[*WORKLOADS, *CONTROLS])
     args = parser.parse_args()
     torch.manual_seed(0)
+    # float32 in full precision (native's reference and our kernels) except where a case turns TF32 on.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     if args.device == "cuda":
         DEVICE = "cuda"
-        torch.backends.cudnn.allow_tf32 = False  # the reference in float32, as the kernels compute
-        torch.backends.cuda.matmul.allow_tf32 = False
     else:
         import cnnext.cuda_emulation as emulation
 

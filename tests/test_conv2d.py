@@ -11,7 +11,14 @@ import torch.nn.functional as F
 import cnnext
 from cnnext.ops import reference
 
-from .conftest import DEVICES, FULL_PRECISION, LOW_PRECISION, needs_cuda, run_with_baseline_isa
+from .conftest import (
+    DEVICES,
+    FULL_PRECISION,
+    LOW_PRECISION,
+    needs_cuda,
+    run_with_baseline_isa,
+    tf32_reference,
+)
 
 # Float32 kernels sum at most a few hundred products here; against a float64 reference their
 # error is ~1e-6 relative, so 1e-4 catches any real mistake without flaking.
@@ -259,6 +266,49 @@ def test_tensor_core_and_fma_variants_both_match_native(layout, dtype, device, m
         name = "c10::Half" if dtype == torch.float16 else "c10::BFloat16"
         for variant in ("true", "false"):
             assert f"implicit_gemm_kernel<ForwardProblem<{name}>, {variant}>" in launched
+
+
+@pytest.mark.parametrize("device", [d for d in DEVICES if "emu" in d.id or d.id == "cuda"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_float32_uses_tf32_exactly_when_cudnn_allows_it(layout, device):
+    """torch.backends.cudnn.allow_tf32 on: the implicit GEMM's TF32 tensor-core variant, whose
+    forward and gradients equal a float64 convolution of the TF32-rounded operands (each GEMM
+    rounds its two inputs) to float32 summation error, and differ from the unrounded one by TF32's
+    ~1e-3 relative rounding. Off: full float32. Remainder tiles in every GEMM dimension."""
+    x = make_layout(torch.randn(2, 5, 11, 9, device=device), layout)
+    w = torch.randn(70, 5, 3, 3, device=device)
+    args = dict(stride=(1, 2), padding=1)
+    grad_out = torch.randn(2, 70, 11, 5, device=device)
+
+    def run(x, w, g, conv):
+        x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+        out = conv(x, w, **args)
+        return (out, *torch.autograd.grad(out, (x, w), g))
+
+    def tf32(t):
+        return tf32_reference(t.cpu()).to(t.device)
+
+    exact = run(x.double(), w.double(), grad_out.double(), F.conv2d)
+    rounded = run(tf32(x), tf32(w), tf32(grad_out), F.conv2d)
+    torch.backends.cudnn.allow_tf32 = True  # the autouse full_float32 fixture restores it
+    with_tf32 = run(x, w, grad_out, cnnext.ops.conv2d)
+    torch.backends.cudnn.allow_tf32 = False
+    without = run(x, w, grad_out, cnnext.ops.conv2d)
+    for name, tf, full, want_rounded, want_exact in zip(
+        ("out", "grad input", "grad weight"), with_tf32, without, rounded, exact, strict=True
+    ):
+        torch.testing.assert_close(
+            tf.double(), want_rounded, rtol=1e-5, atol=1e-4, msg=lambda m: f"{name}: {m}"
+        )
+        torch.testing.assert_close(
+            full.double(), want_exact, rtol=1e-5, atol=1e-4, msg=lambda m: f"{name}: {m}"
+        )
+        assert (tf.double() - want_exact).abs().max() > 1e-3, f"{name}: TF32 was not used"
+    if device == "cpu":  # emulated: the launches name the variants
+        launched = " ".join(torch.ops.cnnext_emu._launched_kernels())
+        for problem in ("ForwardProblem", "GradInputProblem", "GradWeightProblem"):
+            for variant in ("true", "false"):
+                assert f"implicit_gemm_kernel<{problem}<float>, {variant}>" in launched
 
 
 @pytest.mark.parametrize("device, dtype", LOW_PRECISION)

@@ -24,6 +24,8 @@ import cnnext
 import cnnext.cuda_emulation as emulation
 from benchmarks import cuda_resources
 
+from .conftest import tf32_reference
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 emu = torch.ops.cnnext_emu
 
@@ -135,6 +137,26 @@ def test_tensor_core_mma_computes_a_16x8x16_product_with_the_documented_fragment
         d = emu._selftest_mma(a, b.t().contiguous(), c)
     # Products of two 16-bit numbers are exact in float; only the float sums round.
     torch.testing.assert_close(d, (a.double() @ b.double() + c.double()).float(), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("schedule", emulation.SCHEDULES)
+def test_tf32_mma_rounds_to_nearest_away_and_computes_a_16x8x8_product(schedule):
+    """mma_m16n8k8_tf32 with to_tf32 as the emulator runs them: A and B rounded to TF32 (ties away
+    from zero, as cvt.rna does), multiplied with the documented fragment layout. Exact ties are
+    planted in A: rounding them toward zero or to even would show."""
+    generator = torch.Generator().manual_seed(5)
+    a = torch.randn(16, 8, generator=generator)
+    b = torch.randn(8, 8, generator=generator)
+    c = torch.randn(16, 8, generator=generator)
+    # 1 + 2^-11 and 1 + 3 * 2^-11 lie halfway between TF32 neighbours; away from zero means up.
+    a[0, :4] = torch.tensor([1 + 2.0**-11, -(1 + 2.0**-11), 1 + 3 * 2.0**-11, 2.5 + 2.0**-10])
+    with emulation.schedule(schedule, seed=13):
+        d = emu._selftest_mma_tf32(a, b.t().contiguous(), c)
+    assert tf32_reference(a[0, :3]).tolist() == [1 + 2.0**-10, -(1 + 2.0**-10), 1 + 2 * 2.0**-10]
+    expected = tf32_reference(a) @ tf32_reference(b) + c.double()
+    # Products of two TF32 numbers are exact in float; only the float sums round. Unrounded inputs
+    # would be off by about 1e-4 relative.
+    torch.testing.assert_close(d, expected.float(), rtol=1e-6, atol=1e-5)
 
 
 def test_xor_butterfly_gives_every_lane_the_sum():

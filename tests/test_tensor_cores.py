@@ -5,6 +5,7 @@ instruction, fragment layout included, is tested in test_cuda_emulation.py."""
 import os
 import shutil
 import subprocess
+import typing
 from pathlib import Path
 
 import pytest
@@ -31,11 +32,23 @@ __global__ void mma_check(const uint32_t* a, const uint32_t* b, float* d) {
 }
 template __global__ void mma_check<c10::Half>(const uint32_t*, const uint32_t*, float*);
 template __global__ void mma_check<c10::BFloat16>(const uint32_t*, const uint32_t*, float*);
+__global__ void mma_check_tf32(const float* a, const float* b, float* d) {
+  const int lane = threadIdx.x;
+  using cnnext::cuda::to_tf32;
+  const uint32_t fa[4] = {to_tf32(a[4 * lane]), to_tf32(a[4 * lane + 1]), to_tf32(a[4 * lane + 2]),
+                          to_tf32(a[4 * lane + 3])};
+  const uint32_t fb[2] = {to_tf32(b[2 * lane]), to_tf32(b[2 * lane + 1])};
+  const float fc[4] = {0, 0, 0, 0};
+  float fd[4];
+  cnnext::cuda::mma_m16n8k8_tf32(fd, fa, fb, fc);
+  for (int i = 0; i < 4; ++i) d[4 * lane + i] = fd[i];
+}
 """
 
 
 @pytest.mark.skipif(not NVCC.is_file(), reason=f"no nvcc at {NVCC}")
 def test_mma_becomes_hmma_on_sm80_and_sm90(tmp_path):
+    """The half, bfloat16 and TF32 mma of cuda_tensor_cores.h as tensor-core instructions."""
     source = tmp_path / "mma_check.cu"
     source.write_text(KERNEL)
     include = Path(torch.__file__).parent / "include"
@@ -52,28 +65,76 @@ def test_mma_becomes_hmma_on_sm80_and_sm90(tmp_path):
     assert sorted(block.split()[0] for block in per_arch) == ["sm_80", "sm_90"]
     for block in per_arch:
         assert "HMMA.16816.F32.BF16" in block, block[:2000]
+        assert "HMMA.1688.F32.TF32" in block, block[:2000]
         assert any(line.split()[1:2] == ["HMMA.16816.F32"] for line in block.splitlines() if "HMMA" in line)
 
 
 def test_the_built_conv2d_tensor_core_variants_contain_hmma():
     """In cnnext._C as built here: every tensor-core instantiation of the implicit GEMM (three
-    problems x half / bfloat16) has tensor-core instructions in its SASS for every architecture
-    built (sm_80+), and no float instantiation claims to be one."""
+    problems x half / bfloat16 / float) has tensor-core instructions in its SASS for every
+    architecture built (sm_80+), TF32 ones (HMMA.1688.F32.TF32) for float; none for double."""
     import cnnext
 
     if not cnnext.build_info()["cuda"]:
         pytest.skip("cnnext._C was built without CUDA kernels")
+    variants = [v for v in implicit_gemm_sass() if v.tensor_cores]
+    archs = {v.arch for v in variants}
+    assert archs and len(variants) == 9 * len(archs), [(v.arch, v.name) for v in variants]
+    for v in variants:
+        hmma = [line for line in v.body.splitlines() if "HMMA" in line]
+        assert hmma, (v.arch, v.name)
+        is_float = "IfEE" in v.name
+        assert all(("TF32" in line) == is_float for line in hmma), (v.arch, v.name, hmma[:2])
+    assert not any("IdEE" in v.name for v in variants)  # double: never
+
+
+def test_the_built_implicit_gemm_does_no_integer_division():
+    """The index arithmetic of every implicit-GEMM instantiation is FastDivmod multiply-high
+    (cuda_fast_divmod.h). An integer `/` or `%` by a run-time value compiles to a reciprocal
+    estimate: a round-up conversion (I2F.U32.RP, or I2F.U64.RP in the 64-bit subroutine) before
+    MUFU.RCP. None of the implicit GEMM's SASS may contain one; the pooling kernels still do, so the
+    pattern is known to show up when present."""
+    import cnnext
+
+    if not cnnext.build_info()["cuda"]:
+        pytest.skip("cnnext._C was built without CUDA kernels")
+    variants = implicit_gemm_sass()
+    assert variants
+
+    def divisions(body):
+        return [line.split()[1] for line in body.splitlines() if "I2F" in line and ".RP" in line]
+
+    assert not [(v.arch, v.name, divisions(v.body)) for v in variants if divisions(v.body)]
     sass = subprocess.run(
         [CUOBJDUMP, "-sass", cnnext._C.__file__], check=True, capture_output=True, text=True
     )
-    variants = []  # (architecture, kernel, HMMA count)
+    pooling = [
+        block for block in sass.stdout.split("Function : ")[1:] if "avg_forward_kernel" in block.split()[0]
+    ]
+    assert pooling and all(divisions(block) for block in pooling)
+
+
+class KernelSass(typing.NamedTuple):
+    arch: str
+    name: str  # mangled
+    tensor_cores: bool
+    body: str
+
+
+def implicit_gemm_sass() -> list[KernelSass]:
+    """The SASS of every implicit_gemm_kernel instantiation in the built cnnext._C, per architecture."""
+    import cnnext
+
+    sass = subprocess.run(
+        [CUOBJDUMP, "-sass", cnnext._C.__file__], check=True, capture_output=True, text=True
+    )
+    kernels = []
     for arch_block in sass.stdout.split("arch = ")[1:]:
         arch = arch_block.split()[0]
         for block in arch_block.split("Function : ")[1:]:
             name, _, body = block.partition("\n")
-            if "implicit_gemm_kernel" in name and name.strip().endswith("Lb1EEEvT_l"):
-                variants.append((arch, name.strip(), body.count("HMMA")))
-    archs = {arch for arch, _, _ in variants}
-    assert archs and len(variants) == 6 * len(archs), variants
-    assert all(hmma > 0 for _, _, hmma in variants), variants
-    assert not any("IfEE" in name or "IdEE" in name for _, name, _ in variants)  # float / double: never
+            name = name.strip()
+            if "implicit_gemm_kernel" in name:
+                # The bool template argument, mangled as Lb1E / Lb0E before the parameter list.
+                kernels.append(KernelSass(arch, name, "Lb1EEEvT_" in name, body))
+    return kernels

@@ -20,15 +20,22 @@
 // emulator (csrc/cuda_emulation/).
 //
 // Kernel variants of implicit_gemm_kernel<Problem, kTensorCores>:
-//   fma           float32 / float64, and 16-bit types where tensor cores are off: the 4x4 micro tiles
-//                 above, shared tiles in acc_t.
-//   tensor_cores  float16 / bfloat16 on sm_80+ (cuda::tensor_cores_enabled()): the same 64x64x16
-//                 block tiles kept in 16 bits in shared memory; each of the 8 warps owns 16 rows x
-//                 32 columns of C and multiplies with four mma_m16n8k16 per 16-deep stage
+//   fma           float64, float32 without TF32, and 16-bit types where tensor cores are off: the
+//                 4x4 micro tiles above, shared tiles in acc_t.
+//   tensor_cores  float16 / bfloat16 on sm_80+ (cuda::tensor_cores_enabled()), and float32 as TF32
+//                 when torch.backends.cudnn.allow_tf32 is on (cuda::tf32_enabled(), native's
+//                 switch): the same 64x64x16 block tiles kept in shared memory as 16-bit patterns
+//                 or TF32-rounded float bits; each of the 8 warps owns 16 rows x 32 columns of C and
+//                 multiplies with four mma_m16n8k16 (or eight mma_m16n8k8_tf32) per 16-deep stage
 //                 (cuda_tensor_cores.h), accumulating in float.
+//
+// Index arithmetic: every division of the loads and stores (pixel -> (n, oh, ow), depth ->
+// (c, ki, kj), grid z -> (split, group)) is a FastDivmod multiply-high (cuda_fast_divmod.h) on
+// 32-bit indices; the sm_90 SASS of the kernel has no division subroutine call.
 #include "common.h"
 #include "conv2d/conv2d.h"
 #include "cuda_device.h"
+#include "cuda_fast_divmod.h"
 #include "cuda_tensor_cores.h"
 
 namespace cnnext {
@@ -36,37 +43,72 @@ namespace {
 
 constexpr int kTileM = 64, kTileN = 64, kTileK = 16, kThreads = 256;
 constexpr int kMaxGridZ = 65535;
+// Resident blocks per SM the implicit GEMM is compiled for (__launch_bounds__): four 256-thread
+// blocks (50% occupancy, at most 64 registers per thread) where the float accumulators allow it
+// without spilling, two for double (twice the registers per accumulator).
+template <typename acc_t>
+inline constexpr int kMinBlocksPerSM = std::is_same_v<acc_t, double> ? 2 : 4;
 
-// The geometry as the kernels see it (plain data, derived sizes precomputed).
+// The geometry as the kernels see it (plain data, derived sizes precomputed), with the divisors of
+// its index arithmetic as FastDivmod (cuda_fast_divmod.h): the loads below split a pixel index into
+// (n, oh, ow) and a depth index into (c, ki, kj) with multiply-high, never a division. Matrix
+// indices are int: launch_implicit_gemm checks that every one fits.
 struct KernelGeometry {
   int64_t N, C, H, W, Cout, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, groups, Cg, Coutg, K, L;
+  cuda::FastDivmod by_out_pixels, by_out_w, by_in_pixels, by_in_w, by_taps, by_kw, by_sh, by_sw, by_groups;
 };
 
 KernelGeometry kernel_geometry(const Conv2dGeometry& g) {
-  return {g.batch,    g.in_channels, g.in_h,     g.in_w,    g.out_channels, g.out_h,    g.out_w,
-          g.kernel_h, g.kernel_w,    g.stride_h, g.stride_w, g.pad_h,       g.pad_w,    g.dil_h,
-          g.dil_w,    g.groups,      g.in_per_group(), g.out_per_group(), g.patch_size(), g.out_pixels()};
+  KernelGeometry p{g.batch,    g.in_channels, g.in_h,     g.in_w,    g.out_channels, g.out_h,    g.out_w,
+                   g.kernel_h, g.kernel_w,    g.stride_h, g.stride_w, g.pad_h,       g.pad_w,    g.dil_h,
+                   g.dil_w,    g.groups,      g.in_per_group(), g.out_per_group(), g.patch_size(), g.out_pixels()};
+  // Empty sizes divide nothing (the launchers return before any kernel); 1 keeps FastDivmod valid.
+  const auto divisor = [](int64_t d) { return cuda::FastDivmod(std::max<int64_t>(d, 1)); };
+  p.by_out_pixels = divisor(p.L);
+  p.by_out_w = divisor(p.Wo);
+  p.by_in_pixels = divisor(p.H * p.W);
+  p.by_in_w = divisor(p.W);
+  p.by_taps = divisor(p.kh * p.kw);
+  p.by_kw = divisor(p.kw);
+  p.by_sh = divisor(p.sh);
+  p.by_sw = divisor(p.sw);
+  p.by_groups = divisor(p.groups);
+  return p;
 }
 
 // cols[g][k][pix]: the input value under kernel tap k = (c, ki, kj) of group g when the window
 // sits at output pixel pix = (n, oh, ow); zero where the tap falls in the padding.
 template <typename acc_t, typename scalar_t>
 __device__ __forceinline__ acc_t patch_value(const scalar_t* x, const Strides4& xs, const KernelGeometry& p,
-                                             int64_t g, int64_t k, int64_t pix) {
-  const int64_t khkw = p.kh * p.kw;
-  const int64_t c = k / khkw, r = k % khkw, ki = r / p.kw, kj = r % p.kw;
-  const int64_t n = pix / p.L, l = pix % p.L, oh = l / p.Wo, ow = l % p.Wo;
+                                             int64_t g, int k, int pix) {
+  const auto [c, tap] = p.by_taps.divmod(k);
+  const auto [ki, kj] = p.by_kw.divmod(tap);
+  const auto [n, l] = p.by_out_pixels.divmod(pix);
+  const auto [oh, ow] = p.by_out_w.divmod(l);
   const int64_t ih = oh * p.sh - p.ph + ki * p.dh, iw = ow * p.sw - p.pw + kj * p.dw;
   if (ih < 0 || ih >= p.H || iw < 0 || iw >= p.W) return acc_t(0);
   return static_cast<acc_t>(x[n * xs.n + (g * p.Cg + c) * xs.c + ih * xs.h + iw * xs.w]);
 }
 
+// The offset of output pixel pix = (n, oh, ow) in a tensor of output shape with strides `s`.
+__device__ __forceinline__ int64_t out_pixel_offset(const Strides4& s, const KernelGeometry& p, int pix) {
+  const auto [n, l] = p.by_out_pixels.divmod(pix);
+  const auto [oh, ow] = p.by_out_w.divmod(l);
+  return n * s.n + oh * s.h + ow * s.w;
+}
+
+// The offset of input pixel pixel = (n, ih, iw) in a tensor of input shape with strides `s`.
+__device__ __forceinline__ int64_t in_pixel_offset(const Strides4& s, const KernelGeometry& p, int pixel) {
+  const auto [n, rem] = p.by_in_pixels.divmod(pixel);
+  const auto [ih, iw] = p.by_in_w.divmod(rem);
+  return n * s.n + ih * s.h + iw * s.w;
+}
+
 // dY[n, g*Coutg + co, oh, ow] for output pixel pix = (n, oh, ow).
 template <typename acc_t, typename scalar_t>
 __device__ __forceinline__ acc_t grad_output_value(const scalar_t* dy, const Strides4& ys, const KernelGeometry& p,
-                                                   int64_t g, int64_t co, int64_t pix) {
-  const int64_t n = pix / p.L, l = pix % p.L, oh = l / p.Wo, ow = l % p.Wo;
-  return static_cast<acc_t>(dy[n * ys.n + (g * p.Coutg + co) * ys.c + oh * ys.h + ow * ys.w]);
+                                                   int64_t g, int64_t co, int pix) {
+  return static_cast<acc_t>(dy[(g * p.Coutg + co) * ys.c + out_pixel_offset(ys, p, pix)]);
 }
 
 // Each problem says which operand index varies fastest in memory (kAKFast: A's k, else A's m;
@@ -84,17 +126,15 @@ struct ForwardProblem {
   Strides4 xs, os;
   KernelGeometry p;
 
-  __device__ int64_t rows() const { return p.Coutg; }
-  __device__ int64_t cols() const { return p.N * p.L; }
-  __device__ int64_t depth() const { return p.K; }
-  __device__ acc_t a(int64_t g, int64_t m, int64_t k) const {
-    return static_cast<acc_t>(w[(g * p.Coutg + m) * p.K + k]);
-  }
-  __device__ acc_t b(int64_t g, int64_t k, int64_t pix) const { return patch_value<acc_t>(x, xs, p, g, k, pix); }
-  __device__ void store(int64_t g, int64_t /*split*/, int64_t m, int64_t pix, acc_t v) const {
-    const int64_t co = g * p.Coutg + m, n = pix / p.L, l = pix % p.L, oh = l / p.Wo, ow = l % p.Wo;
+  __device__ int rows() const { return static_cast<int>(p.Coutg); }
+  __device__ int cols() const { return static_cast<int>(p.N * p.L); }
+  __device__ int depth() const { return static_cast<int>(p.K); }
+  __device__ acc_t a(int64_t g, int m, int k) const { return static_cast<acc_t>(w[(g * p.Coutg + m) * p.K + k]); }
+  __device__ acc_t b(int64_t g, int k, int pix) const { return patch_value<acc_t>(x, xs, p, g, k, pix); }
+  __device__ void store(int64_t g, int64_t /*split*/, int m, int pix, acc_t v) const {
+    const int64_t co = g * p.Coutg + m;
     if (bias != nullptr) v += static_cast<acc_t>(bias[co]);
-    out[n * os.n + co * os.c + oh * os.h + ow * os.w] = static_cast<scalar_t>(v);
+    out[co * os.c + out_pixel_offset(os, p, pix)] = static_cast<scalar_t>(v);
   }
 };
 
@@ -109,28 +149,30 @@ struct GradInputProblem {
   Strides4 ys, xs;
   KernelGeometry p;
 
-  __device__ int64_t rows() const { return p.Cg; }
-  __device__ int64_t cols() const { return p.N * p.H * p.W; }
-  __device__ int64_t depth() const { return p.Coutg * p.kh * p.kw; }
+  __device__ int rows() const { return static_cast<int>(p.Cg); }
+  __device__ int cols() const { return static_cast<int>(p.N * p.H * p.W); }
+  __device__ int depth() const { return static_cast<int>(p.Coutg * p.kh * p.kw); }
   // A[c][(co, ki, kj)] = W[g*Coutg + co, c, ki, kj]
-  __device__ acc_t a(int64_t g, int64_t c, int64_t k) const {
-    const int64_t khkw = p.kh * p.kw, co = k / khkw, r = k % khkw;
-    return static_cast<acc_t>(w[((g * p.Coutg + co) * p.Cg + c) * khkw + r]);
+  __device__ acc_t a(int64_t g, int c, int k) const {
+    const auto [co, tap] = p.by_taps.divmod(k);
+    return static_cast<acc_t>(w[((g * p.Coutg + co) * p.Cg + c) * p.by_taps.divisor() + tap]);
   }
   // B[(co, ki, kj)][(n, ih, iw)] = dY[n, co, oh, ow] where the tap (ki, kj) at output (oh, ow)
   // reads input (ih, iw); zero where no output pixel does (stride gaps, borders).
-  __device__ acc_t b(int64_t g, int64_t k, int64_t pixel) const {
-    const int64_t khkw = p.kh * p.kw, co = k / khkw, r = k % khkw, ki = r / p.kw, kj = r % p.kw;
-    const int64_t hw = p.H * p.W, n = pixel / hw, rem = pixel % hw, ih = rem / p.W, iw = rem % p.W;
-    const int64_t th = ih + p.ph - ki * p.dh, tw = iw + p.pw - kj * p.dw;
-    if (th < 0 || tw < 0 || th % p.sh != 0 || tw % p.sw != 0) return acc_t(0);
-    const int64_t oh = th / p.sh, ow = tw / p.sw;
-    if (oh >= p.Ho || ow >= p.Wo) return acc_t(0);
+  __device__ acc_t b(int64_t g, int k, int pixel) const {
+    const auto [co, tap] = p.by_taps.divmod(k);
+    const auto [ki, kj] = p.by_kw.divmod(tap);
+    const auto [n, rem] = p.by_in_pixels.divmod(pixel);
+    const auto [ih, iw] = p.by_in_w.divmod(rem);
+    const int th = ih + static_cast<int>(p.ph - ki * p.dh), tw = iw + static_cast<int>(p.pw - kj * p.dw);
+    if (th < 0 || tw < 0) return acc_t(0);
+    const auto [oh, phase_h] = p.by_sh.divmod(th);
+    const auto [ow, phase_w] = p.by_sw.divmod(tw);
+    if (phase_h != 0 || phase_w != 0 || oh >= p.Ho || ow >= p.Wo) return acc_t(0);
     return static_cast<acc_t>(dy[n * ys.n + (g * p.Coutg + co) * ys.c + oh * ys.h + ow * ys.w]);
   }
-  __device__ void store(int64_t g, int64_t /*split*/, int64_t c, int64_t pixel, acc_t v) const {
-    const int64_t hw = p.H * p.W, n = pixel / hw, rem = pixel % hw, ih = rem / p.W, iw = rem % p.W;
-    dx[n * xs.n + (g * p.Cg + c) * xs.c + ih * xs.h + iw * xs.w] = static_cast<scalar_t>(v);
+  __device__ void store(int64_t g, int64_t /*split*/, int c, int pixel, acc_t v) const {
+    dx[(g * p.Cg + c) * xs.c + in_pixel_offset(xs, p, pixel)] = static_cast<scalar_t>(v);
   }
 };
 
@@ -145,41 +187,50 @@ struct GradWeightProblem {
   Strides4 ys, xs;
   KernelGeometry p;
 
-  __device__ int64_t rows() const { return p.Coutg; }
-  __device__ int64_t cols() const { return p.K; }
-  __device__ int64_t depth() const { return p.N * p.L; }
-  __device__ acc_t a(int64_t g, int64_t co, int64_t pix) const { return grad_output_value<acc_t>(dy, ys, p, g, co, pix); }
-  __device__ acc_t b(int64_t g, int64_t pix, int64_t k) const { return patch_value<acc_t>(x, xs, p, g, k, pix); }
-  __device__ void store(int64_t g, int64_t split, int64_t co, int64_t k, acc_t v) const {
+  __device__ int rows() const { return static_cast<int>(p.Coutg); }
+  __device__ int cols() const { return static_cast<int>(p.K); }
+  __device__ int depth() const { return static_cast<int>(p.N * p.L); }
+  __device__ acc_t a(int64_t g, int co, int pix) const { return grad_output_value<acc_t>(dy, ys, p, g, co, pix); }
+  __device__ acc_t b(int64_t g, int pix, int k) const { return patch_value<acc_t>(x, xs, p, g, k, pix); }
+  __device__ void store(int64_t g, int64_t split, int co, int k, acc_t v) const {
     partial[(split * p.Cout + g * p.Coutg + co) * p.K + k] = v;
   }
 };
 
-// A value as a shared tile holds it: acc_t for the fma variant, the 16-bit pattern of scalar_t
-// (uint16_t, what the mma fragments are packed from) for the tensor-core one.
+// A value as a shared tile holds it: acc_t for the fma variant; for the tensor-core one the 16-bit
+// pattern of half / bfloat16 (uint16_t, what the mma fragments are packed from), or the TF32
+// rounding of a float (uint32_t float bits).
 template <typename tile_t, typename scalar_t, typename acc_t>
 __device__ __forceinline__ tile_t to_tile(acc_t value) {
   if constexpr (std::is_same_v<tile_t, uint16_t>) {
     return static_cast<scalar_t>(value).x;
+  } else if constexpr (std::is_same_v<tile_t, uint32_t>) {
+    return cuda::to_tf32(static_cast<float>(value));
   } else {
     return static_cast<tile_t>(value);
   }
 }
 
+// Element types with a tensor-core variant, and the shared-tile type it keeps them in.
+template <typename scalar_t>
+inline constexpr bool kHasTensorCoreVariant = cuda::kTensorCoreType<scalar_t> || std::is_same_v<scalar_t, float>;
+template <typename scalar_t>
+using tensor_core_tile_t = std::conditional_t<std::is_same_v<scalar_t, float>, uint32_t, uint16_t>;
+
 // One 16-deep stage of A (kTileM x kTileK) and B (kTileK x kTileN) from the problem into shared
 // memory as tile_t, zero outside the matrices and past the split's depth.
 template <typename Problem, typename tile_t>
 __device__ __forceinline__ void load_stage(const Problem& prob, tile_t (*a_tile)[kTileM + 8],
-                                           tile_t (*b_tile)[kTileN + 8], int64_t group, int64_t m0,
-                                           int64_t n0, int64_t k0, int64_t k_end) {
+                                           tile_t (*b_tile)[kTileN + 8], int64_t group, int m0,
+                                           int n0, int k0, int k_end) {
   using acc_t = typename Problem::acc_t;
-  const int64_t rows = prob.rows(), cols = prob.cols();
+  const int rows = prob.rows(), cols = prob.cols();
 #pragma unroll
   for (int i = 0; i < (kTileM * kTileK) / kThreads; ++i) {
     const int e = threadIdx.x + i * kThreads;
     const int mm = Problem::kAKFast ? e / kTileK : e % kTileM;
     const int kk = Problem::kAKFast ? e % kTileK : e / kTileM;
-    const int64_t m = m0 + mm, k = k0 + kk;
+    const int m = m0 + mm, k = k0 + kk;
     a_tile[kk][mm] = to_tile<tile_t, typename Problem::scalar_type>((m < rows && k < k_end) ? prob.a(group, m, k)
                                                                                              : acc_t(0));
   }
@@ -188,7 +239,7 @@ __device__ __forceinline__ void load_stage(const Problem& prob, tile_t (*a_tile)
     const int e = threadIdx.x + i * kThreads;
     const int nn = Problem::kBKFast ? e / kTileK : e % kTileN;
     const int kk = Problem::kBKFast ? e % kTileK : e / kTileN;
-    const int64_t n = n0 + nn, k = k0 + kk;
+    const int n = n0 + nn, k = k0 + kk;
     b_tile[kk][nn] = to_tile<tile_t, typename Problem::scalar_type>((n < cols && k < k_end) ? prob.b(group, k, n)
                                                                                              : acc_t(0));
   }
@@ -196,15 +247,17 @@ __device__ __forceinline__ void load_stage(const Problem& prob, tile_t (*a_tile)
 
 // The tensor_cores variant's block (see the header): warp w owns rows 16 (w / 2) and columns
 // 32 (w % 2) of the 64x64 tile, as four 16x8 mma tiles whose float fragments stay in registers.
+// Per 16-deep stage: one mma_m16n8k16 per tile for half / bfloat16, two mma_m16n8k8_tf32 for float.
 template <typename Problem>
-__device__ void tensor_core_block(const Problem& prob, int64_t group, int64_t split, int64_t m0, int64_t n0,
-                                  int64_t k_begin, int64_t k_end) {
+__device__ void tensor_core_block(const Problem& prob, int64_t group, int64_t split, int m0, int n0, int k_begin,
+                                  int k_end) {
   using scalar_t = typename Problem::scalar_type;
+  using tile_t = tensor_core_tile_t<scalar_t>;
   using cuda::pack_pair;
-  // The 16-bit patterns of scalar_t (a plain integer type: no construction, nothing to convert
-  // before packing); +8 keeps rows 16-byte aligned.
-  __shared__ uint16_t a_tile[kTileK][kTileM + 8];
-  __shared__ uint16_t b_tile[kTileK][kTileN + 8];
+  // Plain integer patterns (no construction, nothing to convert before the fragments); +8 keeps
+  // rows 16-byte aligned and spreads a fragment load's lanes over distinct banks.
+  __shared__ tile_t a_tile[kTileK][kTileM + 8];
+  __shared__ tile_t b_tile[kTileK][kTileN + 8];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int wm = (warp / 2) * 16, wn = (warp % 2) * 32;
   float acc[4][4];  // [mma tile j][fragment], fragments as cuda_tensor_cores.h documents
@@ -213,29 +266,43 @@ __device__ void tensor_core_block(const Problem& prob, int64_t group, int64_t sp
 #pragma unroll
     for (int f = 0; f < 4; ++f) acc[j][f] = 0.f;
 
-  for (int64_t k0 = k_begin; k0 < k_end; k0 += kTileK) {
+  for (int k0 = k_begin; k0 < k_end; k0 += kTileK) {
     load_stage(prob, a_tile, b_tile, group, m0, n0, k0, k_end);
     __syncthreads();
-    const uint32_t a[4] = {pack_pair(a_tile[2 * t][wm + g], a_tile[2 * t + 1][wm + g]),
-                           pack_pair(a_tile[2 * t][wm + g + 8], a_tile[2 * t + 1][wm + g + 8]),
-                           pack_pair(a_tile[2 * t + 8][wm + g], a_tile[2 * t + 9][wm + g]),
-                           pack_pair(a_tile[2 * t + 8][wm + g + 8], a_tile[2 * t + 9][wm + g + 8])};
+    if constexpr (std::is_same_v<tile_t, uint32_t>) {
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int col = wn + 8 * j + g;
-      const uint32_t b[2] = {pack_pair(b_tile[2 * t][col], b_tile[2 * t + 1][col]),
-                             pack_pair(b_tile[2 * t + 8][col], b_tile[2 * t + 9][col])};
-      cuda::mma_m16n8k16<scalar_t>(acc[j], a, b, acc[j]);
+      for (int ks = 0; ks < kTileK; ks += 8) {
+        const uint32_t a[4] = {a_tile[ks + t][wm + g], a_tile[ks + t][wm + g + 8], a_tile[ks + t + 4][wm + g],
+                               a_tile[ks + t + 4][wm + g + 8]};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int col = wn + 8 * j + g;
+          const uint32_t b[2] = {b_tile[ks + t][col], b_tile[ks + t + 4][col]};
+          cuda::mma_m16n8k8_tf32(acc[j], a, b, acc[j]);
+        }
+      }
+    } else {
+      const uint32_t a[4] = {pack_pair(a_tile[2 * t][wm + g], a_tile[2 * t + 1][wm + g]),
+                             pack_pair(a_tile[2 * t][wm + g + 8], a_tile[2 * t + 1][wm + g + 8]),
+                             pack_pair(a_tile[2 * t + 8][wm + g], a_tile[2 * t + 9][wm + g]),
+                             pack_pair(a_tile[2 * t + 8][wm + g + 8], a_tile[2 * t + 9][wm + g + 8])};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int col = wn + 8 * j + g;
+        const uint32_t b[2] = {pack_pair(b_tile[2 * t][col], b_tile[2 * t + 1][col]),
+                               pack_pair(b_tile[2 * t + 8][col], b_tile[2 * t + 9][col])};
+        cuda::mma_m16n8k16<scalar_t>(acc[j], a, b, acc[j]);
+      }
     }
     __syncthreads();
   }
 
-  const int64_t rows = prob.rows(), cols = prob.cols();
+  const int rows = prob.rows(), cols = prob.cols();
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
 #pragma unroll
     for (int f = 0; f < 4; ++f) {
-      const int64_t m = m0 + wm + g + (f < 2 ? 0 : 8), n = n0 + wn + 8 * j + 2 * t + (f % 2);
+      const int m = m0 + wm + g + (f < 2 ? 0 : 8), n = n0 + wn + 8 * j + 2 * t + (f % 2);
       if (m < rows && n < cols) prob.store(group, split, m, n, acc[j][f]);
     }
   }
@@ -243,8 +310,8 @@ __device__ void tensor_core_block(const Problem& prob, int64_t group, int64_t sp
 
 // The fma variant's block: thread (ty, tx) accumulates C rows ty + 16 i and columns tx + 16 j.
 template <typename Problem>
-__device__ void fma_block(const Problem& prob, int64_t group, int64_t split, int64_t m0, int64_t n0,
-                          int64_t k_begin, int64_t k_end) {
+__device__ void fma_block(const Problem& prob, int64_t group, int64_t split, int m0, int n0,
+                          int k_begin, int k_end) {
   using acc_t = typename Problem::acc_t;
   __shared__ acc_t a_tile[kTileK][kTileM + 8];  // padded: fewer bank conflicts when k varies per thread
   __shared__ acc_t b_tile[kTileK][kTileN + 8];
@@ -255,7 +322,7 @@ __device__ void fma_block(const Problem& prob, int64_t group, int64_t split, int
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[i][j] = acc_t(0);
 
-  for (int64_t k0 = k_begin; k0 < k_end; k0 += kTileK) {
+  for (int k0 = k_begin; k0 < k_end; k0 += kTileK) {
     load_stage(prob, a_tile, b_tile, group, m0, n0, k0, k_end);
     __syncthreads();
 #pragma unroll
@@ -273,12 +340,12 @@ __device__ void fma_block(const Problem& prob, int64_t group, int64_t split, int
     __syncthreads();
   }
 
-  const int64_t rows = prob.rows(), cols = prob.cols();
+  const int rows = prob.rows(), cols = prob.cols();
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const int64_t m = m0 + ty + 16 * i, n = n0 + tx + 16 * j;
+      const int m = m0 + ty + 16 * i, n = n0 + tx + 16 * j;
       if (m < rows && n < cols) prob.store(group, split, m, n, acc[i][j]);
     }
   }
@@ -287,12 +354,12 @@ __device__ void fma_block(const Problem& prob, int64_t group, int64_t split, int
 // C[g] = A[g] @ B[g] over depth range [split * depth_per_split, ...) for blockIdx.z = split * G + g,
 // by the variant kTensorCores names (the file's header).
 template <typename Problem, bool kTensorCores>
-__global__ void __launch_bounds__(kThreads)
-    implicit_gemm_kernel(const Problem prob, int64_t depth_per_split) {
-  const int64_t group = blockIdx.z % prob.p.groups, split = blockIdx.z / prob.p.groups;
-  const int64_t m0 = int64_t(blockIdx.y) * kTileM, n0 = int64_t(blockIdx.x) * kTileN;
-  const int64_t k_begin = split * depth_per_split;
-  const int64_t k_end = min(prob.depth(), k_begin + depth_per_split);
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM<typename Problem::acc_t>)
+    implicit_gemm_kernel(const Problem prob, int depth_per_split) {
+  const auto [split, group] = prob.p.by_groups.divmod(blockIdx.z);
+  const int m0 = blockIdx.y * kTileM, n0 = blockIdx.x * kTileN;
+  const int k_begin = static_cast<int>(split) * depth_per_split;
+  const int k_end = min(prob.depth(), k_begin + depth_per_split);
   if constexpr (kTensorCores) {
     tensor_core_block(prob, group, split, m0, n0, k_begin, k_end);
   } else {
@@ -309,9 +376,10 @@ void launch_implicit_gemm(const Problem& prob, int64_t rows, int64_t cols, int64
   TORCH_CHECK(groups * splits <= kMaxGridZ, "conv2d (CUDA): too many groups (", groups, ")");
   const dim3 grid(static_cast<unsigned>(ceil_div(cols, kTileN)), static_cast<unsigned>(ceil_div(rows, kTileM)),
                   static_cast<unsigned>(groups * splits));
-  const int64_t stage_depth = std::max<int64_t>(depth_per_split, kTileK);
-  if constexpr (cuda::kTensorCoreType<typename Problem::scalar_type>) {
-    if (cuda::tensor_cores_enabled()) {
+  const int stage_depth = static_cast<int>(std::max<int64_t>(depth_per_split, kTileK));
+  using scalar_t = typename Problem::scalar_type;
+  if constexpr (kHasTensorCoreVariant<scalar_t>) {
+    if (std::is_same_v<scalar_t, float> ? cuda::tf32_enabled() : cuda::tensor_cores_enabled()) {
       cuda::launch<implicit_gemm_kernel<Problem, true>>({grid, kThreads}, prob, stage_depth);
       return;
     }
@@ -335,7 +403,7 @@ __global__ void bias_grad_kernel(const scalar_t* dy, Strides4 ys, KernelGeometry
   __shared__ acc_t partial[kThreads];
   const int64_t co = blockIdx.x;
   acc_t sum = 0;
-  for (int64_t pix = threadIdx.x; pix < p.N * p.L; pix += kThreads) {
+  for (int pix = threadIdx.x; pix < p.N * p.L; pix += kThreads) {
     sum += grad_output_value<acc_t>(dy, ys, p, /*g=*/0, co, pix);  // with g = 0, co is the channel
   }
   partial[threadIdx.x] = sum;
@@ -358,6 +426,15 @@ int64_t grad_weight_splits(const KernelGeometry& p) {
 
 void check_cuda(const at::Tensor& t, const char* name) { check_device_type(t, name, cuda::kDeviceType); }
 
+// The kernels index the GEMMs' rows, columns and depth as int and split them with FastDivmod; a
+// tile past the last index must still fit too.
+void check_indexable(const KernelGeometry& p) {
+  const int64_t largest = std::max({p.N * p.L, p.N * p.H * p.W, p.K, p.Coutg * p.kh * p.kw, p.Cg, p.Coutg});
+  TORCH_CHECK(largest + kTileM + kTileN <= cuda::kMaxDividend, "conv2d (CUDA): ", largest,
+              " pixels (batch * height * width) or patch elements is more than the kernels index with 32 bits "
+              "(at most 2^31 - ", kTileM + kTileN + 1, "); split the batch");
+}
+
 }  // namespace
 
 at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
@@ -371,6 +448,7 @@ at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight
                        input.options().memory_format(conv2d_output_format(input)));
   if (out.numel() == 0) return out;
   const auto p = kernel_geometry(geometry);
+  check_indexable(p);
   const auto w = weight.contiguous();
   const auto b = has_bias ? bias->contiguous() : at::Tensor();
   CNNEXT_DISPATCH_CUDA_TYPES(input.scalar_type(), "conv2d_forward_cuda", [&] {
@@ -391,6 +469,7 @@ Conv2dGrads conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor
   // Plain names, not a structured binding: the kernels' lambdas capture them (C++17 forbids that).
   const bool need_input = output_mask[0], need_weight = output_mask[1], need_bias = output_mask[2];
   const auto p = kernel_geometry(geometry);
+  check_indexable(p);
   const auto w = weight.contiguous();
 
   at::Tensor dinput, dweight, dbias;

@@ -264,6 +264,36 @@ at::Tensor mma(const at::Tensor& a, const at::Tensor& bt, const at::Tensor& c) {
   return d;
 }
 
+// d (16, 8) = tf32(a) (16, 8) @ tf32(b) + c by one warp's mma_m16n8k8_tf32, the fragments loaded and
+// rounded (to_tf32) as cuda_tensor_cores.h documents: a row-major, bt = b^T (8, 8) row-major.
+__global__ void mma_tf32_kernel(const float* a, const float* bt, const float* c, float* d) {
+  using cnnext::cuda::to_tf32;
+  const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+  const auto A = [&](int row, int k) { return to_tf32(a[row * 8 + k]); };
+  const auto B = [&](int k, int col) { return to_tf32(bt[col * 8 + k]); };
+  const uint32_t fa[4] = {A(g, t), A(g + 8, t), A(g, t + 4), A(g + 8, t + 4)};
+  const uint32_t fb[2] = {B(t, g), B(t + 4, g)};
+  const int top = g * 8 + 2 * t, bottom = (g + 8) * 8 + 2 * t;
+  const float fc[4] = {c[top], c[top + 1], c[bottom], c[bottom + 1]};
+  float fd[4];
+  cnnext::cuda::mma_m16n8k8_tf32(fd, fa, fb, fc);
+  d[top] = fd[0];
+  d[top + 1] = fd[1];
+  d[bottom] = fd[2];
+  d[bottom + 1] = fd[3];
+}
+
+at::Tensor mma_tf32(const at::Tensor& a, const at::Tensor& bt, const at::Tensor& c) {
+  const auto is_float = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat && t.is_contiguous(); };
+  TORCH_CHECK(a.sizes() == at::IntArrayRef({16, 8}) && bt.sizes() == at::IntArrayRef({8, 8}) &&
+                  c.sizes() == at::IntArrayRef({16, 8}) && is_float(a) && is_float(bt) && is_float(c),
+              "_selftest_mma_tf32: a (16, 8), bt (8, 8), c (16, 8), float and contiguous");
+  auto d = at::empty({16, 8}, at::kFloat);
+  launch<mma_tf32_kernel>({1, 32}, a.const_data_ptr<float>(), bt.const_data_ptr<float>(), c.const_data_ptr<float>(),
+                          d.mutable_data_ptr<float>());
+  return d;
+}
+
 }  // namespace
 }  // namespace cnnext_emu_selftest
 
@@ -277,4 +307,5 @@ TORCH_LIBRARY_FRAGMENT(cnnext_emu, m) {
   m.def("_selftest_race(int which, int threads, bool barrier) -> Tensor", &race);
   m.def("_selftest_broken(int mode, int blocks, int threads) -> ()", &broken);
   m.def("_selftest_mma(Tensor a, Tensor bt, Tensor c) -> Tensor", &mma);
+  m.def("_selftest_mma_tf32(Tensor a, Tensor bt, Tensor c) -> Tensor", &mma_tf32);
 }

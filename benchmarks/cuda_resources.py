@@ -49,6 +49,14 @@ def attention_shared(name: str) -> int:
     return 2 * rows * head_dim * acc_bytes
 
 
+def tensor_core_attention_shared(name: str) -> int:
+    """The FA2-style forward's Q tile of 64 rows and K, V tiles of 64 (head dim <= 64) or 32 keys,
+    16-bit, rows padded by 8 (tensor_core_forward_shared_bytes in csrc/attention/attention_cuda.cu)."""
+    head_dim = int(re.search(r",\s*(\d+)\s*>", name).group(1))
+    keys = 64 if head_dim <= 64 else 32
+    return (64 + 2 * keys) * (head_dim + 8) * 2
+
+
 # Kernel family (the function's base name) -> (threads per block, dynamic shared bytes of an
 # instantiation given its demangled name), as the host code in csrc/<op>/*_cuda.cu launches it.
 LAUNCH = {
@@ -60,6 +68,7 @@ LAUNCH = {
     "avg_forward_kernel": (256, lambda name: 0),
     "avg_backward_kernel": (256, lambda name: 0),
     "forward_kernel": (64, attention_shared),
+    "tensor_core_forward_kernel": (128, tensor_core_attention_shared),
     "delta_kernel": (256, lambda name: 0),
     "dq_kernel": (64, attention_shared),
     "dkdv_kernel": (64, attention_shared),

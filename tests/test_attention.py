@@ -81,6 +81,63 @@ def test_low_precision_error_is_comparable_to_sdpa(causal, device, dtype):
     assert err_ours <= 2 * err_sdpa + 1e-3
 
 
+# (Lq, Lk, head_dim): every head-dim bucket of the tensor-core forward (32, 64, 128, 256) with
+# remainder rows, keys and head dims, and Lq < Lk, Lq > Lk for the causal alignment.
+LOW_PRECISION_CASES = [(1, 1, 8), (37, 41, 24), (130, 70, 64), (64, 128, 100), (70, 130, 256)]
+
+
+@pytest.mark.parametrize("device, dtype", LOW_PRECISION)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("case", LOW_PRECISION_CASES, ids=lambda c: "Lq{}-Lk{}-D{}".format(*c))
+def test_low_precision_forward_and_gradients_within_sdpa_error(case, causal, device, dtype, monkeypatch):
+    """float16/bfloat16 in both forward variants (the tensor-core one, FlashAttention-2's split on
+    mma.sync, and the per-row one with CNNEXT_CUDA_TENSOR_CORES=0), and the gradients from the
+    lse each saves: the error against float64 stays within a small factor of SDPA's own error on
+    the same inputs."""
+    lq, lk, head_dim = case
+    q = torch.randn(1, 2, lq, head_dim, device=device).to(dtype)
+    k, v = (torch.randn(1, 2, lk, head_dim, device=device).to(dtype) for _ in range(2))
+    grad = torch.randn(1, 2, lq, head_dim, device=device).to(dtype)
+
+    def run(fn, *tensors):
+        leaves = [t.detach().requires_grad_() for t in tensors]
+        out = fn(*leaves)
+        return [out, *torch.autograd.grad(out, leaves, grad.to(out.dtype))]
+
+    ref = run(lambda *t: reference.attention(*t, causal=causal), q.double(), k.double(), v.double())
+    sdpa = run(lambda *t: F.scaled_dot_product_attention(*t, is_causal=causal), q, k, v)
+    # The saved log-sum-exp, which the backward's P = exp(s - lse) rests on: float accumulation of
+    # exact 16-bit products, so close to the float64 one.
+    scores = q.double() @ k.double().transpose(-1, -2) / head_dim**0.5
+    if causal:
+        scores = scores.masked_fill(
+            torch.ones(lq, lk, dtype=torch.bool, device=device).triu(1), float("-inf")
+        )
+    want_lse = torch.logsumexp(scores, dim=-1)
+    for setting in ("1", "0"):
+        monkeypatch.setenv("CNNEXT_CUDA_TENSOR_CORES", setting)
+        _, lse = torch.ops.cnnext.attention(q, k, v, None, causal)
+        torch.testing.assert_close(
+            lse.double(), want_lse, rtol=0, atol=1e-4, msg=lambda m: f"lse ({setting}): {m}"
+        )
+        ours = run(lambda *t: cnnext.ops.attention(*t, causal=causal), q, k, v)
+        for name, got, native, want in zip(("out", "dq", "dk", "dv"), ours, sdpa, ref, strict=True):
+            assert got.dtype == dtype
+            err_ours = (got.double() - want).abs().max().item()
+            err_sdpa = (native.double() - want).abs().max().item()
+            assert err_ours <= 2 * err_sdpa + 1e-2 * want.abs().max().item(), (
+                setting,
+                name,
+                err_ours,
+                err_sdpa,
+            )
+    if device == "cpu":  # emulated: the launches name the variants
+        launched = " ".join(torch.ops.cnnext_emu._launched_kernels())
+        name = "c10::Half" if dtype == torch.float16 else "c10::BFloat16"
+        assert f"tensor_core_forward_kernel<{name}" in launched
+        assert f"::forward_kernel<{name}" in launched
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_gradcheck_float64(causal, device):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import cnnext
 
-from .conftest import DEVICES, record, synchronize
+from .conftest import DEVICE_PRECISIONS, DTYPES, precision_mode, record, synchronize
 
 # (name, batch, in_channels, out_channels, size, kernel, stride): the CIFAR ResNet's stem, stages at
 # 32x32 / 16x16 / 8x8, strided downsampling and 1x1 projections; the bottleneck's 1x1 convolutions;
@@ -40,17 +40,20 @@ def conv_flops(batch, cin, cout, size, kernel, stride):
     return 2 * batch * cout * out * out * cin * kernel * kernel
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "device, precision", DEVICE_PRECISIONS, ids=[f"{d}-{p}" for d, p in DEVICE_PRECISIONS]
+)
 @pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
 @pytest.mark.parametrize("direction", ["forward", "forward+backward"])
 @pytest.mark.parametrize("shape", SHAPES, ids=[s[0].replace(" ", "_") for s in SHAPES])
-def test_conv2d_speed(benchmark, shape, direction, impl, device):
+def test_conv2d_speed(benchmark, shape, direction, impl, device, precision):
     name, batch, cin, cout, size, kernel, stride = shape
     conv = IMPLEMENTATIONS[impl]
     backward = direction == "forward+backward"
-    x = torch.randn(batch, cin, size, size, device=device, requires_grad=backward)
-    w = torch.randn(cout, cin, kernel, kernel, device=device, requires_grad=backward)
-    b = torch.randn(cout, device=device, requires_grad=backward)
+    options = dict(device=device, dtype=DTYPES[precision], requires_grad=backward)
+    x = torch.randn(batch, cin, size, size, **options)
+    w = torch.randn(cout, cin, kernel, kernel, **options)
+    b = torch.randn(cout, **options)
     grad = torch.randn_like(conv(x, w, b, stride=stride, padding=kernel // 2)) if backward else None
 
     def step():
@@ -60,6 +63,16 @@ def test_conv2d_speed(benchmark, shape, direction, impl, device):
         synchronize(device)  # time the work, not the launch
 
     flops = conv_flops(batch, cin, cout, size, kernel, stride) * (3 if backward else 1)
-    record(benchmark, op="conv2d", shape=name, direction=direction, impl=impl, device=device, flops=flops)
+    record(
+        benchmark,
+        op="conv2d",
+        shape=name,
+        direction=direction,
+        impl=impl,
+        device=device,
+        flops=flops,
+        precision=precision,
+    )
     rounds = 20 if device == "cuda" else 15
-    benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=2)
+    with precision_mode(precision):
+        benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=2)

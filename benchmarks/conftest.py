@@ -2,6 +2,7 @@
 peaks (float32 GEMM rate, copy rate) and `record`, which files a case's description in the
 pytest-benchmark JSON for benchmarks/report.py."""
 
+import contextlib
 import functools
 import time
 
@@ -9,9 +10,35 @@ import torch
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-# cuDNN may run float32 convolutions on TF32 tensor cores by default (10-bit mantissas); cnnext's
-# kernels compute in float32, so native is held to float32 too, as the GEMM peak already is
-# (torch's float32 matmul default is full precision).
+# Precisions of the arithmetic-bound ops: float32 everywhere; on CUDA also float32 through TF32
+# tensor cores (torch.backends.cudnn.allow_tf32, which native's cuDNN and cnnext's implicit GEMM
+# both obey) and the 16-bit types. A case in another precision than float32 is reported under the
+# device label "cuda tf32", "cuda float16", ...: its own table, chart panel and geometric mean.
+PRECISIONS = {"cpu": ["float32"], "cuda": ["float32", "tf32", "float16", "bfloat16"]}
+DEVICE_PRECISIONS = [(device, precision) for device in DEVICES for precision in PRECISIONS[device]]
+DTYPES = {
+    "float32": torch.float32,
+    "tf32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+@contextlib.contextmanager
+def precision_mode(precision: str):
+    """TF32 allowed for cuDNN convolutions and cuBLAS matmuls inside, for precision "tf32" only."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+# cuDNN (and cnnext's CUDA implicit GEMM) run float32 convolutions on TF32 tensor cores when
+# allow_tf32 is on, PyTorch's default: plain float32 cases hold both to full float32, as the GEMM
+# peak is; the "tf32" precision turns it on for its cases only (precision_mode).
 torch.backends.cudnn.allow_tf32 = False
 
 
@@ -21,21 +48,22 @@ def synchronize(device: str) -> None:
 
 
 @functools.cache
-def measured_peak_gflops(device: str, dtype=torch.float32) -> float:
-    """Float32 matrix-product rate of this machine through torch (the practical arithmetic peak),
-    measured once per session: the floor of a convolution is its FLOPs over this rate."""
+def measured_peak_gflops(device: str, precision: str = "float32") -> float:
+    """Matrix-product rate of this machine through torch in `precision` (the practical arithmetic
+    peak), measured once per session: the floor of a convolution is its FLOPs over this rate."""
     n = 2048 if device == "cpu" else 8192
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    synchronize(device)
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        a @ b
+    a = torch.randn(n, n, device=device, dtype=DTYPES[precision])
+    b = torch.randn(n, n, device=device, dtype=DTYPES[precision])
+    with precision_mode(precision):
+        for _ in range(2):
+            a @ b
         synchronize(device)
-        best = min(best, time.perf_counter() - start)
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            a @ b
+            synchronize(device)
+            best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
 
 
@@ -58,24 +86,26 @@ def measured_copy_gbps(device: str) -> float:
     return 2 * src.numel() * src.element_size() / best / 1e9
 
 
-def record(benchmark, *, op, shape, direction, impl, device, flops=None, bytes=None):
+def record(benchmark, *, op, shape, direction, impl, device, flops=None, bytes=None, precision="float32"):
     """Describe a case for the report: which op, shape, pass ("forward", "forward+backward",
     "training step") and implementation, and the work it must do, FLOPs (arithmetic-bound ops) or
     bytes moved (memory-bound ops), with the device's measured peaks beside it, so the report can
-    give achieved GFLOP/s or GB/s, their fraction of the peak, and the floor time."""
+    give achieved GFLOP/s or GB/s, their fraction of the peak, and the floor time. A precision
+    other than float32 labels the device "<device> <precision>" and measures the peak in it."""
     if (flops is None) == (bytes is None):
         raise ValueError("give exactly one of flops and bytes")
+    label = device if precision == "float32" else f"{device} {precision}"
     # One pytest-benchmark group per op, pass, shape and device: its tables then set native and
     # cnnext of the same case side by side, and `--benchmark-compare` matches like with like.
-    benchmark.group = f"{op} {direction} {shape} {device}"
+    benchmark.group = f"{op} {direction} {shape} {label}"
     benchmark.extra_info.update(
         op=op,
         shape=shape,
         direction=direction,
         impl=impl,
-        device=device,
+        device=label,
         device_name=torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        peak_gflops=measured_peak_gflops(device),
+        peak_gflops=measured_peak_gflops(device, precision),
         copy_gbps=measured_copy_gbps(device),
     )
     benchmark.extra_info.update({"flops": flops} if flops is not None else {"bytes": bytes})

@@ -41,10 +41,11 @@ SHAPES = [(case, layout) for case in CASES for layout in ("nchw", "channels_last
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("precision", ["float32"])  # every suite has the same parameter names
 @pytest.mark.parametrize("impl", ["native", "cnnext"])
 @pytest.mark.parametrize("direction", ["forward", "forward+backward"])
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"{c.replace(' ', '_')}-{layout}" for c, layout in SHAPES])
-def test_pool2d_speed(benchmark, shape, direction, impl, device):
+def test_pool2d_speed(benchmark, shape, direction, impl, device, precision):
     case, layout = shape
     ours, native, out_hw = CASES[case]
     pool = ours if impl == "cnnext" else native
@@ -68,6 +69,7 @@ def test_pool2d_speed(benchmark, shape, direction, impl, device):
         direction=direction,
         impl=impl,
         device=device,
+        precision=precision,
         bytes=bytes_moved(case, out_hw, backward),
     )
     # Warm-up 20: on this VM the first ~12 CPU backward rounds after a pause (here: the other

@@ -22,10 +22,11 @@ CASES = {  # name: (family, config, batch, (C, H, W))
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("precision", ["float32"])  # every suite has the same parameter names
 @pytest.mark.parametrize("impl", ["native", "cnnext"])
 @pytest.mark.parametrize("direction", ["training step"])  # every suite has the same parameter names
 @pytest.mark.parametrize("shape", list(CASES), ids=[c.replace(" ", "_") for c in CASES])
-def test_training_step_speed(benchmark, shape, direction, impl, device):
+def test_training_step_speed(benchmark, shape, direction, impl, device, precision):
     case = shape
     family, config, batch, shape = CASES[case]
     torch.manual_seed(0)
@@ -41,5 +42,14 @@ def test_training_step_speed(benchmark, shape, direction, impl, device):
         synchronize(device)
 
     flops = 3 * 2 * count_flops(model, shape) * batch
-    record(benchmark, op="training", shape=case, direction=direction, impl=impl, device=device, flops=flops)
+    record(
+        benchmark,
+        op="training",
+        shape=case,
+        direction=direction,
+        impl=impl,
+        device=device,
+        flops=flops,
+        precision=precision,
+    )
     benchmark.pedantic(step, rounds=20 if device == "cuda" else 8, iterations=1, warmup_rounds=2)

@@ -165,8 +165,9 @@ def test_every_suite_names_its_parameters_alike():
         bench_training.test_training_step_speed,
     }
     for test in suites:
-        names = {m.args[0] for m in test.pytestmark if m.name == "parametrize"}
-        assert names == {"shape", "direction", "impl", "device"}, test.__name__
+        marks = [m.args[0] for m in test.pytestmark if m.name == "parametrize"]
+        names = {name.strip() for mark in marks for name in mark.split(",")}
+        assert names == {"shape", "direction", "impl", "device", "precision"}, test.__name__
 
 
 def test_compare_judges_ratios_per_op_and_pass(tmp_path, capsys):

@@ -50,11 +50,14 @@ def attention_shared(name: str) -> int:
 
 
 def tensor_core_attention_shared(name: str) -> int:
-    """The FA2-style forward's Q tile of 64 rows and K, V tiles of 64 (head dim <= 64) or 32 keys,
-    16-bit, rows padded by 8 (tensor_core_forward_shared_bytes in csrc/attention/attention_cuda.cu)."""
-    head_dim = int(re.search(r",\s*(\d+)\s*>", name).group(1))
-    keys = 64 if head_dim <= 64 else 32
-    return (64 + 2 * keys) * (head_dim + 8) * 2
+    """The tensor-core attention kernels' 16-bit tiles, rows padded by 8: the block's 64 own rows
+    (Q; Q and dO; K and V) and two staged tiles of 64 (head dim <= 64) or 32 rows, plus the dK/dV
+    kernel's per-query lse and delta (the *_shared_bytes functions of csrc/attention/attention_cuda.cu)."""
+    head_dim = int(re.search(r"<[^,]+,\s*(\d+)", name).group(1))
+    staged = 64 if head_dim <= 64 else 32
+    own = 64 if "forward" in name else 128
+    extra = 2 * staged * 4 if "dkdv" in name else 0
+    return (own + 2 * staged) * (head_dim + 8) * 2 + extra
 
 
 # Kernel family (the function's base name) -> (threads per block, dynamic shared bytes of an
@@ -69,6 +72,8 @@ LAUNCH = {
     "avg_backward_kernel": (256, lambda name: 0),
     "forward_kernel": (64, attention_shared),
     "tensor_core_forward_kernel": (128, tensor_core_attention_shared),
+    "tensor_core_dq_kernel": (128, tensor_core_attention_shared),
+    "tensor_core_dkdv_kernel": (128, tensor_core_attention_shared),
     "delta_kernel": (256, lambda name: 0),
     "dq_kernel": (64, attention_shared),
     "dkdv_kernel": (64, attention_shared),

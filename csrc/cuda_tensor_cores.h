@@ -1,7 +1,7 @@
 // Tensor-core instructions for cnnext's CUDA kernels, one function per instruction: inline PTX on a
 // GPU (sm_80 and newer), and under the CUDA emulator (CNNEXT_CUDA_EMULATION) the same operation
-// computed from the warp's fragments, gathered with __shfl_sync. So a kernel that uses tensor cores
-// runs, fragment layout included, on the emulator in CI.
+// computed from the warp's fragments, exchanged through a per-warp area between two __syncwarp. So
+// a kernel that uses tensor cores runs, fragment layout included, on the emulator in CI.
 //
 // mma_m16n8k16<T>(d, a, b, c): the warp computes D = A * B + C with A 16x16 (row-major), B 16x8
 // (column-major), C and D 16x8 in float; T = c10::Half or c10::BFloat16 (PTX mma.sync.aligned
@@ -99,59 +99,64 @@ __device__ inline float tf32_value(uint32_t bits) {
   return value;
 }
 
+// The emulated instructions meet the warp's fragments in one exchange area per warp of the running
+// block (like __shared__ memory: static thread_local, plain integers): every lane publishes its A
+// and B registers, __syncwarp, reads the ones it needs, __syncwarp again before the area can be
+// overwritten. Two warp collectives per mma, where gathering by __shfl_sync took 32 or more.
+struct WarpFragments {
+  uint32_t a[32][4], b[32][2];
+};
+
+inline int emulated_lane() {
+  return static_cast<int>((threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32);
+}
+
+inline const WarpFragments& publish_fragments(const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  static thread_local WarpFragments per_warp[32];  // a block holds at most 32 warps
+  const int thread = static_cast<int>(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z));
+  WarpFragments& area = per_warp[thread / 32];
+  for (int r = 0; r < 4; ++r) area.a[thread % 32][r] = a[r];
+  for (int r = 0; r < 2; ++r) area.b[thread % 32][r] = b[r];
+  __syncwarp();
+  return area;
+}
+
 __device__ inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
                                         const float (&c)[4]) {
-  const int lane =
-      static_cast<int>((threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32);
-  const int g = lane / 4, t = lane % 4;
-  float sum[4] = {c[0], c[1], c[2], c[3]};
-  // Lane 4 g + s holds A's rows g and g+8 at k = s and s + 4; lane 4 n + s holds B's column n there.
-  for (int s = 0; s < 4; ++s) {
-    uint32_t a_k[4], b_k[2][2];
-    for (int r = 0; r < 4; ++r) a_k[r] = __shfl_sync(0xffffffffu, a[r], 4 * g + s);
-    for (int j = 0; j < 2; ++j) {
-      b_k[j][0] = __shfl_sync(0xffffffffu, b[0], 4 * (2 * t + j) + s);
-      b_k[j][1] = __shfl_sync(0xffffffffu, b[1], 4 * (2 * t + j) + s);
+  const int lane = emulated_lane(), g = lane / 4, t = lane % 4;
+  const WarpFragments& x = publish_fragments(a, b);
+  // A[row][k]: lane 4 (row % 8) + k % 4, register (row >= 8) + 2 (k >= 4); B[k][n]: lane 4 n + k % 4,
+  // register (k >= 4).
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+    float sum = c[i];
+    for (int k = 0; k < 8; ++k) {
+      const float av = tf32_value(x.a[4 * (row % 8) + k % 4][row / 8 + 2 * (k / 4)]);
+      sum += av * tf32_value(x.b[4 * col + k % 4][k / 4]);
     }
-    for (int half = 0; half < 2; ++half) {  // k = s (half 0) or s + 4 (half 1)
-      for (int row = 0; row < 2; ++row) {   // g, g + 8
-        const float x = tf32_value(a_k[2 * half + row]);
-        for (int j = 0; j < 2; ++j) sum[2 * row + j] += x * tf32_value(b_k[j][half]);
-      }
-    }
+    d[i] = sum;
   }
-  for (int i = 0; i < 4; ++i) d[i] = sum[i];
+  __syncwarp();
 }
 
 template <typename T>
 __device__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
                              const float (&c)[4]) {
   static_assert(kTensorCoreType<T>, "mma_m16n8k16 multiplies half or bfloat16");
-  const int lane =
-      static_cast<int>((threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32);
-  const int g = lane / 4, t = lane % 4;
-  float sum[4] = {c[0], c[1], c[2], c[3]};
-  // k in four slices of four: slice s (k = 2s, 2s+1, 2s+8, 2s+9) is held by lane 4 g + s for A's
-  // rows g and g+8, and by lane 4 n + s for B's column n. Every lane asks every time (full mask).
-  for (int s = 0; s < 4; ++s) {
-    const uint32_t a_row[2][2] = {
-        {__shfl_sync(0xffffffffu, a[0], 4 * g + s), __shfl_sync(0xffffffffu, a[2], 4 * g + s)},
-        {__shfl_sync(0xffffffffu, a[1], 4 * g + s), __shfl_sync(0xffffffffu, a[3], 4 * g + s)}};
-    uint32_t b_col[2][2];
-    for (int j = 0; j < 2; ++j) {
-      b_col[j][0] = __shfl_sync(0xffffffffu, b[0], 4 * (2 * t + j) + s);
-      b_col[j][1] = __shfl_sync(0xffffffffu, b[1], 4 * (2 * t + j) + s);
+  const int lane = emulated_lane(), g = lane / 4, t = lane % 4;
+  const WarpFragments& x = publish_fragments(a, b);
+  // A[row][k]: lane 4 (row % 8) + (k % 8) / 2, register (row >= 8) + 2 (k >= 8), half k % 2;
+  // B[k][n]: lane 4 n + (k % 8) / 2, register (k >= 8), half k % 2.
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+    float sum = c[i];
+    for (int k = 0; k < 16; ++k) {
+      const float av = unpack<T>(x.a[4 * (row % 8) + (k % 8) / 2][row / 8 + 2 * (k / 8)], k % 2);
+      sum += av * unpack<T>(x.b[4 * col + (k % 8) / 2][k / 8], k % 2);
     }
-    for (int half = 0; half < 2; ++half) {  // k = 2s + e (half 0) or 2s + 8 + e (half 1)
-      for (int e = 0; e < 2; ++e) {
-        for (int row = 0; row < 2; ++row) {  // g, g + 8
-          const float x = unpack<T>(a_row[row][half], e);
-          for (int j = 0; j < 2; ++j) sum[2 * row + j] += x * unpack<T>(b_col[j][half], e);
-        }
-      }
-    }
+    d[i] = sum;
   }
-  for (int i = 0; i < 4; ++i) d[i] = sum[i];
+  __syncwarp();
 }
 
 #else

@@ -111,7 +111,8 @@ def attention():
         close(ours[0], native[0], "attention")
         for got, want in zip(ours[1], native[1], strict=True):
             close(got, want, "attention gradient")
-    # 16-bit forwards take the tensor-core kernel (sm_80+, and the emulator): every head-dim bucket.
+    # 16-bit attention takes the tensor-core kernels (sm_80+, and the emulator): every head-dim
+    # bucket, 256 with its two-pass dK/dV.
     for dtype, head_dim in (
         (torch.float16, 24),
         (torch.bfloat16, 64),
@@ -124,10 +125,13 @@ def attention():
             torch.randn(1, 2, 41, head_dim),
         )
         with on_kernels():
-            ours = cnnext.ops.attention(*(t.to(DEVICE, dtype) for t in (q, k, v)), causal=True)
-        native = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
-        # Outputs are averages of N(0, 1) values: 16-bit rounding of inputs, P and the output.
-        torch.testing.assert_close(ours.double().cpu(), native, rtol=2e-2, atol=2e-2)
+            ours = grads(lambda *t: cnnext.ops.attention(*t, causal=True), *(t.to(dtype) for t in (q, k, v)))
+        native = grads(
+            lambda *t: F.scaled_dot_product_attention(*t, is_causal=True), q.double(), k.double(), v.double()
+        )
+        # Outputs and gradients of N(0, 1) inputs: 16-bit rounding of inputs, P, dS and the results.
+        for got, want in zip([ours[0], *ours[1]], [native[0], *native[1]], strict=True):
+            torch.testing.assert_close(got.double().cpu(), want.cpu(), rtol=3e-2, atol=3e-2)
 
 
 CONTROLS = {

@@ -83,7 +83,7 @@ def test_low_precision_error_is_comparable_to_sdpa(causal, device, dtype):
 
 # (Lq, Lk, head_dim): every head-dim bucket of the tensor-core forward (32, 64, 128, 256) with
 # remainder rows, keys and head dims, and Lq < Lk, Lq > Lk for the causal alignment.
-LOW_PRECISION_CASES = [(1, 1, 8), (37, 41, 24), (130, 70, 64), (64, 128, 100), (70, 130, 256)]
+LOW_PRECISION_CASES = [(1, 1, 8), (37, 41, 24), (130, 70, 64), (64, 128, 100), (40, 70, 256)]
 
 
 @pytest.mark.parametrize("device, dtype", LOW_PRECISION)

@@ -1,14 +1,20 @@
-// Attention on CUDA: one block per (batch*head, tile of kRows query rows), one thread per query
-// row; key/value tiles are staged in shared memory by the whole block and every thread runs the
-// online softmax over them (running max m, sum l, accumulator rescaled when m grows). The row's
-// q, accumulator and gradients live in per-thread arrays of kD (the head dim rounded up to 64,
-// 128 or 256). Saved for backward: out and lse (float32 for half/bfloat16, as the accumulators).
-// Backward (FlashAttention-2 recomputation, no atomics, deterministic):
-//   delta kernel   delta_i = rowsum(dO_i * O_i)
-//   dq kernel      per query row: dq_i = sum_j P_ij (dP_ij - delta_i) k_j * scale
-//   dkdv kernel    per key row, query tiles staged in shared memory:
-//                  dv_j = sum_i P_ij dO_i,  dk_j = sum_i P_ij (dP_ij - delta_i) q_i * scale
-// Written for correctness first: per-thread rows and scalar dot products, no tensor cores.
+// Attention on CUDA, in two kernel variants. Saved for backward: out and lse (float32 for
+// half/bfloat16, as the accumulators). Backward is FlashAttention-2's recomputation: with
+// delta_i = rowsum(dO_i * O_i) (delta kernel), P = exp(q k^T * scale - lse), dS = P (dP - delta),
+// dq = dS k * scale, dk = dS^T q * scale, dv = P^T dO; no atomics, deterministic.
+//
+//   tensor_cores  float16 / bfloat16 on sm_80+ and under the emulator (cuda::tensor_cores_enabled(),
+//                 CNNEXT_CUDA_TENSOR_CORES=0 turns it off): FlashAttention-2's split on mma.sync,
+//                 four warps of 16 rows per block; forward, dQ and dK/dV kernels (the section
+//                 "tensor_cores variant" below says how).
+//   per_row       float32 / float64, and 16-bit types where tensor cores are off: one block per
+//                 (batch*head, tile of kRows query rows), one thread per row; key/value tiles staged
+//                 in shared memory, online softmax per thread (running max m, sum l, accumulator
+//                 rescaled when m grows); dq per query row, dk/dv per key row with query tiles
+//                 staged. The row's vectors live in per-thread arrays of kD (the head dim rounded up
+//                 to 64, 128 or 256) indexed at run time, so in local memory: correct, not fast.
+#include <tuple>
+
 #include "attention/attention.h"
 #include "common.h"
 #include "cuda_device.h"
@@ -102,29 +108,34 @@ __global__ void forward_kernel(const scalar_t* q, const scalar_t* k, const scala
   lse[bh * dims.Lq + i] = m + log(l);
 }
 
-// ---- forward, tensor_cores variant (float16 / bfloat16 on sm_80+, and the emulator) -------------
+// ---- tensor_cores variant (float16 / bfloat16 on sm_80+, and the emulator) ---------------------
 //
-// FlashAttention-2's split: a block of kTcWarps warps takes kTcQueryRows query rows of one
-// (batch, head), each warp 16 of them. The block's Q tile stays in shared memory; K and V tiles of
-// kTcKeyRows<kD> keys are staged in turn. Per key tile a warp computes its S = Q K^T (16 x keys) with
-// mma_m16n8k16 into float fragments, runs the online softmax on them in registers (base-2: scores
-// pre-multiplied by scale * log2(e), exp2), rounds P to scalar_t and multiplies P V into its float
-// O fragments (16 x kD); S's accumulator fragments are laid out exactly as P's A fragments need
-// (cuda_tensor_cores.h), so P never leaves registers. Each lane holds rows g and g + 8 of its warp's
-// 16 (g = lane / 4); the four lanes of a quad share a row and combine row max and sum with two
-// xor-shuffles. Head dims are padded with zeros to kD (32, 64, 128 or 256) in shared memory, so
-// every register array has a compile-time size and constant indices.
-constexpr int kTcWarps = 4, kTcQueryRows = 16 * kTcWarps, kTcThreads = 32 * kTcWarps;
-static_assert(kTcQueryRows == kRows, "Dims numbers row tiles of kRows rows");
+// FlashAttention-2's split. Every kernel below runs kTcWarps warps per block, each warp owning 16
+// rows of the block's 64 (query rows in the forward and dQ kernels, key rows in the dK/dV kernel);
+// the other side's rows are staged tile by tile into shared memory as 16-bit patterns, zero-padded
+// past the sequence and past the head dim up to kD (32, 64, 128 or 256), rows kD + 8 apart (so the
+// lanes of a fragment load hit distinct banks). Products go through mma_m16n8k16 with float
+// accumulators (cuda_tensor_cores.h): a lane holds rows g and g + 8 of its warp's 16 (g = lane / 4)
+// and columns 2t, 2t + 1 of every 8-wide tile (t = lane % 4). An accumulator tile pair is laid out
+// exactly as the A fragment of the next product needs it, so P and dS go from one mma to the next
+// in registers, rounded to scalar_t (as FlashAttention does). Register arrays have compile-time
+// sizes and constant indices: no local memory.
+//
+//   forward   per key tile: S = Q K^T, online softmax in base 2 (scores times scale * log2 e,
+//             exp2; the quad's four lanes share a row and combine max and sum by xor-shuffles),
+//             O = O * rescale + P V. Saves lse = (m + log2 l) * ln 2.
+//   dQ        per key tile: S = Q K^T, P = exp2(S' - lse'), dP = dO V^T, dS = P (dP - delta),
+//             dQ += dS K; dQ *= scale.
+//   dK, dV    per query tile, from the key rows' side: S^T = K Q^T, P^T, dV += P^T dO,
+//             dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += dS^T Q; dK *= scale. For kD = 256 the
+//             two accumulators would not fit in registers together: one launch computes dV, a
+//             second dK (recomputing S^T).
+constexpr int kTcWarps = 4, kTcRows = 16 * kTcWarps, kTcThreads = 32 * kTcWarps;
+static_assert(kTcRows == kRows, "Dims numbers row tiles of kRows rows");
 template <int kD>
-inline constexpr int kTcKeyRows = kD <= 64 ? 64 : 32;
+inline constexpr int kTcTileRows = kD <= 64 ? 64 : 32;  // rows of the staged (other side's) tiles
 template <int kD>
-inline constexpr int kTcRowStride = kD + 8;  // 16-bit elements; +8 spreads fragment loads over banks
-
-template <int kD>
-constexpr size_t tensor_core_forward_shared_bytes() {
-  return size_t{kTcQueryRows + 2 * kTcKeyRows<kD>} * kTcRowStride<kD> * sizeof(uint16_t);
-}
+inline constexpr int kTcRowStride = kD + 8;  // 16-bit elements
 
 // Rows [r0, r0 + rows) of a (L, D) matrix into a (rows, kD) shared tile of 16-bit patterns, zero
 // past L and past D.
@@ -137,62 +148,139 @@ __device__ __forceinline__ void stage_bits(uint16_t* tile, const scalar_t* src, 
   }
 }
 
-template <typename scalar_t>
-__device__ __forceinline__ uint32_t pack_floats(float low, float high) {
-  return cuda::pack_pair(static_cast<scalar_t>(low), static_cast<scalar_t>(high));
+// Fragments from a row-major shared tile T (row stride kTcRowStride<kD>); lane (g, t) as above.
+// A = T[row0.., 16 kk..] (16 x 16): the warp's own rows against 16 columns.
+template <int kD>
+__device__ __forceinline__ void a_fragment(uint32_t (&a)[4], const uint16_t* tile, int row0, int kk, int g, int t) {
+  constexpr int kStride = kTcRowStride<kD>;
+  const uint16_t* p = tile + (row0 + g) * kStride + 16 * kk + 2 * t;
+  a[0] = cuda::pack_pair(p[0], p[1]);
+  a[1] = cuda::pack_pair(p[8 * kStride], p[8 * kStride + 1]);
+  a[2] = cuda::pack_pair(p[8], p[9]);
+  a[3] = cuda::pack_pair(p[8 * kStride + 8], p[8 * kStride + 9]);
+}
+// B = T^T (16 x 8): B[k][n] = T[n0 + n][16 kk + k], the tile's rows as B's columns (Q K^T's K).
+template <int kD>
+__device__ __forceinline__ void b_fragment_transposed(uint32_t (&b)[2], const uint16_t* tile, int n0, int kk, int g,
+                                                      int t) {
+  const uint16_t* p = tile + (n0 + g) * kTcRowStride<kD> + 16 * kk + 2 * t;
+  b[0] = cuda::pack_pair(p[0], p[1]);
+  b[1] = cuda::pack_pair(p[8], p[9]);
+}
+// B = T (16 x 8): B[k][n] = T[16 kk + k][n0 + n], the tile's rows as B's depth (P V's V).
+template <int kD>
+__device__ __forceinline__ void b_fragment(uint32_t (&b)[2], const uint16_t* tile, int kk, int n0, int g, int t) {
+  constexpr int kStride = kTcRowStride<kD>;
+  const uint16_t* p = tile + (16 * kk + 2 * t) * kStride + n0 + g;
+  b[0] = cuda::pack_pair(p[0], p[kStride]);
+  b[1] = cuda::pack_pair(p[8 * kStride], p[9 * kStride]);
+}
+// The A fragment (16 x 16, columns 16 kk..) of a 16 x N float accumulator held as 8-wide tiles.
+template <typename scalar_t, int kTiles>
+__device__ __forceinline__ void a_fragment_from(uint32_t (&a)[4], const float (&acc)[kTiles][4], int kk) {
+  const auto pack = [](float low, float high) {
+    return cuda::pack_pair(static_cast<scalar_t>(low), static_cast<scalar_t>(high));
+  };
+  a[0] = pack(acc[2 * kk][0], acc[2 * kk][1]);
+  a[1] = pack(acc[2 * kk][2], acc[2 * kk][3]);
+  a[2] = pack(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
+  a[3] = pack(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
+}
+
+template <int kTiles>
+__device__ __forceinline__ void zero(float (&acc)[kTiles][4]) {
+#pragma unroll
+  for (int n = 0; n < kTiles; ++n)
+#pragma unroll
+    for (int f = 0; f < 4; ++f) acc[n][f] = 0.f;
+}
+
+// acc (16 x 8 kTiles) += A_tile[row0.., :kD] @ B, B's columns the rows [0, 8 kTiles) of b_tile:
+// the warp's rows against every row of a staged tile (S = Q K^T, dP = dO V^T and their transposes).
+template <typename scalar_t, int kD, int kTiles>
+__device__ __forceinline__ void rows_times_rows(float (&acc)[kTiles][4], const uint16_t* a_tile, int row0,
+                                                const uint16_t* b_tile, int g, int t) {
+#pragma unroll
+  for (int kk = 0; kk < kD / 16; ++kk) {
+    uint32_t a[4];
+    a_fragment<kD>(a, a_tile, row0, kk, g, t);
+#pragma unroll
+    for (int n = 0; n < kTiles; ++n) {
+      uint32_t b[2];
+      b_fragment_transposed<kD>(b, b_tile, 8 * n, kk, g, t);
+      cuda::mma_m16n8k16<scalar_t>(acc[n], a, b, acc[n]);
+    }
+  }
+}
+
+// acc (16 x kD) += X @ tile[:16 kSteps, :kD] with X (16 x 16 kSteps) held as float accumulators
+// (O += P V, dV += P^T dO, dQ += dS K, dK += dS^T Q).
+template <typename scalar_t, int kD, int kTiles>
+__device__ __forceinline__ void accumulators_times_tile(float (&acc)[kD / 8][4], const float (&x)[kTiles][4],
+                                                        const uint16_t* tile, int g, int t) {
+#pragma unroll
+  for (int kk = 0; kk < kTiles / 2; ++kk) {
+    uint32_t a[4];
+    a_fragment_from<scalar_t>(a, x, kk);
+#pragma unroll
+    for (int n = 0; n < kD / 8; ++n) {
+      uint32_t b[2];
+      b_fragment<kD>(b, tile, kk, 8 * n, g, t);
+      cuda::mma_m16n8k16<scalar_t>(acc[n], a, b, acc[n]);
+    }
+  }
+}
+
+// Rows [row0, row0 + 16) of a (L, D) output from a 16 x kD accumulator times `factor` per row.
+template <typename scalar_t, int kD>
+__device__ __forceinline__ void store_rows(scalar_t* dst, const float (&acc)[kD / 8][4], int64_t row0, int64_t L,
+                                           int64_t D, const float (&factor)[2], int g, int t) {
+#pragma unroll
+  for (int n = 0; n < kD / 8; ++n) {
+#pragma unroll
+    for (int f = 0; f < 4; ++f) {
+      const int64_t row = row0 + g + 8 * (f / 2), d = 8 * n + 2 * t + (f % 2);
+      if (row < L && d < D) dst[row * D + d] = static_cast<scalar_t>(acc[n][f] * factor[f / 2]);
+    }
+  }
+}
+
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+
+template <int kD>
+constexpr size_t tensor_core_forward_shared_bytes() {
+  return size_t{kTcRows + 2 * kTcTileRows<kD>} * kTcRowStride<kD> * sizeof(uint16_t);
 }
 
 template <typename scalar_t, int kD>
 __global__ void __launch_bounds__(kTcThreads)
     tensor_core_forward_kernel(const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* out, float* lse,
                                Dims<float> dims) {
-  constexpr int kKeys = kTcKeyRows<kD>, kStride = kTcRowStride<kD>;
-  constexpr int kKeyTiles = kKeys / 8, kDimTiles = kD / 8;  // 8-wide mma n tiles
-  uint16_t* q_tile = cuda::dynamic_shared_memory<uint16_t>();  // (kTcQueryRows, kD)
-  uint16_t* k_tile = q_tile + kTcQueryRows * kStride;          // (kKeys, kD)
+  constexpr int kKeys = kTcTileRows<kD>, kStride = kTcRowStride<kD>, kKeyTiles = kKeys / 8;
+  uint16_t* q_tile = cuda::dynamic_shared_memory<uint16_t>();  // (kTcRows, kD)
+  uint16_t* k_tile = q_tile + kTcRows * kStride;               // (kKeys, kD)
   uint16_t* v_tile = k_tile + kKeys * kStride;                 // (kKeys, kD)
-  using cuda::pack_pair;
-
-  const int64_t bh = dims.head(), q0 = dims.row_tile() * kTcQueryRows, D = dims.D;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int wm = 16 * warp;                              // the warp's first row in the tile
+  const int64_t bh = dims.head(), q0 = dims.row_tile() * kTcRows, D = dims.D;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, wm = 16 * warp;
   const int64_t rows[2] = {q0 + wm + g, q0 + wm + g + 8};  // this lane's two query rows
-  const float scale_log2 = dims.scale * 1.4426950408889634f;
+  const float scale_log2 = dims.scale * kLog2e;
 
-  stage_bits<kD>(q_tile, q + bh * dims.Lq * D, q0, kTcQueryRows, dims.Lq, D);
-  float o[kDimTiles][4];
-#pragma unroll
-  for (int n = 0; n < kDimTiles; ++n)
-#pragma unroll
-    for (int f = 0; f < 4; ++f) o[n][f] = 0.f;
+  stage_bits<kD>(q_tile, q + bh * dims.Lq * D, q0, kTcRows, dims.Lq, D);
+  float o[kD / 8][4];
+  zero(o);
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // l: this lane's share of the row sums
 
-  const int64_t last_row = min(dims.Lq, q0 + kTcQueryRows) - 1;
+  const int64_t last_row = min(dims.Lq, q0 + kTcRows) - 1;
   const int64_t k_end = dims.causal ? min(dims.Lk, last_row + 1) : dims.Lk;
   for (int64_t j0 = 0; j0 < k_end; j0 += kKeys) {
-    __syncthreads();  // the previous tile's readers are done (and, first time, nothing to wait for)
+    __syncthreads();  // the previous tile's readers are done
     stage_bits<kD>(k_tile, k + bh * dims.Lk * D, j0, kKeys, dims.Lk, D);
     stage_bits<kD>(v_tile, v + bh * dims.Lk * D, j0, kKeys, dims.Lk, D);
     __syncthreads();
 
-    // S = Q K^T for the warp's 16 rows x kKeys keys. B = K^T: B[k][n] = K[n][k], K's rows are B's columns.
     float s[kKeyTiles][4];
-#pragma unroll
-    for (int n = 0; n < kKeyTiles; ++n)
-#pragma unroll
-      for (int f = 0; f < 4; ++f) s[n][f] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < kD / 16; ++kk) {
-      const uint16_t* qa = q_tile + (wm + g) * kStride + 16 * kk + 2 * t;
-      const uint32_t a[4] = {pack_pair(qa[0], qa[1]), pack_pair(qa[8 * kStride], qa[8 * kStride + 1]),
-                             pack_pair(qa[8], qa[9]), pack_pair(qa[8 * kStride + 8], qa[8 * kStride + 9])};
-#pragma unroll
-      for (int n = 0; n < kKeyTiles; ++n) {
-        const uint16_t* kb = k_tile + (8 * n + g) * kStride + 16 * kk + 2 * t;
-        const uint32_t b[2] = {pack_pair(kb[0], kb[1]), pack_pair(kb[8], kb[9])};
-        cuda::mma_m16n8k16<scalar_t>(s[n], a, b, s[n]);
-      }
-    }
+    zero(s);
+    rows_times_rows<scalar_t, kD>(s, q_tile, wm, k_tile, g, t);
 
     // Online softmax over the tile, in base 2; masked scores (past Lk, causal) are -inf.
     float tile_max[2] = {-INFINITY, -INFINITY};
@@ -225,24 +313,10 @@ __global__ void __launch_bounds__(kTcThreads)
       }
     }
 #pragma unroll
-    for (int n = 0; n < kDimTiles; ++n)
+    for (int n = 0; n < kD / 8; ++n)
 #pragma unroll
       for (int f = 0; f < 4; ++f) o[n][f] *= rescale[f / 2];
-
-    // O += P V: P's A fragments for keys 16 kk.. are S's fragments of n tiles 2 kk and 2 kk + 1.
-#pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk) {
-      const uint32_t a[4] = {pack_floats<scalar_t>(s[2 * kk][0], s[2 * kk][1]),
-                             pack_floats<scalar_t>(s[2 * kk][2], s[2 * kk][3]),
-                             pack_floats<scalar_t>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                             pack_floats<scalar_t>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int n = 0; n < kDimTiles; ++n) {
-        const uint16_t* vb = v_tile + (16 * kk + 2 * t) * kStride + 8 * n + g;
-        const uint32_t b[2] = {pack_pair(vb[0], vb[kStride]), pack_pair(vb[8 * kStride], vb[9 * kStride])};
-        cuda::mma_m16n8k16<scalar_t>(o[n], a, b, o[n]);
-      }
-    }
+    accumulators_times_tile<scalar_t, kD>(o, s, v_tile, g, t);
   }
 
   float inv_l[2];
@@ -251,15 +325,140 @@ __global__ void __launch_bounds__(kTcThreads)
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
     inv_l[r] = 1.f / l[r];
-    if (t == 0 && rows[r] < dims.Lq) lse[bh * dims.Lq + rows[r]] = (m[r] + log2f(l[r])) * 0.6931471805599453f;
+    if (t == 0 && rows[r] < dims.Lq) lse[bh * dims.Lq + rows[r]] = (m[r] + log2f(l[r])) * kLn2;
   }
+  store_rows<scalar_t, kD>(out + bh * dims.Lq * D, o, q0 + wm, dims.Lq, D, inv_l, g, t);
+}
+
+template <int kD>
+constexpr size_t tensor_core_dq_shared_bytes() {
+  return size_t{2 * kTcRows + 2 * kTcTileRows<kD>} * kTcRowStride<kD> * sizeof(uint16_t);
+}
+
+// dQ for 64 query rows of one (batch, head); lse and delta of this lane's rows from global memory.
+template <typename scalar_t, int kD>
+__global__ void __launch_bounds__(kTcThreads)
+    tensor_core_dq_kernel(const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v,
+                          const float* lse, const float* delta, scalar_t* dq, Dims<float> dims) {
+  constexpr int kKeys = kTcTileRows<kD>, kStride = kTcRowStride<kD>, kKeyTiles = kKeys / 8;
+  uint16_t* q_tile = cuda::dynamic_shared_memory<uint16_t>();  // (kTcRows, kD)
+  uint16_t* do_tile = q_tile + kTcRows * kStride;              // (kTcRows, kD)
+  uint16_t* k_tile = do_tile + kTcRows * kStride;              // (kKeys, kD)
+  uint16_t* v_tile = k_tile + kKeys * kStride;                 // (kKeys, kD)
+  const int64_t bh = dims.head(), q0 = dims.row_tile() * kTcRows, D = dims.D;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, wm = 16 * warp;
+  const int64_t rows[2] = {q0 + wm + g, q0 + wm + g + 8};
+  const float scale_log2 = dims.scale * kLog2e;
+  float row_lse2[2], row_delta[2];
 #pragma unroll
-  for (int n = 0; n < kDimTiles; ++n) {
+  for (int r = 0; r < 2; ++r) {
+    const bool active = rows[r] < dims.Lq;
+    row_lse2[r] = active ? lse[bh * dims.Lq + rows[r]] * kLog2e : 0.f;
+    row_delta[r] = active ? delta[bh * dims.Lq + rows[r]] : 0.f;
+  }
+  stage_bits<kD>(q_tile, q + bh * dims.Lq * D, q0, kTcRows, dims.Lq, D);
+  stage_bits<kD>(do_tile, dout + bh * dims.Lq * D, q0, kTcRows, dims.Lq, D);
+  float dq_acc[kD / 8][4];
+  zero(dq_acc);
+
+  const int64_t last_row = min(dims.Lq, q0 + kTcRows) - 1;
+  const int64_t k_end = dims.causal ? min(dims.Lk, last_row + 1) : dims.Lk;
+  for (int64_t j0 = 0; j0 < k_end; j0 += kKeys) {
+    __syncthreads();
+    stage_bits<kD>(k_tile, k + bh * dims.Lk * D, j0, kKeys, dims.Lk, D);
+    stage_bits<kD>(v_tile, v + bh * dims.Lk * D, j0, kKeys, dims.Lk, D);
+    __syncthreads();
+    float s[kKeyTiles][4], dp[kKeyTiles][4];
+    zero(s);
+    zero(dp);
+    rows_times_rows<scalar_t, kD>(s, q_tile, wm, k_tile, g, t);
+    rows_times_rows<scalar_t, kD>(dp, do_tile, wm, v_tile, g, t);
 #pragma unroll
-    for (int f = 0; f < 4; ++f) {
-      const int64_t i = rows[f / 2], d = 8 * n + 2 * t + (f % 2);
-      if (i < dims.Lq && d < D) out[(bh * dims.Lq + i) * D + d] = static_cast<scalar_t>(o[n][f] * inv_l[f / 2]);
+    for (int n = 0; n < kKeyTiles; ++n) {
+#pragma unroll
+      for (int f = 0; f < 4; ++f) {
+        const int64_t j = j0 + 8 * n + 2 * t + (f % 2), i = rows[f / 2];
+        const float p = (j < dims.Lk && dims.visible(i, j)) ? exp2f(s[n][f] * scale_log2 - row_lse2[f / 2]) : 0.f;
+        s[n][f] = p * (dp[n][f] - row_delta[f / 2]);  // now dS
+      }
     }
+    accumulators_times_tile<scalar_t, kD>(dq_acc, s, k_tile, g, t);
+  }
+  const float scale[2] = {dims.scale, dims.scale};
+  store_rows<scalar_t, kD>(dq + bh * dims.Lq * D, dq_acc, q0 + wm, dims.Lq, D, scale, g, t);
+}
+
+template <int kD>
+constexpr size_t tensor_core_dkdv_shared_bytes() {
+  return size_t{2 * kTcRows + 2 * kTcTileRows<kD>} * kTcRowStride<kD> * sizeof(uint16_t) +
+         2 * kTcTileRows<kD> * sizeof(float);
+}
+
+// dK and/or dV for 64 key rows of one (batch, head), query tiles staged with their lse and delta.
+template <typename scalar_t, int kD, bool kDK, bool kDV>
+__global__ void __launch_bounds__(kTcThreads)
+    tensor_core_dkdv_kernel(const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v,
+                            const float* lse, const float* delta, scalar_t* dk, scalar_t* dv, Dims<float> dims) {
+  constexpr int kQueries = kTcTileRows<kD>, kStride = kTcRowStride<kD>, kQueryTiles = kQueries / 8;
+  uint16_t* k_tile = cuda::dynamic_shared_memory<uint16_t>();  // (kTcRows, kD)
+  uint16_t* v_tile = k_tile + kTcRows * kStride;               // (kTcRows, kD)
+  uint16_t* q_tile = v_tile + kTcRows * kStride;               // (kQueries, kD)
+  uint16_t* do_tile = q_tile + kQueries * kStride;             // (kQueries, kD)
+  float* lse2_tile = reinterpret_cast<float*>(do_tile + kQueries * kStride);  // (kQueries)
+  float* delta_tile = lse2_tile + kQueries;                                    // (kQueries)
+  const int64_t bh = dims.head(), j0 = dims.row_tile() * kTcRows, D = dims.D;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, wk = 16 * warp;
+  const int64_t keys[2] = {j0 + wk + g, j0 + wk + g + 8};  // this lane's two key rows
+  const float scale_log2 = dims.scale * kLog2e;
+  stage_bits<kD>(k_tile, k + bh * dims.Lk * D, j0, kTcRows, dims.Lk, D);
+  stage_bits<kD>(v_tile, v + bh * dims.Lk * D, j0, kTcRows, dims.Lk, D);
+  float dk_acc[kDK ? kD / 8 : 1][4], dv_acc[kDV ? kD / 8 : 1][4];
+  zero(dk_acc);
+  zero(dv_acc);
+
+  // Causal: queries before this block's first key see none of its keys.
+  const int64_t i_begin = dims.causal ? (min(j0, dims.Lq) / kQueries) * kQueries : 0;
+  for (int64_t i0 = i_begin; i0 < dims.Lq; i0 += kQueries) {
+    __syncthreads();
+    stage_bits<kD>(q_tile, q + bh * dims.Lq * D, i0, kQueries, dims.Lq, D);
+    stage_bits<kD>(do_tile, dout + bh * dims.Lq * D, i0, kQueries, dims.Lq, D);
+    for (int r = threadIdx.x; r < kQueries; r += kTcThreads) {
+      const bool active = i0 + r < dims.Lq;
+      lse2_tile[r] = active ? lse[bh * dims.Lq + i0 + r] * kLog2e : 0.f;
+      delta_tile[r] = active ? delta[bh * dims.Lq + i0 + r] : 0.f;
+    }
+    __syncthreads();
+    float s[kQueryTiles][4];  // S^T, then P^T, then dS^T
+    zero(s);
+    rows_times_rows<scalar_t, kD>(s, k_tile, wk, q_tile, g, t);
+#pragma unroll
+    for (int n = 0; n < kQueryTiles; ++n) {
+#pragma unroll
+      for (int f = 0; f < 4; ++f) {
+        const int c = 8 * n + 2 * t + (f % 2);
+        const int64_t i = i0 + c, j = keys[f / 2];
+        s[n][f] = (i < dims.Lq && dims.visible(i, j)) ? exp2f(s[n][f] * scale_log2 - lse2_tile[c]) : 0.f;
+      }
+    }
+    if constexpr (kDV) accumulators_times_tile<scalar_t, kD>(dv_acc, s, do_tile, g, t);
+    if constexpr (kDK) {
+      float dp[kQueryTiles][4];  // dP^T = V dO^T
+      zero(dp);
+      rows_times_rows<scalar_t, kD>(dp, v_tile, wk, do_tile, g, t);
+#pragma unroll
+      for (int n = 0; n < kQueryTiles; ++n)
+#pragma unroll
+        for (int f = 0; f < 4; ++f) s[n][f] *= dp[n][f] - delta_tile[8 * n + 2 * t + (f % 2)];
+      accumulators_times_tile<scalar_t, kD>(dk_acc, s, q_tile, g, t);
+    }
+  }
+  if constexpr (kDV) {
+    const float one[2] = {1.f, 1.f};
+    store_rows<scalar_t, kD>(dv + bh * dims.Lk * D, dv_acc, j0 + wk, dims.Lk, D, one, g, t);
+  }
+  if constexpr (kDK) {
+    const float scale[2] = {dims.scale, dims.scale};
+    store_rows<scalar_t, kD>(dk + bh * dims.Lk * D, dk_acc, j0 + wk, dims.Lk, D, scale, g, t);
   }
 }
 
@@ -383,6 +582,21 @@ void with_tensor_core_head_dim(int64_t D, const Fn& fn) {
   }
 }
 
+// Launches a tensor-core backward kernel over row tiles of `rows` (queries for dQ, keys for dK/dV)
+// with `shared` bytes of dynamic shared memory (opted in past the default 48 KiB), passing the
+// common inputs (dO, q, k, v, lse, delta), then the outputs, then the dims.
+template <auto kernel, typename... Outputs>
+void launch_tensor_core(const AttentionGeometry& g, int64_t rows, size_t shared, const auto& inputs,
+                        Outputs... outputs) {
+  if (shared > kSharedBytes) cuda::allow_dynamic_shared<kernel>(shared);
+  std::apply(
+      [&](auto... in) {
+        cuda::launch<kernel>(row_tile_launch(g, rows, shared, kTcThreads), in..., outputs...,
+                             kernel_dims<float>(g, rows));
+      },
+      inputs);
+}
+
 void check_cuda(const at::Tensor& t, const char* name) { check_device_type(t, name, cuda::kDeviceType); }
 
 at::ScalarType lse_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
@@ -445,6 +659,31 @@ AttentionGrads attention_backward_cuda(const at::Tensor& grad_out, const at::Ten
     cuda::launch<delta_kernel<scalar_t>>({static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, 256), 65535)), 256},
                                          doc.const_data_ptr<scalar_t>(), oc.const_data_ptr<scalar_t>(),
                                          delta.mutable_data_ptr<acc_t>(), rows, g.head_dim);
+    if constexpr (cuda::kTensorCoreType<scalar_t>) {
+      if (cuda::tensor_cores_enabled()) {
+        with_tensor_core_head_dim(g.head_dim, [&](auto head_dim) {
+          constexpr int kD = decltype(head_dim)::value;
+          const auto pointers = std::make_tuple(doc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
+                                                kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(),
+                                                lc.const_data_ptr<float>(), delta.const_data_ptr<float>());
+          launch_tensor_core<tensor_core_dq_kernel<scalar_t, kD>>(g, g.q_len, tensor_core_dq_shared_bytes<kD>(),
+                                                                  pointers, dq.mutable_data_ptr<scalar_t>());
+          constexpr size_t dkdv_shared = tensor_core_dkdv_shared_bytes<kD>();
+          auto* dk_ptr = dk.mutable_data_ptr<scalar_t>();
+          auto* dv_ptr = dv.mutable_data_ptr<scalar_t>();
+          if constexpr (kD <= 128) {
+            launch_tensor_core<tensor_core_dkdv_kernel<scalar_t, kD, true, true>>(g, g.k_len, dkdv_shared, pointers,
+                                                                                 dk_ptr, dv_ptr);
+          } else {  // two passes: dK and dV accumulators do not fit in registers together
+            launch_tensor_core<tensor_core_dkdv_kernel<scalar_t, kD, false, true>>(g, g.k_len, dkdv_shared,
+                                                                                  pointers, dk_ptr, dv_ptr);
+            launch_tensor_core<tensor_core_dkdv_kernel<scalar_t, kD, true, false>>(g, g.k_len, dkdv_shared,
+                                                                                  pointers, dk_ptr, dv_ptr);
+          }
+        });
+        return;
+      }
+    }
     const int tile = tile_rows<acc_t>(g.head_dim);
     const size_t shared = 2 * tile * g.head_dim * sizeof(acc_t);
     with_head_dim(g.head_dim, [&](auto head_dim) {

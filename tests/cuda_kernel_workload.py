@@ -83,8 +83,9 @@ def conv2d():
 
 
 def pool2d():
-    for layout in (torch.contiguous_format, torch.channels_last):
-        x = torch.randn(2, 3, 9, 10).contiguous(memory_format=layout)
+    # 3 channels: the per-element kernels; 8 channels in channels_last: the forwards' vectorised ones.
+    for layout, channels in ((torch.contiguous_format, 3), (torch.channels_last, 3), (torch.channels_last, 8)):
+        x = torch.randn(2, channels, 9, 10).contiguous(memory_format=layout)
         cases = [
             (lambda t: cnnext.ops.max_pool2d(t, 3, 2, 1), lambda t: F.max_pool2d(t, 3, 2, 1)),
             (

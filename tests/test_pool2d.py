@@ -230,6 +230,48 @@ def test_low_precision_matches_native(layout, device, dtype):
     )
 
 
+@pytest.mark.parametrize("device, dtype", FULL_PRECISION + LOW_PRECISION)
+def test_channels_last_forwards_with_whole_channel_blocks_match_native(device, dtype, cuda_emulation):
+    """channels_last with 16 channels: the CUDA forwards take their vectorised kernels (16-byte
+    channel blocks per thread: 2 doubles, 4 floats, 8 halves). Max (both argmax encodings, NaN and
+    -inf planted, dilation, ceil mode), average (padding excluded, divisor override) and adaptive
+    average against native; a view starting one channel in (misaligned) takes the per-element
+    kernels and must agree too."""
+    x = distinct_values((2, 17, 9, 10), torch.float64, device)
+    x[0, 3, 2, 2] = x[1, 8, 4, 5] = float("nan")
+    x[1, 12, :3, :3] = float("-inf")
+    x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    explicit = [(3, 3), (2, 2), (1, 1), (1, 2)]
+    for view in (x[:, :16], x[:, 1:]):  # 16 channels, aligned / starting one element in
+        out, idx = cnnext.ops.max_pool2d(view, *explicit, ceil_mode=True, return_indices=True)
+        out_native, idx_native = F.max_pool2d(view, *explicit, ceil_mode=True, return_indices=True)
+        torch.testing.assert_close(out, out_native, equal_nan=True, rtol=0, atol=0)
+        assert torch.equal(idx, idx_native)
+        out_taps, taps = torch.ops.cnnext._max_pool2d_with_taps(view, *explicit, True)
+        torch.testing.assert_close(out_taps, out_native, equal_nan=True, rtol=0, atol=0)
+        assert torch.equal(taps_to_positions(taps, *explicit, view.shape[-1]), idx_native)
+        finite = torch.nan_to_num(view, nan=0.0, neginf=0.0)
+        averages = [
+            (
+                lambda t: cnnext.ops.avg_pool2d(t, 3, 2, 1, count_include_pad=False),
+                lambda t: F.avg_pool2d(t, 3, 2, 1, count_include_pad=False),
+            ),
+            (
+                lambda t: cnnext.ops.avg_pool2d(t, 2, 1, divisor_override=3),
+                lambda t: F.avg_pool2d(t, 2, 1, divisor_override=3),
+            ),
+            (lambda t: cnnext.ops.adaptive_avg_pool2d(t, (4, 3)), lambda t: F.adaptive_avg_pool2d(t, (4, 3))),
+        ]
+        tol = TOLERANCES.get(dtype, dict(rtol=1e-2, atol=1e-2))
+        for ours, native in averages:
+            torch.testing.assert_close(ours(finite).double(), native(finite.double()), **tol)
+    if cuda_emulation is not None:  # the launches name the kernels
+        launched = " ".join(torch.ops.cnnext_emu._launched_kernels())
+        names = {torch.float16: "c10::Half", torch.bfloat16: "c10::BFloat16", torch.float32: "float"}
+        name = names.get(dtype, "double")
+        assert f"max_forward_vec_kernel<{name}" in launched and f"avg_forward_vec_kernel<{name}" in launched
+
+
 POOLS = {
     "max": lambda t: cnnext.ops.max_pool2d(t, 3, 2, 1, dilation=(1, 2), ceil_mode=True),
     "max_int64_indices": lambda t: cnnext.ops.max_pool2d(t, 3, 2, 1, dilation=(1, 2), return_indices=True)[0],

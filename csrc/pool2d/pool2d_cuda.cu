@@ -9,11 +9,13 @@
 // the thread-to-element order follows the memory layout (channels innermost for channels_last,
 // width innermost for NCHW) so a warp's accesses are contiguous. Accumulation is in float for
 // half/bfloat16/float and in double for double.
+#include <cstdint>
 #include <limits>
 #include <type_traits>
 
 #include "common.h"
 #include "cuda_device.h"
+#include "cuda_fast_divmod.h"
 #include "pool2d/pool2d_entries.h"
 
 namespace cnnext {
@@ -137,7 +139,131 @@ __global__ void avg_backward_kernel(const scalar_t* dy, Strides4 ys, scalar_t* d
 
 #undef CNNEXT_GRID_STRIDE_LOOP
 
-unsigned blocks_for(int64_t total) { return static_cast<unsigned>(std::min<int64_t>(ceil_div(total, kThreads), 1 << 30)); }
+// ---- vectorised channels_last forwards -----------------------------------------------------------
+// With channels innermost and contiguous (stride 1), C a multiple of kVec<scalar_t> and every pixel's
+// channels 16-byte aligned, a thread takes kVec consecutive channels of one output pixel (4 floats, 8
+// halves, 2 doubles) and reads each window tap with one 128-bit load: a warp's loads cover 32 such
+// blocks of neighbouring channels, contiguous. Element indices are int (the launcher checks the
+// count) and split with FastDivmod: (pixel, channel block), pixel -> (n, oh, ow).
+template <typename scalar_t>
+inline constexpr int kVec = static_cast<int>(16 / sizeof(scalar_t));
+
+template <typename scalar_t>
+struct alignas(16) Vec {
+  scalar_t v[kVec<scalar_t>];
+};
+
+struct VecGrid {
+  cuda::FastDivmod by_blocks, by_out_w, by_out_h;  // channel blocks per pixel, Wo, Ho
+};
+
+template <typename scalar_t, typename index_t>
+__global__ void max_forward_vec_kernel(const scalar_t* x, Strides4 xs, scalar_t* out, index_t* indices, Strides4 os,
+                                       MaxAxis rows, MaxAxis cols, VecGrid grid, int total) {
+  using acc_t = cuda::acc_t<scalar_t>;
+  constexpr int V = kVec<scalar_t>;
+  for (int index = blockIdx.x * blockDim.x + threadIdx.x; index < total; index += gridDim.x * blockDim.x) {
+    const auto [pixel, block] = grid.by_blocks.divmod(index);
+    const auto [rest, ow] = grid.by_out_w.divmod(pixel);
+    const auto [n, oh] = grid.by_out_h.divmod(rest);
+    const int64_t c0 = int64_t{block} * V;
+    const Span r = rows.taps(oh), cc = cols.taps(ow);
+    acc_t best[V];
+    int best_t[V], best_u[V];  // kept if nothing beats -inf: the first tap inside, as native
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      best[e] = -std::numeric_limits<acc_t>::infinity();
+      best_t[e] = static_cast<int>(r.lo);
+      best_u[e] = static_cast<int>(cc.lo);
+    }
+    for (int t = static_cast<int>(r.lo); t < r.hi; ++t) {
+      const int64_t ih = rows.position(oh, t);
+      for (int u = static_cast<int>(cc.lo); u < cc.hi; ++u) {
+        const Vec<scalar_t> in =
+            *reinterpret_cast<const Vec<scalar_t>*>(x + xs.offset(n, c0, ih, cols.position(ow, u)));
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          const acc_t v = static_cast<acc_t>(in.v[e]);
+          if (v > best[e] || isnan(v)) {  // NaN wins, as in native max pooling
+            best[e] = v;
+            best_t[e] = t;
+            best_u[e] = u;
+          }
+        }
+      }
+    }
+    const int64_t at = os.offset(n, c0, oh, ow);
+    Vec<scalar_t> result;
+#pragma unroll
+    for (int e = 0; e < V; ++e) result.v[e] = static_cast<scalar_t>(best[e]);
+    *reinterpret_cast<Vec<scalar_t>*>(out + at) = result;
+    if (indices == nullptr) continue;
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      if constexpr (std::is_same_v<index_t, uint8_t>) {
+        indices[at + e] = static_cast<uint8_t>(best_t[e] * cols.kernel + best_u[e]);
+      } else {
+        indices[at + e] = rows.position(oh, best_t[e]) * cols.size + cols.position(ow, best_u[e]);
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+__global__ void avg_forward_vec_kernel(const scalar_t* x, Strides4 xs, scalar_t* out, Strides4 os, AvgAxis rows,
+                                       AvgAxis cols, AvgDivisor divisor, VecGrid grid, int total) {
+  using acc_t = cuda::acc_t<scalar_t>;
+  constexpr int V = kVec<scalar_t>;
+  for (int index = blockIdx.x * blockDim.x + threadIdx.x; index < total; index += gridDim.x * blockDim.x) {
+    const auto [pixel, block] = grid.by_blocks.divmod(index);
+    const auto [rest, ow] = grid.by_out_w.divmod(pixel);
+    const auto [n, oh] = grid.by_out_h.divmod(rest);
+    const int64_t c0 = int64_t{block} * V;
+    const Span r = rows.window(oh), cc = cols.window(ow);
+    acc_t sum[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e) sum[e] = acc_t(0);
+    for (int64_t ih = r.lo; ih < r.hi; ++ih) {
+      for (int64_t iw = cc.lo; iw < cc.hi; ++iw) {
+        const Vec<scalar_t> in = *reinterpret_cast<const Vec<scalar_t>*>(x + xs.offset(n, c0, ih, iw));
+#pragma unroll
+        for (int e = 0; e < V; ++e) sum[e] += static_cast<acc_t>(in.v[e]);
+      }
+    }
+    const int64_t d = divisor(r, cc);
+    Vec<scalar_t> result;
+#pragma unroll
+    for (int e = 0; e < V; ++e) result.v[e] = static_cast<scalar_t>(d == 0 ? acc_t(0) : sum[e] / static_cast<acc_t>(d));
+    *reinterpret_cast<Vec<scalar_t>*>(out + os.offset(n, c0, oh, ow)) = result;
+  }
+}
+
+
+// Blocks for a grid-stride loop over `total` elements: enough for every element up to 32 blocks
+// per SM (four waves of the eight 256-thread blocks an SM holds), then each thread loops.
+unsigned blocks_for(int64_t total) {
+  const int64_t waves = int64_t{cuda::multiprocessor_count()} * 32;
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min(ceil_div(total, kThreads), waves)));
+}
+
+// Whether the channels_last forward of x -> out can take the vectorised kernels: channels innermost
+// and contiguous in both, whole 16-byte channel blocks at 16-byte aligned addresses, an int count.
+template <typename scalar_t>
+bool vectorisable(const at::Tensor& x, const at::Tensor& out, const Pool2dGeometry& g, bool channels_last) {
+  constexpr int V = kVec<scalar_t>;
+  const auto whole_blocks = [](const at::Tensor& t) {
+    const Strides4 s = strides_of(t);
+    return s.c == 1 && s.n % V == 0 && s.h % V == 0 && s.w % V == 0 &&
+           reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
+  };
+  return channels_last && g.channels % V == 0 && whole_blocks(x) && whole_blocks(out) &&
+         out.numel() / V <= cuda::kMaxDividend;
+}
+
+VecGrid vec_grid(const Pool2dGeometry& g, int vec) {
+  return {cuda::FastDivmod(g.channels / vec), cuda::FastDivmod(std::max<int64_t>(g.out_w, 1)),
+          cuda::FastDivmod(std::max<int64_t>(g.out_h, 1))};
+}
 
 // Launches KERNEL<TYPES..., channels_last>(args..., total) over `total` elements on the current
 // stream of the tensors' device; TYPES is a parenthesised list, e.g. (scalar_t, index_t).
@@ -177,6 +303,14 @@ struct CudaLoops {
     CNNEXT_DISPATCH_CUDA_TYPES(x.scalar_type(), "max_pool2d_forward_cuda", [&] {
       with_argmax_type(indices, [&](auto tag) {
         using index_t = decltype(tag);
+        if (vectorisable<scalar_t>(x, out, g, channels_last)) {
+          const int threads = static_cast<int>(total / kVec<scalar_t>);
+          cuda::launch<max_forward_vec_kernel<scalar_t, index_t>>(
+              {blocks_for(threads), kThreads}, x.const_data_ptr<scalar_t>(), strides_of(x),
+              out.mutable_data_ptr<scalar_t>(), indices.defined() ? indices.mutable_data_ptr<index_t>() : nullptr,
+              strides_of(out), max_rows(g), max_cols(g), vec_grid(g, kVec<scalar_t>), threads);
+          return;
+        }
         CNNEXT_LAUNCH_POOL(max_forward_kernel, (scalar_t, index_t), channels_last, total,
                            x.const_data_ptr<scalar_t>(), strides_of(x), out.mutable_data_ptr<scalar_t>(),
                            indices.defined() ? indices.mutable_data_ptr<index_t>() : nullptr, strides_of(out),
@@ -204,6 +338,14 @@ struct CudaLoops {
     const cuda::DeviceGuard guard(x.device());
     const int64_t total = out.numel();
     CNNEXT_DISPATCH_CUDA_TYPES(x.scalar_type(), "avg_pool2d_forward_cuda", [&] {
+      if (vectorisable<scalar_t>(x, out, g, channels_last)) {
+        const int threads = static_cast<int>(total / kVec<scalar_t>);
+        cuda::launch<avg_forward_vec_kernel<scalar_t>>({blocks_for(threads), kThreads}, x.const_data_ptr<scalar_t>(),
+                                                       strides_of(x), out.mutable_data_ptr<scalar_t>(),
+                                                       strides_of(out), avg_rows(g), avg_cols(g), divisor,
+                                                       vec_grid(g, kVec<scalar_t>), threads);
+        return;
+      }
       CNNEXT_LAUNCH_POOL(avg_forward_kernel, (scalar_t), channels_last, total, x.const_data_ptr<scalar_t>(),
                          strides_of(x), out.mutable_data_ptr<scalar_t>(), strides_of(out), g.channels, avg_rows(g),
                          avg_cols(g), divisor);

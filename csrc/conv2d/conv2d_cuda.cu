@@ -217,31 +217,85 @@ inline constexpr bool kHasTensorCoreVariant = cuda::kTensorCoreType<scalar_t> ||
 template <typename scalar_t>
 using tensor_core_tile_t = std::conditional_t<std::is_same_v<scalar_t, float>, uint32_t, uint16_t>;
 
-// One 16-deep stage of A (kTileM x kTileK) and B (kTileK x kTileN) from the problem into shared
-// memory as tile_t, zero outside the matrices and past the split's depth.
+// The two-stage pipeline both block variants run: the global loads of the next 16-deep stage are
+// issued into registers (fetch) before the block multiplies the current one out of shared memory,
+// and stored to the other of two shared buffers (store) at the top of the next iteration. So the
+// gathers' memory latency overlaps the arithmetic, and one __syncthreads per stage suffices: a
+// thread writing buffer b at stage s has passed stage s - 1's barrier, which every thread reached
+// only after multiplying out of b at stage s - 2. (cp.async would need 4-byte-aligned runs; the
+// implicit GEMM's operands are gathered element by element, 16-bit ones too.)
+constexpr int kLoadsA = kTileM * kTileK / kThreads, kLoadsB = kTileN * kTileK / kThreads;
+
+template <typename tile_t>
+struct StageRegisters {
+  tile_t a[kLoadsA], b[kLoadsB];
+};
+
+// Which element of the stage load i of this thread covers: (row or column within the tile, depth
+// within the stage), consecutive threads on the operand's fastest-varying index in memory.
+template <bool kKFast, int kTile>
+__device__ __forceinline__ void stage_slot(int i, int& index, int& kk) {
+  const int e = threadIdx.x + i * kThreads;
+  index = kKFast ? e / kTileK : e % kTile;
+  kk = kKFast ? e % kTileK : e / kTile;
+}
+
+// Stage [k0, k0 + kTileK) of A (kTileM x kTileK) and B (kTileK x kTileN) into registers as tile_t,
+// zero outside the matrices and past the split's depth.
 template <typename Problem, typename tile_t>
-__device__ __forceinline__ void load_stage(const Problem& prob, tile_t (*a_tile)[kTileM + 8],
-                                           tile_t (*b_tile)[kTileN + 8], int64_t group, int m0,
-                                           int n0, int k0, int k_end) {
+__device__ __forceinline__ void fetch_stage(const Problem& prob, StageRegisters<tile_t>& r, int64_t group, int m0,
+                                            int n0, int k0, int k_end) {
   using acc_t = typename Problem::acc_t;
+  using scalar_t = typename Problem::scalar_type;
   const int rows = prob.rows(), cols = prob.cols();
 #pragma unroll
-  for (int i = 0; i < (kTileM * kTileK) / kThreads; ++i) {
-    const int e = threadIdx.x + i * kThreads;
-    const int mm = Problem::kAKFast ? e / kTileK : e % kTileM;
-    const int kk = Problem::kAKFast ? e % kTileK : e / kTileM;
+  for (int i = 0; i < kLoadsA; ++i) {
+    int mm, kk;
+    stage_slot<Problem::kAKFast, kTileM>(i, mm, kk);
     const int m = m0 + mm, k = k0 + kk;
-    a_tile[kk][mm] = to_tile<tile_t, typename Problem::scalar_type>((m < rows && k < k_end) ? prob.a(group, m, k)
-                                                                                             : acc_t(0));
+    r.a[i] = to_tile<tile_t, scalar_t>((m < rows && k < k_end) ? prob.a(group, m, k) : acc_t(0));
   }
 #pragma unroll
-  for (int i = 0; i < (kTileN * kTileK) / kThreads; ++i) {
-    const int e = threadIdx.x + i * kThreads;
-    const int nn = Problem::kBKFast ? e / kTileK : e % kTileN;
-    const int kk = Problem::kBKFast ? e % kTileK : e / kTileN;
+  for (int i = 0; i < kLoadsB; ++i) {
+    int nn, kk;
+    stage_slot<Problem::kBKFast, kTileN>(i, nn, kk);
     const int n = n0 + nn, k = k0 + kk;
-    b_tile[kk][nn] = to_tile<tile_t, typename Problem::scalar_type>((n < cols && k < k_end) ? prob.b(group, k, n)
-                                                                                             : acc_t(0));
+    r.b[i] = to_tile<tile_t, scalar_t>((n < cols && k < k_end) ? prob.b(group, k, n) : acc_t(0));
+  }
+}
+
+template <typename Problem, typename tile_t>
+__device__ __forceinline__ void store_stage(const StageRegisters<tile_t>& r, tile_t (*a_tile)[kTileM + 8],
+                                            tile_t (*b_tile)[kTileN + 8]) {
+#pragma unroll
+  for (int i = 0; i < kLoadsA; ++i) {
+    int mm, kk;
+    stage_slot<Problem::kAKFast, kTileM>(i, mm, kk);
+    a_tile[kk][mm] = r.a[i];
+  }
+#pragma unroll
+  for (int i = 0; i < kLoadsB; ++i) {
+    int nn, kk;
+    stage_slot<Problem::kBKFast, kTileN>(i, nn, kk);
+    b_tile[kk][nn] = r.b[i];
+  }
+}
+
+// Runs the pipeline over [k_begin, k_end), calling multiply(a_tile, b_tile) once per stage with
+// that stage's shared tiles. a_tiles, b_tiles: the two buffers of each operand.
+template <typename Problem, typename tile_t, typename Multiply>
+__device__ __forceinline__ void pipelined_stages(const Problem& prob, tile_t (*a_tiles)[kTileK][kTileM + 8],
+                                                 tile_t (*b_tiles)[kTileK][kTileN + 8], int64_t group, int m0,
+                                                 int n0, int k_begin, int k_end, const Multiply& multiply) {
+  StageRegisters<tile_t> next;
+  if (k_begin < k_end) fetch_stage(prob, next, group, m0, n0, k_begin, k_end);
+  int buffer = 0;
+  for (int k0 = k_begin; k0 < k_end; k0 += kTileK) {
+    store_stage<Problem>(next, a_tiles[buffer], b_tiles[buffer]);
+    __syncthreads();
+    if (k0 + kTileK < k_end) fetch_stage(prob, next, group, m0, n0, k0 + kTileK, k_end);
+    multiply(a_tiles[buffer], b_tiles[buffer]);
+    buffer ^= 1;
   }
 }
 
@@ -256,8 +310,8 @@ __device__ void tensor_core_block(const Problem& prob, int64_t group, int64_t sp
   using cuda::pack_pair;
   // Plain integer patterns (no construction, nothing to convert before the fragments); +8 keeps
   // rows 16-byte aligned and spreads a fragment load's lanes over distinct banks.
-  __shared__ tile_t a_tile[kTileK][kTileM + 8];
-  __shared__ tile_t b_tile[kTileK][kTileN + 8];
+  __shared__ tile_t a_tiles[2][kTileK][kTileM + 8];
+  __shared__ tile_t b_tiles[2][kTileK][kTileN + 8];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int wm = (warp / 2) * 16, wn = (warp % 2) * 32;
   float acc[4][4];  // [mma tile j][fragment], fragments as cuda_tensor_cores.h documents
@@ -266,9 +320,7 @@ __device__ void tensor_core_block(const Problem& prob, int64_t group, int64_t sp
 #pragma unroll
     for (int f = 0; f < 4; ++f) acc[j][f] = 0.f;
 
-  for (int k0 = k_begin; k0 < k_end; k0 += kTileK) {
-    load_stage(prob, a_tile, b_tile, group, m0, n0, k0, k_end);
-    __syncthreads();
+  pipelined_stages(prob, a_tiles, b_tiles, group, m0, n0, k_begin, k_end, [&](auto a_tile, auto b_tile) {
     if constexpr (std::is_same_v<tile_t, uint32_t>) {
 #pragma unroll
       for (int ks = 0; ks < kTileK; ks += 8) {
@@ -294,8 +346,7 @@ __device__ void tensor_core_block(const Problem& prob, int64_t group, int64_t sp
         cuda::mma_m16n8k16<scalar_t>(acc[j], a, b, acc[j]);
       }
     }
-    __syncthreads();
-  }
+  });
 
   const int rows = prob.rows(), cols = prob.cols();
 #pragma unroll
@@ -313,8 +364,8 @@ template <typename Problem>
 __device__ void fma_block(const Problem& prob, int64_t group, int64_t split, int m0, int n0,
                           int k_begin, int k_end) {
   using acc_t = typename Problem::acc_t;
-  __shared__ acc_t a_tile[kTileK][kTileM + 8];  // padded: fewer bank conflicts when k varies per thread
-  __shared__ acc_t b_tile[kTileK][kTileN + 8];
+  __shared__ acc_t a_tiles[2][kTileK][kTileM + 8];  // padded: fewer bank conflicts when k varies per thread
+  __shared__ acc_t b_tiles[2][kTileK][kTileN + 8];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   acc_t acc[4][4];
 #pragma unroll
@@ -322,9 +373,7 @@ __device__ void fma_block(const Problem& prob, int64_t group, int64_t split, int
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[i][j] = acc_t(0);
 
-  for (int k0 = k_begin; k0 < k_end; k0 += kTileK) {
-    load_stage(prob, a_tile, b_tile, group, m0, n0, k0, k_end);
-    __syncthreads();
+  pipelined_stages(prob, a_tiles, b_tiles, group, m0, n0, k_begin, k_end, [&](auto a_tile, auto b_tile) {
 #pragma unroll
     for (int kk = 0; kk < kTileK; ++kk) {
       acc_t a_frag[4], b_frag[4];
@@ -337,8 +386,7 @@ __device__ void fma_block(const Problem& prob, int64_t group, int64_t split, int
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] += a_frag[i] * b_frag[j];
     }
-    __syncthreads();
-  }
+  });
 
   const int rows = prob.rows(), cols = prob.cols();
 #pragma unroll

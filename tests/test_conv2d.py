@@ -246,6 +246,30 @@ print("ok")
     run_with_baseline_isa(script)
 
 
+# (input H x W, kernel, stride, padding, dilation) for the CUDA grad input's stride phases.
+STRIDE_PHASE_CASES = {
+    "gcd1": ((11, 9), 3, 3, 1, 2),  # gcd(stride 3, dilation 2) = 1: every phase reached, taps 3 apart
+    "gcd2": ((10, 12), 3, 2, 2, 2),  # gcd 2: the odd phases are reached by no tap (gradient 0 there)
+    "1x1-s3": ((7, 8), 1, 3, 0, 1),  # two of three phases per axis read by nothing
+    "fewer-rows-than-stride": ((2, 5), (2, 3), (3, 4), 0, 1),  # a phase without pixels
+    "mixed": ((9, 9), 5, (2, 3), 2, (1, 2)),
+}
+
+
+@pytest.mark.parametrize("device, dtype", FULL_PRECISION)
+@pytest.mark.parametrize("case", STRIDE_PHASE_CASES.values(), ids=STRIDE_PHASE_CASES.keys())
+def test_strides_dilations_and_phases_without_taps_match_native(case, device, dtype):
+    """Strides beyond 2, with dilations sharing a factor with them or not: the CUDA grad input runs
+    one GEMM per stride phase over the taps that reach it, and phases no tap (or no pixel) belongs
+    to must still come out right (zero, or skipped)."""
+    size, kernel, stride, padding, dilation = case
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    x = torch.randn(2, 4, *size, dtype=dtype, device=device)
+    w = torch.randn(6, 4, kh, kw, dtype=dtype, device=device)
+    b = torch.randn(6, dtype=dtype, device=device)
+    check_against_native(x, w, b, TOLERANCES[dtype], stride=stride, padding=padding, dilation=dilation)
+
+
 @pytest.mark.parametrize("device", [d for d in DEVICES if "emu" in d.id or d.id == "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

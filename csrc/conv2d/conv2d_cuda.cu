@@ -6,7 +6,8 @@
 // The three convolution GEMMs differ only in how A and B are read and C is written ("problems"):
 //
 //   forward      out[g]    (Cout/G, N*Ho*Wo) = W[g] (Cout/G, K)   @ cols[g] (K, N*Ho*Wo)
-//   grad input   dinput[g] (C/G,    N*H*W)   = W[g]^T             @ dY patches (Cout/G*kh*kw, N*H*W)
+//   grad input   dinput[g] (C/G,    N*H*W)   = W[g]^T             @ dY patches (Cout/G*kh*kw, N*H*W),
+//                as one GEMM per stride phase over only the taps that reach its pixels (GradInputProblem)
 //   grad weight  dW[g]     (Cout/G, K)       = dY[g] (Cout/G, N*Ho*Wo) @ cols[g]^T
 //
 // with K = C/G * kh * kw. Columns of the implicit matrices are gathered on the fly from the
@@ -32,6 +33,8 @@
 // Index arithmetic: every division of the loads and stores (pixel -> (n, oh, ow), depth ->
 // (c, ki, kj), grid z -> (split, group)) is a FastDivmod multiply-high (cuda_fast_divmod.h) on
 // 32-bit indices; the sm_90 SASS of the kernel has no division subroutine call.
+#include <numeric>
+
 #include "common.h"
 #include "conv2d/conv2d.h"
 #include "cuda_device.h"
@@ -55,7 +58,7 @@ inline constexpr int kMinBlocksPerSM = std::is_same_v<acc_t, double> ? 2 : 4;
 // indices are int: launch_implicit_gemm checks that every one fits.
 struct KernelGeometry {
   int64_t N, C, H, W, Cout, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, groups, Cg, Coutg, K, L;
-  cuda::FastDivmod by_out_pixels, by_out_w, by_in_pixels, by_in_w, by_taps, by_kw, by_sh, by_sw, by_groups;
+  cuda::FastDivmod by_out_pixels, by_out_w, by_taps, by_kw, by_groups;
 };
 
 KernelGeometry kernel_geometry(const Conv2dGeometry& g) {
@@ -66,12 +69,8 @@ KernelGeometry kernel_geometry(const Conv2dGeometry& g) {
   const auto divisor = [](int64_t d) { return cuda::FastDivmod(std::max<int64_t>(d, 1)); };
   p.by_out_pixels = divisor(p.L);
   p.by_out_w = divisor(p.Wo);
-  p.by_in_pixels = divisor(p.H * p.W);
-  p.by_in_w = divisor(p.W);
   p.by_taps = divisor(p.kh * p.kw);
   p.by_kw = divisor(p.kw);
-  p.by_sh = divisor(p.sh);
-  p.by_sw = divisor(p.sw);
   p.by_groups = divisor(p.groups);
   return p;
 }
@@ -95,13 +94,6 @@ __device__ __forceinline__ int64_t out_pixel_offset(const Strides4& s, const Ker
   const auto [n, l] = p.by_out_pixels.divmod(pix);
   const auto [oh, ow] = p.by_out_w.divmod(l);
   return n * s.n + oh * s.h + ow * s.w;
-}
-
-// The offset of input pixel pixel = (n, ih, iw) in a tensor of input shape with strides `s`.
-__device__ __forceinline__ int64_t in_pixel_offset(const Strides4& s, const KernelGeometry& p, int pixel) {
-  const auto [n, rem] = p.by_in_pixels.divmod(pixel);
-  const auto [ih, iw] = p.by_in_w.divmod(rem);
-  return n * s.n + ih * s.h + iw * s.w;
 }
 
 // dY[n, g*Coutg + co, oh, ow] for output pixel pix = (n, oh, ow).
@@ -138,6 +130,57 @@ struct ForwardProblem {
   }
 };
 
+// Grad input by stride phases. dinput pixel (ih, iw) receives dY[oh, ow] W[ki, kj] exactly where
+// ih + ph - ki dh = sh oh (and alike for w): for a stride of 2, three quarters of the (tap, pixel)
+// pairs of the stride-1 formulation are zero products. Pixels with the same (ih + ph) mod sh (the
+// phase) are reached by the same taps: ki = ki0 + step t with ki0 dh = that phase (mod sh) and
+// step = sh / gcd(sh, dh). So grad input is sh * sw GEMMs, one per phase, each over its pixels
+// ih = ih0 + sh u and its taps only, with oh = oh0 + u - (dh / gcd) t: no zero products and no
+// division by the stride in the loads. With stride 1 there is one phase: every pixel and tap.
+struct StridePhase {
+  int ih0, iw0, rows, cols;                // pixels (ih0 + sh u, iw0 + sw v), u < rows, v < cols
+  int ki0, kj0, step_h, step_w;            // taps (ki0 + step_h t, kj0 + step_w s)
+  int taps_h, taps_w;                      //   t < taps_h, s < taps_w
+  int oh0, ow0, doh, dow;                  // oh = oh0 + u - doh t, ow = ow0 + v - dow s
+  cuda::FastDivmod by_taps, by_taps_w;     // taps_h * taps_w, taps_w
+  cuda::FastDivmod by_pixels, by_cols;     // rows * cols, cols
+};
+
+// The phase of residue r along one axis of length `size`, kernel `kernel`, stride, padding and
+// dilation: {first pixel, pixels, first tap, tap step, taps, first output, output step per tap}.
+struct AxisPhase {
+  int first_pixel, pixels, first_tap, tap_step, taps, first_out, out_step;
+};
+AxisPhase axis_phase(int64_t r, int64_t size, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+  AxisPhase a{};
+  a.first_pixel = static_cast<int>(((r - pad) % stride + stride) % stride);
+  a.pixels = a.first_pixel < size ? static_cast<int>(ceil_div(size - a.first_pixel, stride)) : 0;
+  const int64_t g = std::gcd(stride, dilation);
+  a.tap_step = static_cast<int>(stride / g);
+  a.first_tap = -1;
+  for (int64_t k = 0; k < std::min<int64_t>(kernel, a.tap_step); ++k) {
+    if ((k * dilation) % stride == r) {
+      a.first_tap = static_cast<int>(k);
+      break;
+    }
+  }
+  a.taps = a.first_tap < 0 ? 0 : static_cast<int>(ceil_div(kernel - a.first_tap, a.tap_step));
+  if (a.first_tap < 0) a.first_tap = 0;
+  // (first_pixel + pad - first_tap * dilation) is a multiple of the stride (first_pixel + pad = r).
+  a.first_out = static_cast<int>((a.first_pixel + pad - a.first_tap * dilation) / stride);
+  a.out_step = static_cast<int>(dilation / g);
+  return a;
+}
+
+StridePhase stride_phase(const KernelGeometry& p, int64_t rh, int64_t rw) {
+  const AxisPhase h = axis_phase(rh, p.H, p.kh, p.sh, p.ph, p.dh), w = axis_phase(rw, p.W, p.kw, p.sw, p.pw, p.dw);
+  const auto divisor = [](int64_t d) { return cuda::FastDivmod(std::max<int64_t>(d, 1)); };
+  return {h.first_pixel, w.first_pixel, h.pixels,  w.pixels,  h.first_tap, w.first_tap,
+          h.tap_step,    w.tap_step,    h.taps,    w.taps,    h.first_out, w.first_out,
+          h.out_step,    w.out_step,    divisor(int64_t{h.taps} * w.taps), divisor(w.taps),
+          divisor(int64_t{h.pixels} * w.pixels), divisor(w.pixels)};
+}
+
 template <typename scalar_t>
 struct GradInputProblem {
   using scalar_type = scalar_t;
@@ -148,31 +191,44 @@ struct GradInputProblem {
   scalar_t* dx;        // (N, C, H, W), any strides
   Strides4 ys, xs;
   KernelGeometry p;
+  StridePhase phase;
 
   __device__ int rows() const { return static_cast<int>(p.Cg); }
-  __device__ int cols() const { return static_cast<int>(p.N * p.H * p.W); }
-  __device__ int depth() const { return static_cast<int>(p.Coutg * p.kh * p.kw); }
-  // A[c][(co, ki, kj)] = W[g*Coutg + co, c, ki, kj]
-  __device__ acc_t a(int64_t g, int c, int k) const {
-    const auto [co, tap] = p.by_taps.divmod(k);
-    return static_cast<acc_t>(w[((g * p.Coutg + co) * p.Cg + c) * p.by_taps.divisor() + tap]);
+  __device__ int cols() const { return static_cast<int>(p.N * phase.rows * phase.cols); }
+  __device__ int depth() const { return static_cast<int>(p.Coutg * phase.taps_h * phase.taps_w); }
+  // Depth index k -> (co, t, s); column -> (n, u, v).
+  __device__ __forceinline__ void tap(int k, int& co, int& t, int& s) const {
+    const auto [c, rest] = phase.by_taps.divmod(k);
+    const auto [tt, ss] = phase.by_taps_w.divmod(rest);
+    co = c, t = tt, s = ss;
   }
-  // B[(co, ki, kj)][(n, ih, iw)] = dY[n, co, oh, ow] where the tap (ki, kj) at output (oh, ow)
-  // reads input (ih, iw); zero where no output pixel does (stride gaps, borders).
-  __device__ acc_t b(int64_t g, int k, int pixel) const {
-    const auto [co, tap] = p.by_taps.divmod(k);
-    const auto [ki, kj] = p.by_kw.divmod(tap);
-    const auto [n, rem] = p.by_in_pixels.divmod(pixel);
-    const auto [ih, iw] = p.by_in_w.divmod(rem);
-    const int th = ih + static_cast<int>(p.ph - ki * p.dh), tw = iw + static_cast<int>(p.pw - kj * p.dw);
-    if (th < 0 || tw < 0) return acc_t(0);
-    const auto [oh, phase_h] = p.by_sh.divmod(th);
-    const auto [ow, phase_w] = p.by_sw.divmod(tw);
-    if (phase_h != 0 || phase_w != 0 || oh >= p.Ho || ow >= p.Wo) return acc_t(0);
+  __device__ __forceinline__ void pixel(int col, int& n, int& u, int& v) const {
+    const auto [nn, rest] = phase.by_pixels.divmod(col);
+    const auto [uu, vv] = phase.by_cols.divmod(rest);
+    n = nn, u = uu, v = vv;
+  }
+  // A[c][(co, t, s)] = W[g*Coutg + co, c, ki0 + step_h t, kj0 + step_w s]
+  __device__ acc_t a(int64_t g, int c, int k) const {
+    int co, t, s;
+    tap(k, co, t, s);
+    const int64_t ki = phase.ki0 + phase.step_h * t, kj = phase.kj0 + phase.step_w * s;
+    return static_cast<acc_t>(w[(((g * p.Coutg + co) * p.Cg + c) * p.kh + ki) * p.kw + kj]);
+  }
+  // B[(co, t, s)][(n, u, v)] = dY[n, co, oh, ow] with oh = oh0 + u - doh t (alike for ow), zero
+  // outside the output (borders).
+  __device__ acc_t b(int64_t g, int k, int col) const {
+    int co, t, s, n, u, v;
+    tap(k, co, t, s);
+    pixel(col, n, u, v);
+    const int oh = phase.oh0 + u - phase.doh * t, ow = phase.ow0 + v - phase.dow * s;
+    if (oh < 0 || ow < 0 || oh >= p.Ho || ow >= p.Wo) return acc_t(0);
     return static_cast<acc_t>(dy[n * ys.n + (g * p.Coutg + co) * ys.c + oh * ys.h + ow * ys.w]);
   }
-  __device__ void store(int64_t g, int64_t /*split*/, int c, int pixel, acc_t v) const {
-    dx[(g * p.Cg + c) * xs.c + in_pixel_offset(xs, p, pixel)] = static_cast<scalar_t>(v);
+  __device__ void store(int64_t g, int64_t /*split*/, int c, int col, acc_t value) const {
+    int n, u, v;
+    pixel(col, n, u, v);
+    const int64_t ih = phase.ih0 + p.sh * u, iw = phase.iw0 + p.sw * v;
+    dx[n * xs.n + (g * p.Cg + c) * xs.c + ih * xs.h + iw * xs.w] = static_cast<scalar_t>(value);
   }
 };
 
@@ -526,10 +582,22 @@ Conv2dGrads conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor
     if (need_input) {
       dinput = cuda::empty(input.sizes(), input.options().memory_format(conv2d_output_format(input)));
       if (dinput.numel() > 0) {
-        const GradInputProblem<scalar_t> prob{grad_output.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                              dinput.mutable_data_ptr<scalar_t>(), strides_of(grad_output),
-                                              strides_of(dinput), p};
-        launch_implicit_gemm(prob, p.Cg, p.N * p.H * p.W, p.Coutg * p.kh * p.kw, p.groups);
+        for (int64_t rh = 0; rh < p.sh; ++rh) {
+          for (int64_t rw = 0; rw < p.sw; ++rw) {
+            const StridePhase phase = stride_phase(p, rh, rw);
+            const int64_t cols = p.N * phase.rows * phase.cols;
+            if (cols == 0) continue;  // no input pixel in this phase (input smaller than the stride)
+            // A phase no tap reaches has depth 0: its GEMM writes zeros, the gradient there.
+            const GradInputProblem<scalar_t> prob{grad_output.const_data_ptr<scalar_t>(),
+                                                  w.const_data_ptr<scalar_t>(),
+                                                  dinput.mutable_data_ptr<scalar_t>(),
+                                                  strides_of(grad_output),
+                                                  strides_of(dinput),
+                                                  p,
+                                                  phase};
+            launch_implicit_gemm(prob, p.Cg, cols, p.Coutg * phase.taps_h * phase.taps_w, p.groups);
+          }
+        }
       }
     }
     if (need_weight) {

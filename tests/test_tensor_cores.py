@@ -88,6 +88,32 @@ def test_the_built_conv2d_tensor_core_variants_contain_hmma():
     assert not any("IdEE" in v.name for v in variants)  # double: never
 
 
+def test_the_built_attention_tensor_core_kernels_contain_hmma():
+    """Every tensor-core attention instantiation in cnnext._C (forward, dQ, dK/dV; half and
+    bfloat16; head dims 32-256) multiplies with HMMA on every architecture built, and the per-row
+    kernels, which serve float32/float64, do not."""
+    import cnnext
+
+    if not cnnext.build_info()["cuda"]:
+        pytest.skip("cnnext._C was built without CUDA kernels")
+    sass = subprocess.run(
+        [CUOBJDUMP, "-sass", cnnext._C.__file__], check=True, capture_output=True, text=True
+    )
+    tensor_core, per_row = [], []
+    for arch_block in sass.stdout.split("arch = ")[1:]:
+        for block in arch_block.split("Function : ")[1:]:
+            name, _, body = block.partition("\n")
+            if "attention_cuda" not in name:
+                continue
+            kernels = tensor_core if "tensor_core_" in name else per_row
+            kernels.append((arch_block.split()[0], name.strip(), body.count("HMMA")))
+    # Per architecture: 2 types x (4 forward + 4 dQ + 5 dK/dV, head dim 256 in two passes).
+    archs = {arch for arch, _, _ in tensor_core}
+    assert archs and len(tensor_core) == 26 * len(archs), [name for _, name, _ in tensor_core]
+    assert all(hmma > 0 for _, _, hmma in tensor_core), [name for _, name, hmma in tensor_core if not hmma]
+    assert per_row and not any(hmma for _, _, hmma in per_row)
+
+
 def test_the_built_implicit_gemm_does_no_integer_division():
     """The index arithmetic of every implicit-GEMM instantiation is FastDivmod multiply-high
     (cuda_fast_divmod.h). An integer `/` or `%` by a run-time value compiles to a reciprocal

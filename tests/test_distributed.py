@@ -264,10 +264,28 @@ def test_a_killed_workers_claim_is_taken_over_and_its_run_finished(tmp_path):
     victim = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     claim = None
+
+    def in_a_run(path):
+        """A claim of the victim's run that has trained an epoch and not finished."""
+        try:
+            held = json.loads(path.read_text())["pid"] == victim.pid
+        except (OSError, ValueError, KeyError):
+            return False
+        return (
+            held and (path.parent / "metrics.jsonl").exists() and not (path.parent / "result.json").exists()
+        )
+
     while time.time() < deadline and claim is None:
         for path in tmp_path.glob("fc-vs-cnn/*/runs/*/claim.json"):
-            if (path.parent / "metrics.jsonl").exists() and not (path.parent / "result.json").exists():
+            if not in_a_run(path):
+                continue
+            # Frozen first, then checked again: a run can finish between a look and a kill (an MLP
+            # epoch on 600 samples takes milliseconds), and the test needs the kill mid-run.
+            victim.send_signal(signal.SIGSTOP)
+            if in_a_run(path):
                 claim = path
+                break
+            victim.send_signal(signal.SIGCONT)
         time.sleep(0.05)
     assert claim is not None, "the first worker never got into a run"
     victim.send_signal(signal.SIGKILL)

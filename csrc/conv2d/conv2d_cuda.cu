@@ -1,8 +1,8 @@
 // conv2d on CUDA: our own tiled implicit-GEMM kernels (no cuDNN, no cuBLAS).
 //
 // One kernel template, `implicit_gemm_kernel`, computes C[g] = A[g] @ B[g] for every group g with
-// 64x64 output tiles and 16-deep shared-memory stages; 256 threads, each accumulating a 4x4 micro
-// tile (rows ty + 16 i, columns tx + 16 j, so a warp's stores are coalesced along columns).
+// 64x64 output tiles, 256 threads, and 16-deep stages in a two-stage pipeline (pipelined_stages:
+// the next stage's loads into registers while the current one is multiplied from shared memory).
 // The three convolution GEMMs differ only in how A and B are read and C is written ("problems"):
 //
 //   forward      out[g]    (Cout/G, N*Ho*Wo) = W[g] (Cout/G, K)   @ cols[g] (K, N*Ho*Wo)
@@ -21,8 +21,9 @@
 // emulator (csrc/cuda_emulation/).
 //
 // Kernel variants of implicit_gemm_kernel<Problem, kTensorCores>:
-//   fma           float64, float32 without TF32, and 16-bit types where tensor cores are off: the
-//                 4x4 micro tiles above, shared tiles in acc_t.
+//   fma           float64, float32 without TF32, and 16-bit types where tensor cores are off: each
+//                 thread accumulates a 4x4 micro tile (rows ty + 16 i, columns tx + 16 j, so a
+//                 warp's stores are coalesced along columns); shared tiles in acc_t.
 //   tensor_cores  float16 / bfloat16 on sm_80+ (cuda::tensor_cores_enabled()), and float32 as TF32
 //                 when torch.backends.cudnn.allow_tf32 is on (cuda::tf32_enabled(), native's
 //                 switch): the same 64x64x16 block tiles kept in shared memory as 16-bit patterns
@@ -32,7 +33,7 @@
 //
 // Index arithmetic: every division of the loads and stores (pixel -> (n, oh, ow), depth ->
 // (c, ki, kj), grid z -> (split, group)) is a FastDivmod multiply-high (cuda_fast_divmod.h) on
-// 32-bit indices; the sm_90 SASS of the kernel has no division subroutine call.
+// 32-bit indices; the kernel's SASS has no integer-division sequence (tests/test_tensor_cores.py).
 #include <numeric>
 
 #include "common.h"

@@ -70,6 +70,17 @@ def ops(cuda_emulation):
     return torch.ops.cnnext_emu if cuda_emulation is not None else torch.ops.cnnext
 
 
+@pytest.fixture
+def launched_kernels(cuda_emulation):
+    """For an emulated case: a function returning, as one string, every kernel (with its template
+    arguments) this test has launched so far; None on other devices. Tests that assert which
+    kernel variant ran use it (the emulator's record is cleared when the fixture starts)."""
+    if cuda_emulation is None:
+        return None
+    torch.ops.cnnext_emu._forget_launched_kernels()
+    return lambda: " ".join(torch.ops.cnnext_emu._launched_kernels())
+
+
 @pytest.fixture(autouse=True)
 def poison_cuda_memory():
     """Fill the CUDA caching allocator's free blocks with NaN before each test, so an output

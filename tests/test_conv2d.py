@@ -273,7 +273,7 @@ def test_strides_dilations_and_phases_without_taps_match_native(case, device, dt
 @pytest.mark.parametrize("device", [d for d in DEVICES if "emu" in d.id or d.id == "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_tensor_core_and_fma_variants_both_match_native(layout, dtype, device, monkeypatch):
+def test_tensor_core_and_fma_variants_both_match_native(layout, dtype, device, monkeypatch, launched_kernels):
     """16-bit convolutions run the implicit GEMM's tensor-core variant (mma.sync; the emulator's
     twin here) unless CNNEXT_CUDA_TENSOR_CORES=0 selects the FMA one. Both give the forward and
     both gradients within 16-bit rounding of a float64 reference, with remainder tiles in every GEMM
@@ -285,8 +285,8 @@ def test_tensor_core_and_fma_variants_both_match_native(layout, dtype, device, m
     for setting in ("1", "0"):
         monkeypatch.setenv("CNNEXT_CUDA_TENSOR_CORES", setting)
         check_against_native(x.to(dtype), w.to(dtype), None, tol, stride=(1, 2), padding=1)
-    if device == "cpu":  # emulated: the launches name the variants
-        launched = " ".join(torch.ops.cnnext_emu._launched_kernels())
+    if launched_kernels is not None:  # emulated: the launches name the variants
+        launched = launched_kernels()
         name = "c10::Half" if dtype == torch.float16 else "c10::BFloat16"
         for variant in ("true", "false"):
             assert f"implicit_gemm_kernel<ForwardProblem<{name}>, {variant}>" in launched
@@ -294,7 +294,7 @@ def test_tensor_core_and_fma_variants_both_match_native(layout, dtype, device, m
 
 @pytest.mark.parametrize("device", [d for d in DEVICES if "emu" in d.id or d.id == "cuda"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_float32_uses_tf32_exactly_when_cudnn_allows_it(layout, device):
+def test_float32_uses_tf32_exactly_when_cudnn_allows_it(layout, device, launched_kernels):
     """torch.backends.cudnn.allow_tf32 on: the implicit GEMM's TF32 tensor-core variant, whose
     forward and gradients equal a float64 convolution of the TF32-rounded operands (each GEMM
     rounds its two inputs) to float32 summation error, and differ from the unrounded one by TF32's
@@ -328,8 +328,8 @@ def test_float32_uses_tf32_exactly_when_cudnn_allows_it(layout, device):
             full.double(), want_exact, rtol=1e-5, atol=1e-4, msg=lambda m: f"{name}: {m}"
         )
         assert (tf.double() - want_exact).abs().max() > 1e-3, f"{name}: TF32 was not used"
-    if device == "cpu":  # emulated: the launches name the variants
-        launched = " ".join(torch.ops.cnnext_emu._launched_kernels())
+    if launched_kernels is not None:  # emulated: the launches name the variants
+        launched = launched_kernels()
         for problem in ("ForwardProblem", "GradInputProblem", "GradWeightProblem"):
             for variant in ("true", "false"):
                 assert f"implicit_gemm_kernel<{problem}<float>, {variant}>" in launched

@@ -231,7 +231,7 @@ def test_low_precision_matches_native(layout, device, dtype):
 
 
 @pytest.mark.parametrize("device, dtype", FULL_PRECISION + LOW_PRECISION)
-def test_channels_last_forwards_with_whole_channel_blocks_match_native(device, dtype, cuda_emulation):
+def test_channels_last_forwards_with_whole_channel_blocks_match_native(device, dtype, launched_kernels):
     """channels_last with 16 channels: the CUDA forwards take their vectorised kernels (16-byte
     channel blocks per thread: 2 doubles, 4 floats, 8 halves). Max (both argmax encodings, NaN and
     -inf planted, dilation, ceil mode), average (padding excluded, divisor override) and adaptive
@@ -265,8 +265,8 @@ def test_channels_last_forwards_with_whole_channel_blocks_match_native(device, d
         tol = TOLERANCES.get(dtype, dict(rtol=1e-2, atol=1e-2))
         for ours, native in averages:
             torch.testing.assert_close(ours(finite).double(), native(finite.double()), **tol)
-    if cuda_emulation is not None:  # the launches name the kernels
-        launched = " ".join(torch.ops.cnnext_emu._launched_kernels())
+    if launched_kernels is not None:  # emulated: the launches name the kernels
+        launched = launched_kernels()
         names = {torch.float16: "c10::Half", torch.bfloat16: "c10::BFloat16", torch.float32: "float"}
         name = names.get(dtype, "double")
         assert f"max_forward_vec_kernel<{name}" in launched and f"avg_forward_vec_kernel<{name}" in launched

@@ -30,6 +30,7 @@ TORCH_LIBRARY(cnnext_emu, m) {
   m.def("_set_multiprocessor_count(int count) -> ()", &set_multiprocessor_count);
   m.def("_get_multiprocessor_count() -> int", &get_multiprocessor_count);
   m.def("_launched_kernels() -> str[]", &cnnext_emu::launched_kernels);
+  m.def("_forget_launched_kernels() -> ()", &cnnext_emu::forget_launched_kernels);
 }
 
 TORCH_LIBRARY_IMPL(cnnext_emu, CPU, m) { cnnext::register_cuda_kernels(m); }

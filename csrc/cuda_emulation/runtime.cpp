@@ -770,6 +770,11 @@ std::vector<std::string> launched_kernels() {
   return {launched().begin(), launched().end()};
 }
 
+void forget_launched_kernels() {
+  std::lock_guard<std::mutex> lock(launched_mutex);
+  launched().clear();
+}
+
 void launch(const LaunchRequest& request, const std::function<void()>& body) {
   HideFromTsan hide;  // the scheduler's own accesses; the fibers are tracked
   const std::string kernel = short_kernel_name(request.name);

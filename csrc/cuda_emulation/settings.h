@@ -35,8 +35,10 @@ std::string schedule_name(Schedule schedule);
 void set_schedule(Schedule schedule, uint64_t seed);
 void set_multiprocessor_count(int count);
 
-// Every kernel (with its template arguments) launched in this process so far, with the block size
-// and dynamic shared memory of each distinct launch: "name\tthreads\tbytes".
+// Every kernel (with its template arguments) launched in this process so far (or since the last
+// forget_launched_kernels), with the block size and dynamic shared memory of each distinct launch:
+// "name\tthreads\tbytes". Tests that assert which kernel variant ran forget first.
 std::vector<std::string> launched_kernels();
+void forget_launched_kernels();
 
 }  // namespace cnnext_emu

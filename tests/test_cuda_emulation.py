@@ -139,6 +139,23 @@ def test_tensor_core_mma_computes_a_16x8x16_product_with_the_documented_fragment
     torch.testing.assert_close(d, (a.double() @ b.double() + c.double()).float(), rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("divisor", [1, 2, 3, 7, 64, 1000, 4097, 65535, 2**30, 2**30 + 1, 2**31 - 1])
+def test_fast_divmod_agrees_with_division_over_the_whole_dividend_range(divisor):
+    """cuda_fast_divmod.h's multiply-high division, which the conv2d and pooling kernels index
+    with: quotient and remainder equal integer division for dividends at both ends of [0, 2^31),
+    around every multiple of the divisor there, and at random."""
+    top = 2**31 - 1
+    edges = [0, 1, 2, divisor - 1, divisor, divisor + 1, top - 1, top]
+    multiples = [m * divisor + e for m in (1, 2, 3, top // divisor - 1, top // divisor) for e in (-1, 0, 1)]
+    randoms = torch.randint(
+        0, top, (20000,), generator=torch.Generator().manual_seed(divisor % 1000)
+    ).tolist()
+    dividends = torch.tensor(sorted({d for d in edges + multiples + randoms if 0 <= d <= top}))
+    got = emu._selftest_fast_divmod(dividends, divisor)
+    assert torch.equal(got[:, 0], dividends // divisor)
+    assert torch.equal(got[:, 1], dividends % divisor)
+
+
 @pytest.mark.parametrize("schedule", emulation.SCHEDULES)
 def test_tf32_mma_rounds_to_nearest_away_and_computes_a_16x8x8_product(schedule):
     """mma_m16n8k8_tf32 with to_tf32 as the emulator runs them: A and B rounded to TF32 (ties away

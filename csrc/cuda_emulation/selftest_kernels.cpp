@@ -13,6 +13,7 @@
 
 #include "common.h"
 #include "cuda_device.h"
+#include "cuda_fast_divmod.h"
 #include "cuda_tensor_cores.h"
 
 namespace cnnext_emu_selftest {
@@ -294,6 +295,25 @@ at::Tensor mma_tf32(const at::Tensor& a, const at::Tensor& bt, const at::Tensor&
   return d;
 }
 
+// FastDivmod (cuda_fast_divmod.h) as the kernels use it: quotient and remainder of every dividend by
+// `divisor`, for comparison with plain division.
+at::Tensor fast_divmod(const at::Tensor& dividends, int64_t divisor) {
+  TORCH_CHECK(dividends.scalar_type() == at::kLong && dividends.dim() == 1,
+              "_selftest_fast_divmod: dividends must be a 1-D int64 tensor");
+  const cnnext::cuda::FastDivmod by(divisor);
+  auto out = at::empty({dividends.size(0), 2}, dividends.options());
+  const auto n = dividends.accessor<int64_t, 1>();
+  auto o = out.accessor<int64_t, 2>();
+  for (int64_t i = 0; i < n.size(0); ++i) {
+    TORCH_CHECK(n[i] >= 0 && n[i] <= cnnext::cuda::kMaxDividend, "_selftest_fast_divmod: dividend ", n[i],
+                " out of [0, 2^31)");
+    const auto [q, r] = by.divmod(static_cast<int>(n[i]));
+    o[i][0] = q;
+    o[i][1] = r;
+  }
+  return out;
+}
+
 }  // namespace
 }  // namespace cnnext_emu_selftest
 
@@ -308,4 +328,5 @@ TORCH_LIBRARY_FRAGMENT(cnnext_emu, m) {
   m.def("_selftest_broken(int mode, int blocks, int threads) -> ()", &broken);
   m.def("_selftest_mma(Tensor a, Tensor bt, Tensor c) -> Tensor", &mma);
   m.def("_selftest_mma_tf32(Tensor a, Tensor bt, Tensor c) -> Tensor", &mma_tf32);
+  m.def("_selftest_fast_divmod(Tensor dividends, int divisor) -> Tensor", &fast_divmod);
 }

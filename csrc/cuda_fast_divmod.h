@@ -35,6 +35,10 @@ class FastDivmod {
     multiplier_ = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << shift_) - divisor_)) / divisor_ + 1);
   }
 
+  // Division by a tensor size that may be 0: an empty size divides nothing (kernels launch no
+  // thread for it), and 1 keeps the divider valid.
+  static FastDivmod of_size(int64_t size) { return FastDivmod(size < 1 ? 1 : size); }
+
   __host__ __device__ __forceinline__ int divisor() const { return static_cast<int>(divisor_); }
 
   // n / divisor for 0 <= n < 2^31.

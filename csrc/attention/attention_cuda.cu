@@ -582,9 +582,10 @@ void with_tensor_core_head_dim(int64_t D, const Fn& fn) {
   }
 }
 
-// Launches a tensor-core backward kernel over row tiles of `rows` (queries for dQ, keys for dK/dV)
-// with `shared` bytes of dynamic shared memory (opted in past the default 48 KiB), passing the
-// common inputs (dO, q, k, v, lse, delta), then the outputs, then the dims.
+// Launches a tensor-core kernel over row tiles of `rows` (queries for forward and dQ, keys for
+// dK/dV) with `shared` bytes of dynamic shared memory (opted in past the default 48 KiB), passing
+// the inputs (a tuple: q, k, v for forward; dO, q, k, v, lse, delta for backward), then the
+// outputs, then the dims.
 template <auto kernel, typename... Outputs>
 void launch_tensor_core(const AttentionGeometry& g, int64_t rows, size_t shared, const auto& inputs,
                         Outputs... outputs) {
@@ -618,13 +619,11 @@ AttentionOutputs attention_forward_cuda(const at::Tensor& q, const at::Tensor& k
       if (cuda::tensor_cores_enabled()) {
         with_tensor_core_head_dim(g.head_dim, [&](auto head_dim) {
           constexpr int kD = decltype(head_dim)::value;
-          constexpr auto kernel = tensor_core_forward_kernel<scalar_t, kD>;
-          constexpr size_t shared = tensor_core_forward_shared_bytes<kD>();
-          if (shared > kSharedBytes) cuda::allow_dynamic_shared<kernel>(shared);
-          cuda::launch<kernel>(row_tile_launch(g, g.q_len, shared, kTcThreads), qc.const_data_ptr<scalar_t>(),
-                               kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(),
-                               out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<float>(),
-                               kernel_dims<float>(g, g.q_len));
+          launch_tensor_core<tensor_core_forward_kernel<scalar_t, kD>>(
+              g, g.q_len, tensor_core_forward_shared_bytes<kD>(),
+              std::make_tuple(qc.const_data_ptr<scalar_t>(), kc.const_data_ptr<scalar_t>(),
+                              vc.const_data_ptr<scalar_t>()),
+              out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<float>());
         });
         return;
       }

@@ -66,13 +66,12 @@ KernelGeometry kernel_geometry(const Conv2dGeometry& g) {
   KernelGeometry p{g.batch,    g.in_channels, g.in_h,     g.in_w,    g.out_channels, g.out_h,    g.out_w,
                    g.kernel_h, g.kernel_w,    g.stride_h, g.stride_w, g.pad_h,       g.pad_w,    g.dil_h,
                    g.dil_w,    g.groups,      g.in_per_group(), g.out_per_group(), g.patch_size(), g.out_pixels()};
-  // Empty sizes divide nothing (the launchers return before any kernel); 1 keeps FastDivmod valid.
-  const auto divisor = [](int64_t d) { return cuda::FastDivmod(std::max<int64_t>(d, 1)); };
-  p.by_out_pixels = divisor(p.L);
-  p.by_out_w = divisor(p.Wo);
-  p.by_taps = divisor(p.kh * p.kw);
-  p.by_kw = divisor(p.kw);
-  p.by_groups = divisor(p.groups);
+  using cuda::FastDivmod;
+  p.by_out_pixels = FastDivmod::of_size(p.L);
+  p.by_out_w = FastDivmod::of_size(p.Wo);
+  p.by_taps = FastDivmod::of_size(p.kh * p.kw);
+  p.by_kw = FastDivmod::of_size(p.kw);
+  p.by_groups = FastDivmod::of_size(p.groups);
   return p;
 }
 
@@ -175,11 +174,13 @@ AxisPhase axis_phase(int64_t r, int64_t size, int64_t kernel, int64_t stride, in
 
 StridePhase stride_phase(const KernelGeometry& p, int64_t rh, int64_t rw) {
   const AxisPhase h = axis_phase(rh, p.H, p.kh, p.sh, p.ph, p.dh), w = axis_phase(rw, p.W, p.kw, p.sw, p.pw, p.dw);
-  const auto divisor = [](int64_t d) { return cuda::FastDivmod(std::max<int64_t>(d, 1)); };
-  return {h.first_pixel, w.first_pixel, h.pixels,  w.pixels,  h.first_tap, w.first_tap,
-          h.tap_step,    w.tap_step,    h.taps,    w.taps,    h.first_out, w.first_out,
-          h.out_step,    w.out_step,    divisor(int64_t{h.taps} * w.taps), divisor(w.taps),
-          divisor(int64_t{h.pixels} * w.pixels), divisor(w.pixels)};
+  using cuda::FastDivmod;
+  return {.ih0 = h.first_pixel, .iw0 = w.first_pixel, .rows = h.pixels, .cols = w.pixels,
+          .ki0 = h.first_tap, .kj0 = w.first_tap, .step_h = h.tap_step, .step_w = w.tap_step,
+          .taps_h = h.taps, .taps_w = w.taps, .oh0 = h.first_out, .ow0 = w.first_out,
+          .doh = h.out_step, .dow = w.out_step,
+          .by_taps = FastDivmod::of_size(int64_t{h.taps} * w.taps), .by_taps_w = FastDivmod::of_size(w.taps),
+          .by_pixels = FastDivmod::of_size(int64_t{h.pixels} * w.pixels), .by_cols = FastDivmod::of_size(w.pixels)};
 }
 
 template <typename scalar_t>

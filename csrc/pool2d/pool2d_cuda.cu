@@ -153,8 +153,21 @@ struct alignas(16) Vec {
   scalar_t v[kVec<scalar_t>];
 };
 
+// Thread index -> (n, oh, ow) and first channel c0 of its block, in channels_last memory order.
 struct VecGrid {
   cuda::FastDivmod by_blocks, by_out_w, by_out_h;  // channel blocks per pixel, Wo, Ho
+
+  struct Slot {
+    int n, oh, ow;
+    int64_t c0;
+  };
+  template <int V>
+  __device__ __forceinline__ Slot slot(int index) const {
+    const auto [pixel, block] = by_blocks.divmod(index);
+    const auto [rest, ow] = by_out_w.divmod(pixel);
+    const auto [n, oh] = by_out_h.divmod(rest);
+    return {n, oh, ow, int64_t{block} * V};
+  }
 };
 
 template <typename scalar_t, typename index_t>
@@ -163,10 +176,7 @@ __global__ void max_forward_vec_kernel(const scalar_t* x, Strides4 xs, scalar_t*
   using acc_t = cuda::acc_t<scalar_t>;
   constexpr int V = kVec<scalar_t>;
   for (int index = blockIdx.x * blockDim.x + threadIdx.x; index < total; index += gridDim.x * blockDim.x) {
-    const auto [pixel, block] = grid.by_blocks.divmod(index);
-    const auto [rest, ow] = grid.by_out_w.divmod(pixel);
-    const auto [n, oh] = grid.by_out_h.divmod(rest);
-    const int64_t c0 = int64_t{block} * V;
+    const auto [n, oh, ow, c0] = grid.slot<V>(index);
     const Span r = rows.taps(oh), cc = cols.taps(ow);
     acc_t best[V];
     int best_t[V], best_u[V];  // kept if nothing beats -inf: the first tap inside, as native
@@ -215,10 +225,7 @@ __global__ void avg_forward_vec_kernel(const scalar_t* x, Strides4 xs, scalar_t*
   using acc_t = cuda::acc_t<scalar_t>;
   constexpr int V = kVec<scalar_t>;
   for (int index = blockIdx.x * blockDim.x + threadIdx.x; index < total; index += gridDim.x * blockDim.x) {
-    const auto [pixel, block] = grid.by_blocks.divmod(index);
-    const auto [rest, ow] = grid.by_out_w.divmod(pixel);
-    const auto [n, oh] = grid.by_out_h.divmod(rest);
-    const int64_t c0 = int64_t{block} * V;
+    const auto [n, oh, ow, c0] = grid.slot<V>(index);
     const Span r = rows.window(oh), cc = cols.window(ow);
     acc_t sum[V];
 #pragma unroll
@@ -261,8 +268,8 @@ bool vectorisable(const at::Tensor& x, const at::Tensor& out, const Pool2dGeomet
 }
 
 VecGrid vec_grid(const Pool2dGeometry& g, int vec) {
-  return {cuda::FastDivmod(g.channels / vec), cuda::FastDivmod(std::max<int64_t>(g.out_w, 1)),
-          cuda::FastDivmod(std::max<int64_t>(g.out_h, 1))};
+  using cuda::FastDivmod;
+  return {FastDivmod::of_size(g.channels / vec), FastDivmod::of_size(g.out_w), FastDivmod::of_size(g.out_h)};
 }
 
 // Launches KERNEL<TYPES..., channels_last>(args..., total) over `total` elements on the current

@@ -69,15 +69,43 @@ def test_mma_becomes_hmma_on_sm80_and_sm90(tmp_path):
         assert any(line.split()[1:2] == ["HMMA.16816.F32"] for line in block.splitlines() if "HMMA" in line)
 
 
-def test_the_built_conv2d_tensor_core_variants_contain_hmma():
-    """In cnnext._C as built here: every tensor-core instantiation of the implicit GEMM (three
-    problems x half / bfloat16 / float) has tensor-core instructions in its SASS for every
-    architecture built (sm_80+), TF32 ones (HMMA.1688.F32.TF32) for float; none for double."""
+class KernelSass(typing.NamedTuple):
+    arch: str
+    name: str  # mangled
+    body: str
+
+
+@pytest.fixture(scope="module")
+def built_kernels() -> list[KernelSass]:
+    """The SASS of every kernel in cnnext._C as built here, per architecture (one cuobjdump run for
+    the tests below)."""
     import cnnext
 
     if not cnnext.build_info()["cuda"]:
         pytest.skip("cnnext._C was built without CUDA kernels")
-    variants = [v for v in implicit_gemm_sass() if v.tensor_cores]
+    sass = subprocess.run(
+        [CUOBJDUMP, "-sass", cnnext._C.__file__], check=True, capture_output=True, text=True
+    )
+    kernels = []
+    for arch_block in sass.stdout.split("arch = ")[1:]:
+        arch = arch_block.split()[0]
+        for block in arch_block.split("Function : ")[1:]:
+            name, _, body = block.partition("\n")
+            kernels.append(KernelSass(arch, name.strip(), body))
+    return kernels
+
+
+def implicit_gemm_variants(kernels: list[KernelSass], tensor_cores: bool) -> list[KernelSass]:
+    # The bool template argument, mangled as Lb1E / Lb0E before the parameter list.
+    mark = "Lb1EEEvT_" if tensor_cores else "Lb0EEEvT_"
+    return [k for k in kernels if "implicit_gemm_kernel" in k.name and mark in k.name]
+
+
+def test_the_built_conv2d_tensor_core_variants_contain_hmma(built_kernels):
+    """In cnnext._C as built here: every tensor-core instantiation of the implicit GEMM (three
+    problems x half / bfloat16 / float) has tensor-core instructions in its SASS for every
+    architecture built (sm_80+), TF32 ones (HMMA.1688.F32.TF32) for float; none for double."""
+    variants = implicit_gemm_variants(built_kernels, tensor_cores=True)
     archs = {v.arch for v in variants}
     assert archs and len(variants) == 9 * len(archs), [(v.arch, v.name) for v in variants]
     for v in variants:
@@ -88,79 +116,32 @@ def test_the_built_conv2d_tensor_core_variants_contain_hmma():
     assert not any("IdEE" in v.name for v in variants)  # double: never
 
 
-def test_the_built_attention_tensor_core_kernels_contain_hmma():
+def test_the_built_attention_tensor_core_kernels_contain_hmma(built_kernels):
     """Every tensor-core attention instantiation in cnnext._C (forward, dQ, dK/dV; half and
     bfloat16; head dims 32-256) multiplies with HMMA on every architecture built, and the per-row
     kernels, which serve float32/float64, do not."""
-    import cnnext
-
-    if not cnnext.build_info()["cuda"]:
-        pytest.skip("cnnext._C was built without CUDA kernels")
-    sass = subprocess.run(
-        [CUOBJDUMP, "-sass", cnnext._C.__file__], check=True, capture_output=True, text=True
-    )
-    tensor_core, per_row = [], []
-    for arch_block in sass.stdout.split("arch = ")[1:]:
-        for block in arch_block.split("Function : ")[1:]:
-            name, _, body = block.partition("\n")
-            if "attention_cuda" not in name:
-                continue
-            kernels = tensor_core if "tensor_core_" in name else per_row
-            kernels.append((arch_block.split()[0], name.strip(), body.count("HMMA")))
+    attention = [k for k in built_kernels if "attention_cuda" in k.name]
+    tensor_core = [k for k in attention if "tensor_core_" in k.name]
+    per_row = [k for k in attention if "tensor_core_" not in k.name]
     # Per architecture: 2 types x (4 forward + 4 dQ + 5 dK/dV, head dim 256 in two passes).
-    archs = {arch for arch, _, _ in tensor_core}
-    assert archs and len(tensor_core) == 26 * len(archs), [name for _, name, _ in tensor_core]
-    assert all(hmma > 0 for _, _, hmma in tensor_core), [name for _, name, hmma in tensor_core if not hmma]
-    assert per_row and not any(hmma for _, _, hmma in per_row)
+    archs = {k.arch for k in tensor_core}
+    assert archs and len(tensor_core) == 26 * len(archs), [k.name for k in tensor_core]
+    assert all("HMMA" in k.body for k in tensor_core), [k.name for k in tensor_core if "HMMA" not in k.body]
+    assert per_row and not any("HMMA" in k.body for k in per_row)
 
 
-def test_the_built_implicit_gemm_does_no_integer_division():
+def test_the_built_implicit_gemm_does_no_integer_division(built_kernels):
     """The index arithmetic of every implicit-GEMM instantiation is FastDivmod multiply-high
     (cuda_fast_divmod.h). An integer `/` or `%` by a run-time value compiles to a reciprocal
     estimate: a round-up conversion (I2F.U32.RP, or I2F.U64.RP in the 64-bit subroutine) before
     MUFU.RCP. None of the implicit GEMM's SASS may contain one; the pooling kernels still do, so the
     pattern is known to show up when present."""
-    import cnnext
-
-    if not cnnext.build_info()["cuda"]:
-        pytest.skip("cnnext._C was built without CUDA kernels")
-    variants = implicit_gemm_sass()
-    assert variants
 
     def divisions(body):
         return [line.split()[1] for line in body.splitlines() if "I2F" in line and ".RP" in line]
 
+    variants = [*implicit_gemm_variants(built_kernels, True), *implicit_gemm_variants(built_kernels, False)]
+    assert variants
     assert not [(v.arch, v.name, divisions(v.body)) for v in variants if divisions(v.body)]
-    sass = subprocess.run(
-        [CUOBJDUMP, "-sass", cnnext._C.__file__], check=True, capture_output=True, text=True
-    )
-    pooling = [
-        block for block in sass.stdout.split("Function : ")[1:] if "avg_forward_kernel" in block.split()[0]
-    ]
-    assert pooling and all(divisions(block) for block in pooling)
-
-
-class KernelSass(typing.NamedTuple):
-    arch: str
-    name: str  # mangled
-    tensor_cores: bool
-    body: str
-
-
-def implicit_gemm_sass() -> list[KernelSass]:
-    """The SASS of every implicit_gemm_kernel instantiation in the built cnnext._C, per architecture."""
-    import cnnext
-
-    sass = subprocess.run(
-        [CUOBJDUMP, "-sass", cnnext._C.__file__], check=True, capture_output=True, text=True
-    )
-    kernels = []
-    for arch_block in sass.stdout.split("arch = ")[1:]:
-        arch = arch_block.split()[0]
-        for block in arch_block.split("Function : ")[1:]:
-            name, _, body = block.partition("\n")
-            name = name.strip()
-            if "implicit_gemm_kernel" in name:
-                # The bool template argument, mangled as Lb1E / Lb0E before the parameter list.
-                kernels.append(KernelSass(arch, name, "Lb1EEEvT_" in name, body))
-    return kernels
+    pooling = [k for k in built_kernels if "avg_forward_kernel" in k.name]
+    assert pooling and all(divisions(k.body) for k in pooling)

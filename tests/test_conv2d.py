@@ -288,11 +288,78 @@ def test_tensor_core_and_fma_variants_both_match_native(layout, dtype, device, m
     if launched_kernels is not None:  # emulated: the launches name the variants
         launched = launched_kernels()
         name = "c10::Half" if dtype == torch.float16 else "c10::BFloat16"
-        for variant in ("true", "false"):
-            assert f"implicit_gemm_kernel<ForwardProblem<{name}>, {variant}>" in launched
+        for variant in ("TensorCoreVariant", "FmaVariant"):
+            assert f"implicit_gemm_kernel<ForwardProblem<{name}>, {variant}, " in launched
 
 
-@pytest.mark.parametrize("device", [d for d in DEVICES if "emu" in d.id or d.id == "cuda"])
+CUDA_DEVICES = [d for d in DEVICES if "emu" in d.id or d.id == "cuda"]
+# (dtype, CNNEXT_CUDA_TENSOR_CORES, torch.backends.cudnn.allow_tf32) -> the variant that runs.
+BLOCK_VARIANTS = {
+    "float32-fma": (torch.float32, "1", False, "FmaVariant"),
+    "float32-tf32": (torch.float32, "1", True, "TensorCoreVariant"),
+    "float16-mma": (torch.float16, "1", False, "TensorCoreVariant"),
+    "bfloat16-fma": (torch.bfloat16, "0", False, "FmaVariant"),
+}
+BLOCK_TOLERANCES = {
+    torch.float32: dict(rtol=1e-4, atol=1e-4),
+    torch.float16: dict(rtol=1e-2, atol=2e-2),
+    torch.bfloat16: dict(rtol=3e-2, atol=1e-1),
+}
+
+
+@pytest.mark.parametrize("device", CUDA_DEVICES)
+@pytest.mark.parametrize("tile", ["64x64", "128x64"])
+@pytest.mark.parametrize("variant", BLOCK_VARIANTS.values(), ids=BLOCK_VARIANTS.keys())
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_every_block_tile_and_variant_matches_native(
+    layout, variant, tile, device, monkeypatch, launched_kernels
+):
+    """Each block tile (CNNEXT_CONV2D_TILE forces it) with each block variant, in all three GEMMs,
+    grouped and strided, with a partial tile in every GEMM dimension: 70 rows per group (64 + 6,
+    or 70 of 128), forward 60 columns (2 x 6 x 5) of depth 27, grad input up to 60 columns per
+    stride phase of depth up to 70 x 2 x 2, grad weight 27 columns of depth 60. TF32 is compared
+    on TF32-rounded inputs."""
+    dtype, tensor_cores, tf32, kernel_variant = variant
+    monkeypatch.setenv("CNNEXT_CONV2D_TILE", tile)
+    monkeypatch.setenv("CNNEXT_CUDA_TENSOR_CORES", tensor_cores)
+    x = make_layout(torch.randn(2, 6, 11, 9, device=device), layout)
+    w = torch.randn(140, 3, 3, 3, device=device)
+    b = torch.randn(140, device=device)
+    if tf32:
+        x, w = (tf32_reference(t.cpu()).to(device) for t in (x, w))
+    torch.backends.cudnn.allow_tf32 = tf32  # the autouse full_float32 fixture restores it
+    # TF32 also rounds grad output and the operands each gradient GEMM forms: the float32
+    # tolerance would not hold for the gradients, so those are checked at TF32's.
+    tol = dict(rtol=5e-3, atol=5e-2) if tf32 else BLOCK_TOLERANCES[dtype]
+    check_against_native(x.to(dtype), w.to(dtype), b.to(dtype), tol, stride=(2, 2), padding=1, groups=2)
+    if launched_kernels is not None:  # emulated: the launches name the variants
+        launched = launched_kernels()
+        name = {torch.float32: "float", torch.float16: "c10::Half", torch.bfloat16: "c10::BFloat16"}[dtype]
+        block = "BlockTile<{}, {}, ".format(*tile.split("x"))
+        for problem in ("ForwardProblem", "GradInputProblem", "GradWeightProblem"):
+            assert f"implicit_gemm_kernel<{problem}<{name}>, {kernel_variant}, {block}" in launched
+
+
+@pytest.mark.parametrize("device", [d for d in CUDA_DEVICES if "emu" in d.id])
+def test_the_large_tile_is_chosen_for_gemms_that_fill_the_gpu_with_it(device, launched_kernels, monkeypatch):
+    """Without CNNEXT_CONV2D_TILE: 128x64 for a forward GEMM of 128 rows whose 8 blocks of 128x64
+    fill the emulated GPU (4 SMs) twice; 64x64 for 64 rows (half a large tile would idle) and for
+    double; a bad setting is refused, saying what it may be."""
+    x = torch.randn(2, 4, 16, 16, device=device)
+    cnnext.ops.conv2d(x, torch.randn(128, 4, 1, 1, device=device))  # 128 rows x 512 columns
+    cnnext.ops.conv2d(x, torch.randn(64, 4, 1, 1, device=device))
+    cnnext.ops.conv2d(x.double(), torch.randn(128, 4, 1, 1, device=device, dtype=torch.float64))
+    launched = launched_kernels()
+    assert "ForwardProblem<float>, FmaVariant, BlockTile<128, 64, " in launched
+    assert "ForwardProblem<float>, FmaVariant, BlockTile<64, 64, " in launched
+    assert "ForwardProblem<double>, FmaVariant, BlockTile<64, 64, " in launched
+    assert "ForwardProblem<double>, FmaVariant, BlockTile<128" not in launched
+    monkeypatch.setenv("CNNEXT_CONV2D_TILE", "256x256")
+    with pytest.raises(RuntimeError, match="CNNEXT_CONV2D_TILE must be 64x64 or 128x64"):
+        cnnext.ops.conv2d(x, torch.randn(8, 4, 1, 1, device=device))
+
+
+@pytest.mark.parametrize("device", CUDA_DEVICES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_float32_uses_tf32_exactly_when_cudnn_allows_it(layout, device, launched_kernels):
     """torch.backends.cudnn.allow_tf32 on: the implicit GEMM's TF32 tensor-core variant, whose
@@ -331,8 +398,8 @@ def test_float32_uses_tf32_exactly_when_cudnn_allows_it(layout, device, launched
     if launched_kernels is not None:  # emulated: the launches name the variants
         launched = launched_kernels()
         for problem in ("ForwardProblem", "GradInputProblem", "GradWeightProblem"):
-            for variant in ("true", "false"):
-                assert f"implicit_gemm_kernel<{problem}<float>, {variant}>" in launched
+            for variant in ("TensorCoreVariant", "FmaVariant"):
+                assert f"implicit_gemm_kernel<{problem}<float>, {variant}, " in launched
 
 
 @pytest.mark.parametrize("device, dtype", LOW_PRECISION)

@@ -96,18 +96,19 @@ def built_kernels() -> list[KernelSass]:
 
 
 def implicit_gemm_variants(kernels: list[KernelSass], tensor_cores: bool) -> list[KernelSass]:
-    # The bool template argument, mangled as Lb1E / Lb0E before the parameter list.
-    mark = "Lb1EEEvT_" if tensor_cores else "Lb0EEEvT_"
+    # The variant template argument, a tag type whose name the mangled name spells out.
+    mark = "17TensorCoreVariantE" if tensor_cores else "10FmaVariantE"
     return [k for k in kernels if "implicit_gemm_kernel" in k.name and mark in k.name]
 
 
 def test_the_built_conv2d_tensor_core_variants_contain_hmma(built_kernels):
     """In cnnext._C as built here: every tensor-core instantiation of the implicit GEMM (three
-    problems x half / bfloat16 / float) has tensor-core instructions in its SASS for every
-    architecture built (sm_80+), TF32 ones (HMMA.1688.F32.TF32) for float; none for double."""
+    problems x half / bfloat16 / float x two block tiles) has tensor-core instructions in its SASS
+    for every architecture built (sm_80+), TF32 ones (HMMA.1688.F32.TF32) for float; none for
+    double."""
     variants = implicit_gemm_variants(built_kernels, tensor_cores=True)
     archs = {v.arch for v in variants}
-    assert archs and len(variants) == 9 * len(archs), [(v.arch, v.name) for v in variants]
+    assert archs and len(variants) == 18 * len(archs), [(v.arch, v.name) for v in variants]
     for v in variants:
         hmma = [line for line in v.body.splitlines() if "HMMA" in line]
         assert hmma, (v.arch, v.name)

@@ -1,7 +1,8 @@
 // conv2d on CUDA: our own tiled implicit-GEMM kernels (no cuDNN, no cuBLAS).
 //
-// One kernel template, `implicit_gemm_kernel`, computes C[g] = A[g] @ B[g] for every group g with
-// 64x64 output tiles, 256 threads, and 16-deep stages in a two-stage pipeline (pipelined_stages:
+// One kernel template, `implicit_gemm_kernel<Problem, Variant, Tile>`, computes C[g] = A[g] @ B[g]
+// for every group g with 256 threads per block tile of C (Tile: 64x64, or 128x64 for GEMMs that
+// fill the GPU with it; BlockTile), and 16-deep stages in a two-stage pipeline (pipelined_stages:
 // the next stage's loads into registers while the current one is multiplied from shared memory).
 // The three convolution GEMMs differ only in how A and B are read and C is written ("problems"):
 //
@@ -20,21 +21,23 @@
 // The CUDA runtime is reached only through cuda_device.h, so this file also compiles for the CUDA
 // emulator (csrc/cuda_emulation/).
 //
-// Kernel variants of implicit_gemm_kernel<Problem, kTensorCores>:
-//   fma           float64, float32 without TF32, and 16-bit types where tensor cores are off: each
-//                 thread accumulates a 4x4 micro tile (rows ty + 16 i, columns tx + 16 j, so a
-//                 warp's stores are coalesced along columns); shared tiles in acc_t.
-//   tensor_cores  float16 / bfloat16 on sm_80+ (cuda::tensor_cores_enabled()), and float32 as TF32
-//                 when torch.backends.cudnn.allow_tf32 is on (cuda::tf32_enabled(), native's
-//                 switch): the same 64x64x16 block tiles kept in shared memory as 16-bit patterns
-//                 or TF32-rounded float bits; each of the 8 warps owns 16 rows x 32 columns of C and
-//                 multiplies with four mma_m16n8k16 (or eight mma_m16n8k8_tf32) per 16-deep stage
-//                 (cuda_tensor_cores.h), accumulating in float.
+// Block variants (Variant):
+//   FmaVariant         float64, float32 without TF32, and 16-bit types where tensor cores are off:
+//                      each thread accumulates a micro tile (rows ty + 16 i, columns tx + 16 j, so
+//                      a warp's stores are coalesced along columns); shared tiles in acc_t.
+//   TensorCoreVariant  float16 / bfloat16 on sm_80+ (cuda::tensor_cores_enabled()), and float32 as
+//                      TF32 when torch.backends.cudnn.allow_tf32 is on (cuda::tf32_enabled(),
+//                      native's switch): the block tile kept in shared memory as 16-bit patterns or
+//                      TF32-rounded float bits; the 8 warps tile it 4 x 2 and multiply with
+//                      mma_m16n8k16 (or mma_m16n8k8_tf32) per 16x8 tile and stage
+//                      (cuda_tensor_cores.h), accumulating in float.
 //
 // Index arithmetic: every division of the loads and stores (pixel -> (n, oh, ow), depth ->
 // (c, ki, kj), grid z -> (split, group)) is a FastDivmod multiply-high (cuda_fast_divmod.h) on
 // 32-bit indices; the kernel's SASS has no integer-division sequence (tests/test_tensor_cores.py).
+#include <cstdlib>
 #include <numeric>
+#include <string_view>
 
 #include "common.h"
 #include "conv2d/conv2d.h"
@@ -45,13 +48,38 @@
 namespace cnnext {
 namespace {
 
-constexpr int kTileM = 64, kTileN = 64, kTileK = 16, kThreads = 256;
+constexpr int kTileK = 16, kThreads = 256;
 constexpr int kMaxGridZ = 65535;
-// Resident blocks per SM the implicit GEMM is compiled for (__launch_bounds__): four 256-thread
-// blocks (50% occupancy, at most 64 registers per thread) where the float accumulators allow it
-// without spilling, two for double (twice the registers per accumulator).
-template <typename acc_t>
-inline constexpr int kMinBlocksPerSM = std::is_same_v<acc_t, double> ? 2 : 4;
+
+// Block tiles of C (template argument Tile of implicit_gemm_kernel), both 256 threads and 16-deep
+// stages. The fma variant's thread owns a kRowsPerThread x kColsPerThread micro tile; the
+// tensor-core variant's warps tile the block 4 x 2, each a kWarpRows x kWarpCols warp tile of
+// kMmaRows x kMmaCols 16x8 mma tiles. kMinBlocksPerSM: resident 256-thread blocks per SM the
+// kernel is compiled for (__launch_bounds__), which caps its registers (65536 / (256 blocks)).
+//   SmallTile  64x64:   4x4 per thread, 16x32 per warp; 4 blocks (<= 64 registers) for float
+//                       accumulators, 2 for double (twice the registers per accumulator).
+//   LargeTile  128x64:  8x4 per thread, 32x32 per warp; 2 blocks (<= 128 registers, no spills);
+//                       a third more arithmetic per loaded element, for GEMMs large enough to fill
+//                       the GPU with it (use_large_tile). Not for double (its 32 accumulators take
+//                       64 registers). 128x128 with 8x8 per thread spilled 56-176 bytes under the
+//                       same 128-register bound (benchmarks/NOTES.md).
+template <int M, int N, int kFloatAccMinBlocks>
+struct BlockTile {
+  static constexpr int kM = M, kN = N;
+  static constexpr int kLoadsA = kM * kTileK / kThreads, kLoadsB = kN * kTileK / kThreads;
+  static constexpr int kRowsPerThread = kM / 16, kColsPerThread = kN / 16;
+  static constexpr int kWarpRows = kM / 4, kWarpCols = kN / 2;
+  static constexpr int kMmaRows = kWarpRows / 16, kMmaCols = kWarpCols / 8;
+  static constexpr int kFloatAccumulatorMinBlocks = kFloatAccMinBlocks;
+};
+using SmallTile = BlockTile<64, 64, 4>;
+using LargeTile = BlockTile<128, 64, 2>;
+template <typename Tile, typename acc_t>
+inline constexpr int kMinBlocksPerSM = std::is_same_v<acc_t, double> ? 2 : Tile::kFloatAccumulatorMinBlocks;
+
+// The two block variants (template argument Variant of implicit_gemm_kernel; see the header).
+struct FmaVariant {};
+struct TensorCoreVariant {};
 
 // The geometry as the kernels see it (plain data, derived sizes precomputed), with the divisors of
 // its index arithmetic as FastDivmod (cuda_fast_divmod.h): the loads below split a pixel index into
@@ -122,7 +150,25 @@ struct ForwardProblem {
   __device__ int cols() const { return static_cast<int>(p.N * p.L); }
   __device__ int depth() const { return static_cast<int>(p.K); }
   __device__ acc_t a(int64_t g, int m, int k) const { return static_cast<acc_t>(w[(g * p.Coutg + m) * p.K + k]); }
-  __device__ acc_t b(int64_t g, int k, int pix) const { return patch_value<acc_t>(x, xs, p, g, k, pix); }
+  // B's column pix = (n, oh, ow), decoded once per block: the offset of (n, group's first channel)
+  // and the window's top-left corner (ih, iw) before the tap's dilation.
+  struct Column {
+    int64_t offset;
+    int ih, iw;
+  };
+  __device__ Column column(int64_t g, int pix) const {
+    const auto [n, l] = p.by_out_pixels.divmod(pix);
+    const auto [oh, ow] = p.by_out_w.divmod(l);
+    return {n * xs.n + g * p.Cg * xs.c, static_cast<int>(oh * p.sh - p.ph), static_cast<int>(ow * p.sw - p.pw)};
+  }
+  // B[k][pix]: the input under tap k = (c, ki, kj) of the window at pix; zero in the padding.
+  __device__ acc_t b(int64_t /*g*/, const Column& col, int k) const {
+    const auto [c, tap] = p.by_taps.divmod(k);
+    const auto [ki, kj] = p.by_kw.divmod(tap);
+    const int64_t ih = col.ih + ki * p.dh, iw = col.iw + kj * p.dw;
+    if (ih < 0 || ih >= p.H || iw < 0 || iw >= p.W) return acc_t(0);
+    return static_cast<acc_t>(x[col.offset + c * xs.c + ih * xs.h + iw * xs.w]);
+  }
   __device__ void store(int64_t g, int64_t /*split*/, int m, int pix, acc_t v) const {
     const int64_t co = g * p.Coutg + m;
     if (bias != nullptr) v += static_cast<acc_t>(bias[co]);
@@ -216,15 +262,24 @@ struct GradInputProblem {
     const int64_t ki = phase.ki0 + phase.step_h * t, kj = phase.kj0 + phase.step_w * s;
     return static_cast<acc_t>(w[(((g * p.Coutg + co) * p.Cg + c) * p.kh + ki) * p.kw + kj]);
   }
+  // B's column (n, u, v), decoded once per block: n and the output pixel (oh0 + u, ow0 + v) that
+  // tap (t, s) = (0, 0) reads.
+  struct Column {
+    int n, oh, ow;
+  };
+  __device__ Column column(int64_t /*g*/, int col) const {
+    int n, u, v;
+    pixel(col, n, u, v);
+    return {n, phase.oh0 + u, phase.ow0 + v};
+  }
   // B[(co, t, s)][(n, u, v)] = dY[n, co, oh, ow] with oh = oh0 + u - doh t (alike for ow), zero
   // outside the output (borders).
-  __device__ acc_t b(int64_t g, int k, int col) const {
-    int co, t, s, n, u, v;
+  __device__ acc_t b(int64_t g, const Column& col, int k) const {
+    int co, t, s;
     tap(k, co, t, s);
-    pixel(col, n, u, v);
-    const int oh = phase.oh0 + u - phase.doh * t, ow = phase.ow0 + v - phase.dow * s;
+    const int oh = col.oh - phase.doh * t, ow = col.ow - phase.dow * s;
     if (oh < 0 || ow < 0 || oh >= p.Ho || ow >= p.Wo) return acc_t(0);
-    return static_cast<acc_t>(dy[n * ys.n + (g * p.Coutg + co) * ys.c + oh * ys.h + ow * ys.w]);
+    return static_cast<acc_t>(dy[col.n * ys.n + (g * p.Coutg + co) * ys.c + oh * ys.h + ow * ys.w]);
   }
   __device__ void store(int64_t g, int64_t /*split*/, int c, int col, acc_t value) const {
     int n, u, v;
@@ -249,7 +304,13 @@ struct GradWeightProblem {
   __device__ int cols() const { return static_cast<int>(p.K); }
   __device__ int depth() const { return static_cast<int>(p.N * p.L); }
   __device__ acc_t a(int64_t g, int co, int pix) const { return grad_output_value<acc_t>(dy, ys, p, g, co, pix); }
-  __device__ acc_t b(int64_t g, int pix, int k) const { return patch_value<acc_t>(x, xs, p, g, k, pix); }
+  // B's column is a patch element k, different for each of a thread's loads (the depth, pix, is
+  // B's fast index here): nothing to decode ahead.
+  struct Column {
+    int k;
+  };
+  __device__ Column column(int64_t /*g*/, int k) const { return {k}; }
+  __device__ acc_t b(int64_t g, const Column& col, int pix) const { return patch_value<acc_t>(x, xs, p, g, col.k, pix); }
   __device__ void store(int64_t g, int64_t split, int co, int k, acc_t v) const {
     partial[(split * p.Cout + g * p.Coutg + co) * p.K + k] = v;
   }
@@ -282,175 +343,229 @@ using tensor_core_tile_t = std::conditional_t<std::is_same_v<scalar_t, float>, u
 // thread writing buffer b at stage s has passed stage s - 1's barrier, which every thread reached
 // only after multiplying out of b at stage s - 2. (cp.async would need 4-byte-aligned runs; the
 // implicit GEMM's operands are gathered element by element, 16-bit ones too.)
-constexpr int kLoadsA = kTileM * kTileK / kThreads, kLoadsB = kTileN * kTileK / kThreads;
-
-template <typename tile_t>
+template <typename Tile, typename tile_t>
 struct StageRegisters {
-  tile_t a[kLoadsA], b[kLoadsB];
+  tile_t a[Tile::kLoadsA], b[Tile::kLoadsB];
 };
 
 // Which element of the stage load i of this thread covers: (row or column within the tile, depth
-// within the stage), consecutive threads on the operand's fastest-varying index in memory.
-template <bool kKFast, int kTile>
+// within the stage), consecutive threads on the operand's fastest-varying index in memory. With
+// the depth slow (kKFast false) a thread's row or column is the same for every i and every stage
+// (kThreads is a multiple of the tile's width), which is what lets B's columns be decoded once.
+template <bool kKFast, int kWidth>
 __device__ __forceinline__ void stage_slot(int i, int& index, int& kk) {
+  static_assert(kThreads % kWidth == 0, "a thread's slots must share their row or column");
   const int e = threadIdx.x + i * kThreads;
-  index = kKFast ? e / kTileK : e % kTile;
-  kk = kKFast ? e % kTileK : e / kTile;
+  index = kKFast ? e / kTileK : e % kWidth;
+  kk = kKFast ? e % kTileK : e / kWidth;
 }
 
-// Stage [k0, k0 + kTileK) of A (kTileM x kTileK) and B (kTileK x kTileN) into registers as tile_t,
-// zero outside the matrices and past the split's depth.
-template <typename Problem, typename tile_t>
-__device__ __forceinline__ void fetch_stage(const Problem& prob, StageRegisters<tile_t>& r, int64_t group, int m0,
-                                            int n0, int k0, int k_end) {
+// B's columns as this thread's loads see them (Problem::Column: what a problem decodes from a
+// column index). When the depth is B's slow index, every load of the thread, in every stage, is in
+// the same column: it is decoded once per block and kept. Otherwise (the depth fast) each load has
+// its own column, decoded at the load: keeping kLoadsB of them would cost more registers than the
+// decode saves.
+template <typename Problem, typename Tile>
+struct BlockColumns {
+  using Column = typename Problem::Column;
+  Column kept;
+
+  __device__ __forceinline__ BlockColumns(const Problem& prob, int64_t group, int n0) {
+    if constexpr (!Problem::kBKFast) {
+      int nn, kk;
+      stage_slot<false, Tile::kN>(0, nn, kk);
+      kept = prob.column(group, n0 + nn);
+    }
+  }
+  // The column of this thread's load slot i, which is column n of B.
+  __device__ __forceinline__ Column of_slot(const Problem& prob, int64_t group, int n) const {
+    if constexpr (Problem::kBKFast) {
+      return prob.column(group, n);
+    } else {
+      return kept;
+    }
+  }
+};
+
+// Stage [k0, k0 + kTileK) of A (kM x kTileK) and B (kTileK x kN) into registers as tile_t, zero
+// outside the matrices and past the split's depth.
+template <typename Problem, typename Tile, typename tile_t>
+__device__ __forceinline__ void fetch_stage(const Problem& prob, const BlockColumns<Problem, Tile>& columns,
+                                            StageRegisters<Tile, tile_t>& r, int64_t group, int m0, int n0, int k0,
+                                            int k_end) {
   using acc_t = typename Problem::acc_t;
   using scalar_t = typename Problem::scalar_type;
   const int rows = prob.rows(), cols = prob.cols();
 #pragma unroll
-  for (int i = 0; i < kLoadsA; ++i) {
+  for (int i = 0; i < Tile::kLoadsA; ++i) {
     int mm, kk;
-    stage_slot<Problem::kAKFast, kTileM>(i, mm, kk);
+    stage_slot<Problem::kAKFast, Tile::kM>(i, mm, kk);
     const int m = m0 + mm, k = k0 + kk;
     r.a[i] = to_tile<tile_t, scalar_t>((m < rows && k < k_end) ? prob.a(group, m, k) : acc_t(0));
   }
 #pragma unroll
-  for (int i = 0; i < kLoadsB; ++i) {
+  for (int i = 0; i < Tile::kLoadsB; ++i) {
     int nn, kk;
-    stage_slot<Problem::kBKFast, kTileN>(i, nn, kk);
+    stage_slot<Problem::kBKFast, Tile::kN>(i, nn, kk);
     const int n = n0 + nn, k = k0 + kk;
-    r.b[i] = to_tile<tile_t, scalar_t>((n < cols && k < k_end) ? prob.b(group, k, n) : acc_t(0));
+    r.b[i] = to_tile<tile_t, scalar_t>((n < cols && k < k_end) ? prob.b(group, columns.of_slot(prob, group, n), k) : acc_t(0));
   }
 }
 
-template <typename Problem, typename tile_t>
-__device__ __forceinline__ void store_stage(const StageRegisters<tile_t>& r, tile_t (*a_tile)[kTileM + 8],
-                                            tile_t (*b_tile)[kTileN + 8]) {
+// Shared tiles: [depth][row or column], rows padded by 8 elements (16-byte aligned rows, and a
+// fragment load's lanes spread over distinct banks).
+template <typename tile_t, int kWidth>
+using SharedStage = tile_t[kTileK][kWidth + 8];
+
+template <typename Problem, typename Tile, typename tile_t>
+__device__ __forceinline__ void store_stage(const StageRegisters<Tile, tile_t>& r, SharedStage<tile_t, Tile::kM>& a_tile,
+                                            SharedStage<tile_t, Tile::kN>& b_tile) {
 #pragma unroll
-  for (int i = 0; i < kLoadsA; ++i) {
+  for (int i = 0; i < Tile::kLoadsA; ++i) {
     int mm, kk;
-    stage_slot<Problem::kAKFast, kTileM>(i, mm, kk);
+    stage_slot<Problem::kAKFast, Tile::kM>(i, mm, kk);
     a_tile[kk][mm] = r.a[i];
   }
 #pragma unroll
-  for (int i = 0; i < kLoadsB; ++i) {
+  for (int i = 0; i < Tile::kLoadsB; ++i) {
     int nn, kk;
-    stage_slot<Problem::kBKFast, kTileN>(i, nn, kk);
+    stage_slot<Problem::kBKFast, Tile::kN>(i, nn, kk);
     b_tile[kk][nn] = r.b[i];
   }
 }
 
 // Runs the pipeline over [k_begin, k_end), calling multiply(a_tile, b_tile) once per stage with
 // that stage's shared tiles. a_tiles, b_tiles: the two buffers of each operand.
-template <typename Problem, typename tile_t, typename Multiply>
-__device__ __forceinline__ void pipelined_stages(const Problem& prob, tile_t (*a_tiles)[kTileK][kTileM + 8],
-                                                 tile_t (*b_tiles)[kTileK][kTileN + 8], int64_t group, int m0,
+template <typename Problem, typename Tile, typename tile_t, typename Multiply>
+__device__ __forceinline__ void pipelined_stages(const Problem& prob, SharedStage<tile_t, Tile::kM>* a_tiles,
+                                                 SharedStage<tile_t, Tile::kN>* b_tiles, int64_t group, int m0,
                                                  int n0, int k_begin, int k_end, const Multiply& multiply) {
-  StageRegisters<tile_t> next;
-  if (k_begin < k_end) fetch_stage(prob, next, group, m0, n0, k_begin, k_end);
+  const BlockColumns<Problem, Tile> columns(prob, group, n0);
+  StageRegisters<Tile, tile_t> next;
+  if (k_begin < k_end) fetch_stage(prob, columns, next, group, m0, n0, k_begin, k_end);
   int buffer = 0;
   for (int k0 = k_begin; k0 < k_end; k0 += kTileK) {
-    store_stage<Problem>(next, a_tiles[buffer], b_tiles[buffer]);
+    store_stage<Problem, Tile>(next, a_tiles[buffer], b_tiles[buffer]);
     __syncthreads();
-    if (k0 + kTileK < k_end) fetch_stage(prob, next, group, m0, n0, k0 + kTileK, k_end);
+    if (k0 + kTileK < k_end) fetch_stage(prob, columns, next, group, m0, n0, k0 + kTileK, k_end);
     multiply(a_tiles[buffer], b_tiles[buffer]);
     buffer ^= 1;
   }
 }
 
-// The tensor_cores variant's block (see the header): warp w owns rows 16 (w / 2) and columns
-// 32 (w % 2) of the 64x64 tile, as four 16x8 mma tiles whose float fragments stay in registers.
-// Per 16-deep stage: one mma_m16n8k16 per tile for half / bfloat16, two mma_m16n8k8_tf32 for float.
-template <typename Problem>
+// The tensor_cores variant's block (see the header): the 8 warps as 4 x 2, warp w owning rows
+// Tile::kWarpRows (w / 2) and columns Tile::kWarpCols (w % 2) of the block tile, as kMmaRows x
+// kMmaCols 16x8 mma tiles whose float fragments stay in registers. Per 16-deep stage: one
+// mma_m16n8k16 per mma tile for half / bfloat16, two mma_m16n8k8_tf32 for float.
+template <typename Problem, typename Tile>
 __device__ void tensor_core_block(const Problem& prob, int64_t group, int64_t split, int m0, int n0, int k_begin,
                                   int k_end) {
   using scalar_t = typename Problem::scalar_type;
   using tile_t = tensor_core_tile_t<scalar_t>;
   using cuda::pack_pair;
-  // Plain integer patterns (no construction, nothing to convert before the fragments); +8 keeps
-  // rows 16-byte aligned and spreads a fragment load's lanes over distinct banks.
-  __shared__ tile_t a_tiles[2][kTileK][kTileM + 8];
-  __shared__ tile_t b_tiles[2][kTileK][kTileN + 8];
+  constexpr int kMR = Tile::kMmaRows, kMC = Tile::kMmaCols;
+  // Plain integer patterns: no construction, nothing to convert before the fragments.
+  __shared__ SharedStage<tile_t, Tile::kM> a_tiles[2];
+  __shared__ SharedStage<tile_t, Tile::kN> b_tiles[2];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int wm = (warp / 2) * 16, wn = (warp % 2) * 32;
-  float acc[4][4];  // [mma tile j][fragment], fragments as cuda_tensor_cores.h documents
+  const int wm = (warp / 2) * Tile::kWarpRows, wn = (warp % 2) * Tile::kWarpCols;
+  float acc[kMR][kMC][4];  // [mma row tile][mma column tile][fragment], as cuda_tensor_cores.h documents
 #pragma unroll
-  for (int j = 0; j < 4; ++j)
+  for (int i = 0; i < kMR; ++i)
 #pragma unroll
-    for (int f = 0; f < 4; ++f) acc[j][f] = 0.f;
+    for (int j = 0; j < kMC; ++j)
+#pragma unroll
+      for (int f = 0; f < 4; ++f) acc[i][j][f] = 0.f;
 
-  pipelined_stages(prob, a_tiles, b_tiles, group, m0, n0, k_begin, k_end, [&](auto a_tile, auto b_tile) {
+  pipelined_stages<Problem, Tile>(prob, a_tiles, b_tiles, group, m0, n0, k_begin, k_end, [&](auto& a_tile, auto& b_tile) {
     if constexpr (std::is_same_v<tile_t, uint32_t>) {
 #pragma unroll
       for (int ks = 0; ks < kTileK; ks += 8) {
-        const uint32_t a[4] = {a_tile[ks + t][wm + g], a_tile[ks + t][wm + g + 8], a_tile[ks + t + 4][wm + g],
-                               a_tile[ks + t + 4][wm + g + 8]};
+        uint32_t a[kMR][4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int i = 0; i < kMR; ++i) {
+          const int row = wm + 16 * i + g;
+          a[i][0] = a_tile[ks + t][row], a[i][1] = a_tile[ks + t][row + 8];
+          a[i][2] = a_tile[ks + t + 4][row], a[i][3] = a_tile[ks + t + 4][row + 8];
+        }
+#pragma unroll
+        for (int j = 0; j < kMC; ++j) {
           const int col = wn + 8 * j + g;
           const uint32_t b[2] = {b_tile[ks + t][col], b_tile[ks + t + 4][col]};
-          cuda::mma_m16n8k8_tf32(acc[j], a, b, acc[j]);
+#pragma unroll
+          for (int i = 0; i < kMR; ++i) cuda::mma_m16n8k8_tf32(acc[i][j], a[i], b, acc[i][j]);
         }
       }
     } else {
-      const uint32_t a[4] = {pack_pair(a_tile[2 * t][wm + g], a_tile[2 * t + 1][wm + g]),
-                             pack_pair(a_tile[2 * t][wm + g + 8], a_tile[2 * t + 1][wm + g + 8]),
-                             pack_pair(a_tile[2 * t + 8][wm + g], a_tile[2 * t + 9][wm + g]),
-                             pack_pair(a_tile[2 * t + 8][wm + g + 8], a_tile[2 * t + 9][wm + g + 8])};
+      uint32_t a[kMR][4];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
+      for (int i = 0; i < kMR; ++i) {
+        const int row = wm + 16 * i + g;
+        a[i][0] = pack_pair(a_tile[2 * t][row], a_tile[2 * t + 1][row]);
+        a[i][1] = pack_pair(a_tile[2 * t][row + 8], a_tile[2 * t + 1][row + 8]);
+        a[i][2] = pack_pair(a_tile[2 * t + 8][row], a_tile[2 * t + 9][row]);
+        a[i][3] = pack_pair(a_tile[2 * t + 8][row + 8], a_tile[2 * t + 9][row + 8]);
+      }
+#pragma unroll
+      for (int j = 0; j < kMC; ++j) {
         const int col = wn + 8 * j + g;
         const uint32_t b[2] = {pack_pair(b_tile[2 * t][col], b_tile[2 * t + 1][col]),
                                pack_pair(b_tile[2 * t + 8][col], b_tile[2 * t + 9][col])};
-        cuda::mma_m16n8k16<scalar_t>(acc[j], a, b, acc[j]);
+#pragma unroll
+        for (int i = 0; i < kMR; ++i) cuda::mma_m16n8k16<scalar_t>(acc[i][j], a[i], b, acc[i][j]);
       }
     }
   });
 
   const int rows = prob.rows(), cols = prob.cols();
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
+  for (int i = 0; i < kMR; ++i) {
 #pragma unroll
-    for (int f = 0; f < 4; ++f) {
-      const int m = m0 + wm + g + (f < 2 ? 0 : 8), n = n0 + wn + 8 * j + 2 * t + (f % 2);
-      if (m < rows && n < cols) prob.store(group, split, m, n, acc[j][f]);
+    for (int j = 0; j < kMC; ++j) {
+#pragma unroll
+      for (int f = 0; f < 4; ++f) {
+        const int m = m0 + wm + 16 * i + g + (f < 2 ? 0 : 8), n = n0 + wn + 8 * j + 2 * t + (f % 2);
+        if (m < rows && n < cols) prob.store(group, split, m, n, acc[i][j][f]);
+      }
     }
   }
 }
 
-// The fma variant's block: thread (ty, tx) accumulates C rows ty + 16 i and columns tx + 16 j.
-template <typename Problem>
-__device__ void fma_block(const Problem& prob, int64_t group, int64_t split, int m0, int n0,
-                          int k_begin, int k_end) {
+// The fma variant's block: thread (ty, tx) of a 16 x 16 grid accumulates C rows ty + 16 i and
+// columns tx + 16 j (so a warp's stores are coalesced along columns).
+template <typename Problem, typename Tile>
+__device__ void fma_block(const Problem& prob, int64_t group, int64_t split, int m0, int n0, int k_begin, int k_end) {
   using acc_t = typename Problem::acc_t;
-  __shared__ acc_t a_tiles[2][kTileK][kTileM + 8];  // padded: fewer bank conflicts when k varies per thread
-  __shared__ acc_t b_tiles[2][kTileK][kTileN + 8];
+  constexpr int kI = Tile::kRowsPerThread, kJ = Tile::kColsPerThread;
+  __shared__ SharedStage<acc_t, Tile::kM> a_tiles[2];  // padded: fewer bank conflicts when k varies per thread
+  __shared__ SharedStage<acc_t, Tile::kN> b_tiles[2];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  acc_t acc[4][4];
+  acc_t acc[kI][kJ];
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < kI; ++i)
 #pragma unroll
-    for (int j = 0; j < 4; ++j) acc[i][j] = acc_t(0);
+    for (int j = 0; j < kJ; ++j) acc[i][j] = acc_t(0);
 
-  pipelined_stages(prob, a_tiles, b_tiles, group, m0, n0, k_begin, k_end, [&](auto a_tile, auto b_tile) {
+  pipelined_stages<Problem, Tile>(prob, a_tiles, b_tiles, group, m0, n0, k_begin, k_end, [&](auto& a_tile, auto& b_tile) {
 #pragma unroll
     for (int kk = 0; kk < kTileK; ++kk) {
-      acc_t a_frag[4], b_frag[4];
+      acc_t a_frag[kI], b_frag[kJ];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) a_frag[i] = a_tile[kk][ty + 16 * i];
+      for (int i = 0; i < kI; ++i) a_frag[i] = a_tile[kk][ty + 16 * i];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) b_frag[j] = b_tile[kk][tx + 16 * j];
+      for (int j = 0; j < kJ; ++j) b_frag[j] = b_tile[kk][tx + 16 * j];
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < kI; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] += a_frag[i] * b_frag[j];
+        for (int j = 0; j < kJ; ++j) acc[i][j] += a_frag[i] * b_frag[j];
     }
   });
 
   const int rows = prob.rows(), cols = prob.cols();
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < kI; ++i) {
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < kJ; ++j) {
       const int m = m0 + ty + 16 * i, n = n0 + tx + 16 * j;
       if (m < rows && n < cols) prob.store(group, split, m, n, acc[i][j]);
     }
@@ -458,19 +573,50 @@ __device__ void fma_block(const Problem& prob, int64_t group, int64_t split, int
 }
 
 // C[g] = A[g] @ B[g] over depth range [split * depth_per_split, ...) for blockIdx.z = split * G + g,
-// by the variant kTensorCores names (the file's header).
-template <typename Problem, bool kTensorCores>
-__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM<typename Problem::acc_t>)
+// by the variant and block tile the template arguments name (the file's header).
+template <typename Problem, typename Variant, typename Tile>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM<Tile, typename Problem::acc_t>)
     implicit_gemm_kernel(const Problem prob, int depth_per_split) {
   const auto [split, group] = prob.p.by_groups.divmod(blockIdx.z);
-  const int m0 = blockIdx.y * kTileM, n0 = blockIdx.x * kTileN;
+  const int m0 = blockIdx.y * Tile::kM, n0 = blockIdx.x * Tile::kN;
   const int k_begin = static_cast<int>(split) * depth_per_split;
   const int k_end = min(prob.depth(), k_begin + depth_per_split);
-  if constexpr (kTensorCores) {
-    tensor_core_block(prob, group, split, m0, n0, k_begin, k_end);
+  if constexpr (std::is_same_v<Variant, TensorCoreVariant>) {
+    tensor_core_block<Problem, Tile>(prob, group, split, m0, n0, k_begin, k_end);
   } else {
-    fma_block(prob, group, split, m0, n0, k_begin, k_end);
+    fma_block<Problem, Tile>(prob, group, split, m0, n0, k_begin, k_end);
   }
+}
+
+// The block tile for a GEMM of rows x cols per group and blocks_z (groups x splits) grid layers:
+// the large one where its rows are mostly used (at least 96 of 128) and its blocks still fill the
+// GPU twice over, else the small one; always the small one for double (LargeTile).
+// CNNEXT_CONV2D_TILE=64x64 or 128x64 forces one where it exists (tests and benchmarks; read at
+// every launch).
+template <typename acc_t>
+bool use_large_tile(int64_t rows, int64_t cols, int64_t blocks_z) {
+  const char* forced = std::getenv("CNNEXT_CONV2D_TILE");
+  const std::string_view name(forced == nullptr ? "" : forced);
+  TORCH_CHECK(name.empty() || name == "64x64" || name == "128x64",
+              "CNNEXT_CONV2D_TILE must be 64x64 or 128x64 (or unset), not '", name, "'");
+  if (std::is_same_v<acc_t, double>) return false;
+  if (!name.empty()) return name == "128x64";
+  const int64_t large_blocks = ceil_div(rows, LargeTile::kM) * ceil_div(cols, LargeTile::kN) * blocks_z;
+  return rows >= 96 && large_blocks >= 2 * int64_t{cuda::multiprocessor_count()};
+}
+
+template <typename Problem, typename Tile>
+void launch_with_tile(const Problem& prob, int64_t rows, int64_t cols, int64_t blocks_z, int stage_depth) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(cols, Tile::kN)), static_cast<unsigned>(ceil_div(rows, Tile::kM)),
+                  static_cast<unsigned>(blocks_z));
+  using scalar_t = typename Problem::scalar_type;
+  if constexpr (kHasTensorCoreVariant<scalar_t>) {
+    if (std::is_same_v<scalar_t, float> ? cuda::tf32_enabled() : cuda::tensor_cores_enabled()) {
+      cuda::launch<implicit_gemm_kernel<Problem, TensorCoreVariant, Tile>>({grid, kThreads}, prob, stage_depth);
+      return;
+    }
+  }
+  cuda::launch<implicit_gemm_kernel<Problem, FmaVariant, Tile>>({grid, kThreads}, prob, stage_depth);
 }
 
 // Launches the GEMM of `prob` with rows x cols of C per group, split `splits` ways along depth.
@@ -478,19 +624,17 @@ template <typename Problem>
 void launch_implicit_gemm(const Problem& prob, int64_t rows, int64_t cols, int64_t depth, int64_t groups,
                           int64_t splits = 1) {
   const int64_t depth_per_split = ceil_div(ceil_div(depth, splits), kTileK) * kTileK;
-  TORCH_CHECK(ceil_div(rows, kTileM) <= 65535, "conv2d (CUDA): too many channels per group (", rows, ")");
+  TORCH_CHECK(ceil_div(rows, SmallTile::kM) <= 65535, "conv2d (CUDA): too many channels per group (", rows, ")");
   TORCH_CHECK(groups * splits <= kMaxGridZ, "conv2d (CUDA): too many groups (", groups, ")");
-  const dim3 grid(static_cast<unsigned>(ceil_div(cols, kTileN)), static_cast<unsigned>(ceil_div(rows, kTileM)),
-                  static_cast<unsigned>(groups * splits));
   const int stage_depth = static_cast<int>(std::max<int64_t>(depth_per_split, kTileK));
-  using scalar_t = typename Problem::scalar_type;
-  if constexpr (kHasTensorCoreVariant<scalar_t>) {
-    if (std::is_same_v<scalar_t, float> ? cuda::tf32_enabled() : cuda::tensor_cores_enabled()) {
-      cuda::launch<implicit_gemm_kernel<Problem, true>>({grid, kThreads}, prob, stage_depth);
+  using acc_t = typename Problem::acc_t;
+  if constexpr (!std::is_same_v<acc_t, double>) {
+    if (use_large_tile<acc_t>(rows, cols, groups * splits)) {
+      launch_with_tile<Problem, LargeTile>(prob, rows, cols, groups * splits, stage_depth);
       return;
     }
   }
-  cuda::launch<implicit_gemm_kernel<Problem, false>>({grid, kThreads}, prob, stage_depth);
+  launch_with_tile<Problem, SmallTile>(prob, rows, cols, groups * splits, stage_depth);
 }
 
 // dW[i] = sum over splits of partial[s][i], in split order (deterministic).
@@ -524,7 +668,7 @@ __global__ void bias_grad_kernel(const scalar_t* dy, Strides4 ys, KernelGeometry
 // Blocks of the split-K grad-weight GEMM: enough to fill the device a few times over, never more
 // splits than 16-deep stages, never past the grid's z limit.
 int64_t grad_weight_splits(const KernelGeometry& p) {
-  const int64_t tiles = ceil_div(p.Coutg, kTileM) * ceil_div(p.K, kTileN) * p.groups;
+  const int64_t tiles = ceil_div(p.Coutg, SmallTile::kM) * ceil_div(p.K, SmallTile::kN) * p.groups;
   const int64_t target_blocks = 4 * int64_t{cuda::multiprocessor_count()};
   const int64_t splits = std::clamp<int64_t>(ceil_div(target_blocks, tiles), 1, ceil_div(p.N * p.L, kTileK));
   return std::min<int64_t>(splits, kMaxGridZ / p.groups);
@@ -536,9 +680,9 @@ void check_cuda(const at::Tensor& t, const char* name) { check_device_type(t, na
 // tile past the last index must still fit too.
 void check_indexable(const KernelGeometry& p) {
   const int64_t largest = std::max({p.N * p.L, p.N * p.H * p.W, p.K, p.Coutg * p.kh * p.kw, p.Cg, p.Coutg});
-  TORCH_CHECK(largest + kTileM + kTileN <= cuda::kMaxDividend, "conv2d (CUDA): ", largest,
+  TORCH_CHECK(largest + 2 * LargeTile::kM <= cuda::kMaxDividend, "conv2d (CUDA): ", largest,
               " pixels (batch * height * width) or patch elements is more than the kernels index with 32 bits "
-              "(at most 2^31 - ", kTileM + kTileN + 1, "); split the batch");
+              "(at most 2^31 - ", 2 * LargeTile::kM + 1, "); split the batch");
 }
 
 }  // namespace

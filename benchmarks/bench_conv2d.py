@@ -40,20 +40,35 @@ def conv_flops(batch, cin, cout, size, kernel, stride):
     return 2 * batch * cout * out * out * cin * kernel * kernel
 
 
-@pytest.mark.parametrize(
-    "device, precision", DEVICE_PRECISIONS, ids=[f"{d}-{p}" for d, p in DEVICE_PRECISIONS]
-)
+# (device, precision, memory format): on CUDA the tensor-core precisions also run channels_last,
+# the layout cuDNN's tensor-core kernels prefer and cnnext's cp.async forward takes (shapes get
+# " NHWC" in the report).
+CASES = [
+    (device, precision, layout)
+    for device, precision in DEVICE_PRECISIONS
+    for layout in (
+        ["contiguous", "channels_last"] if device == "cuda" and precision != "float32" else ["contiguous"]
+    )
+]
+
+
+@pytest.mark.parametrize("device, precision, layout", CASES, ids=["-".join(case) for case in CASES])
 @pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
 @pytest.mark.parametrize("direction", ["forward", "forward+backward"])
 @pytest.mark.parametrize("shape", SHAPES, ids=[s[0].replace(" ", "_") for s in SHAPES])
-def test_conv2d_speed(benchmark, shape, direction, impl, device, precision):
+def test_conv2d_speed(benchmark, shape, direction, impl, device, precision, layout):
     name, batch, cin, cout, size, kernel, stride = shape
     conv = IMPLEMENTATIONS[impl]
     backward = direction == "forward+backward"
-    options = dict(device=device, dtype=DTYPES[precision], requires_grad=backward)
-    x = torch.randn(batch, cin, size, size, **options)
-    w = torch.randn(cout, cin, kernel, kernel, **options)
-    b = torch.randn(cout, **options)
+    options = dict(device=device, dtype=DTYPES[precision])
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(batch, cin, size, size, **options).contiguous(memory_format=memory_format)
+    x.requires_grad_(backward)
+    w = torch.randn(cout, cin, kernel, kernel, **options).contiguous(memory_format=memory_format)
+    w.requires_grad_(backward)
+    if layout == "channels_last":
+        name += " NHWC"
+    b = torch.randn(cout, **options, requires_grad=backward)
     grad = torch.randn_like(conv(x, w, b, stride=stride, padding=kernel // 2)) if backward else None
 
     def step():

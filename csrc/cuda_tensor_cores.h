@@ -75,6 +75,18 @@ __device__ __forceinline__ uint32_t pack_pair(T low, T high) {
   return pack_pair(low.x, high.x);
 }
 
+// The two consecutive 16-bit values at p (4-byte aligned) as one fragment register, p[0] low: one
+// 32-bit shared-memory load on a GPU (the emulator copies the bytes: no type punning in C++).
+__device__ __forceinline__ uint32_t load_pair(const uint16_t* p) {
+#ifdef CNNEXT_CUDA_EMULATION
+  uint32_t pair;
+  std::memcpy(&pair, p, sizeof pair);
+  return pair;
+#else
+  return *reinterpret_cast<const uint32_t*>(p);
+#endif
+}
+
 template <typename T>
 __device__ __forceinline__ float unpack(uint32_t pair, int which) {
   T value;

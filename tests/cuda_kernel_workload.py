@@ -14,6 +14,7 @@ self-test kernel instead (the sanitizer must report it).
 
 import argparse
 import contextlib
+import os
 
 import torch
 import torch.nn.functional as F
@@ -55,31 +56,37 @@ def conv2d():
             close(ours[0], native[0], "conv2d")
             for got, want in zip(ours[1], native[1], strict=True):
                 close(got, want, "conv2d gradient")
-    # 16-bit types take the tensor-core variant of the implicit GEMM (sm_80+, and the emulator).
-    for dtype in (torch.float16, torch.bfloat16):
-        x, w = torch.randn(2, 8, 9, 9), torch.randn(16, 8, 3, 3)
-        with on_kernels():
-            ours = grads(lambda *t: cnnext.ops.conv2d(*t, padding=1), x.to(dtype), w.to(dtype))
-        native = grads(lambda *t: F.conv2d(*t, padding=1), x.double(), w.double())
-        # 16-bit inputs and outputs of ~N(0, 72), float accumulation: half rounds at ~0.004, bfloat16 ~0.03
-        low = dict(rtol=1e-2, atol=2e-2) if dtype == torch.float16 else dict(rtol=3e-2, atol=1.5e-1)
-        torch.testing.assert_close(ours[0].double().cpu(), native[0], **low)
-        for got, want in zip(ours[1], native[1], strict=True):
-            torch.testing.assert_close(got.double().cpu(), want, **low)
-    # float32 under torch.backends.cudnn.allow_tf32: the TF32 tensor-core variant.
+    # 16-bit types take a tensor-core variant of the implicit GEMM (sm_80+, and the emulator), float32
+    # under torch.backends.cudnn.allow_tf32 its TF32 form: in channels_last with 8 channels, the
+    # forward's cp.async one. Each with both block tiles (CNNEXT_CONV2D_TILE).
     x, w = torch.randn(2, 8, 9, 9), torch.randn(16, 8, 3, 3)
+    native = grads(lambda *t: F.conv2d(*t, padding=1), x.double(), w.double())
+    # Inputs and outputs of ~N(0, 72), float accumulation: half rounds at ~0.004, bfloat16 ~0.03,
+    # TF32 operands at 11 significant bits (~5e-4 relative).
+    tolerances = {
+        torch.float16: dict(rtol=1e-2, atol=2e-2),
+        torch.bfloat16: dict(rtol=3e-2, atol=1.5e-1),
+        torch.float32: dict(rtol=1e-2, atol=5e-2),
+    }
+    previous_tile = os.environ.get("CNNEXT_CONV2D_TILE")
     torch.backends.cudnn.allow_tf32 = True
     try:
-        with on_kernels():
-            ours = grads(lambda *t: cnnext.ops.conv2d(*t, padding=1), x, w)
+        for dtype, tol in tolerances.items():
+            for layout in (torch.contiguous_format, torch.channels_last):
+                for tile in ("64x64", "128x64"):
+                    os.environ["CNNEXT_CONV2D_TILE"] = tile
+                    x_in = x.to(dtype).contiguous(memory_format=layout)
+                    with on_kernels():
+                        ours = grads(lambda *t: cnnext.ops.conv2d(*t, padding=1), x_in, w.to(dtype))
+                    torch.testing.assert_close(ours[0].double().cpu(), native[0], **tol)
+                    for got, want in zip(ours[1], native[1], strict=True):
+                        torch.testing.assert_close(got.double().cpu(), want, **tol)
     finally:
         torch.backends.cudnn.allow_tf32 = False
-    native = grads(lambda *t: F.conv2d(*t, padding=1), x.double(), w.double())
-    # Operands rounded to 11 significant bits (~5e-4 relative), outputs ~N(0, 72).
-    tf32 = dict(rtol=1e-2, atol=5e-2)
-    torch.testing.assert_close(ours[0].double().cpu(), native[0], **tf32)
-    for got, want in zip(ours[1], native[1], strict=True):
-        torch.testing.assert_close(got.double().cpu(), want, **tf32)
+        if previous_tile is None:
+            os.environ.pop("CNNEXT_CONV2D_TILE", None)
+        else:
+            os.environ["CNNEXT_CONV2D_TILE"] = previous_tile
 
 
 def pool2d():

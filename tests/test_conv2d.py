@@ -340,6 +340,45 @@ def test_every_block_tile_and_variant_matches_native(
             assert f"implicit_gemm_kernel<{problem}<{name}>, {kernel_variant}, {block}" in launched
 
 
+@pytest.mark.parametrize("device", CUDA_DEVICES)
+@pytest.mark.parametrize("tile", ["64x64", "128x64"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_channels_last_forward_with_whole_16_byte_channel_runs_copies_them_asynchronously(
+    dtype, tile, device, monkeypatch, launched_kernels
+):
+    """channels_last input whose groups' channels come in whole 16-byte runs (8 halves, 4 floats
+    as TF32) takes the CpAsyncVariant: the tap-major forward, operands copied by cp.async through a
+    three-stage ring. Grouped (2 x 8 channels), strided, dilated and padded, with partial tiles in
+    every dimension: 35 rows per group, 2 x 9 x 6 = 108 columns, depth 72 (four stages and a half,
+    so the ring wraps and its tail stages are empty). The same input one element off 16-byte
+    alignment, and one with 6 channels per group, run the TensorCoreVariant and agree too."""
+    monkeypatch.setenv("CNNEXT_CONV2D_TILE", tile)
+    torch.backends.cudnn.allow_tf32 = True  # the autouse full_float32 fixture restores it
+    x = torch.randn(2, 16, 9, 11, device=device)
+    w = torch.randn(70, 8, 3, 3, device=device)
+    b = torch.randn(70, device=device)
+    if dtype == torch.float32:
+        x, w = (tf32_reference(t.cpu()).to(device) for t in (x, w))
+    tol = dict(rtol=5e-3, atol=5e-2) if dtype == torch.float32 else BLOCK_TOLERANCES[dtype]
+    args = dict(stride=(1, 2), padding=(2, 1), dilation=(2, 1), groups=2)
+    aligned = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    check_against_native(aligned, w.to(dtype), b.to(dtype), tol, **args)
+    # One element into a larger channels_last buffer: strides still whole chunks, the start not.
+    shifted_storage = torch.empty(aligned.numel() + 16, dtype=dtype, device=device)
+    shifted = shifted_storage[1 : 1 + aligned.numel()].as_strided(aligned.shape, aligned.stride())
+    shifted.copy_(aligned)
+    check_against_native(shifted, w.to(dtype), b.to(dtype), tol, **args)
+    six = x[:, :12].to(dtype).contiguous(memory_format=torch.channels_last)
+    check_against_native(six, w[:, :6].to(dtype), b.to(dtype), tol, **args)
+    if launched_kernels is not None:  # emulated: the launches name the variants
+        launched = launched_kernels()
+        name = {torch.float32: "float", torch.float16: "c10::Half", torch.bfloat16: "c10::BFloat16"}[dtype]
+        block = "BlockTile<{}, {}, ".format(*tile.split("x"))
+        assert f"implicit_gemm_kernel<TapMajorForwardProblem<{name}>, CpAsyncVariant, {block}" in launched
+        assert f"implicit_gemm_kernel<ForwardProblem<{name}>, TensorCoreVariant, {block}" in launched
+        assert launched.count("CpAsyncVariant") == 1
+
+
 @pytest.mark.parametrize("device", [d for d in CUDA_DEVICES if "emu" in d.id])
 def test_the_large_tile_is_chosen_for_gemms_that_fill_the_gpu_with_it(device, launched_kernels, monkeypatch):
     """Without CNNEXT_CONV2D_TILE: 128x64 for a forward GEMM of 128 rows whose 8 blocks of 128x64

@@ -270,6 +270,34 @@ def test_broken_kernels_fail_with_an_error_saying_why(schedule, mode, threads, m
     assert "broken_kernel block (0, 0, 0)" in str(error.value)
 
 
+@pytest.mark.parametrize("schedule", emulation.SCHEDULES)
+def test_async_copies_land_when_waited_for_by_commit_group(schedule):
+    """cuda_async_copy.h as emulated: a copy lands only when wait_copies lets at most N newer groups
+    stay in flight (so a kernel reading a stage too early sees stale data here too), whole 16
+    bytes, and a copy of 0 source bytes fills zeros."""
+    src = torch.randn(64, 4)
+    with emulation.schedule(schedule, seed=5):
+        out = emu._selftest_async_copy(src)
+    after_wait_1_a, after_wait_1_b, after_wait_0_b, zero_fill = out.unbind(1)
+    assert torch.equal(after_wait_1_a, src[:32])
+    assert torch.equal(after_wait_1_b, torch.full((32, 4), -1.0))  # group 1 still in flight
+    assert torch.equal(after_wait_0_b, src[32:])
+    assert torch.equal(zero_fill, torch.zeros(32, 4))
+
+
+@pytest.mark.parametrize(
+    "mode, blocks, message",
+    [
+        (8, 2, r"block \(1, 0, 0\): thread 0: cp.async copies of an earlier block were never waited for"),
+        (9, 1, r"cp.async of 16 bytes from or to an address not 16-byte aligned"),
+    ],
+    ids=["copies left in flight", "misaligned copy"],
+)
+def test_async_copy_misuse_fails_with_an_error_saying_why(mode, blocks, message):
+    with pytest.raises(RuntimeError, match=message):
+        emu._selftest_broken(mode, blocks, 32)
+
+
 def test_settings_are_validated():
     with pytest.raises(ValueError, match="schedule must be one of"):
         emulation.set_schedule("sideways")
@@ -396,10 +424,15 @@ def test_every_cuda_kernel_is_reached_by_the_emulated_workload():
     # Both argmax encodings of max pooling and both layouts were launched.
     full_names = " ".join(name for name, _, _ in launches)
     assert "unsigned char, true" in full_names and "long int, false" in full_names
-    # The tensor-core variant of the implicit GEMM, for both 16-bit types and all three problems.
-    for problem in ("ForwardProblem", "GradInputProblem", "GradWeightProblem"):
-        for dtype in ("c10::Half", "c10::BFloat16"):
-            assert f"implicit_gemm_kernel<{problem}<{dtype}>, true>" in full_names, (problem, dtype)
+    # The tensor-core variants of the implicit GEMM, for both 16-bit types and TF32, all three
+    # problems (and the cp.async forward), both block tiles.
+    for dtype in ("c10::Half", "c10::BFloat16", "float"):
+        for tile in ("BlockTile<64, 64, 4>", "BlockTile<128, 64, 2>"):
+            for problem in ("ForwardProblem", "GradInputProblem", "GradWeightProblem"):
+                name = f"implicit_gemm_kernel<{problem}<{dtype}>, TensorCoreVariant, {tile}"
+                assert name in full_names, name
+            name = f"implicit_gemm_kernel<TapMajorForwardProblem<{dtype}>, CpAsyncVariant, {tile}"
+            assert name in full_names, name
     # The resource report's launch table (threads per block, largest dynamic shared memory) holds
     # for every launch the host code made.
     for name, threads, shared in launches:

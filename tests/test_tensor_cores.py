@@ -117,6 +117,24 @@ def test_the_built_conv2d_tensor_core_variants_contain_hmma(built_kernels):
     assert not any("IdEE" in v.name for v in variants)  # double: never
 
 
+def test_the_built_cp_async_forward_copies_asynchronously_and_multiplies_on_tensor_cores(built_kernels):
+    """The CpAsyncVariant (channels_last forward, tap-major) in cnnext._C: for half, bfloat16 and
+    float (TF32), both block tiles, every architecture built, its SASS copies global -> shared with
+    LDGSTS (cp.async, 128-bit: LDGSTS.E.BYPASS.128 or alike) and multiplies with HMMA; the register
+    pipeline variants copy nothing asynchronously."""
+    variants = [
+        k for k in built_kernels if "implicit_gemm_kernel" in k.name and "14CpAsyncVariantE" in k.name
+    ]
+    archs = {v.arch for v in variants}
+    assert archs and len(variants) == 6 * len(archs), [(v.arch, v.name) for v in variants]
+    for v in variants:
+        copies = [line for line in v.body.splitlines() if "LDGSTS" in line]
+        assert copies and all(".128" in line for line in copies), (v.arch, v.name, copies[:2])
+        assert "HMMA" in v.body, (v.arch, v.name)
+    others = [*implicit_gemm_variants(built_kernels, True), *implicit_gemm_variants(built_kernels, False)]
+    assert others and not any("LDGSTS" in k.body for k in others)
+
+
 def test_the_built_attention_tensor_core_kernels_contain_hmma(built_kernels):
     """Every tensor-core attention instantiation in cnnext._C (forward, dQ, dK/dV; half and
     bfloat16; head dims 32-256) multiplies with HMMA on every architecture built, and the per-row

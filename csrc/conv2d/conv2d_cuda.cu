@@ -41,6 +41,7 @@
 
 #include "common.h"
 #include "conv2d/conv2d.h"
+#include "cuda_async_copy.h"
 #include "cuda_device.h"
 #include "cuda_fast_divmod.h"
 #include "cuda_tensor_cores.h"
@@ -80,6 +81,7 @@ inline constexpr int kMinBlocksPerSM = std::is_same_v<acc_t, double> ? 2 : Tile:
 // The two block variants (template argument Variant of implicit_gemm_kernel; see the header).
 struct FmaVariant {};
 struct TensorCoreVariant {};
+struct CpAsyncVariant {};
 
 // The geometry as the kernels see it (plain data, derived sizes precomputed), with the divisors of
 // its index arithmetic as FastDivmod (cuda_fast_divmod.h): the loads below split a pixel index into
@@ -87,7 +89,7 @@ struct TensorCoreVariant {};
 // indices are int: launch_implicit_gemm checks that every one fits.
 struct KernelGeometry {
   int64_t N, C, H, W, Cout, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, groups, Cg, Coutg, K, L;
-  cuda::FastDivmod by_out_pixels, by_out_w, by_taps, by_kw, by_groups;
+  cuda::FastDivmod by_out_pixels, by_out_w, by_taps, by_kw, by_groups, by_group_channels;
 };
 
 KernelGeometry kernel_geometry(const Conv2dGeometry& g) {
@@ -100,6 +102,7 @@ KernelGeometry kernel_geometry(const Conv2dGeometry& g) {
   p.by_taps = FastDivmod::of_size(p.kh * p.kw);
   p.by_kw = FastDivmod::of_size(p.kw);
   p.by_groups = FastDivmod::of_size(p.groups);
+  p.by_group_channels = FastDivmod::of_size(p.Cg);
   return p;
 }
 
@@ -173,6 +176,32 @@ struct ForwardProblem {
     const int64_t co = g * p.Coutg + m;
     if (bias != nullptr) v += static_cast<acc_t>(bias[co]);
     out[co * os.c + out_pixel_offset(os, p, pix)] = static_cast<scalar_t>(v);
+  }
+};
+
+// The forward on channels_last input whose channel runs are whole 16-byte chunks (launched by the
+// CpAsyncVariant; cp_async_forward_applies): the depth in tap-major order, k = (ki kw + kj) Cg + c,
+// so that kVec consecutive k are kVec consecutive channels of one input pixel, one 16-byte copy.
+// A is the weight permuted to (Cout, kh, kw, C/G) (w_taps, contiguous along k too); B's columns,
+// the store and the bias are the forward's.
+template <typename scalar_t>
+struct TapMajorForwardProblem : ForwardProblem<scalar_t> {
+  static constexpr int kVec = static_cast<int>(16 / sizeof(scalar_t));
+  using Column = typename ForwardProblem<scalar_t>::Column;
+
+  // A[m][k .. k + kVec) of group g.
+  __device__ const scalar_t* a_chunk(int64_t g, int m, int k) const {
+    return this->w + (g * this->p.Coutg + m) * this->p.K + k;
+  }
+  // B[k .. k + kVec)[column]: channels c .. c + kVec of the input under tap (ki, kj) of the
+  // column's window; null in the padding (the copy writes zeros).
+  __device__ const scalar_t* b_chunk(const Column& col, int k) const {
+    const KernelGeometry& p = this->p;
+    const auto [tap, c] = p.by_group_channels.divmod(k);
+    const auto [ki, kj] = p.by_kw.divmod(tap);
+    const int64_t ih = col.ih + ki * p.dh, iw = col.iw + kj * p.dw;
+    if (ih < 0 || ih >= p.H || iw < 0 || iw >= p.W) return nullptr;
+    return this->x + col.offset + c + ih * this->xs.h + iw * this->xs.w;  // channels stride 1
   }
 };
 
@@ -453,6 +482,30 @@ __device__ __forceinline__ void pipelined_stages(const Problem& prob, SharedStag
   }
 }
 
+// A warp's float accumulators in the tensor-core variants: [mma row tile][mma column tile]
+// [fragment], fragments as cuda_tensor_cores.h documents for C and D.
+template <typename Tile>
+using WarpAccumulators = float[Tile::kMmaRows][Tile::kMmaCols][4];
+
+// Writes a warp's accumulators, its warp tile at (row0, col0) of C, through the problem's store.
+template <typename Tile, typename Problem>
+__device__ __forceinline__ void store_warp_tile(const Problem& prob, const WarpAccumulators<Tile>& acc, int64_t group,
+                                                int64_t split, int row0, int col0) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int rows = prob.rows(), cols = prob.cols();
+#pragma unroll
+  for (int i = 0; i < Tile::kMmaRows; ++i) {
+#pragma unroll
+    for (int j = 0; j < Tile::kMmaCols; ++j) {
+#pragma unroll
+      for (int f = 0; f < 4; ++f) {
+        const int m = row0 + 16 * i + g + (f < 2 ? 0 : 8), n = col0 + 8 * j + 2 * t + (f % 2);
+        if (m < rows && n < cols) prob.store(group, split, m, n, acc[i][j][f]);
+      }
+    }
+  }
+}
+
 // The tensor_cores variant's block (see the header): the 8 warps as 4 x 2, warp w owning rows
 // Tile::kWarpRows (w / 2) and columns Tile::kWarpCols (w % 2) of the block tile, as kMmaRows x
 // kMmaCols 16x8 mma tiles whose float fragments stay in registers. Per 16-deep stage: one
@@ -469,13 +522,7 @@ __device__ void tensor_core_block(const Problem& prob, int64_t group, int64_t sp
   __shared__ SharedStage<tile_t, Tile::kN> b_tiles[2];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int wm = (warp / 2) * Tile::kWarpRows, wn = (warp % 2) * Tile::kWarpCols;
-  float acc[kMR][kMC][4];  // [mma row tile][mma column tile][fragment], as cuda_tensor_cores.h documents
-#pragma unroll
-  for (int i = 0; i < kMR; ++i)
-#pragma unroll
-    for (int j = 0; j < kMC; ++j)
-#pragma unroll
-      for (int f = 0; f < 4; ++f) acc[i][j][f] = 0.f;
+  WarpAccumulators<Tile> acc = {};  // [mma row tile][mma column tile][fragment]
 
   pipelined_stages<Problem, Tile>(prob, a_tiles, b_tiles, group, m0, n0, k_begin, k_end, [&](auto& a_tile, auto& b_tile) {
     if constexpr (std::is_same_v<tile_t, uint32_t>) {
@@ -517,18 +564,115 @@ __device__ void tensor_core_block(const Problem& prob, int64_t group, int64_t sp
     }
   });
 
+  store_warp_tile<Tile>(prob, acc, group, split, m0 + wm, n0 + wn);
+}
+
+// The CpAsyncVariant's block (TapMajorForwardProblem only): the TensorCoreVariant's warp tiling
+// and mma, with the operands copied global -> shared by cp.async (cuda_async_copy.h) in 16-byte
+// chunks of kVec depth-consecutive elements, over a kAsyncStages-deep ring of shared stages: while
+// the block multiplies stage s, the copies of stages s + 1 and s + 2 are in flight, and no
+// register holds a loaded element on its way. Shared tiles are [row or column][depth] here (the
+// copies' contiguous direction), rows padded by one chunk: 16-byte aligned, and a fragment load's
+// lanes on distinct banks. Elements arrive unconverted (float bits for float: TF32-rounded at the
+// fragment load).
+constexpr int kAsyncStages = 3;
+
+template <typename Problem, typename Tile>
+__device__ void async_tensor_core_block(const Problem& prob, int64_t group, int64_t split, int m0, int n0,
+                                        int k_begin, int k_end) {
+  using scalar_t = typename Problem::scalar_type;
+  using element_t = std::conditional_t<std::is_same_v<scalar_t, float>, float, uint16_t>;
+  constexpr int kVec = Problem::kVec, kRowChunks = kTileK / kVec, kPitch = kTileK + kVec;
+  constexpr int kChunksA = Tile::kM * kRowChunks, kChunksB = Tile::kN * kRowChunks;
+  constexpr int kSlotsA = (kChunksA + kThreads - 1) / kThreads, kSlotsB = (kChunksB + kThreads - 1) / kThreads;
+  constexpr int kMR = Tile::kMmaRows, kMC = Tile::kMmaCols;
+  __align__(16) __shared__ element_t a_tiles[kAsyncStages][Tile::kM][kPitch];
+  __align__(16) __shared__ element_t b_tiles[kAsyncStages][Tile::kN][kPitch];
   const int rows = prob.rows(), cols = prob.cols();
+
+  // Chunk slot s of this thread: chunk e = threadIdx.x + s kThreads of the operand, row or column
+  // e / kRowChunks, depth (e % kRowChunks) kVec; the same every stage, so B's columns are decoded once.
+  typename Problem::Column columns[kSlotsB];
 #pragma unroll
-  for (int i = 0; i < kMR; ++i) {
+  for (int s = 0; s < kSlotsB; ++s) columns[s] = prob.column(group, n0 + (threadIdx.x + s * kThreads) / kRowChunks);
+
+  const auto issue = [&](int stage, int k0) {
 #pragma unroll
-    for (int j = 0; j < kMC; ++j) {
+    for (int s = 0; s < kSlotsA; ++s) {
+      const int e = threadIdx.x + s * kThreads;
+      if (kChunksA % kThreads != 0 && e >= kChunksA) break;
+      const int mm = e / kRowChunks, kk = (e % kRowChunks) * kVec, m = m0 + mm, k = k0 + kk;
+      const scalar_t* src = (m < rows && k < k_end) ? prob.a_chunk(group, m, k) : nullptr;
+      cuda::copy_16_async(&a_tiles[stage][mm][kk], src != nullptr ? src : prob.w, src != nullptr ? 16 : 0);
+    }
 #pragma unroll
-      for (int f = 0; f < 4; ++f) {
-        const int m = m0 + wm + 16 * i + g + (f < 2 ? 0 : 8), n = n0 + wn + 8 * j + 2 * t + (f % 2);
-        if (m < rows && n < cols) prob.store(group, split, m, n, acc[i][j][f]);
+    for (int s = 0; s < kSlotsB; ++s) {
+      const int e = threadIdx.x + s * kThreads;
+      if (kChunksB % kThreads != 0 && e >= kChunksB) break;
+      const int nn = e / kRowChunks, kk = (e % kRowChunks) * kVec, n = n0 + nn, k = k0 + kk;
+      const scalar_t* src = (n < cols && k < k_end) ? prob.b_chunk(columns[s], k) : nullptr;
+      cuda::copy_16_async(&b_tiles[stage][nn][kk], src != nullptr ? src : prob.w, src != nullptr ? 16 : 0);
+    }
+  };
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int wm = (warp / 2) * Tile::kWarpRows, wn = (warp % 2) * Tile::kWarpCols;
+  WarpAccumulators<Tile> acc = {};
+
+  // Stages s < kAsyncStages - 1 in flight before the loop; every iteration commits one group (empty
+  // past the end), so "all but the newest kAsyncStages - 2 groups" is always the stage to multiply.
+#pragma unroll
+  for (int s = 0; s < kAsyncStages - 1; ++s) {
+    if (k_begin + s * kTileK < k_end) issue(s, k_begin + s * kTileK);
+    cuda::commit_copies();
+  }
+  int stage = 0;
+  for (int k0 = k_begin; k0 < k_end; k0 += kTileK) {
+    cuda::wait_copies<kAsyncStages - 2>();  // this thread's copies of `stage` have landed ...
+    __syncthreads();  // ... everyone's; and everyone is done with the stage the next copies overwrite
+    const int ahead = k0 + (kAsyncStages - 1) * kTileK;
+    if (ahead < k_end) issue((stage + kAsyncStages - 1) % kAsyncStages, ahead);
+    cuda::commit_copies();
+    const auto& a_tile = a_tiles[stage];
+    const auto& b_tile = b_tiles[stage];
+    if constexpr (std::is_same_v<element_t, float>) {
+#pragma unroll
+      for (int ks = 0; ks < kTileK; ks += 8) {
+        uint32_t a[kMR][4];
+#pragma unroll
+        for (int i = 0; i < kMR; ++i) {
+          const int row = wm + 16 * i + g;
+          a[i][0] = cuda::to_tf32(a_tile[row][ks + t]), a[i][1] = cuda::to_tf32(a_tile[row + 8][ks + t]);
+          a[i][2] = cuda::to_tf32(a_tile[row][ks + t + 4]), a[i][3] = cuda::to_tf32(a_tile[row + 8][ks + t + 4]);
+        }
+#pragma unroll
+        for (int j = 0; j < kMC; ++j) {
+          const int col = wn + 8 * j + g;
+          const uint32_t b[2] = {cuda::to_tf32(b_tile[col][ks + t]), cuda::to_tf32(b_tile[col][ks + t + 4])};
+#pragma unroll
+          for (int i = 0; i < kMR; ++i) cuda::mma_m16n8k8_tf32(acc[i][j], a[i], b, acc[i][j]);
+        }
+      }
+    } else {
+      uint32_t a[kMR][4];
+#pragma unroll
+      for (int i = 0; i < kMR; ++i) {
+        const int row = wm + 16 * i + g;
+        a[i][0] = cuda::load_pair(&a_tile[row][2 * t]), a[i][1] = cuda::load_pair(&a_tile[row + 8][2 * t]);
+        a[i][2] = cuda::load_pair(&a_tile[row][2 * t + 8]), a[i][3] = cuda::load_pair(&a_tile[row + 8][2 * t + 8]);
+      }
+#pragma unroll
+      for (int j = 0; j < kMC; ++j) {
+        const int col = wn + 8 * j + g;
+        const uint32_t b[2] = {cuda::load_pair(&b_tile[col][2 * t]), cuda::load_pair(&b_tile[col][2 * t + 8])};
+#pragma unroll
+        for (int i = 0; i < kMR; ++i) cuda::mma_m16n8k16<scalar_t>(acc[i][j], a[i], b, acc[i][j]);
       }
     }
+    stage = (stage + 1) % kAsyncStages;
   }
+  cuda::wait_copies<0>();  // only empty groups remain; nothing may be in flight when the block exits
+  store_warp_tile<Tile>(prob, acc, group, split, m0 + wm, n0 + wn);
 }
 
 // The fma variant's block: thread (ty, tx) of a 16 x 16 grid accumulates C rows ty + 16 i and
@@ -581,7 +725,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM<Tile, typename Probl
   const int m0 = blockIdx.y * Tile::kM, n0 = blockIdx.x * Tile::kN;
   const int k_begin = static_cast<int>(split) * depth_per_split;
   const int k_end = min(prob.depth(), k_begin + depth_per_split);
-  if constexpr (std::is_same_v<Variant, TensorCoreVariant>) {
+  if constexpr (std::is_same_v<Variant, CpAsyncVariant>) {
+    async_tensor_core_block<Problem, Tile>(prob, group, split, m0, n0, k_begin, k_end);
+  } else if constexpr (std::is_same_v<Variant, TensorCoreVariant>) {
     tensor_core_block<Problem, Tile>(prob, group, split, m0, n0, k_begin, k_end);
   } else {
     fma_block<Problem, Tile>(prob, group, split, m0, n0, k_begin, k_end);
@@ -605,18 +751,43 @@ bool use_large_tile(int64_t rows, int64_t cols, int64_t blocks_z) {
   return rows >= 96 && large_blocks >= 2 * int64_t{cuda::multiprocessor_count()};
 }
 
+// Whether the tensor-core variants run for scalar_t now (the header: tensor cores for 16-bit
+// types, TF32 for float as native's switch says).
+template <typename scalar_t>
+bool tensor_core_variant_enabled() {
+  return std::is_same_v<scalar_t, float> ? cuda::tf32_enabled() : cuda::tensor_cores_enabled();
+}
+
+template <typename Problem>
+inline constexpr bool kIsTapMajor = std::is_same_v<Problem, TapMajorForwardProblem<typename Problem::scalar_type>>;
+
+// Whether the forward takes the CpAsyncVariant (TapMajorForwardProblem): the tensor-core variant
+// is on and the input is channels_last with every group's channels, and every pixel's, in whole
+// aligned 16-byte chunks.
+template <typename scalar_t>
+bool cp_async_forward_applies(const at::Tensor& input, const KernelGeometry& p) {
+  if (!tensor_core_variant_enabled<scalar_t>()) return false;
+  constexpr int64_t kVec = TapMajorForwardProblem<scalar_t>::kVec;
+  return input.stride(1) == 1 && p.Cg % kVec == 0 && input.stride(0) % kVec == 0 && input.stride(2) % kVec == 0 &&
+         input.stride(3) % kVec == 0 && reinterpret_cast<uintptr_t>(input.const_data_ptr()) % 16 == 0;
+}
+
 template <typename Problem, typename Tile>
 void launch_with_tile(const Problem& prob, int64_t rows, int64_t cols, int64_t blocks_z, int stage_depth) {
   const dim3 grid(static_cast<unsigned>(ceil_div(cols, Tile::kN)), static_cast<unsigned>(ceil_div(rows, Tile::kM)),
                   static_cast<unsigned>(blocks_z));
   using scalar_t = typename Problem::scalar_type;
-  if constexpr (kHasTensorCoreVariant<scalar_t>) {
-    if (std::is_same_v<scalar_t, float> ? cuda::tf32_enabled() : cuda::tensor_cores_enabled()) {
-      cuda::launch<implicit_gemm_kernel<Problem, TensorCoreVariant, Tile>>({grid, kThreads}, prob, stage_depth);
-      return;
+  if constexpr (kIsTapMajor<Problem>) {
+    cuda::launch<implicit_gemm_kernel<Problem, CpAsyncVariant, Tile>>({grid, kThreads}, prob, stage_depth);
+  } else {
+    if constexpr (kHasTensorCoreVariant<scalar_t>) {
+      if (tensor_core_variant_enabled<scalar_t>()) {
+        cuda::launch<implicit_gemm_kernel<Problem, TensorCoreVariant, Tile>>({grid, kThreads}, prob, stage_depth);
+        return;
+      }
     }
+    cuda::launch<implicit_gemm_kernel<Problem, FmaVariant, Tile>>({grid, kThreads}, prob, stage_depth);
   }
-  cuda::launch<implicit_gemm_kernel<Problem, FmaVariant, Tile>>({grid, kThreads}, prob, stage_depth);
 }
 
 // Launches the GEMM of `prob` with rows x cols of C per group, split `splits` ways along depth.
@@ -702,6 +873,17 @@ at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight
   const auto w = weight.contiguous();
   const auto b = has_bias ? bias->contiguous() : at::Tensor();
   CNNEXT_DISPATCH_CUDA_TYPES(input.scalar_type(), "conv2d_forward_cuda", [&] {
+    if constexpr (kHasTensorCoreVariant<scalar_t>) {
+      if (cp_async_forward_applies<scalar_t>(input, p)) {
+        const auto w_taps = weight.permute({0, 2, 3, 1}).contiguous();  // (Cout, kh, kw, C/G): tap-major depth
+        const TapMajorForwardProblem<scalar_t> prob{
+            {input.const_data_ptr<scalar_t>(), w_taps.const_data_ptr<scalar_t>(),
+             has_bias ? b.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), strides_of(input),
+             strides_of(out), p}};
+        launch_implicit_gemm(prob, p.Coutg, p.N * p.L, p.K, p.groups);
+        return;
+      }
+    }
     const ForwardProblem<scalar_t> prob{input.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
                                         has_bias ? b.const_data_ptr<scalar_t>() : nullptr,
                                         out.mutable_data_ptr<scalar_t>(), strides_of(input), strides_of(out), p};

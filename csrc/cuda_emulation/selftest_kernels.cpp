@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include "common.h"
+#include "cuda_async_copy.h"
 #include "cuda_device.h"
 #include "cuda_fast_divmod.h"
 #include "cuda_tensor_cores.h"
@@ -212,6 +213,17 @@ __global__ void broken_kernel(int mode, float* out, int n) {
     case 7:
       __trap();
       break;
+    case 8: {  // a block exits with an asynchronous copy in flight (the next block's copy traps)
+      __align__(16) __shared__ float landing[4];
+      cnnext::cuda::copy_16_async(landing, out, 16);
+      cnnext::cuda::commit_copies();
+      break;
+    }
+    case 9: {  // an asynchronous copy from an address that is not 16-byte aligned
+      __align__(16) __shared__ float landing[4];
+      cnnext::cuda::copy_16_async(landing, out + 1, 16);
+      break;
+    }
     default:
       break;
   }
@@ -263,6 +275,35 @@ at::Tensor mma(const at::Tensor& a, const at::Tensor& bt, const at::Tensor& c) {
                                       d.mutable_data_ptr<float>());
   }
   return d;
+}
+
+// Asynchronous copies as cuda_async_copy.h emulates them, one warp: lane i starts copying chunk i
+// of src (4 floats) in group 0, then chunk 32 + i and a zero fill (no source bytes) in group 1, and
+// reads its shared landing places (filled with -1 first) after wait_copies<1> and wait_copies<0>.
+// out (32, 4, 4): [A after wait<1>, B after wait<1>, B after wait<0>, zero fill after wait<0>].
+__global__ void async_copy_kernel(const float* src, float* out) {
+  __align__(16) __shared__ float a[32][4], b[32][4], zero[32][4];
+  const int lane = threadIdx.x;
+  for (int e = 0; e < 4; ++e) a[lane][e] = b[lane][e] = zero[lane][e] = -1.0f;
+  cnnext::cuda::copy_16_async(a[lane], src + 4 * lane, 16);
+  cnnext::cuda::commit_copies();
+  cnnext::cuda::copy_16_async(b[lane], src + 4 * (32 + lane), 16);
+  cnnext::cuda::copy_16_async(zero[lane], src, 0);
+  cnnext::cuda::commit_copies();
+  float* mine = out + 16 * lane;
+  cnnext::cuda::wait_copies<1>();
+  for (int e = 0; e < 4; ++e) mine[e] = a[lane][e], mine[4 + e] = b[lane][e];
+  cnnext::cuda::wait_copies<0>();
+  for (int e = 0; e < 4; ++e) mine[8 + e] = b[lane][e], mine[12 + e] = zero[lane][e];
+}
+
+at::Tensor async_copy(const at::Tensor& src) {
+  TORCH_CHECK(src.sizes() == at::IntArrayRef({64, 4}) && src.scalar_type() == at::kFloat && src.is_contiguous() &&
+                  reinterpret_cast<uintptr_t>(src.const_data_ptr()) % 16 == 0,
+              "_selftest_async_copy: src (64, 4) float, contiguous and 16-byte aligned");
+  auto out = at::empty({32, 4, 4}, at::kFloat);
+  launch<async_copy_kernel>({1, 32}, src.const_data_ptr<float>(), out.mutable_data_ptr<float>());
+  return out;
 }
 
 // d (16, 8) = tf32(a) (16, 8) @ tf32(b) + c by one warp's mma_m16n8k8_tf32, the fragments loaded and
@@ -329,4 +370,5 @@ TORCH_LIBRARY_FRAGMENT(cnnext_emu, m) {
   m.def("_selftest_mma(Tensor a, Tensor bt, Tensor c) -> Tensor", &mma);
   m.def("_selftest_mma_tf32(Tensor a, Tensor bt, Tensor c) -> Tensor", &mma_tf32);
   m.def("_selftest_fast_divmod(Tensor dividends, int divisor) -> Tensor", &fast_divmod);
+  m.def("_selftest_async_copy(Tensor src) -> Tensor", &async_copy);
 }

@@ -72,6 +72,8 @@ LAUNCH = {
     "avg_backward_kernel": (256, lambda name: 0),
     "max_forward_vec_kernel": (256, lambda name: 0),
     "avg_forward_vec_kernel": (256, lambda name: 0),
+    "max_backward_vec_kernel": (256, lambda name: 0),
+    "avg_backward_vec_kernel": (256, lambda name: 0),
     "forward_kernel": (64, attention_shared),
     "tensor_core_forward_kernel": (128, tensor_core_attention_shared),
     "tensor_core_dq_kernel": (128, tensor_core_attention_shared),

@@ -90,7 +90,8 @@ def conv2d():
 
 
 def pool2d():
-    # 3 channels: the per-element kernels; 8 channels in channels_last: the forwards' vectorised ones.
+    # 3 channels: the per-element kernels; 8 channels in channels_last: the vectorised ones (forward
+    # and backward).
     layouts = ((torch.contiguous_format, 3), (torch.channels_last, 3), (torch.channels_last, 8))
     for layout, channels in layouts:
         x = torch.randn(2, channels, 9, 10).contiguous(memory_format=layout)

@@ -427,7 +427,7 @@ def test_every_cuda_kernel_is_reached_by_the_emulated_workload():
     # The tensor-core variants of the implicit GEMM, for both 16-bit types and TF32, all three
     # problems (and the cp.async forward), both block tiles.
     for dtype in ("c10::Half", "c10::BFloat16", "float"):
-        for tile in ("BlockTile<64, 64, 4>", "BlockTile<128, 64, 2>"):
+        for tile in ("BlockTile<64, 64, ", "BlockTile<128, 64, "):
             for problem in ("ForwardProblem", "GradInputProblem", "GradWeightProblem"):
                 name = f"implicit_gemm_kernel<{problem}<{dtype}>, TensorCoreVariant, {tile}"
                 assert name in full_names, name

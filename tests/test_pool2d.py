@@ -231,18 +231,19 @@ def test_low_precision_matches_native(layout, device, dtype):
 
 
 @pytest.mark.parametrize("device, dtype", FULL_PRECISION + LOW_PRECISION)
-def test_channels_last_forwards_with_whole_channel_blocks_match_native(device, dtype, launched_kernels):
-    """channels_last with 16 channels: the CUDA forwards take their vectorised kernels (16-byte
-    channel blocks per thread: 2 doubles, 4 floats, 8 halves). Max (both argmax encodings, NaN and
-    -inf planted, dilation, ceil mode), average (padding excluded, divisor override) and adaptive
-    average against native; a view starting one channel in (misaligned) takes the per-element
+def test_channels_last_with_whole_channel_blocks_match_native(device, dtype, launched_kernels):
+    """channels_last with 16 channels: the CUDA kernels take their vectorised variants (16-byte
+    channel blocks per thread: 2 doubles, 4 floats, 8 halves), forward and backward. Max (both
+    argmax encodings, NaN and -inf planted, dilation, ceil mode; its gradient summed where our
+    argmax points, which equals native's), average (padding excluded, divisor override) and
+    adaptive average against native; all 17 channels (not whole blocks) take the per-element
     kernels and must agree too."""
     x = distinct_values((2, 17, 9, 10), torch.float64, device)
     x[0, 3, 2, 2] = x[1, 8, 4, 5] = float("nan")
     x[1, 12, :3, :3] = float("-inf")
     x = x.to(dtype).contiguous(memory_format=torch.channels_last)
     explicit = [(3, 3), (2, 2), (1, 1), (1, 2)]
-    for view in (x[:, :16], x[:, 1:]):  # 16 channels, aligned / starting one element in
+    for view in (x[:, :16], x):  # whole 16-byte blocks of channels / 17 channels
         out, idx = cnnext.ops.max_pool2d(view, *explicit, ceil_mode=True, return_indices=True)
         out_native, idx_native = F.max_pool2d(view, *explicit, ceil_mode=True, return_indices=True)
         torch.testing.assert_close(out, out_native, equal_nan=True, rtol=0, atol=0)
@@ -250,6 +251,16 @@ def test_channels_last_forwards_with_whole_channel_blocks_match_native(device, d
         out_taps, taps = torch.ops.cnnext._max_pool2d_with_taps(view, *explicit, True)
         torch.testing.assert_close(out_taps, out_native, equal_nan=True, rtol=0, atol=0)
         assert torch.equal(taps_to_positions(taps, *explicit, view.shape[-1]), idx_native)
+        # Backward through both encodings: each output's gradient lands on its argmax.
+        grad = torch.randn(out.shape, dtype=torch.float64, device=device).to(dtype)
+        n, c, h, w = view.shape
+        want = torch.zeros(n * c, h * w, dtype=torch.float64, device=device)
+        want.scatter_add_(1, idx_native.reshape(n * c, -1), grad.double().reshape(n * c, -1))
+        tol = TOLERANCES.get(dtype, dict(rtol=1e-2, atol=1e-2))
+        for encoding, saved in (("positions", idx), ("taps", taps)):
+            got = torch.ops.cnnext._max_pool2d_backward(grad, view, saved, *explicit, True)
+            got = got.double().reshape(n * c, -1)
+            torch.testing.assert_close(got, want, **tol, msg=lambda m, e=encoding: f"{e}: {m}")
         finite = torch.nan_to_num(view, nan=0.0, neginf=0.0)
         averages = [
             (
@@ -264,12 +275,14 @@ def test_channels_last_forwards_with_whole_channel_blocks_match_native(device, d
         ]
         tol = TOLERANCES.get(dtype, dict(rtol=1e-2, atol=1e-2))
         for ours, native in averages:
-            torch.testing.assert_close(ours(finite).double(), native(finite.double()), **tol)
+            compare(ours, native, finite, dtype, tol)
     if launched_kernels is not None:  # emulated: the launches name the kernels
         launched = launched_kernels()
         names = {torch.float16: "c10::Half", torch.bfloat16: "c10::BFloat16", torch.float32: "float"}
         name = names.get(dtype, "double")
-        assert f"max_forward_vec_kernel<{name}" in launched and f"avg_forward_vec_kernel<{name}" in launched
+        for kernel in ("max_forward", "avg_forward", "max_backward", "avg_backward"):
+            assert f"{kernel}_vec_kernel<{name}" in launched, kernel
+            assert f"{kernel}_kernel<{name}" in launched, kernel  # 17 channels
 
 
 POOLS = {

@@ -149,18 +149,28 @@ def test_the_built_attention_tensor_core_kernels_contain_hmma(built_kernels):
     assert per_row and not any("HMMA" in k.body for k in per_row)
 
 
-def test_the_built_implicit_gemm_does_no_integer_division(built_kernels):
-    """The index arithmetic of every implicit-GEMM instantiation is FastDivmod multiply-high
-    (cuda_fast_divmod.h). An integer `/` or `%` by a run-time value compiles to a reciprocal
-    estimate: a round-up conversion (I2F.U32.RP, or I2F.U64.RP in the 64-bit subroutine) before
-    MUFU.RCP. None of the implicit GEMM's SASS may contain one; the pooling kernels still do, so the
-    pattern is known to show up when present."""
+def test_the_built_implicit_gemm_and_max_pooling_do_no_integer_division(built_kernels):
+    """The index arithmetic of every implicit-GEMM instantiation, and of every max-pooling kernel
+    (element decode and window arithmetic), is FastDivmod multiply-high (cuda_fast_divmod.h). An
+    integer `/` or `%` by a run-time value compiles to a reciprocal estimate: a round-up
+    conversion (I2F.U32.RP, or I2F.U64.RP in the 64-bit subroutine) before MUFU.RCP. None of those
+    kernels' SASS may contain one; the average-pooling kernels still do (adaptive windows divide
+    o * size, which may pass 2^31, in 64 bits), so the pattern is known to show up when present."""
 
     def divisions(body):
         return [line.split()[1] for line in body.splitlines() if "I2F" in line and ".RP" in line]
 
     variants = [*implicit_gemm_variants(built_kernels, True), *implicit_gemm_variants(built_kernels, False)]
-    assert variants
-    assert not [(v.arch, v.name, divisions(v.body)) for v in variants if divisions(v.body)]
-    pooling = [k for k in built_kernels if "avg_forward_kernel" in k.name]
-    assert pooling and all(divisions(k.body) for k in pooling)
+    max_pooling = [
+        k
+        for k in built_kernels
+        if any(
+            f in k.name
+            for f in ("max_forward_kernel", "max_backward_kernel", "max_forward_vec", "max_backward_vec")
+        )
+    ]
+    assert variants and len(max_pooling) >= 32, len(max_pooling)
+    checked = [*variants, *max_pooling]
+    assert not [(v.arch, v.name, divisions(v.body)) for v in checked if divisions(v.body)]
+    average = [k for k in built_kernels if "avg_forward_kernel" in k.name]
+    assert average and all(divisions(k.body) for k in average)

@@ -64,17 +64,18 @@ constexpr int kMaxGridZ = 65535;
 //                       the GPU with it (use_large_tile). Not for double (its 32 accumulators take
 //                       64 registers). 128x128 with 8x8 per thread spilled 56-176 bytes under the
 //                       same 128-register bound (benchmarks/NOTES.md).
-template <int M, int N, int kFloatAccMinBlocks>
+template <int M, int N, int kFloatAccMinBlocks, bool kKeepsColumns>
 struct BlockTile {
   static constexpr int kM = M, kN = N;
+  static constexpr bool kKeepColumns = kKeepsColumns;  // BlockColumns
   static constexpr int kLoadsA = kM * kTileK / kThreads, kLoadsB = kN * kTileK / kThreads;
   static constexpr int kRowsPerThread = kM / 16, kColsPerThread = kN / 16;
   static constexpr int kWarpRows = kM / 4, kWarpCols = kN / 2;
   static constexpr int kMmaRows = kWarpRows / 16, kMmaCols = kWarpCols / 8;
   static constexpr int kFloatAccumulatorMinBlocks = kFloatAccMinBlocks;
 };
-using SmallTile = BlockTile<64, 64, 4>;
-using LargeTile = BlockTile<128, 64, 2>;
+using SmallTile = BlockTile<64, 64, 4, false>;
+using LargeTile = BlockTile<128, 64, 2, true>;
 template <typename Tile, typename acc_t>
 inline constexpr int kMinBlocksPerSM = std::is_same_v<acc_t, double> ? 2 : Tile::kFloatAccumulatorMinBlocks;
 
@@ -153,24 +154,28 @@ struct ForwardProblem {
   __device__ int cols() const { return static_cast<int>(p.N * p.L); }
   __device__ int depth() const { return static_cast<int>(p.K); }
   __device__ acc_t a(int64_t g, int m, int k) const { return static_cast<acc_t>(w[(g * p.Coutg + m) * p.K + k]); }
-  // B's column pix = (n, oh, ow), decoded once per block: the offset of (n, group's first channel)
-  // and the window's top-left corner (ih, iw) before the tap's dilation.
+  // B's column pix = (n, oh, ow), decoded once per block: n and the window's top-left corner
+  // (ih, iw) before the tap's dilation. (Three 32-bit registers: a 64-bit offset instead of n
+  // cost the 64-register small tile 8 bytes of spills on sm_80.)
   struct Column {
-    int64_t offset;
-    int ih, iw;
+    int n, ih, iw;
   };
-  __device__ Column column(int64_t g, int pix) const {
+  __device__ Column column(int64_t /*g*/, int pix) const {
     const auto [n, l] = p.by_out_pixels.divmod(pix);
     const auto [oh, ow] = p.by_out_w.divmod(l);
-    return {n * xs.n + g * p.Cg * xs.c, static_cast<int>(oh * p.sh - p.ph), static_cast<int>(ow * p.sw - p.pw)};
+    return {n, static_cast<int>(oh * p.sh - p.ph), static_cast<int>(ow * p.sw - p.pw)};
+  }
+  // The offset of channel c of group g at column col's sample.
+  __device__ int64_t channel_offset(int64_t g, const Column& col, int c) const {
+    return col.n * xs.n + (g * p.Cg + c) * xs.c;
   }
   // B[k][pix]: the input under tap k = (c, ki, kj) of the window at pix; zero in the padding.
-  __device__ acc_t b(int64_t /*g*/, const Column& col, int k) const {
+  __device__ acc_t b(int64_t g, const Column& col, int k) const {
     const auto [c, tap] = p.by_taps.divmod(k);
     const auto [ki, kj] = p.by_kw.divmod(tap);
     const int64_t ih = col.ih + ki * p.dh, iw = col.iw + kj * p.dw;
     if (ih < 0 || ih >= p.H || iw < 0 || iw >= p.W) return acc_t(0);
-    return static_cast<acc_t>(x[col.offset + c * xs.c + ih * xs.h + iw * xs.w]);
+    return static_cast<acc_t>(x[channel_offset(g, col, c) + ih * xs.h + iw * xs.w]);
   }
   __device__ void store(int64_t g, int64_t /*split*/, int m, int pix, acc_t v) const {
     const int64_t co = g * p.Coutg + m;
@@ -195,13 +200,13 @@ struct TapMajorForwardProblem : ForwardProblem<scalar_t> {
   }
   // B[k .. k + kVec)[column]: channels c .. c + kVec of the input under tap (ki, kj) of the
   // column's window; null in the padding (the copy writes zeros).
-  __device__ const scalar_t* b_chunk(const Column& col, int k) const {
+  __device__ const scalar_t* b_chunk(int64_t g, const Column& col, int k) const {
     const KernelGeometry& p = this->p;
     const auto [tap, c] = p.by_group_channels.divmod(k);
     const auto [ki, kj] = p.by_kw.divmod(tap);
     const int64_t ih = col.ih + ki * p.dh, iw = col.iw + kj * p.dw;
     if (ih < 0 || ih >= p.H || iw < 0 || iw >= p.W) return nullptr;
-    return this->x + col.offset + c + ih * this->xs.h + iw * this->xs.w;  // channels stride 1
+    return this->x + this->channel_offset(g, col, c) + ih * this->xs.h + iw * this->xs.w;
   }
 };
 
@@ -391,16 +396,18 @@ __device__ __forceinline__ void stage_slot(int i, int& index, int& kk) {
 
 // B's columns as this thread's loads see them (Problem::Column: what a problem decodes from a
 // column index). When the depth is B's slow index, every load of the thread, in every stage, is in
-// the same column: it is decoded once per block and kept. Otherwise (the depth fast) each load has
-// its own column, decoded at the load: keeping kLoadsB of them would cost more registers than the
-// decode saves.
+// the same column: the large tile decodes it once per block and keeps it (Tile::kKeepColumns).
+// Otherwise each load decodes its column: with the depth fast each load has its own (keeping
+// kLoadsB of them would cost more registers than the decode saves), and the 64-register small
+// tile has no room for a kept column (8 bytes of spills on sm_80 in the fma forward).
 template <typename Problem, typename Tile>
 struct BlockColumns {
   using Column = typename Problem::Column;
+  static constexpr bool kKept = !Problem::kBKFast && Tile::kKeepColumns;
   Column kept;
 
   __device__ __forceinline__ BlockColumns(const Problem& prob, int64_t group, int n0) {
-    if constexpr (!Problem::kBKFast) {
+    if constexpr (kKept) {
       int nn, kk;
       stage_slot<false, Tile::kN>(0, nn, kk);
       kept = prob.column(group, n0 + nn);
@@ -408,10 +415,10 @@ struct BlockColumns {
   }
   // The column of this thread's load slot i, which is column n of B.
   __device__ __forceinline__ Column of_slot(const Problem& prob, int64_t group, int n) const {
-    if constexpr (Problem::kBKFast) {
-      return prob.column(group, n);
-    } else {
+    if constexpr (kKept) {
       return kept;
+    } else {
+      return prob.column(group, n);
     }
   }
 };
@@ -610,7 +617,7 @@ __device__ void async_tensor_core_block(const Problem& prob, int64_t group, int6
       const int e = threadIdx.x + s * kThreads;
       if (kChunksB % kThreads != 0 && e >= kChunksB) break;
       const int nn = e / kRowChunks, kk = (e % kRowChunks) * kVec, n = n0 + nn, k = k0 + kk;
-      const scalar_t* src = (n < cols && k < k_end) ? prob.b_chunk(columns[s], k) : nullptr;
+      const scalar_t* src = (n < cols && k < k_end) ? prob.b_chunk(group, columns[s], k) : nullptr;
       cuda::copy_16_async(&b_tiles[stage][nn][kk], src != nullptr ? src : prob.w, src != nullptr ? 16 : 0);
     }
   };

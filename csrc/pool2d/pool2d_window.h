@@ -22,20 +22,29 @@ struct Span {
   int64_t padded;     // the window's length counting padding (average pooling's count_include_pad)
 };
 
-C10_HOST_DEVICE inline int64_t floor_div_nonneg(int64_t a, int64_t b) { return a / b; }
 C10_HOST_DEVICE inline int64_t ceil_div_nonneg(int64_t a, int64_t b) { return (a + b - 1) / b; }
 C10_HOST_DEVICE inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 C10_HOST_DEVICE inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
+// Division of nonnegative window arithmetic by an axis's stride or dilation: plain `/` here (the
+// CPU kernels); the CUDA kernels instantiate the axes with a FastDivmod-based divider instead
+// (pool2d_cuda.cu), whose launch checks keep every dividend below 2^31.
+struct PlainDivider {
+  int64_t divisor;
+  C10_HOST_DEVICE int64_t div(int64_t a) const { return a / divisor; }
+};
+
 // Max pooling along one axis: the taps t in [lo, hi) land inside the input.
-struct MaxAxis {
+template <typename Divider>
+struct MaxAxisOf {
   int64_t size, out_size, kernel, stride, pad, dilation;
+  Divider by_stride, by_dilation;
 
   C10_HOST_DEVICE Span taps(int64_t o) const {
     const int64_t start = o * stride - pad;
-    const int64_t lo = start < 0 ? ceil_div_nonneg(-start, dilation) : 0;
+    const int64_t lo = start < 0 ? by_dilation.div(dilation - 1 - start) : 0;  // ceil(-start / dilation)
     const int64_t last = size - 1 - start;  // the tap must satisfy t * dilation <= last
-    const int64_t hi = last < 0 ? 0 : min64(kernel, last / dilation + 1);
+    const int64_t hi = last < 0 ? 0 : min64(kernel, by_dilation.div(last) + 1);
     return {lo, max64(lo, hi), kernel};
   }
   C10_HOST_DEVICE int64_t position(int64_t o, int64_t t) const { return o * stride - pad + t * dilation; }
@@ -43,19 +52,24 @@ struct MaxAxis {
   // or outside the window).
   C10_HOST_DEVICE int64_t tap_reading(int64_t o, int64_t i) const {
     const int64_t reach = i - position(o, 0);
-    if (reach < 0 || reach % dilation != 0 || reach / dilation >= kernel) return -1;
-    return reach / dilation;
+    if (reach < 0) return -1;
+    const int64_t t = by_dilation.div(reach);
+    return (t * dilation != reach || t >= kernel) ? -1 : t;
   }
   C10_HOST_DEVICE Span covering(int64_t i) const {
     const int64_t reach = i + pad - (kernel - 1) * dilation;  // o * stride >= reach
-    const int64_t lo = reach <= 0 ? 0 : ceil_div_nonneg(reach, stride);
-    return {lo, max64(lo, min64(out_size, floor_div_nonneg(i + pad, stride) + 1)), 0};
+    const int64_t lo = reach <= 0 ? 0 : by_stride.div(reach + stride - 1);
+    return {lo, max64(lo, min64(out_size, by_stride.div(i + pad) + 1)), 0};
   }
 };
+using MaxAxis = MaxAxisOf<PlainDivider>;
 
-// Average or adaptive-average pooling along one axis (kernel == 0 selects adaptive).
-struct AvgAxis {
+// Average or adaptive-average pooling along one axis (kernel == 0 selects adaptive, whose bounds
+// divide o * size, which may pass 2^31, by plain 64-bit division on both devices).
+template <typename Divider>
+struct AvgAxisOf {
   int64_t size, out_size, kernel, stride, pad;
+  Divider by_stride;
 
   C10_HOST_DEVICE Span window(int64_t o) const {
     if (kernel == 0) {
@@ -70,10 +84,11 @@ struct AvgAxis {
       return {i * out_size / size, min64(out_size, ceil_div_nonneg((i + 1) * out_size, size)), 0};
     }
     const int64_t reach = i + pad - kernel;  // o * stride > reach
-    const int64_t lo = reach < 0 ? 0 : floor_div_nonneg(reach, stride) + 1;
-    return {lo, max64(lo, min64(out_size, floor_div_nonneg(i + pad, stride) + 1)), 0};
+    const int64_t lo = reach < 0 ? 0 : by_stride.div(reach) + 1;
+    return {lo, max64(lo, min64(out_size, by_stride.div(i + pad) + 1)), 0};
   }
 };
+using AvgAxis = AvgAxisOf<PlainDivider>;
 
 // What an average window divides by.
 struct AvgDivisor {
@@ -87,14 +102,19 @@ struct AvgDivisor {
   }
 };
 
+// Adaptive pooling has no window fields (kernel 0, stride 0): its dividers get 1, never used.
 inline MaxAxis max_rows(const Pool2dGeometry& g) {
-  return {g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h, g.dil_h};
+  return {g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h, g.dil_h, {g.stride_h}, {g.dil_h}};
 }
 inline MaxAxis max_cols(const Pool2dGeometry& g) {
-  return {g.in_w, g.out_w, g.kernel_w, g.stride_w, g.pad_w, g.dil_w};
+  return {g.in_w, g.out_w, g.kernel_w, g.stride_w, g.pad_w, g.dil_w, {g.stride_w}, {g.dil_w}};
 }
-inline AvgAxis avg_rows(const Pool2dGeometry& g) { return {g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h}; }
-inline AvgAxis avg_cols(const Pool2dGeometry& g) { return {g.in_w, g.out_w, g.kernel_w, g.stride_w, g.pad_w}; }
+inline AvgAxis avg_rows(const Pool2dGeometry& g) {
+  return {g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h, {g.stride_h > 0 ? g.stride_h : 1}};
+}
+inline AvgAxis avg_cols(const Pool2dGeometry& g) {
+  return {g.in_w, g.out_w, g.kernel_w, g.stride_w, g.pad_w, {g.stride_w > 0 ? g.stride_w : 1}};
+}
 
 inline at::MemoryFormat pool2d_memory_format(bool channels_last) {
   return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;

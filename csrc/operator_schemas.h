@@ -42,11 +42,19 @@ inline void define_operator_schemas(torch::Library& m) {
   m.def("adaptive_avg_pool2d(Tensor input, int[2] output_size) -> Tensor");
   m.def("_adaptive_avg_pool2d_backward(Tensor grad_output, Tensor input) -> Tensor");
 
-  // Attention: forward also returns the per-row log-sum-exp that backward recomputes P from.
-  m.def("attention(Tensor q, Tensor k, Tensor v, float? scale, bool causal) -> (Tensor, Tensor)");
+  // Attention: forward also returns the per-row log-sum-exp that backward recomputes P from. bias:
+  // additive scores (SDPA's attn_mask as floats, broadcast to (B, H, Lq, Lk)); dropout_p with
+  // dropout_rng, a CPU int64 tensor (seed, offset) of its Philox mask (a tensor, so that drawing it
+  // stays inside a compiled graph); gqa: k and v may have fewer heads (attention.h). Backward
+  // returns dq, dk, dv in the full broadcast shapes and dbias (B, H, Lq, Lk) if bias_grad, else an
+  // empty tensor.
+  m.def(
+      "attention(Tensor q, Tensor k, Tensor v, float? scale=None, bool causal=False, Tensor? bias=None, "
+      "float dropout_p=0.0, Tensor? dropout_rng=None, bool gqa=False) -> (Tensor, Tensor)");
   m.def(
       "_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
-      "float? scale, bool causal) -> (Tensor, Tensor, Tensor)");
+      "float? scale, bool causal, Tensor? bias, float dropout_p, Tensor? dropout_rng, bool gqa, "
+      "bool bias_grad) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 #ifdef CNNEXT_WITH_CUDA  // also defined by the emulator's build

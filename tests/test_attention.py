@@ -245,7 +245,7 @@ BAD_INPUTS = {
         Q,
         torch.randn(2, 2, 5, 8),
         torch.randn(2, 2, 6, 8),
-        "k and v must have the same shape",
+        "k and v must agree in all but the last dimension",
     ),
     "wrong ndim": (torch.randn(2, 5), torch.randn(2, 5), torch.randn(2, 5), "must all be 4-D .* or all 3-D"),
     "mixed ndim": (Q, Q[:, 0], Q[:, 0], "must all be 4-D"),

@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from .attention import SelfAttention2d
+from .attention import MultiheadAttention, SelfAttention2d
 from .conv import Conv2d
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
@@ -18,6 +18,7 @@ CNNEXT_OF = {
     torch.nn.MaxPool2d: MaxPool2d,
     torch.nn.AvgPool2d: AvgPool2d,
     torch.nn.AdaptiveAvgPool2d: AdaptiveAvgPool2d,
+    torch.nn.MultiheadAttention: MultiheadAttention,
 }
 NATIVE_OF = {cnnext_cls: native_cls for native_cls, cnnext_cls in CNNEXT_OF.items()}
 CPU_DTYPES = (torch.float32, torch.float64)
@@ -34,8 +35,9 @@ def _unsupported(module: torch.nn.Module) -> str | None:
 
 
 def convert(model: torch.nn.Module, to: str = "cnnext", inplace: bool = True) -> torch.nn.Module:
-    """Swap every Conv2d / MaxPool2d / AvgPool2d / AdaptiveAvgPool2d (and the attention backend of
-    SelfAttention2d) to cnnext's (``to="cnnext"``) or torch's (``to="native"``) implementation.
+    """Swap every Conv2d / MaxPool2d / AvgPool2d / AdaptiveAvgPool2d / MultiheadAttention (and the
+    attention backend of SelfAttention2d) to cnnext's (``to="cnnext"``) or torch's (``to="native"``)
+    implementation.
 
     The swapped module keeps the same parameter and buffer tensors, hooks, attributes and mode, so
     outputs match up to kernel rounding and state_dicts stay identical. With ``inplace=False`` a

@@ -6,8 +6,16 @@ each traceable by ``torch.compile`` without graph breaks.
 """
 
 from . import reference
-from .attention import attention
+from .attention import attention, scaled_dot_product_attention
 from .conv2d import conv2d
 from .pool2d import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
-__all__ = ["adaptive_avg_pool2d", "attention", "avg_pool2d", "conv2d", "max_pool2d", "reference"]
+__all__ = [
+    "adaptive_avg_pool2d",
+    "attention",
+    "avg_pool2d",
+    "conv2d",
+    "max_pool2d",
+    "reference",
+    "scaled_dot_product_attention",
+]

@@ -40,10 +40,20 @@ def conv2d(
     return out
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, causal: bool = False) -> Tensor:
-    """Attention the naive way: the full (Lq, Lk) score matrix, softmax, then a product with v."""
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scale: float | None = None,
+    causal: bool = False,
+    bias: Tensor | None = None,
+) -> Tensor:
+    """Attention the naive way: the full (Lq, Lk) score matrix (plus `bias`, if any), softmax,
+    then a product with v."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = (q @ k.transpose(-1, -2)) * scale
+    if bias is not None:
+        scores = scores + bias
     if causal:
         visible = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
         scores = scores.masked_fill(~visible, float("-inf"))

@@ -28,6 +28,7 @@
 #include "attention/attention_cpu_loops_table.h"
 #include "common.h"
 #include "cpu_reduce.h"
+#include "philox.h"
 
 #ifndef CNNEXT_ATTENTION_LOOPS_FACTORY
 #error "define CNNEXT_ATTENTION_LOOPS_FACTORY before including attention_cpu_loops.h"
@@ -131,7 +132,8 @@ bool all_finite(const scalar_t* p, int64_t n) {
 }
 inline double exp_vectorizable(double x) { return std::exp(x); }
 
-// P[r][j] = exp(S[r][j] - lse[r]) for the keys query row i0 + r may see in tile [j0, j0 + nk), else 0.
+// P[r][j] = exp(S[r][j] - lse[r]) for the keys query row i0 + r may see in tile [j0, j0 + nk), else 0
+// (also for a fully masked row, whose lse is -inf).
 template <typename scalar_t>
 void probabilities_from_lse(scalar_t* s, const scalar_t* lse, const AttentionGeometry& g, int64_t i0, int64_t nq,
                             int64_t j0, int64_t nk) {
@@ -139,22 +141,106 @@ void probabilities_from_lse(scalar_t* s, const scalar_t* lse, const AttentionGeo
     const int64_t visible = std::clamp<int64_t>(g.key_end(i0 + r) - j0, 0, nk);
     scalar_t* row = s + r * kKeyBlock;
     const scalar_t row_lse = lse[i0 + r];
+    if (row_lse == -std::numeric_limits<scalar_t>::infinity()) {
+      std::fill(row, row + nk, scalar_t(0));
+      continue;
+    }
     for (int64_t j = 0; j < visible; ++j) row[j] = exp_vectorizable(row[j] - row_lse);
     std::fill(row + visible, row + nk, scalar_t(0));
   }
 }
 
+// One (B, H, L, D) operand as the loops read it: element d of row i of head (b, h) is at
+// data[b * batch + h * head + i * row + d] (rows contiguous; batch and head strides may be 0, a
+// broadcast view).
+template <typename T>
+struct Rows {
+  T* data;
+  int64_t batch, head, row;
+
+  Rows(T* p, const at::Tensor& t) : data(p), batch(t.stride(0)), head(t.stride(1)), row(t.stride(2)) {}
+  T* at(int64_t b, int64_t h, int64_t i) const { return data + b * batch + h * head + i * row; }
+};
+
+// The additive bias of the scores: element (b, h, i, j) at data[b sb + h sh + i si + j sj] (any
+// strides, broadcast ones 0), or none.
 template <typename scalar_t>
-void forward(const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* out, scalar_t* lse,
-             const AttentionGeometry& g) {
-  const int64_t D = g.head_dim, Lq = g.q_len, Lk = g.k_len, q_blocks = ceil_div(Lq, kQueryBlock);
+struct Bias {
+  const scalar_t* data = nullptr;
+  int64_t sb = 0, sh = 0, si = 0, sj = 0;
+
+  // S[r][j] += bias for query rows i0 + r, keys j0 + j of head (b, h).
+  void add(scalar_t* s, int64_t b, int64_t h, int64_t i0, int64_t nq, int64_t j0, int64_t nk) const {
+    if (data == nullptr) return;
+    for (int64_t r = 0; r < nq; ++r) {
+      const scalar_t* src = data + b * sb + h * sh + (i0 + r) * si + j0 * sj;
+      scalar_t* row = s + r * kKeyBlock;
+      if (sj == 1) {
+        for (int64_t j = 0; j < nk; ++j) row[j] += src[j];
+      } else {
+        for (int64_t j = 0; j < nk; ++j) row[j] += src[j * sj];
+      }
+    }
+  }
+};
+
+// Dropout of attention weights (philox.h): weight (b, h, i, j) is element ((b H + h) Lq + i) Lk + j
+// of the mask.
+struct Dropout {
+  bool on = false;
+  uint64_t seed = 0, offset = 0;
+  uint32_t threshold = 0;
+  double scale = 1.0;  // 1 / (1 - p) for kept weights; 0 when p = 1
+
+  // row[j] *= kept ? scale : 0 for the n weights from mask element `first` on.
+  template <typename scalar_t>
+  void apply(scalar_t* row, int64_t n, uint64_t first) const {
+    PhiloxBlock block{};
+    for (int64_t j = 0; j < n; ++j) {
+      const uint64_t index = first + static_cast<uint64_t>(j);
+      if (j == 0 || index % 4 == 0) block = philox4x32_10(index / 4, offset, seed);
+      const bool kept = (block.x[index % 4] >> 8) >= threshold;
+      row[j] = kept ? row[j] * static_cast<scalar_t>(scale) : scalar_t(0);
+    }
+  }
+};
+
+Dropout make_dropout(const AttentionOptions& options) {
+  Dropout d;
+  d.on = options.dropout();
+  d.seed = static_cast<uint64_t>(options.seed);
+  d.offset = static_cast<uint64_t>(options.offset);
+  d.threshold = dropout_threshold(options.dropout_p);
+  d.scale = options.dropout_p < 1.0 ? 1.0 / (1.0 - options.dropout_p) : 0.0;
+  return d;
+}
+
+template <typename scalar_t>
+Bias<scalar_t> make_bias(const AttentionOptions& options) {
+  Bias<scalar_t> bias;
+  if (!options.bias.defined()) return bias;
+  const at::Tensor& t = options.bias;
+  bias.data = t.const_data_ptr<scalar_t>();
+  bias.sb = t.stride(0), bias.sh = t.stride(1), bias.si = t.stride(2), bias.sj = t.stride(3);
+  return bias;
+}
+
+template <typename scalar_t>
+void forward(const Rows<const scalar_t>& q, const Rows<const scalar_t>& k, const Rows<const scalar_t>& v, scalar_t* out,
+             scalar_t* lse, const AttentionGeometry& g, const AttentionOptions& options) {
+  const int64_t E = g.head_dim, Ev = g.v_dim, Lq = g.q_len, Lk = g.k_len, q_blocks = ceil_div(Lq, kQueryBlock);
+  const Bias<scalar_t> bias = make_bias<scalar_t>(options);
+  const Dropout dropout = make_dropout(options);
   at::parallel_for(0, g.batch * g.heads * q_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> s(kQueryBlock * kKeyBlock), acc(kQueryBlock * D), m(kQueryBlock), l(kQueryBlock);
+    std::vector<scalar_t> s(kQueryBlock * kKeyBlock), acc(kQueryBlock * Ev), m(kQueryBlock), l(kQueryBlock);
     std::vector<char> nan_row(kQueryBlock);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / q_blocks, i0 = (task % q_blocks) * kQueryBlock, nq = std::min(kQueryBlock, Lq - i0);
-      const scalar_t* q_blk = q + (bh * Lq + i0) * D;  // (nq, D)
-      const bool search_scores = !all_finite(q_blk, nq * D) || !all_finite(k + bh * Lk * D, Lk * D);
+      const int64_t b = bh / g.heads, h = bh % g.heads, hk = h / g.group();
+      const scalar_t* q_blk = q.at(b, h, i0);  // (nq, E), rows q.row apart
+      bool search_scores = options.bias_has_nan_or_inf;  // see any_nan_or_inf
+      for (int64_t r = 0; r < nq && !search_scores; ++r) search_scores = !all_finite(q_blk + r * q.row, E);
+      for (int64_t j = 0; j < Lk && !search_scores; ++j) search_scores = !all_finite(k.at(b, hk, j), E);
       std::fill(acc.begin(), acc.end(), scalar_t(0));
       std::fill(m.begin(), m.end(), -std::numeric_limits<scalar_t>::infinity());
       std::fill(l.begin(), l.end(), scalar_t(0));
@@ -162,8 +248,8 @@ void forward(const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* 
       const int64_t k_end = g.key_end(i0 + nq - 1);
       for (int64_t j0 = 0; j0 < k_end; j0 += kKeyBlock) {
         const int64_t nk = std::min(kKeyBlock, k_end - j0);
-        const scalar_t* k_tile = k + (bh * Lk + j0) * D;  // (nk, D)
-        gemm<scalar_t>(false, true, nq, nk, D, g.scale, q_blk, D, k_tile, D, 0.0, s.data(), kKeyBlock);
+        gemm<scalar_t>(false, true, nq, nk, E, g.scale, q_blk, q.row, k.at(b, hk, j0), k.row, 0.0, s.data(), kKeyBlock);
+        bias.add(s.data(), b, h, i0, nq, j0, nk);
         for (int64_t r = 0; r < nq; ++r) {
           const int64_t visible = std::clamp<int64_t>(g.key_end(i0 + r) - j0, 0, nk);
           scalar_t* row = s.data() + r * kKeyBlock;
@@ -176,110 +262,133 @@ void forward(const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* 
           const scalar_t rescale = exp_vectorizable(m[r] - row_max);  // ~0 on the first visible tile
           for (int64_t j = 0; j < visible; ++j) row[j] = exp_vectorizable(row[j] - row_max);
           std::fill(row + visible, row + nk, scalar_t(0));
-          l[r] = l[r] * rescale + sum_lanes<scalar_t>(row, visible);
+          l[r] = l[r] * rescale + sum_lanes<scalar_t>(row, visible);  // the softmax sums undropped weights
           m[r] = row_max;
-          scalar_t* acc_row = acc.data() + r * D;
-          for (int64_t d = 0; d < D; ++d) acc_row[d] *= rescale;
+          scalar_t* acc_row = acc.data() + r * Ev;
+          for (int64_t d = 0; d < Ev; ++d) acc_row[d] *= rescale;
+          if (dropout.on) dropout.apply(row, visible, static_cast<uint64_t>((bh * Lq + i0 + r) * Lk + j0));
         }
-        const scalar_t* v_tile = v + (bh * Lk + j0) * D;
-        gemm<scalar_t>(false, false, nq, D, nk, 1.0, s.data(), kKeyBlock, v_tile, D, 1.0, acc.data(), D);
+        gemm<scalar_t>(false, false, nq, Ev, nk, 1.0, s.data(), kKeyBlock, v.at(b, hk, j0), v.row, 1.0, acc.data(),
+                       Ev);
       }
       for (int64_t r = 0; r < nq; ++r) {
-        scalar_t* out_row = out + (bh * Lq + i0 + r) * D;
+        scalar_t* out_row = out + (bh * Lq + i0 + r) * Ev;
         const scalar_t inv = l[r] > 0 ? scalar_t(1) / l[r] : scalar_t(0);
         const scalar_t nan = std::numeric_limits<scalar_t>::quiet_NaN();
-        for (int64_t d = 0; d < D; ++d) out_row[d] = nan_row[r] ? nan : acc[r * D + d] * inv;
-        lse[bh * Lq + i0 + r] = nan_row[r] ? nan : m[r] + std::log(l[r]);
+        for (int64_t d = 0; d < Ev; ++d) out_row[d] = nan_row[r] ? nan : acc[r * Ev + d] * inv;
+        lse[bh * Lq + i0 + r] = nan_row[r] ? nan : m[r] + std::log(l[r]);  // -inf for a fully masked row
       }
     }
   });
 }
 
 template <typename scalar_t>
-void backward(const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v, const scalar_t* out,
-              const scalar_t* lse_all, scalar_t* dq, scalar_t* dk, scalar_t* dv, const AttentionGeometry& g) {
-  const int64_t D = g.head_dim, Lq = g.q_len, Lk = g.k_len, BH = g.batch * g.heads;
+void backward(const scalar_t* dout, const Rows<const scalar_t>& q, const Rows<const scalar_t>& k,
+              const Rows<const scalar_t>& v, const scalar_t* out, const scalar_t* lse_all, scalar_t* dq, scalar_t* dk,
+              scalar_t* dv, scalar_t* dbias, const AttentionGeometry& g, const AttentionOptions& options) {
+  const int64_t E = g.head_dim, Ev = g.v_dim, Lq = g.q_len, Lk = g.k_len, BH = g.batch * g.heads;
+  const int64_t BHk = g.batch * g.kv_heads, group = g.group();
+  const Bias<scalar_t> bias = make_bias<scalar_t>(options);
+  const Dropout dropout = make_dropout(options);
   // delta[i] = rowsum(dO_i * O_i), the softmax-gradient correction of each query row.
   std::vector<scalar_t> delta(BH * Lq);
   at::parallel_for(0, BH * Lq, 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       scalar_t sum = 0;
-      for (int64_t d = 0; d < D; ++d) sum += dout[i * D + d] * out[i * D + d];
+      for (int64_t d = 0; d < Ev; ++d) sum += dout[i * Ev + d] * out[i * Ev + d];
       delta[i] = sum;
     }
   });
 
-  // P, then dS = P * (dO v^T - delta), for query block [i0, i0 + nq) x key tile [j0, j0 + nk).
-  auto scores_and_grads = [&](int64_t bh, int64_t i0, int64_t nq, int64_t j0, int64_t nk, scalar_t* p, scalar_t* ds) {
-    const scalar_t* q_blk = q + (bh * Lq + i0) * D;
-    const scalar_t* do_blk = dout + (bh * Lq + i0) * D;
-    gemm<scalar_t>(false, true, nq, nk, D, g.scale, q_blk, D, k + (bh * Lk + j0) * D, D, 0.0, p, kKeyBlock);
+  // For query block [i0, i0 + nq) of head (b, h) x key tile [j0, j0 + nk): P (dropped, P * Z, in
+  // p: what dV multiplies), and dS = P * (dO v^T * Z - delta) in ds (also written to dbias).
+  auto scores_and_grads = [&](int64_t b, int64_t h, int64_t i0, int64_t nq, int64_t j0, int64_t nk, scalar_t* p,
+                              scalar_t* ds) {
+    const int64_t bh = b * g.heads + h, hk = h / group;
+    const scalar_t* do_blk = dout + (bh * Lq + i0) * Ev;
+    gemm<scalar_t>(false, true, nq, nk, E, g.scale, q.at(b, h, i0), q.row, k.at(b, hk, j0), k.row, 0.0, p, kKeyBlock);
+    bias.add(p, b, h, i0, nq, j0, nk);
     probabilities_from_lse(p, lse_all + bh * Lq, g, i0, nq, j0, nk);
-    gemm<scalar_t>(false, true, nq, nk, D, 1.0, do_blk, D, v + (bh * Lk + j0) * D, D, 0.0, ds, kKeyBlock);
-    for (int64_t r = 0; r < nq; ++r)
-      for (int64_t j = 0; j < nk; ++j) {
-        const int64_t at = r * kKeyBlock + j;
-        ds[at] = p[at] * (ds[at] - delta[bh * Lq + i0 + r]);
-      }
+    gemm<scalar_t>(false, true, nq, nk, Ev, 1.0, do_blk, Ev, v.at(b, hk, j0), v.row, 0.0, ds, kKeyBlock);
+    for (int64_t r = 0; r < nq; ++r) {
+      scalar_t* p_row = p + r * kKeyBlock;
+      scalar_t* ds_row = ds + r * kKeyBlock;
+      const uint64_t first = static_cast<uint64_t>((bh * Lq + i0 + r) * Lk + j0);
+      if (dropout.on) dropout.apply(ds_row, nk, first);  // dP * Z
+      const scalar_t row_delta = delta[bh * Lq + i0 + r];
+      for (int64_t j = 0; j < nk; ++j) ds_row[j] = p_row[j] * (ds_row[j] - row_delta);
+      if (dropout.on) dropout.apply(p_row, nk, first);  // P * Z, for dV
+      if (dbias != nullptr) std::copy(ds_row, ds_row + nk, dbias + (bh * Lq + i0 + r) * Lk + j0);
+    }
   };
 
-  // One pass: a task owns a run of key tiles of one (batch, head), so it writes their dK and dV
-  // alone and adds dS k * scale into dQ. With at least as many heads as threads a task takes all
-  // of a head's key tiles and owns its dQ; otherwise the key tiles are split into `chunks` and
-  // each chunk adds into its own dQ copy, summed in chunk order at the end (deterministic).
+  // One pass: a task owns a run of key tiles of one (batch, key/value head), so it writes their dK
+  // and dV alone (summing over the query heads of its group) and adds dS k * scale into those
+  // heads' dQ. With at least as many (batch, key/value head) pairs as threads a task takes all of
+  // a head's key tiles and owns its group's dQ; otherwise the key tiles are split into `chunks`
+  // and each chunk adds into its own dQ copy, summed in chunk order at the end (deterministic).
   const int64_t k_tiles = ceil_div(Lk, kKeyBlock), threads = at::get_num_threads();
-  const int64_t chunks = BH >= threads ? 1 : std::min(k_tiles, ceil_div(threads, BH));
+  const int64_t chunks = BHk >= threads ? 1 : std::min(k_tiles, ceil_div(threads, BHk));
   const int64_t tiles_per_chunk = ceil_div(k_tiles, chunks);
-  std::vector<scalar_t> dq_chunks(chunks > 1 ? chunks * BH * Lq * D : 0, scalar_t(0));
-  if (chunks == 1) std::fill(dq, dq + BH * Lq * D, scalar_t(0));
-  at::parallel_for(0, BH * chunks, 1, [&](int64_t begin, int64_t end) {
+  std::vector<scalar_t> dq_chunks(chunks > 1 ? chunks * BH * Lq * E : 0, scalar_t(0));
+  if (chunks == 1) std::fill(dq, dq + BH * Lq * E, scalar_t(0));
+  at::parallel_for(0, BHk * chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> p(kQueryBlock * kKeyBlock), ds(kQueryBlock * kKeyBlock);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t bh = task / chunks, chunk = task % chunks;
-      scalar_t* dq_head = (chunks == 1 ? dq : dq_chunks.data() + chunk * BH * Lq * D) + bh * Lq * D;
+      const int64_t bhk = task / chunks, chunk = task % chunks, b = bhk / g.kv_heads, hk = bhk % g.kv_heads;
+      scalar_t* dq_all = chunks == 1 ? dq : dq_chunks.data() + chunk * BH * Lq * E;
       const int64_t first_tile = chunk * tiles_per_chunk, last_tile = std::min(k_tiles, first_tile + tiles_per_chunk);
       for (int64_t tile = first_tile; tile < last_tile; ++tile) {
         const int64_t j0 = tile * kKeyBlock, nk = std::min(kKeyBlock, Lk - j0);
-        const scalar_t* k_tile = k + (bh * Lk + j0) * D;
-        scalar_t* dk_tile = dk + (bh * Lk + j0) * D;
-        scalar_t* dv_tile = dv + (bh * Lk + j0) * D;
-        std::fill(dk_tile, dk_tile + nk * D, scalar_t(0));
-        std::fill(dv_tile, dv_tile + nk * D, scalar_t(0));
+        scalar_t* dk_tile = dk + (bhk * Lk + j0) * E;
+        scalar_t* dv_tile = dv + (bhk * Lk + j0) * Ev;
+        std::fill(dk_tile, dk_tile + nk * E, scalar_t(0));
+        std::fill(dv_tile, dv_tile + nk * Ev, scalar_t(0));
         // Causal: query rows before j0 see none of this tile.
         const int64_t first_block = g.causal ? (std::min(j0, Lq) / kQueryBlock) * kQueryBlock : 0;
-        for (int64_t i0 = first_block; i0 < Lq; i0 += kQueryBlock) {
-          const int64_t nq = std::min(kQueryBlock, Lq - i0);
-          scores_and_grads(bh, i0, nq, j0, nk, p.data(), ds.data());
-          const scalar_t* do_blk = dout + (bh * Lq + i0) * D;
-          gemm<scalar_t>(true, false, nk, D, nq, 1.0, p.data(), kKeyBlock, do_blk, D, 1.0, dv_tile, D);
-          gemm<scalar_t>(true, false, nk, D, nq, g.scale, ds.data(), kKeyBlock, q + (bh * Lq + i0) * D, D, 1.0,
-                         dk_tile, D);
-          gemm<scalar_t>(false, false, nq, D, nk, g.scale, ds.data(), kKeyBlock, k_tile, D, 1.0, dq_head + i0 * D, D);
+        for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+          const int64_t bh = b * g.heads + h;
+          for (int64_t i0 = first_block; i0 < Lq; i0 += kQueryBlock) {
+            const int64_t nq = std::min(kQueryBlock, Lq - i0);
+            scores_and_grads(b, h, i0, nq, j0, nk, p.data(), ds.data());
+            const scalar_t* do_blk = dout + (bh * Lq + i0) * Ev;
+            gemm<scalar_t>(true, false, nk, Ev, nq, 1.0, p.data(), kKeyBlock, do_blk, Ev, 1.0, dv_tile, Ev);
+            gemm<scalar_t>(true, false, nk, E, nq, g.scale, ds.data(), kKeyBlock, q.at(b, h, i0), q.row, 1.0, dk_tile,
+                           E);
+            gemm<scalar_t>(false, false, nq, E, nk, g.scale, ds.data(), kKeyBlock, k.at(b, hk, j0), k.row, 1.0,
+                           dq_all + (bh * Lq + i0) * E, E);
+          }
         }
       }
     }
   });
   for (int64_t chunk = 0; chunk < chunks && chunks > 1; ++chunk) {
-    const scalar_t* part = dq_chunks.data() + chunk * BH * Lq * D;
-    for (int64_t i = 0; i < BH * Lq * D; ++i) dq[i] = chunk == 0 ? part[i] : dq[i] + part[i];
+    const scalar_t* part = dq_chunks.data() + chunk * BH * Lq * E;
+    for (int64_t i = 0; i < BH * Lq * E; ++i) dq[i] = chunk == 0 ? part[i] : dq[i] + part[i];
   }
 }
 
 void forward_loop(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-                  const at::Tensor& lse, const AttentionGeometry& g) {
+                  const at::Tensor& lse, const AttentionGeometry& g, const AttentionOptions& options) {
   CNNEXT_DISPATCH_CPU_TYPES(q.scalar_type(), "attention_forward_cpu", [&] {
-    forward(q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
-            out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<scalar_t>(), g);
+    using Operand = Rows<const scalar_t>;
+    forward(Operand(q.const_data_ptr<scalar_t>(), q), Operand(k.const_data_ptr<scalar_t>(), k),
+            Operand(v.const_data_ptr<scalar_t>(), v), out.mutable_data_ptr<scalar_t>(),
+            lse.mutable_data_ptr<scalar_t>(), g, options);
   });
 }
 
 void backward_loop(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const at::Tensor& out, const at::Tensor& lse, const at::Tensor& dq, const at::Tensor& dk,
-                   const at::Tensor& dv, const AttentionGeometry& g) {
+                   const at::Tensor& dv, const at::Tensor& dbias, const AttentionGeometry& g,
+                   const AttentionOptions& options) {
   CNNEXT_DISPATCH_CPU_TYPES(q.scalar_type(), "attention_backward_cpu", [&] {
-    backward(dout.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(),
-             v.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(), lse.const_data_ptr<scalar_t>(),
-             dq.mutable_data_ptr<scalar_t>(), dk.mutable_data_ptr<scalar_t>(), dv.mutable_data_ptr<scalar_t>(), g);
+    using Operand = Rows<const scalar_t>;
+    backward(dout.const_data_ptr<scalar_t>(), Operand(q.const_data_ptr<scalar_t>(), q),
+             Operand(k.const_data_ptr<scalar_t>(), k), Operand(v.const_data_ptr<scalar_t>(), v),
+             out.const_data_ptr<scalar_t>(), lse.const_data_ptr<scalar_t>(), dq.mutable_data_ptr<scalar_t>(),
+             dk.mutable_data_ptr<scalar_t>(), dv.mutable_data_ptr<scalar_t>(),
+             dbias.defined() ? dbias.mutable_data_ptr<scalar_t>() : nullptr, g, options);
   });
 }
 

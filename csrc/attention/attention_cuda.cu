@@ -600,19 +600,47 @@ void launch_tensor_core(const AttentionGeometry& g, int64_t rows, size_t shared,
 
 void check_cuda(const at::Tensor& t, const char* name) { check_device_type(t, name, cuda::kDeviceType); }
 
+// What the CUDA kernels do not read yet (issue 19: the CPU kernels do): an attention bias (attn_mask),
+// dropout, and a value head dimension other than the query's.
+void check_supported_on_cuda(const AttentionGeometry& g, const AttentionOptions& options) {
+  TORCH_CHECK(!options.bias.defined(), "attention (CUDA): attn_mask is not supported by the CUDA kernels yet");
+  TORCH_CHECK(!options.dropout(), "attention (CUDA): dropout_p > 0 is not supported by the CUDA kernels yet");
+  TORCH_CHECK(g.v_dim == g.head_dim, "attention (CUDA): v's head dimension (", g.v_dim,
+              ") must equal q's and k's (", g.head_dim, ") in the CUDA kernels for now");
+}
+
+// Grouped-query attention on CUDA, for now by repeating each key/value head for its query heads
+// (the kernels index one key/value head per query head) and summing their gradients back.
+AttentionGeometry ungrouped(AttentionGeometry g) {
+  g.kv_heads = g.heads;
+  return g;
+}
+at::Tensor per_query_head(const at::Tensor& kv, const AttentionGeometry& g) {
+  return g.group() == 1 ? kv.contiguous() : kv.repeat_interleave(g.group(), 1).contiguous();
+}
+at::Tensor sum_over_group(const at::Tensor& grad, const AttentionGeometry& g) {
+  if (g.group() == 1) return grad;
+  return grad.view({g.batch, g.kv_heads, g.group(), grad.size(2), grad.size(3)}).sum(2);
+}
+
 at::ScalarType lse_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 }  // namespace
 
 AttentionOutputs attention_forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                        std::optional<double> scale, bool causal) {
-  const auto g = attention_geometry(q, k, v, scale, causal);
+                                        std::optional<double> scale, bool causal,
+                                        const std::optional<at::Tensor>& bias, double dropout_p,
+                                        const std::optional<at::Tensor>& dropout_rng, bool gqa) {
+  const auto options = attention_options(bias, dropout_p, dropout_rng, gqa);
+  const auto grouped = attention_geometry(q, k, v, scale, causal, options);
   check_cuda(q, "attention: q");
+  check_supported_on_cuda(grouped, options);
+  const auto g = ungrouped(grouped);
   const cuda::DeviceGuard guard(q.device());
   auto out = cuda::empty({g.batch, g.heads, g.q_len, g.head_dim}, q.options());
   auto lse = cuda::empty({g.batch, g.heads, g.q_len}, q.options().dtype(lse_dtype(q.scalar_type())));
   if (out.numel() == 0) return {out, lse};
-  const auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  const auto qc = q.contiguous(), kc = per_query_head(k, grouped), vc = per_query_head(v, grouped);
   CNNEXT_DISPATCH_CUDA_TYPES(q.scalar_type(), "attention_forward_cuda", [&] {
     using acc_t = cuda::acc_t<scalar_t>;
     if constexpr (cuda::kTensorCoreType<scalar_t>) {
@@ -641,14 +669,25 @@ AttentionOutputs attention_forward_cuda(const at::Tensor& q, const at::Tensor& k
 
 AttentionGrads attention_backward_cuda(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
                                        const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-                                       std::optional<double> scale, bool causal) {
-  const auto g = attention_backward_geometry(grad_out, q, k, v, out, lse, scale, causal);
+                                       std::optional<double> scale, bool causal,
+                                       const std::optional<at::Tensor>& bias, double dropout_p,
+                                       const std::optional<at::Tensor>& dropout_rng, bool gqa, bool bias_grad) {
+  const auto options = attention_options(bias, dropout_p, dropout_rng, gqa);
+  const auto grouped = attention_backward_geometry(grad_out, q, k, v, out, lse, scale, causal, options);
   check_cuda(q, "_attention_backward: q");
+  check_supported_on_cuda(grouped, options);
+  TORCH_CHECK(!bias_grad, "_attention_backward (CUDA): no bias to differentiate");
+  const auto g = ungrouped(grouped);
   const cuda::DeviceGuard guard(q.device());
-  auto dq = cuda::empty(q.sizes(), q.options()), dk = cuda::empty(k.sizes(), k.options());
-  auto dv = cuda::empty(v.sizes(), v.options());
-  if (q.numel() == 0 || k.numel() == 0) return {dq.zero_(), dk.zero_(), dv.zero_()};
-  const auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  const auto no_bias_grad = cuda::empty({0}, q.options());
+  auto dq = cuda::empty({g.batch, g.heads, g.q_len, g.head_dim}, q.options());
+  auto dk = cuda::empty({g.batch, g.heads, g.k_len, g.head_dim}, q.options());
+  auto dv = cuda::empty({g.batch, g.heads, g.k_len, g.head_dim}, q.options());
+  if (q.numel() == 0 || k.numel() == 0) {
+    return AttentionGrads{dq.zero_(), sum_over_group(dk.zero_(), grouped), sum_over_group(dv.zero_(), grouped),
+                          no_bias_grad};
+  }
+  const auto qc = q.contiguous(), kc = per_query_head(k, grouped), vc = per_query_head(v, grouped);
   const auto doc = grad_out.contiguous(), oc = out.contiguous(), lc = lse.contiguous();
   const int64_t BH = g.batch * g.heads;
   CNNEXT_DISPATCH_CUDA_TYPES(q.scalar_type(), "attention_backward_cuda", [&] {
@@ -698,7 +737,7 @@ AttentionGrads attention_backward_cuda(const at::Tensor& grad_out, const at::Ten
           kernel_dims<acc_t>(g, g.k_len), tile);
     });
   });
-  return {dq, dk, dv};
+  return AttentionGrads{dq, sum_over_group(dk, grouped), sum_over_group(dv, grouped), no_bias_grad};
 }
 
 }  // namespace cnnext

@@ -19,48 +19,83 @@ SHAPES = [(32, 4, 64, 32), (32, 4, 256, 32), (4, 4, 1024, 32), (1, 4, 4096, 32)]
 CUDA_SHAPES = [(8, 16, 1024, 64), (4, 16, 2048, 128)]  # FlashAttention's usual head dims
 # conftest's PRECISIONS without "tf32": the attention kernels have no TF32 path.
 ATTENTION_PRECISIONS = {"cpu": ["float32"], "cuda": ["float32", "float16", "bfloat16"]}
-CASES = [
-    (device, precision, shape)
-    for device in DEVICES
-    for precision in ATTENTION_PRECISIONS[device]
-    for shape in SHAPES + (CUDA_SHAPES if device == "cuda" else [])
-]
 
 
-def sdpa(q, k, v):
+def sdpa(q, k, v, **kwargs):
     """The summary's "native" column: SDPA; its FlashAttention backend for 16-bit CUDA tensors."""
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            return F.scaled_dot_product_attention(q, k, v)
-    return F.scaled_dot_product_attention(q, k, v)
+            return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
 
-IMPLEMENTATIONS = {"native": sdpa, "naive": reference.attention, "cnnext": cnnext.ops.attention}
+def naive(q, k, v, attn_mask=None):
+    """matmul-softmax-matmul, with the bool mask as an additive bias (no dropout: not run there)."""
+    bias = None
+    if attn_mask is not None:
+        bias = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(
+            ~attn_mask, float("-inf")
+        )
+    return reference.attention(q, k, v, bias=bias)
 
 
-@pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
+IMPLEMENTATIONS = {"native": sdpa, "naive": naive, "cnnext": cnnext.ops.scaled_dot_product_attention}
+# SDPA's options, each its own case ("" = plain): a key padding mask (the last eighth of every
+# sequence padded out) and dropout on the weights (training).
+VARIANTS = {"": {}, "padding mask": {"mask": True}, "dropout 0.1": {"dropout_p": 0.1}}
+CPU_VARIANT_SHAPES = [(32, 4, 256, 32), (4, 4, 1024, 32)]
+CASES = [
+    (device, precision, (*shape, ""), impl)
+    for device in DEVICES
+    for precision in ATTENTION_PRECISIONS[device]
+    for shape in SHAPES + (CUDA_SHAPES if device == "cuda" else [])
+    for impl in IMPLEMENTATIONS
+]
+# Masks and dropout: on the CPU (the CUDA kernels do not read them yet), two shapes; the naive
+# reference has no dropout.
+CASES += [
+    ("cpu", "float32", (*shape, variant), impl)
+    for shape in CPU_VARIANT_SHAPES
+    for variant in VARIANTS
+    if variant
+    for impl in IMPLEMENTATIONS
+    if not (impl == "naive" and "dropout_p" in VARIANTS[variant])
+]
+
+
+def _case_id(device, precision, shape, impl):
+    *dims, variant = shape
+    suffix = "-" + variant.replace(" ", "_") if variant else ""
+    return "{}-{}-B{}-H{}-L{}-D{}{}-{}".format(device, precision, *dims, suffix, impl)
+
+
+# shape: (B, H, L, D, variant); the variant rides in the shape parameter, impl beside it (the naive
+# reference has no dropout case): every suite names its parameters alike.
 @pytest.mark.parametrize("direction", ["forward", "forward+backward"])
-@pytest.mark.parametrize(
-    "device, precision, shape", CASES, ids=["{}-{}-B{}-H{}-L{}-D{}".format(d, p, *s) for d, p, s in CASES]
-)
+@pytest.mark.parametrize("device, precision, shape, impl", CASES, ids=[_case_id(*c) for c in CASES])
 def test_attention_speed(benchmark, shape, precision, direction, impl, device):
-    batch, heads, length, dim = shape
+    batch, heads, length, dim, variant = shape
     attend = IMPLEMENTATIONS[impl]
     backward = direction == "forward+backward"
     options = dict(device=device, dtype=DTYPES[precision])
     q, k, v = (torch.randn(batch, heads, length, dim, **options, requires_grad=backward) for _ in range(3))
     grad = torch.randn(batch, heads, length, dim, **options) if backward else None
+    kwargs = {}
+    if VARIANTS[variant].get("mask"):
+        kwargs["attn_mask"] = (torch.arange(length, device=device) < length - length // 8).view(1, 1, 1, -1)
+    if "dropout_p" in VARIANTS[variant]:
+        kwargs["dropout_p"] = VARIANTS[variant]["dropout_p"]
 
     def step():
-        out = attend(q, k, v)
+        out = attend(q, k, v, **kwargs)
         if backward:
             torch.autograd.grad(out, (q, k, v), grad)
         synchronize(device)
 
     flops = 4 * batch * heads * length * length * dim * (3.5 if backward else 1)
-    shape_name = f"B{batch} H{heads} L{length} D{dim}"
+    shape_name = f"B{batch} H{heads} L{length} D{dim}" + (f" {variant}" if variant else "")
     record(
         benchmark,
         op="attention",

@@ -40,24 +40,32 @@ def conv_flops(batch, cin, cout, size, kernel, stride):
     return 2 * batch * cout * out * out * cin * kernel * kernel
 
 
-# (device, precision, memory format): on CUDA the tensor-core precisions also run channels_last,
-# the layout cuDNN's tensor-core kernels prefer and cnnext's cp.async forward takes (shapes get
-# " NHWC" in the report).
+# (device, precision, (shape, memory format)): on CUDA the tensor-core precisions also run
+# channels_last, the layout cuDNN's tensor-core kernels prefer and cnnext's cp.async forward takes
+# (their shapes get " NHWC" in the report). The layout rides in the shape parameter: every suite
+# names its parameters alike (tests/test_benchmark_report.py).
 CASES = [
-    (device, precision, layout)
+    (device, precision, (shape, layout))
     for device, precision in DEVICE_PRECISIONS
     for layout in (
         ["contiguous", "channels_last"] if device == "cuda" and precision != "float32" else ["contiguous"]
     )
+    for shape in SHAPES
 ]
 
 
-@pytest.mark.parametrize("device, precision, layout", CASES, ids=["-".join(case) for case in CASES])
+def _case_id(device, precision, shape_and_layout):
+    shape, layout = shape_and_layout
+    return "-".join(
+        [device, precision, shape[0].replace(" ", "_")] + (["NHWC"] if layout == "channels_last" else [])
+    )
+
+
 @pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
 @pytest.mark.parametrize("direction", ["forward", "forward+backward"])
-@pytest.mark.parametrize("shape", SHAPES, ids=[s[0].replace(" ", "_") for s in SHAPES])
-def test_conv2d_speed(benchmark, shape, direction, impl, device, precision, layout):
-    name, batch, cin, cout, size, kernel, stride = shape
+@pytest.mark.parametrize("device, precision, shape", CASES, ids=[_case_id(*c) for c in CASES])
+def test_conv2d_speed(benchmark, shape, direction, impl, device, precision):
+    (name, batch, cin, cout, size, kernel, stride), layout = shape
     conv = IMPLEMENTATIONS[impl]
     backward = direction == "forward+backward"
     options = dict(device=device, dtype=DTYPES[precision])

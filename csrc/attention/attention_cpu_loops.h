@@ -83,9 +83,13 @@ void gemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, s
 // the time here): exp(x) = 2^n * exp(r) with n = round(x / ln 2) and |r| <= ln(2) / 2, exp(r) by
 // its Taylor series to degree 7 (truncation error < 6e-9, below float32's epsilon), 2^n built in
 // the exponent bits. Inputs are clamped to [-87, 88], where 2^n stays a normal float (the clamps
-// vectorise as min/max thanks to -fno-trapping-math, see setup.py). float64 keeps std::exp.
+// vectorise as min/max thanks to -fno-trapping-math, see setup.py), and below -87 the result is 0
+// (exp there is ~1e-38, at the subnormal edge): masked scores (-inf) must give exact zeros, since
+// products with subnormal weights take the CPU's slow path (a padding mask made the forward 6x
+// slower before). float64 keeps std::exp.
 inline float exp_vectorizable(float x) {
-  x = x < -87.0f ? -87.0f : x;  // also maps -inf (masked or first-tile rescale) to ~0
+  const bool underflows = x < -87.0f;  // also -inf (masked, or the first tile's rescale)
+  x = x < -87.0f ? -87.0f : x;
   x = x > 88.0f ? 88.0f : x;
   const int n = static_cast<int>(x * 1.44269504088896341f + 0.5f + 1024.0f) - 1024;  // floor, as x > -1024 ln 2
   const float r = (x - static_cast<float>(n) * 0.693145751953125f) - static_cast<float>(n) * 1.4286068203094172e-6f;
@@ -101,7 +105,7 @@ inline float exp_vectorizable(float x) {
   const int32_t bits = (n + 127) << 23;
   float two_to_n;
   std::memcpy(&two_to_n, &bits, sizeof(two_to_n));
-  return p * two_to_n;
+  return underflows ? 0.0f : p * two_to_n;
 }
 
 // Whether any of the n values is NaN or +inf. A score like that makes the plain softmax of its row

@@ -235,10 +235,9 @@ def test_opcheck_with_mask_dropout_and_gqa(ops):
     torch.library.opcheck(ops.attention.default, (q, k, v, 0.5, True, None, 0.0, None, True))
 
 
-def test_torch_compile_fullgraph_with_mask_and_dropout(monkeypatch):
+def test_torch_compile_fullgraph_with_mask_and_dropout():
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config, "fallback_random", True)  # eager's random draws in the graph
     g = torch.Generator().manual_seed(9)
     q, k, v = (torch.randn(2, 2, 16, 8, generator=g) for _ in range(3))
     mask = torch.rand(16, 16, generator=g) > 0.2
@@ -248,8 +247,11 @@ def test_torch_compile_fullgraph_with_mask_and_dropout(monkeypatch):
 
     torch.manual_seed(0)
     eager = block(q, k, v)
-    torch.manual_seed(0)
-    compiled = torch.compile(block, fullgraph=True)(q, k, v)
+    # fallback_random: the compiled graph draws eager's random numbers (config.patch restores it;
+    # monkeypatch would delete the setting on undo).
+    with inductor_config.patch(fallback_random=True):
+        torch.manual_seed(0)
+        compiled = torch.compile(block, fullgraph=True)(q, k, v)
     torch.testing.assert_close(compiled, eager)
 
 

@@ -9,16 +9,25 @@ routes every torch.ops.cnnext call of the test to torch.ops.cnnext_emu. Tests th
 operator object directly (opcheck) take it from the `ops` fixture.
 """
 
+import atexit
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 import zlib
 
 import pytest
 import torch
 
 import cnnext  # noqa: F401  (registers torch.ops.cnnext)
+
+# torch.compile's on-disk caches are keyed without the cnnext operators' schemas: a graph compiled
+# against an older schema is reused and calls the new operator with the old arguments (seen when
+# _attention_backward gained arguments). Each test session compiles into a fresh cache directory.
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="cnnext-inductor-")
+atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device visible")

@@ -513,6 +513,44 @@ __device__ __forceinline__ void store_warp_tile(const Problem& prob, const WarpA
   }
 }
 
+// One 16-deep stage of a tensor-core warp tile: acc += A B over the stage's depth, the fragment
+// registers (cuda_tensor_cores.h) read through a_reg(row, k) and b_reg(col, k): for float the
+// TF32 element at depth k, for half / bfloat16 the elements at depths k and k + 1 packed
+// (pack_pair order). The variants differ only in how their shared tiles are laid out and read.
+template <typename scalar_t, typename Tile, typename ARegister, typename BRegister>
+__device__ __forceinline__ void multiply_stage(WarpAccumulators<Tile>& acc, int wm, int wn, const ARegister& a_reg,
+                                               const BRegister& b_reg) {
+  constexpr int kMR = Tile::kMmaRows, kMC = Tile::kMmaCols;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  // Per mma: depths k0 + t (and + 4) for m16n8k8 TF32, pairs at 2t (and 2t + 8) for m16n8k16.
+  constexpr bool kTf32 = std::is_same_v<scalar_t, float>;
+  constexpr int kStep = kTf32 ? 8 : 16, kSecond = kTf32 ? 4 : 8;
+#pragma unroll
+  for (int k0 = 0; k0 < kTileK; k0 += kStep) {
+    const int k = k0 + (kTf32 ? t : 2 * t);
+    uint32_t a[kMR][4];
+#pragma unroll
+    for (int i = 0; i < kMR; ++i) {
+      const int row = wm + 16 * i + g;
+      a[i][0] = a_reg(row, k), a[i][1] = a_reg(row + 8, k);
+      a[i][2] = a_reg(row, k + kSecond), a[i][3] = a_reg(row + 8, k + kSecond);
+    }
+#pragma unroll
+    for (int j = 0; j < kMC; ++j) {
+      const int col = wn + 8 * j + g;
+      const uint32_t b[2] = {b_reg(col, k), b_reg(col, k + kSecond)};
+#pragma unroll
+      for (int i = 0; i < kMR; ++i) {
+        if constexpr (kTf32) {
+          cuda::mma_m16n8k8_tf32(acc[i][j], a[i], b, acc[i][j]);
+        } else {
+          cuda::mma_m16n8k16<scalar_t>(acc[i][j], a[i], b, acc[i][j]);
+        }
+      }
+    }
+  }
+}
+
 // The tensor_cores variant's block (see the header): the 8 warps as 4 x 2, warp w owning rows
 // Tile::kWarpRows (w / 2) and columns Tile::kWarpCols (w % 2) of the block tile, as kMmaRows x
 // kMmaCols 16x8 mma tiles whose float fragments stay in registers. Per 16-deep stage: one
@@ -523,51 +561,22 @@ __device__ void tensor_core_block(const Problem& prob, int64_t group, int64_t sp
   using scalar_t = typename Problem::scalar_type;
   using tile_t = tensor_core_tile_t<scalar_t>;
   using cuda::pack_pair;
-  constexpr int kMR = Tile::kMmaRows, kMC = Tile::kMmaCols;
   // Plain integer patterns: no construction, nothing to convert before the fragments.
   __shared__ SharedStage<tile_t, Tile::kM> a_tiles[2];
   __shared__ SharedStage<tile_t, Tile::kN> b_tiles[2];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int warp = threadIdx.x / 32;
   const int wm = (warp / 2) * Tile::kWarpRows, wn = (warp % 2) * Tile::kWarpCols;
   WarpAccumulators<Tile> acc = {};  // [mma row tile][mma column tile][fragment]
 
   pipelined_stages<Problem, Tile>(prob, a_tiles, b_tiles, group, m0, n0, k_begin, k_end, [&](auto& a_tile, auto& b_tile) {
+    // Tiles are [depth][row or column], already TF32-rounded or 16-bit patterns.
     if constexpr (std::is_same_v<tile_t, uint32_t>) {
-#pragma unroll
-      for (int ks = 0; ks < kTileK; ks += 8) {
-        uint32_t a[kMR][4];
-#pragma unroll
-        for (int i = 0; i < kMR; ++i) {
-          const int row = wm + 16 * i + g;
-          a[i][0] = a_tile[ks + t][row], a[i][1] = a_tile[ks + t][row + 8];
-          a[i][2] = a_tile[ks + t + 4][row], a[i][3] = a_tile[ks + t + 4][row + 8];
-        }
-#pragma unroll
-        for (int j = 0; j < kMC; ++j) {
-          const int col = wn + 8 * j + g;
-          const uint32_t b[2] = {b_tile[ks + t][col], b_tile[ks + t + 4][col]};
-#pragma unroll
-          for (int i = 0; i < kMR; ++i) cuda::mma_m16n8k8_tf32(acc[i][j], a[i], b, acc[i][j]);
-        }
-      }
+      multiply_stage<scalar_t, Tile>(
+          acc, wm, wn, [&](int row, int k) { return a_tile[k][row]; }, [&](int col, int k) { return b_tile[k][col]; });
     } else {
-      uint32_t a[kMR][4];
-#pragma unroll
-      for (int i = 0; i < kMR; ++i) {
-        const int row = wm + 16 * i + g;
-        a[i][0] = pack_pair(a_tile[2 * t][row], a_tile[2 * t + 1][row]);
-        a[i][1] = pack_pair(a_tile[2 * t][row + 8], a_tile[2 * t + 1][row + 8]);
-        a[i][2] = pack_pair(a_tile[2 * t + 8][row], a_tile[2 * t + 9][row]);
-        a[i][3] = pack_pair(a_tile[2 * t + 8][row + 8], a_tile[2 * t + 9][row + 8]);
-      }
-#pragma unroll
-      for (int j = 0; j < kMC; ++j) {
-        const int col = wn + 8 * j + g;
-        const uint32_t b[2] = {pack_pair(b_tile[2 * t][col], b_tile[2 * t + 1][col]),
-                               pack_pair(b_tile[2 * t + 8][col], b_tile[2 * t + 9][col])};
-#pragma unroll
-        for (int i = 0; i < kMR; ++i) cuda::mma_m16n8k16<scalar_t>(acc[i][j], a[i], b, acc[i][j]);
-      }
+      multiply_stage<scalar_t, Tile>(
+          acc, wm, wn, [&](int row, int k) { return pack_pair(a_tile[k][row], a_tile[k + 1][row]); },
+          [&](int col, int k) { return pack_pair(b_tile[k][col], b_tile[k + 1][col]); });
     }
   });
 
@@ -592,7 +601,6 @@ __device__ void async_tensor_core_block(const Problem& prob, int64_t group, int6
   constexpr int kVec = Problem::kVec, kRowChunks = kTileK / kVec, kPitch = kTileK + kVec;
   constexpr int kChunksA = Tile::kM * kRowChunks, kChunksB = Tile::kN * kRowChunks;
   constexpr int kSlotsA = (kChunksA + kThreads - 1) / kThreads, kSlotsB = (kChunksB + kThreads - 1) / kThreads;
-  constexpr int kMR = Tile::kMmaRows, kMC = Tile::kMmaCols;
   __align__(16) __shared__ element_t a_tiles[kAsyncStages][Tile::kM][kPitch];
   __align__(16) __shared__ element_t b_tiles[kAsyncStages][Tile::kN][kPitch];
   const int rows = prob.rows(), cols = prob.cols();
@@ -622,7 +630,7 @@ __device__ void async_tensor_core_block(const Problem& prob, int64_t group, int6
     }
   };
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int warp = threadIdx.x / 32;
   const int wm = (warp / 2) * Tile::kWarpRows, wn = (warp % 2) * Tile::kWarpCols;
   WarpAccumulators<Tile> acc = {};
 
@@ -642,39 +650,15 @@ __device__ void async_tensor_core_block(const Problem& prob, int64_t group, int6
     cuda::commit_copies();
     const auto& a_tile = a_tiles[stage];
     const auto& b_tile = b_tiles[stage];
+    // Tiles are [row or column][depth], elements as copied: rounded to TF32 here for float.
     if constexpr (std::is_same_v<element_t, float>) {
-#pragma unroll
-      for (int ks = 0; ks < kTileK; ks += 8) {
-        uint32_t a[kMR][4];
-#pragma unroll
-        for (int i = 0; i < kMR; ++i) {
-          const int row = wm + 16 * i + g;
-          a[i][0] = cuda::to_tf32(a_tile[row][ks + t]), a[i][1] = cuda::to_tf32(a_tile[row + 8][ks + t]);
-          a[i][2] = cuda::to_tf32(a_tile[row][ks + t + 4]), a[i][3] = cuda::to_tf32(a_tile[row + 8][ks + t + 4]);
-        }
-#pragma unroll
-        for (int j = 0; j < kMC; ++j) {
-          const int col = wn + 8 * j + g;
-          const uint32_t b[2] = {cuda::to_tf32(b_tile[col][ks + t]), cuda::to_tf32(b_tile[col][ks + t + 4])};
-#pragma unroll
-          for (int i = 0; i < kMR; ++i) cuda::mma_m16n8k8_tf32(acc[i][j], a[i], b, acc[i][j]);
-        }
-      }
+      multiply_stage<scalar_t, Tile>(
+          acc, wm, wn, [&](int row, int k) { return cuda::to_tf32(a_tile[row][k]); },
+          [&](int col, int k) { return cuda::to_tf32(b_tile[col][k]); });
     } else {
-      uint32_t a[kMR][4];
-#pragma unroll
-      for (int i = 0; i < kMR; ++i) {
-        const int row = wm + 16 * i + g;
-        a[i][0] = cuda::load_pair(&a_tile[row][2 * t]), a[i][1] = cuda::load_pair(&a_tile[row + 8][2 * t]);
-        a[i][2] = cuda::load_pair(&a_tile[row][2 * t + 8]), a[i][3] = cuda::load_pair(&a_tile[row + 8][2 * t + 8]);
-      }
-#pragma unroll
-      for (int j = 0; j < kMC; ++j) {
-        const int col = wn + 8 * j + g;
-        const uint32_t b[2] = {cuda::load_pair(&b_tile[col][2 * t]), cuda::load_pair(&b_tile[col][2 * t + 8])};
-#pragma unroll
-        for (int i = 0; i < kMR; ++i) cuda::mma_m16n8k16<scalar_t>(acc[i][j], a[i], b, acc[i][j]);
-      }
+      multiply_stage<scalar_t, Tile>(
+          acc, wm, wn, [&](int row, int k) { return cuda::load_pair(&a_tile[row][k]); },
+          [&](int col, int k) { return cuda::load_pair(&b_tile[col][k]); });
     }
     stage = (stage + 1) % kAsyncStages;
   }

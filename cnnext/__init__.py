@@ -29,8 +29,10 @@ def build_info() -> dict:
     Returns a dict with ``cuda`` (CUDA kernels compiled in), ``cuda_archs`` (the SM architectures
     nvcc compiled them for, e.g. ``"800,900"``), ``cuda_runtime_version`` (CUDA runtime the
     kernels were built against, e.g. 13000), ``torch_version`` (torch the extension was compiled
-    against), ``torch_runtime_version`` (torch imported now) and ``cuda_available`` (a GPU is
-    visible now).
+    against), ``cpu_isa`` (which build of the CPU loops runs: ``"baseline"``, ``"avx2"`` or
+    ``"avx512"``, the best this CPU supports unless ``CNNEXT_CPU_ISA`` asks for a lower one),
+    ``cpu_isa_supported`` (the best this CPU supports), ``torch_runtime_version`` (torch imported
+    now) and ``cuda_available`` (a GPU is visible now).
     """
     info = dict(_C.build_info())
     info["torch_runtime_version"] = torch.__version__

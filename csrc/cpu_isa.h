@@ -1,10 +1,19 @@
-// Which build of the CPU loops to run: the kernels with hand-vectorisable loops (pooling,
-// attention) are compiled for the x86-64 baseline and for AVX2 + FMA, and use the latter where
-// this returns true: the CPU supports both (every AVX2 CPU from Intel Haswell and AMD Zen on) and
-// CNNEXT_CPU_ISA=baseline is not set (tests use that to cover the baseline build). Decided once
-// per process.
+// Which build of the CPU loops to run. The kernels with hand-vectorisable loops are compiled more
+// than once: for the x86-64 baseline, for AVX2 + FMA (pooling, attention, conv2d's direct
+// kernels) and for AVX-512 (attention, whose exp loop runs twice as wide there). cpu_isa() is the
+// best level the CPU supports, decided once per process; CNNEXT_CPU_ISA=baseline|avx2|avx512
+// lowers it (tests use that to cover every build), and asking for a level the CPU lacks, or an
+// unknown name, is an error.
 #pragma once
 
 namespace cnnext {
-bool cpu_use_avx2();
+
+enum class CpuIsa { baseline = 0, avx2 = 1, avx512 = 2 };  // avx2 includes FMA; avx512: F, BW, VL
+
+CpuIsa cpu_isa();
+CpuIsa cpu_isa_supported();   // the best level this CPU has, whatever CNNEXT_CPU_ISA says
+const char* cpu_isa_name(CpuIsa isa);  // "baseline", "avx2" or "avx512", as CNNEXT_CPU_ISA spells them
+inline bool cpu_use_avx2() { return cpu_isa() >= CpuIsa::avx2; }
+inline bool cpu_use_avx512() { return cpu_isa() >= CpuIsa::avx512; }
+
 }  // namespace cnnext

@@ -134,11 +134,20 @@ def fresh_seed(request):
     yield seed
 
 
-def run_with_baseline_isa(script: str) -> None:
-    """Run `script` in a fresh process whose CPU loops use the baseline (SSE2) build: AVX2 machines
-    otherwise only ever run the AVX2 build of the pooling and attention loops. The script must
-    print "ok" last."""
-    env = {**os.environ, "CNNEXT_CPU_ISA": "baseline"}
+CPU_ISAS = ["baseline", "avx2", "avx512"]  # CNNEXT_CPU_ISA's levels, lowest first
+
+
+def cpu_isas_below_best() -> list[str]:
+    """The CPU loop builds this machine supports other than the one it runs by default: a process
+    only ever runs one build, so each of these needs a process of its own (run_with_cpu_isa)."""
+    best = cnnext.build_info()["cpu_isa_supported"]
+    return CPU_ISAS[: CPU_ISAS.index(best)]
+
+
+def run_with_cpu_isa(script: str, isa: str = "baseline") -> None:
+    """Run `script` in a fresh process whose CPU loops use the `isa` build (CNNEXT_CPU_ISA). The
+    script must print "ok" last."""
+    env = {**os.environ, "CNNEXT_CPU_ISA": isa}
     root = pathlib.Path(__file__).resolve().parent.parent
     result = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]

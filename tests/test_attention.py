@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import cnnext
 from cnnext.ops import reference
 
-from .conftest import DEVICES, FULL_PRECISION, LOW_PRECISION, run_with_baseline_isa
+from .conftest import CPU_ISAS, DEVICES, FULL_PRECISION, LOW_PRECISION, cpu_isas_below_best, run_with_cpu_isa
 
 TOLERANCES = {torch.float32: dict(rtol=2e-4, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 
@@ -30,6 +30,20 @@ def check_against_reference(q, k, v, tol, causal):
     ref_grads = torch.autograd.grad(ref, ref_leaves, grad)
     for name, got, want in zip("qkv", grads, ref_grads, strict=True):
         torch.testing.assert_close(got.double(), want, **tol, msg=lambda m, n=name: f"d{n}: {m}")
+
+
+# The CPU forward takes tiles of up to 256 query rows x 512 keys: these lengths need several of
+# both, with partial last tiles, so the running max and sum carry across key tiles.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("lengths", [(300, 1100), (600, 530), (1030, 40)], ids="Lq{0[0]}-Lk{0[1]}".format)
+def test_cpu_matches_reference_over_several_tiles(lengths, causal, dtype):
+    lq, lk = lengths
+    q = torch.randn(1, 2, lq, 32, dtype=dtype)
+    # Keys drift along the sequence so that later tiles hold larger scores: the running max must grow.
+    k = torch.randn(1, 2, lk, 32, dtype=dtype) + torch.linspace(0, 2, lk, dtype=dtype).view(1, 1, -1, 1)
+    v = torch.randn(1, 2, lk, 32, dtype=dtype)
+    check_against_reference(q, k, v, TOLERANCES[dtype], causal)
 
 
 @pytest.mark.parametrize("device, dtype", FULL_PRECISION)
@@ -267,18 +281,38 @@ def test_tensors_on_different_devices_raise():
         cnnext.ops.attention(Q.cuda(), Q, Q.cuda())
 
 
-def test_baseline_isa_loops_match_reference():
-    """The CPU attention loops are also built for the baseline ISA; AVX2 machines never run that
-    build otherwise."""
-    run_with_baseline_isa(
-        """
-import torch
+@pytest.mark.parametrize("isa", cpu_isas_below_best())
+def test_lower_isa_loops_match_reference(isa):
+    """The CPU attention loops are built for every ISA level (baseline, AVX2, AVX-512); a machine
+    runs only its best one by default, so each lower build is run here in a process of its own,
+    forward and backward, on lengths that leave partial vectors and tiles."""
+    run_with_cpu_isa(
+        f"""
+import torch, cnnext
 from tests.test_attention import TOLERANCES, check_against_reference
+assert cnnext.build_info()["cpu_isa"] == "{isa}", cnnext.build_info()
 for causal in (False, True):
     for dtype in (torch.float32, torch.float64):
         q = torch.randn(2, 3, 70, 32, dtype=dtype)
         k, v = torch.randn(2, 3, 150, 32, dtype=dtype), torch.randn(2, 3, 150, 32, dtype=dtype)
         check_against_reference(q, k, v, TOLERANCES[dtype], causal)
+q, k, v = (torch.randn(2, 3, n, 16, requires_grad=True) for n in (70, 600, 600))
+mask = torch.rand(2, 1, 70, 600) > 0.3
+got = cnnext.ops.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+torch.testing.assert_close(got, want, **TOLERANCES[torch.float32])
+grad = torch.randn_like(got)
+for a, b in zip(torch.autograd.grad(got, (q, k, v), grad), torch.autograd.grad(want, (q, k, v), grad)):
+    torch.testing.assert_close(a, b, **TOLERANCES[torch.float32])
 print("ok")
-"""
+""",
+        isa,
     )
+
+
+def test_cpu_isa_is_reported_and_bad_names_raise():
+    info = cnnext.build_info()
+    assert info["cpu_isa"] in CPU_ISAS and info["cpu_isa_supported"] in CPU_ISAS
+    assert CPU_ISAS.index(info["cpu_isa"]) <= CPU_ISAS.index(info["cpu_isa_supported"])
+    with pytest.raises(AssertionError, match="CNNEXT_CPU_ISA must be baseline, avx2 or avx512, got 'sse9'"):
+        run_with_cpu_isa("import cnnext; cnnext.build_info(); print('ok')", "sse9")

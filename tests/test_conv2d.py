@@ -16,7 +16,7 @@ from .conftest import (
     FULL_PRECISION,
     LOW_PRECISION,
     needs_cuda,
-    run_with_baseline_isa,
+    run_with_cpu_isa,
     tf32_reference,
 )
 
@@ -243,7 +243,7 @@ for stride in (1, 2):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 print("ok")
 """
-    run_with_baseline_isa(script)
+    run_with_cpu_isa(script)
 
 
 # (input H x W, kernel, stride, padding, dilation) for the CUDA grad input's stride phases.

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import cnnext
 
-from .conftest import DEVICES, FULL_PRECISION, LOW_PRECISION, run_with_baseline_isa
+from .conftest import DEVICES, FULL_PRECISION, LOW_PRECISION, run_with_cpu_isa
 from .test_conv2d import make_layout
 
 TOLERANCES = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-12)}
@@ -509,4 +509,4 @@ for layout in ["contiguous", "channels_last"]:
         torch.testing.assert_close(cnnext.ops.max_pool2d(x.float(), 2), F.max_pool2d(x.float(), 2))
 print("ok")
 """
-    run_with_baseline_isa(script)
+    run_with_cpu_isa(script)

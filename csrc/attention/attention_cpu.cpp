@@ -15,7 +15,9 @@ namespace {
 
 const AttentionCpuLoops& loops() {
 #if defined(__x86_64__)
-  static const AttentionCpuLoops table = cpu_use_avx2() ? attention_cpu_loops_avx2() : attention_cpu_loops_baseline();
+  static const AttentionCpuLoops table = cpu_use_avx512() ? attention_cpu_loops_avx512()
+                                         : cpu_use_avx2() ? attention_cpu_loops_avx2()
+                                                          : attention_cpu_loops_baseline();
 #else
   static const AttentionCpuLoops table = attention_cpu_loops_baseline();
 #endif

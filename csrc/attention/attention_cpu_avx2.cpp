@@ -4,6 +4,7 @@
 #if defined(__x86_64__)
 #include <ATen/Parallel.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>

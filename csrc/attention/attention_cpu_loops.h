@@ -1,7 +1,7 @@
 // Attention on the CPU: tiled, FlashAttention-style, with the tile products in BLAS.
 //
-// Forward: one task per (batch*head, block of kQueryBlock query rows). The task walks key tiles of
-// kKeyBlock keys: S = q_blk k_tile^T * scale (BLAS), online softmax per row (running max m, sum
+// Forward: one task per (batch*head, block of query rows). The task walks key tiles
+// (forward_tiles): S = q_blk k_tile^T * scale (BLAS), online softmax per row (running max m, sum
 // l, rescaling the accumulator when m grows), acc += P v_tile (BLAS). Memory beyond q, k, v, out:
 // one S tile and one accumulator block per thread, and lse (B, H, Lq).
 // Backward, one pass recomputing P from lse, a task per (batch*head, run of key tiles):
@@ -10,8 +10,9 @@
 // are fewer heads than threads; see backward()).
 // Causal masking skips whole tiles beyond a block's last visible key and masks the rest per row.
 //
-// This file is compiled twice (attention_cpu_baseline.cpp, attention_cpu_avx2.cpp); the entry
-// points in attention_cpu.cpp pick the AVX2 build where the CPU has it (cpu_isa.h). Each build
+// This file is compiled three times (attention_cpu_baseline.cpp, attention_cpu_avx2.cpp,
+// attention_cpu_avx512.cpp); the entry points in attention_cpu.cpp pick the widest build the CPU
+// supports (cpu_isa.h). Each build
 // exports one factory, CNNEXT_ATTENTION_LOOPS_FACTORY; everything else has internal linkage.
 #pragma once
 
@@ -19,6 +20,7 @@
 #include <ATen/ops/mm.h>
 #include <ATen/ops/from_blob.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -49,7 +51,25 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 namespace cnnext {
 namespace {
 
+// Backward tiles: query rows x keys of the P and dS tiles.
 constexpr int64_t kQueryBlock = 64, kKeyBlock = 128;
+
+// Forward tiles: a task takes `rows` query rows of one head and walks the keys `keys` at a time.
+// Large tiles let BLAS reach its efficient kernels on the products (rows x E)(E x keys) and
+// (rows x keys)(keys x Ev): up to 256 x 512, a 512 KiB score tile for float32. Rows halve (to no
+// fewer than 32) until there are four tasks per thread, and neither size exceeds what the
+// sequences hold (rounded up to 16, a whole vector of floats).
+struct ForwardTiles {
+  int64_t rows, keys;
+};
+
+ForwardTiles forward_tiles(const AttentionGeometry& g) {
+  const int64_t tasks_wanted = 4 * at::get_num_threads();
+  int64_t rows = 256;
+  while (rows > 32 && g.batch * g.heads * ceil_div(g.q_len, rows) < tasks_wanted) rows /= 2;
+  auto round_up_16 = [](int64_t n) { return ceil_div(n, int64_t{16}) * 16; };
+  return {std::min(rows, round_up_16(g.q_len)), std::min<int64_t>(512, round_up_16(g.k_len))};
+}
 
 // Row-major C (m x n) = alpha * op(A) op(B) + beta * C for one tile (sizes far below 2^31). BLAS
 // is column-major, where a row-major matrix reads as its transpose: so call it for
@@ -79,33 +99,119 @@ void gemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, s
   }
 }
 
-// exp for float32 that the compiler can vectorise (std::exp is a scalar libm call, and was most of
-// the time here): exp(x) = 2^n * exp(r) with n = round(x / ln 2) and |r| <= ln(2) / 2, exp(r) by
-// its Taylor series to degree 7 (truncation error < 6e-9, below float32's epsilon), 2^n built in
-// the exponent bits. Inputs are clamped to [-87, 88], where 2^n stays a normal float (the clamps
-// vectorise as min/max thanks to -fno-trapping-math, see setup.py), and below -87 the result is 0
-// (exp there is ~1e-38, at the subnormal edge): masked scores (-inf) must give exact zeros, since
-// products with subnormal weights take the CPU's slow path (a padding mask made the forward 6x
-// slower before). float64 keeps std::exp.
-inline float exp_vectorizable(float x) {
-  const bool underflows = x < -87.0f;  // also -inf (masked, or the first tile's rescale)
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  const int n = static_cast<int>(x * 1.44269504088896341f + 0.5f + 1024.0f) - 1024;  // floor, as x > -1024 ln 2
-  const float r = (x - static_cast<float>(n) * 0.693145751953125f) - static_cast<float>(n) * 1.4286068203094172e-6f;
-  float p = 1.0f / 40320;
-  p = 1.0f / 5040 + r * p;
-  p = 1.0f / 720 + r * p;
+// Sixteen floats as one value (GCC vector extension): its arithmetic compiles to one AVX-512
+// register, two AVX2 ones or four SSE ones, whichever build this is. The row loops below are
+// written on it rather than left to the auto-vectoriser, which kept the running maximum scalar.
+// The values never cross a function boundary between builds (internal linkage, inlined), so
+// GCC's note that passing them by value differs between ISAs (-Wpsabi) does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float Floats16 __attribute__((vector_size(64)));
+typedef uint32_t Bits16 __attribute__((vector_size(64)));
+constexpr int64_t kFloats16 = 16;
+
+inline Floats16 load16(const float* p) {
+  Floats16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store16(float* p, Floats16 v) { std::memcpy(p, &v, sizeof(v)); }
+inline Floats16 splat16(float x) { return Floats16{} + x; }
+// The first n (< 16) floats of p, the rest `fill`.
+inline Floats16 load16_partial(const float* p, int64_t n, float fill) {
+  float buffer[kFloats16];
+  for (int64_t t = 0; t < kFloats16; ++t) buffer[t] = t < n ? p[t] : fill;
+  return load16(buffer);
+}
+inline void store16_partial(float* p, int64_t n, Floats16 v) {
+  for (int64_t t = 0; t < n; ++t) p[t] = v[t];
+}
+
+// exp of 16 floats without a libm call: exp(x) = 2^n * exp(r) with n = round(x / ln 2) and
+// |r| <= ln(2) / 2, exp(r) by its Taylor series to degree 6 (truncation below 1.2e-7 relative;
+// the largest error against float64 exp over [-87, 0] is 7.3e-8), 2^n built in the exponent
+// bits. n comes from adding 1.5 * 2^23 to x / ln 2, which leaves n in the low mantissa bits of
+// the sum (round to nearest, no conversion instruction). Inputs are clamped to [-87, 88], where
+// 2^n stays a normal float, and below -87 the result is 0 (exp there is ~1e-38, at the subnormal
+// edge): masked scores (-inf) must give exact zeros, since products with subnormal weights take
+// the CPU's slow path. NaN gives an unspecified value: the loops handle NaN rows apart.
+inline Floats16 exp16(Floats16 x) {
+  const auto underflows = x < -87.0f;  // also -inf (masked, or the first tile's rescale)
+  x = x < -87.0f ? splat16(-87.0f) : x;
+  x = x > 88.0f ? splat16(88.0f) : x;
+  constexpr float kRoundingShift = 12582912.0f;  // 1.5 * 2^23: its ulp is 1
+  const Floats16 shifted = x * 1.44269504088896341f + kRoundingShift;
+  const Floats16 n = shifted - kRoundingShift;
+  const Floats16 r = (x - n * 0.693145751953125f) - n * 1.4286068203094172e-6f;  // ln 2 in two parts
+  Floats16 p = splat16(1.0f / 720);
   p = 1.0f / 120 + r * p;
   p = 1.0f / 24 + r * p;
   p = 1.0f / 6 + r * p;
   p = 0.5f + r * p;
   p = 1.0f + r * p;
   p = 1.0f + r * p;
-  const int32_t bits = (n + 127) << 23;
-  float two_to_n;
+  // shifted's bits are those of 1.5 * 2^23 plus n in the mantissa, of which the shift by 23 keeps
+  // the lowest 9 bits: what remains is (n + 127) << 23, the float 2^n.
+  Bits16 bits;
+  std::memcpy(&bits, &shifted, sizeof(bits));
+  bits = (bits + 127u) << 23;
+  Floats16 two_to_n;
   std::memcpy(&two_to_n, &bits, sizeof(two_to_n));
-  return underflows ? 0.0f : p * two_to_n;
+  return underflows ? Floats16{} : p * two_to_n;
+}
+
+inline float exp_vectorizable(float x) { return exp16(splat16(x))[0]; }
+
+// The sum of v's 16 floats, in halves (a tree: 4 dependent additions, not 15).
+inline float horizontal_sum(Floats16 v) {
+  typedef float Floats8 __attribute__((vector_size(32)));
+  typedef float Floats4 __attribute__((vector_size(16)));
+  Floats8 halves[2];
+  std::memcpy(halves, &v, sizeof(v));
+  const Floats8 eight = halves[0] + halves[1];
+  Floats4 quarters[2];
+  std::memcpy(quarters, &eight, sizeof(eight));
+  const Floats4 four = quarters[0] + quarters[1];
+  return (four[0] + four[2]) + (four[1] + four[3]);
+}
+inline double exp_vectorizable(double x) { return std::exp(x); }
+
+// The largest of row[0..n) and `init`; NaN is skipped (as with a `>` comparison).
+inline float row_max(const float* row, int64_t n, float init) {
+  Floats16 m = splat16(init);
+  int64_t j = 0;
+  for (; j + kFloats16 <= n; j += kFloats16) {
+    const Floats16 x = load16(row + j);
+    m = x > m ? x : m;
+  }
+  if (j < n) {
+    const Floats16 x = load16_partial(row + j, n - j, init);
+    m = x > m ? x : m;
+  }
+  float result = init;
+  for (int64_t t = 0; t < kFloats16; ++t) result = m[t] > result ? m[t] : result;
+  return result;
+}
+inline double row_max(const double* row, int64_t n, double init) { return max_lanes(row, n, init); }
+
+// row[j] = exp(row[j] - shift) for j < n; returns their sum.
+inline float exp_and_sum(float* row, int64_t n, float shift) {
+  Floats16 sum{};
+  int64_t j = 0;
+  for (; j + kFloats16 <= n; j += kFloats16) {
+    const Floats16 e = exp16(load16(row + j) - shift);
+    store16(row + j, e);
+    sum += e;
+  }
+  if (j < n) {
+    const Floats16 e = exp16(load16_partial(row + j, n - j, -std::numeric_limits<float>::infinity()) - shift);
+    store16_partial(row + j, n - j, e);
+    sum += e;
+  }
+  return horizontal_sum(sum);
+}
+inline double exp_and_sum(double* row, int64_t n, double shift) {
+  for (int64_t j = 0; j < n; ++j) row[j] = std::exp(row[j] - shift);
+  return sum_lanes<double>(row, n);
 }
 
 // Whether any of the n values is NaN or +inf. A score like that makes the plain softmax of its row
@@ -134,22 +240,21 @@ bool all_finite(const scalar_t* p, int64_t n) {
   for (; i < n; ++i) sum += p[i] * scalar_t(0);
   return sum == scalar_t(0);
 }
-inline double exp_vectorizable(double x) { return std::exp(x); }
 
 // P[r][j] = exp(S[r][j] - lse[r]) for the keys query row i0 + r may see in tile [j0, j0 + nk), else 0
 // (also for a fully masked row, whose lse is -inf).
 template <typename scalar_t>
-void probabilities_from_lse(scalar_t* s, const scalar_t* lse, const AttentionGeometry& g, int64_t i0, int64_t nq,
+void probabilities_from_lse(scalar_t* s, int64_t ld, const scalar_t* lse, const AttentionGeometry& g, int64_t i0, int64_t nq,
                             int64_t j0, int64_t nk) {
   for (int64_t r = 0; r < nq; ++r) {
     const int64_t visible = std::clamp<int64_t>(g.key_end(i0 + r) - j0, 0, nk);
-    scalar_t* row = s + r * kKeyBlock;
+    scalar_t* row = s + r * ld;
     const scalar_t row_lse = lse[i0 + r];
     if (row_lse == -std::numeric_limits<scalar_t>::infinity()) {
       std::fill(row, row + nk, scalar_t(0));
       continue;
     }
-    for (int64_t j = 0; j < visible; ++j) row[j] = exp_vectorizable(row[j] - row_lse);
+    exp_and_sum(row, visible, row_lse);
     std::fill(row + visible, row + nk, scalar_t(0));
   }
 }
@@ -166,6 +271,24 @@ struct Rows {
   T* at(int64_t b, int64_t h, int64_t i) const { return data + b * batch + h * head + i * row; }
 };
 
+// Whether any of x's rows of heads (b < batch, h < heads), i < len holds a NaN or an infinity in
+// its first `width` elements.
+template <typename scalar_t>
+bool has_non_finite(const Rows<const scalar_t>& x, int64_t batch, int64_t heads, int64_t len, int64_t width) {
+  std::atomic<bool> found{false};
+  at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end && !found.load(std::memory_order_relaxed); ++bh) {
+      for (int64_t i = 0; i < len; ++i) {
+        if (!all_finite(x.at(bh / heads, bh % heads, i), width)) {
+          found.store(true, std::memory_order_relaxed);
+          break;
+        }
+      }
+    }
+  });
+  return found.load();
+}
+
 // The additive bias of the scores: element (b, h, i, j) at data[b sb + h sh + i si + j sj] (any
 // strides, broadcast ones 0), or none.
 template <typename scalar_t>
@@ -173,12 +296,12 @@ struct Bias {
   const scalar_t* data = nullptr;
   int64_t sb = 0, sh = 0, si = 0, sj = 0;
 
-  // S[r][j] += bias for query rows i0 + r, keys j0 + j of head (b, h).
-  void add(scalar_t* s, int64_t b, int64_t h, int64_t i0, int64_t nq, int64_t j0, int64_t nk) const {
+  // S[r][j] += bias for query rows i0 + r, keys j0 + j of head (b, h); S's rows are ld apart.
+  void add(scalar_t* s, int64_t ld, int64_t b, int64_t h, int64_t i0, int64_t nq, int64_t j0, int64_t nk) const {
     if (data == nullptr) return;
     for (int64_t r = 0; r < nq; ++r) {
       const scalar_t* src = data + b * sb + h * sh + (i0 + r) * si + j0 * sj;
-      scalar_t* row = s + r * kKeyBlock;
+      scalar_t* row = s + r * ld;
       if (sj == 1) {
         for (int64_t j = 0; j < nk; ++j) row[j] += src[j];
       } else {
@@ -232,48 +355,52 @@ Bias<scalar_t> make_bias(const AttentionOptions& options) {
 template <typename scalar_t>
 void forward(const Rows<const scalar_t>& q, const Rows<const scalar_t>& k, const Rows<const scalar_t>& v, scalar_t* out,
              scalar_t* lse, const AttentionGeometry& g, const AttentionOptions& options) {
-  const int64_t E = g.head_dim, Ev = g.v_dim, Lq = g.q_len, Lk = g.k_len, q_blocks = ceil_div(Lq, kQueryBlock);
+  const int64_t E = g.head_dim, Ev = g.v_dim, Lq = g.q_len, Lk = g.k_len;
+  const ForwardTiles tiles = forward_tiles(g);
+  const int64_t q_blocks = ceil_div(Lq, tiles.rows), ld = tiles.keys;  // ld: the score tile's row stride
   const Bias<scalar_t> bias = make_bias<scalar_t>(options);
   const Dropout dropout = make_dropout(options);
+  const bool search_scores = options.bias_has_nan_or_inf || has_non_finite(q, g.batch, g.heads, Lq, E) ||
+                             has_non_finite(k, g.batch, g.kv_heads, Lk, E);  // see any_nan_or_inf
   at::parallel_for(0, g.batch * g.heads * q_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> s(kQueryBlock * kKeyBlock), acc(kQueryBlock * Ev), m(kQueryBlock), l(kQueryBlock);
-    std::vector<char> nan_row(kQueryBlock);
+    std::vector<scalar_t> s(tiles.rows * tiles.keys), acc(tiles.rows * Ev), m(tiles.rows), l(tiles.rows);
+    std::vector<char> nan_row(tiles.rows);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t bh = task / q_blocks, i0 = (task % q_blocks) * kQueryBlock, nq = std::min(kQueryBlock, Lq - i0);
+      const int64_t bh = task / q_blocks, i0 = (task % q_blocks) * tiles.rows, nq = std::min(tiles.rows, Lq - i0);
       const int64_t b = bh / g.heads, h = bh % g.heads, hk = h / g.group();
       const scalar_t* q_blk = q.at(b, h, i0);  // (nq, E), rows q.row apart
-      bool search_scores = options.bias_has_nan_or_inf;  // see any_nan_or_inf
-      for (int64_t r = 0; r < nq && !search_scores; ++r) search_scores = !all_finite(q_blk + r * q.row, E);
-      for (int64_t j = 0; j < Lk && !search_scores; ++j) search_scores = !all_finite(k.at(b, hk, j), E);
       std::fill(acc.begin(), acc.end(), scalar_t(0));
       std::fill(m.begin(), m.end(), -std::numeric_limits<scalar_t>::infinity());
       std::fill(l.begin(), l.end(), scalar_t(0));
       std::fill(nan_row.begin(), nan_row.end(), 0);
       const int64_t k_end = g.key_end(i0 + nq - 1);
-      for (int64_t j0 = 0; j0 < k_end; j0 += kKeyBlock) {
-        const int64_t nk = std::min(kKeyBlock, k_end - j0);
-        gemm<scalar_t>(false, true, nq, nk, E, g.scale, q_blk, q.row, k.at(b, hk, j0), k.row, 0.0, s.data(), kKeyBlock);
-        bias.add(s.data(), b, h, i0, nq, j0, nk);
+      for (int64_t j0 = 0; j0 < k_end; j0 += tiles.keys) {
+        const int64_t nk = std::min(tiles.keys, k_end - j0);
+        gemm<scalar_t>(false, true, nq, nk, E, g.scale, q_blk, q.row, k.at(b, hk, j0), k.row, 0.0, s.data(), ld);
+        bias.add(s.data(), ld, b, h, i0, nq, j0, nk);
         for (int64_t r = 0; r < nq; ++r) {
           const int64_t visible = std::clamp<int64_t>(g.key_end(i0 + r) - j0, 0, nk);
-          scalar_t* row = s.data() + r * kKeyBlock;
+          scalar_t* row = s.data() + r * ld;
           if (search_scores) nan_row[r] |= any_nan_or_inf(row, visible);
-          const scalar_t row_max = max_lanes(row, visible, m[r]);
-          if (visible == 0 || row_max == -std::numeric_limits<scalar_t>::infinity()) {
+          const scalar_t new_max = row_max(row, visible, m[r]);
+          if (visible == 0 || new_max == -std::numeric_limits<scalar_t>::infinity()) {
             std::fill(row, row + nk, scalar_t(0));
             continue;
           }
-          const scalar_t rescale = exp_vectorizable(m[r] - row_max);  // ~0 on the first visible tile
-          for (int64_t j = 0; j < visible; ++j) row[j] = exp_vectorizable(row[j] - row_max);
+          // The running max grew: rescale what the row has summed so far (nothing before its first
+          // visible tile, which is all a single-tile row ever has).
+          if (new_max != m[r] && m[r] != -std::numeric_limits<scalar_t>::infinity()) {
+            const scalar_t rescale = exp_vectorizable(m[r] - new_max);
+            l[r] *= rescale;
+            scalar_t* acc_row = acc.data() + r * Ev;
+            for (int64_t d = 0; d < Ev; ++d) acc_row[d] *= rescale;
+          }
+          m[r] = new_max;
+          l[r] += exp_and_sum(row, visible, new_max);  // the softmax sums undropped weights
           std::fill(row + visible, row + nk, scalar_t(0));
-          l[r] = l[r] * rescale + sum_lanes<scalar_t>(row, visible);  // the softmax sums undropped weights
-          m[r] = row_max;
-          scalar_t* acc_row = acc.data() + r * Ev;
-          for (int64_t d = 0; d < Ev; ++d) acc_row[d] *= rescale;
           if (dropout.on) dropout.apply(row, visible, static_cast<uint64_t>((bh * Lq + i0 + r) * Lk + j0));
         }
-        gemm<scalar_t>(false, false, nq, Ev, nk, 1.0, s.data(), kKeyBlock, v.at(b, hk, j0), v.row, 1.0, acc.data(),
-                       Ev);
+        gemm<scalar_t>(false, false, nq, Ev, nk, 1.0, s.data(), ld, v.at(b, hk, j0), v.row, 1.0, acc.data(), Ev);
       }
       for (int64_t r = 0; r < nq; ++r) {
         scalar_t* out_row = out + (bh * Lq + i0 + r) * Ev;
@@ -311,8 +438,8 @@ void backward(const scalar_t* dout, const Rows<const scalar_t>& q, const Rows<co
     const int64_t bh = b * g.heads + h, hk = h / group;
     const scalar_t* do_blk = dout + (bh * Lq + i0) * Ev;
     gemm<scalar_t>(false, true, nq, nk, E, g.scale, q.at(b, h, i0), q.row, k.at(b, hk, j0), k.row, 0.0, p, kKeyBlock);
-    bias.add(p, b, h, i0, nq, j0, nk);
-    probabilities_from_lse(p, lse_all + bh * Lq, g, i0, nq, j0, nk);
+    bias.add(p, kKeyBlock, b, h, i0, nq, j0, nk);
+    probabilities_from_lse(p, kKeyBlock, lse_all + bh * Lq, g, i0, nq, j0, nk);
     gemm<scalar_t>(false, true, nq, nk, Ev, 1.0, do_blk, Ev, v.at(b, hk, j0), v.row, 0.0, ds, kKeyBlock);
     for (int64_t r = 0; r < nq; ++r) {
       scalar_t* p_row = p + r * kKeyBlock;

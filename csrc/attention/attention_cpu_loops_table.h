@@ -1,7 +1,7 @@
 // The CPU attention loops as a table of functions, one per instruction set they were compiled for
-// (attention_cpu_loops.h, built by attention_cpu_baseline.cpp and attention_cpu_avx2.cpp). q, k, v
-// have contiguous rows (other strides free, 0 for broadcast); dout, out, lse and the preallocated
-// outputs are contiguous, in the full shapes of attention.h.
+// (attention_cpu_loops.h, built by attention_cpu_baseline.cpp, attention_cpu_avx2.cpp and
+// attention_cpu_avx512.cpp). q, k, v have contiguous rows (other strides free, 0 for broadcast);
+// dout, out, lse and the preallocated outputs are contiguous, in the full shapes of attention.h.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -22,7 +22,8 @@ struct AttentionCpuLoops {
 
 AttentionCpuLoops attention_cpu_loops_baseline();
 #if defined(__x86_64__)
-AttentionCpuLoops attention_cpu_loops_avx2();  // call only where the CPU has AVX2
+AttentionCpuLoops attention_cpu_loops_avx2();    // call only where cpu_use_avx2()
+AttentionCpuLoops attention_cpu_loops_avx512();  // call only where cpu_use_avx512()
 #endif
 
 }  // namespace cnnext

@@ -119,6 +119,9 @@ def _as_four_dimensional(query, key, value, attn_mask, is_causal, enable_gqa):
             "scaled_dot_product_attention: Explicit attn_mask should not be set when is_causal=True"
         )
     L, S, E, Ev = query.shape[-2], key.shape[-2], query.shape[-1], value.shape[-1]
+    same_lead = query.shape[:-2] == key.shape[:-2] == value.shape[:-2]
+    if attn_mask is None and same_lead and query.dim() == 4:
+        return query, key, value, None, (*query.shape[:-1], Ev)  # the common case, nothing to broadcast
     # The mask is broadcast to the scores' shape, which it may not enlarge (SDPA adds it in place).
     mask_lead = tuple(attn_mask.shape[:-2]) if attn_mask is not None else ()
 

@@ -12,11 +12,14 @@
 #include <type_traits>
 #include <vector>
 
+#include <immintrin.h>
+
 #include "attention/attention_cpu_loops_table.h"
 #include "common.h"
 #include "cpu_reduce.h"
 
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma")
 #define CNNEXT_ATTENTION_LOOPS_FACTORY attention_cpu_loops_avx512
+#define CNNEXT_LOOPS_AVX512  // exp16 by AVX-512 intrinsics
 #include "attention/attention_cpu_loops.h"
 #endif

@@ -27,6 +27,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "attention/attention_cpu_loops_table.h"
 #include "common.h"
 #include "cpu_reduce.h"
@@ -52,7 +56,7 @@ namespace cnnext {
 namespace {
 
 // Backward tiles: query rows x keys of the P and dS tiles.
-constexpr int64_t kQueryBlock = 64, kKeyBlock = 128;
+constexpr int64_t kQueryBlock = 128, kKeyBlock = 256;
 
 // Forward tiles: a task takes `rows` query rows of one head and walks the keys `keys` at a time.
 // Large tiles let BLAS reach its efficient kernels on the products (rows x E)(E x keys) and
@@ -128,27 +132,45 @@ inline void store16_partial(float* p, int64_t n, Floats16 v) {
 
 // exp of 16 floats without a libm call: exp(x) = 2^n * exp(r) with n = round(x / ln 2) and
 // |r| <= ln(2) / 2, exp(r) by its Taylor series to degree 6 (truncation below 1.2e-7 relative;
-// the largest error against float64 exp over [-87, 0] is 7.3e-8), 2^n built in the exponent
-// bits. n comes from adding 1.5 * 2^23 to x / ln 2, which leaves n in the low mantissa bits of
-// the sum (round to nearest, no conversion instruction). Inputs are clamped to [-87, 88], where
-// 2^n stays a normal float, and below -87 the result is 0 (exp there is ~1e-38, at the subnormal
-// edge): masked scores (-inf) must give exact zeros, since products with subnormal weights take
-// the CPU's slow path. NaN gives an unspecified value: the loops handle NaN rows apart.
-inline Floats16 exp16(Floats16 x) {
-  const auto underflows = x < -87.0f;  // also -inf (masked, or the first tile's rescale)
-  x = x < -87.0f ? splat16(-87.0f) : x;
-  x = x > 88.0f ? splat16(88.0f) : x;
-  constexpr float kRoundingShift = 12582912.0f;  // 1.5 * 2^23: its ulp is 1
-  const Floats16 shifted = x * 1.44269504088896341f + kRoundingShift;
-  const Floats16 n = shifted - kRoundingShift;
-  const Floats16 r = (x - n * 0.693145751953125f) - n * 1.4286068203094172e-6f;  // ln 2 in two parts
+// the largest error against float64 exp is 7.3e-8 over [-87, 0], 2.2e-7 up to 88), then scaled by
+// 2^n. Below -87 the result is 0 (exp there is ~1e-38, at the subnormal edge): masked scores
+// (-inf) must give exact zeros, since products with subnormal weights take the CPU's slow path.
+// NaN gives an unspecified value: the loops handle NaN rows apart.
+inline Floats16 exp_of_reduced(Floats16 r) {
   Floats16 p = splat16(1.0f / 720);
   p = 1.0f / 120 + r * p;
   p = 1.0f / 24 + r * p;
   p = 1.0f / 6 + r * p;
   p = 0.5f + r * p;
   p = 1.0f + r * p;
-  p = 1.0f + r * p;
+  return 1.0f + r * p;
+}
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2High = 0.693145751953125f, kLn2Low = 1.4286068203094172e-6f;  // ln 2 in two parts
+
+#if defined(CNNEXT_LOOPS_AVX512)
+// AVX-512: n by one rounding instruction and 2^n applied by vscalefps, which also zeroes the
+// lanes below -87 (also -inf and NaN) in the same instruction: 12 instructions instead of 17.
+inline Floats16 exp16(Floats16 x_) {
+  const __m512 x = (__m512)x_;
+  const __mmask16 in_range = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Low), _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2High), x));
+  return (Floats16)_mm512_maskz_scalef_ps(in_range, (__m512)exp_of_reduced((Floats16)r), n);
+}
+#else
+// Other builds: inputs are clamped to [-87, 88], where 2^n stays a normal float, and n comes from
+// adding 1.5 * 2^23 to x / ln 2, which leaves n in the low mantissa bits of the sum (round to
+// nearest, no conversion instruction); 2^n is built in the exponent bits.
+inline Floats16 exp16(Floats16 x) {
+  const auto underflows = x < -87.0f;  // also -inf (masked, or the first tile's rescale)
+  x = x < -87.0f ? splat16(-87.0f) : x;
+  x = x > 88.0f ? splat16(88.0f) : x;
+  constexpr float kRoundingShift = 12582912.0f;  // 1.5 * 2^23: its ulp is 1
+  const Floats16 shifted = x * kLog2e + kRoundingShift;
+  const Floats16 n = shifted - kRoundingShift;
+  const Floats16 p = exp_of_reduced((x - n * kLn2High) - n * kLn2Low);
   // shifted's bits are those of 1.5 * 2^23 plus n in the mantissa, of which the shift by 23 keeps
   // the lowest 9 bits: what remains is (n + 127) << 23, the float 2^n.
   Bits16 bits;
@@ -158,21 +180,63 @@ inline Floats16 exp16(Floats16 x) {
   std::memcpy(&two_to_n, &bits, sizeof(two_to_n));
   return underflows ? Floats16{} : p * two_to_n;
 }
+#endif
+
+// log of 16 floats that are 0 or normal and positive (the softmax sums: at least 1 for a row with
+// a visible key, 0 for a fully masked one), -inf for 0: x = 2^e f with f in [sqrt(1/2), sqrt(2)),
+// log f = 2 atanh(t) with t = (f - 1) / (f + 1), |t| <= 0.172, by its series to t^9 (truncation
+// below 1e-9); within 2.2e-7 relative of float64 log on [1.01, 1e7], 1e-6 absolute.
+inline Floats16 log16(Floats16 x) {
+  typedef int32_t Ints16 __attribute__((vector_size(64)));
+  Bits16 bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  Ints16 exponent = (Ints16)(bits >> 23) - 127;
+  bits = (bits & 0x7fffffu) | 0x3f800000u;  // the mantissa as a float in [1, 2)
+  Floats16 f;
+  std::memcpy(&f, &bits, sizeof(f));
+  const auto high = f > 1.41421356f;
+  f = high ? f * 0.5f : f;
+  exponent = high ? exponent + 1 : exponent;
+  const Floats16 t = (f - 1.0f) / (f + 1.0f), t2 = t * t;
+  Floats16 p = splat16(1.0f / 9);
+  p = 1.0f / 7 + t2 * p;
+  p = 1.0f / 5 + t2 * p;
+  p = 1.0f / 3 + t2 * p;
+  p = 1.0f + t2 * p;
+  const Floats16 log_x = __builtin_convertvector(exponent, Floats16) * 0.693147180559945309f + 2.0f * t * p;
+  return x > 0.0f ? log_x : splat16(-std::numeric_limits<float>::infinity());
+}
+
+// x[i] = log(x[i]) for the n softmax sums of a block (see log16; -inf for 0).
+inline void log_of_sums(float* x, int64_t n) {
+  int64_t i = 0;
+  for (; i + kFloats16 <= n; i += kFloats16) store16(x + i, log16(load16(x + i)));
+  if (i < n) store16_partial(x + i, n - i, log16(load16_partial(x + i, n - i, 1.0f)));
+}
+inline void log_of_sums(double* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = std::log(x[i]);
+}
 
 inline float exp_vectorizable(float x) { return exp16(splat16(x))[0]; }
 
-// The sum of v's 16 floats, in halves (a tree: 4 dependent additions, not 15).
-inline float horizontal_sum(Floats16 v) {
-  typedef float Floats8 __attribute__((vector_size(32)));
-  typedef float Floats4 __attribute__((vector_size(16)));
-  Floats8 halves[2];
-  std::memcpy(halves, &v, sizeof(v));
-  const Floats8 eight = halves[0] + halves[1];
-  Floats4 quarters[2];
-  std::memcpy(quarters, &eight, sizeof(eight));
-  const Floats4 four = quarters[0] + quarters[1];
-  return (four[0] + four[2]) + (four[1] + four[3]);
+// The sum and the maximum of v's 16 floats, in every lane: four butterfly steps, each combining
+// every lane with its partner 8, 4, 2 and 1 lanes away (4 dependent steps, not 15, and no
+// extraction: the result serves directly as a vector operand).
+typedef int32_t Lanes16 __attribute__((vector_size(64)));
+template <typename Combine>
+inline Floats16 butterfly(Floats16 v, Combine combine) {
+  v = combine(v, __builtin_shuffle(v, Lanes16{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
+  v = combine(v, __builtin_shuffle(v, Lanes16{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
+  v = combine(v, __builtin_shuffle(v, Lanes16{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
+  return combine(v, __builtin_shuffle(v, Lanes16{1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}));
 }
+inline Floats16 sum_in_all_lanes(Floats16 v) {
+  return butterfly(v, [](Floats16 a, Floats16 b) { return a + b; });
+}
+inline Floats16 max_in_all_lanes(Floats16 v) {  // NaN lanes lose to any number (a `>` comparison)
+  return butterfly(v, [](Floats16 a, Floats16 b) { return b > a ? b : a; });
+}
+inline float horizontal_sum(Floats16 v) { return sum_in_all_lanes(v)[0]; }
 inline double exp_vectorizable(double x) { return std::exp(x); }
 
 // The largest of row[0..n) and `init`; NaN is skipped (as with a `>` comparison).
@@ -187,9 +251,7 @@ inline float row_max(const float* row, int64_t n, float init) {
     const Floats16 x = load16_partial(row + j, n - j, init);
     m = x > m ? x : m;
   }
-  float result = init;
-  for (int64_t t = 0; t < kFloats16; ++t) result = m[t] > result ? m[t] : result;
-  return result;
+  return max_in_all_lanes(m)[0];
 }
 inline double row_max(const double* row, int64_t n, double init) { return max_lanes(row, n, init); }
 
@@ -227,18 +289,19 @@ bool any_nan_or_inf(const scalar_t* p, int64_t n) {
   return found;
 }
 
-template <typename scalar_t>
-bool all_finite(const scalar_t* p, int64_t n) {
-  // x * 0 is NaN exactly for non-finite x; eight partial sums let the loop vectorise (max_lanes).
-  constexpr int kLanes = 8;
-  scalar_t lanes[kLanes] = {};
+// Whether p[0..n) holds no NaN and no infinity: x * 0 is NaN exactly for non-finite x, and a sum
+// of such products is 0 only when none is.
+inline bool all_finite(const float* p, int64_t n) {
+  Floats16 sum{};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) lanes[j] += p[i + j] * scalar_t(0);
-  scalar_t sum = 0;
-  for (int j = 0; j < kLanes; ++j) sum += lanes[j];
-  for (; i < n; ++i) sum += p[i] * scalar_t(0);
-  return sum == scalar_t(0);
+  for (; i + kFloats16 <= n; i += kFloats16) sum += load16(p + i) * 0.0f;
+  if (i < n) sum += load16_partial(p + i, n - i, 0.0f) * 0.0f;
+  return horizontal_sum(sum) == 0.0f;
+}
+inline bool all_finite(const double* p, int64_t n) {
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += p[i] * 0.0;
+  return sum == 0.0;
 }
 
 // P[r][j] = exp(S[r][j] - lse[r]) for the keys query row i0 + r may see in tile [j0, j0 + nk), else 0
@@ -278,12 +341,14 @@ bool has_non_finite(const Rows<const scalar_t>& x, int64_t batch, int64_t heads,
   std::atomic<bool> found{false};
   at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bh = begin; bh < end && !found.load(std::memory_order_relaxed); ++bh) {
-      for (int64_t i = 0; i < len; ++i) {
-        if (!all_finite(x.at(bh / heads, bh % heads, i), width)) {
-          found.store(true, std::memory_order_relaxed);
-          break;
-        }
+      const scalar_t* head = x.at(bh / heads, bh % heads, 0);
+      bool finite = true;
+      if (x.row == width) {
+        finite = all_finite(head, len * width);  // rows back to back: one run
+      } else {
+        for (int64_t i = 0; i < len && finite; ++i) finite = all_finite(head + i * x.row, width);
       }
+      if (!finite) found.store(true, std::memory_order_relaxed);
     }
   });
   return found.load();
@@ -377,10 +442,10 @@ void forward(const Rows<const scalar_t>& q, const Rows<const scalar_t>& k, const
       for (int64_t j0 = 0; j0 < k_end; j0 += tiles.keys) {
         const int64_t nk = std::min(tiles.keys, k_end - j0);
         gemm<scalar_t>(false, true, nq, nk, E, g.scale, q_blk, q.row, k.at(b, hk, j0), k.row, 0.0, s.data(), ld);
-        bias.add(s.data(), ld, b, h, i0, nq, j0, nk);
         for (int64_t r = 0; r < nq; ++r) {
           const int64_t visible = std::clamp<int64_t>(g.key_end(i0 + r) - j0, 0, nk);
           scalar_t* row = s.data() + r * ld;
+          bias.add(row, ld, b, h, i0 + r, 1, j0, nk);  // row by row: it stays in L1 for the passes below
           if (search_scores) nan_row[r] |= any_nan_or_inf(row, visible);
           const scalar_t new_max = row_max(row, visible, m[r]);
           if (visible == 0 || new_max == -std::numeric_limits<scalar_t>::infinity()) {
@@ -402,12 +467,15 @@ void forward(const Rows<const scalar_t>& q, const Rows<const scalar_t>& k, const
         }
         gemm<scalar_t>(false, false, nq, Ev, nk, 1.0, s.data(), ld, v.at(b, hk, j0), v.row, 1.0, acc.data(), Ev);
       }
+      const scalar_t nan = std::numeric_limits<scalar_t>::quiet_NaN();
       for (int64_t r = 0; r < nq; ++r) {
         scalar_t* out_row = out + (bh * Lq + i0 + r) * Ev;
         const scalar_t inv = l[r] > 0 ? scalar_t(1) / l[r] : scalar_t(0);
-        const scalar_t nan = std::numeric_limits<scalar_t>::quiet_NaN();
         for (int64_t d = 0; d < Ev; ++d) out_row[d] = nan_row[r] ? nan : acc[r * Ev + d] * inv;
-        lse[bh * Lq + i0 + r] = nan_row[r] ? nan : m[r] + std::log(l[r]);  // -inf for a fully masked row
+      }
+      log_of_sums(l.data(), nq);
+      for (int64_t r = 0; r < nq; ++r) {
+        lse[bh * Lq + i0 + r] = nan_row[r] ? nan : m[r] + l[r];  // -inf for a fully masked row
       }
     }
   });

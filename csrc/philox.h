@@ -49,10 +49,16 @@ C10_HOST_DEVICE inline uint32_t dropout_threshold(double p) {
   return scaled >= 16777216.0 ? 16777216u : static_cast<uint32_t>(scaled + 0.5);
 }
 
+// Output w (0..3) of a block, chosen by selects: indexing the array with a run-time w would put
+// the block in GPU local memory.
+C10_HOST_DEVICE inline uint32_t philox_word(const PhiloxBlock& block, uint64_t w) {
+  return w == 0 ? block.x[0] : w == 1 ? block.x[1] : w == 2 ? block.x[2] : block.x[3];
+}
+
 // Whether element `index` of the dropout mask (seed, offset) is kept, for keep threshold t.
 C10_HOST_DEVICE inline bool dropout_keeps(uint64_t seed, uint64_t offset, uint64_t index, uint32_t threshold) {
   const PhiloxBlock block = philox4x32_10(index / 4, offset, seed);
-  return (block.x[index % 4] >> 8) >= threshold;
+  return (philox_word(block, index % 4) >> 8) >= threshold;
 }
 
 }  // namespace cnnext

@@ -37,8 +37,8 @@ def close(got, want, what):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=lambda m: f"{what}: {m}")
 
 
-def grads(fn, *tensors):
-    leaves = [t.detach().to(DEVICE).requires_grad_() for t in tensors]
+def grads(fn, *tensors, device=None):
+    leaves = [t.detach().to(device or DEVICE).requires_grad_() for t in tensors]
     out = fn(*leaves)
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(out)
     return out, torch.autograd.grad(out, leaves, g)
@@ -142,6 +142,36 @@ def attention():
         # Outputs and gradients of N(0, 1) inputs: 16-bit rounding of inputs, P, dS and the results.
         for got, want in zip([ours[0], *ours[1]], [native[0], *native[1]], strict=True):
             torch.testing.assert_close(got.double().cpu(), want.cpu(), rtol=3e-2, atol=3e-2)
+    # SDPA's options on both variants: a float mask with fully masked rows (and its gradient),
+    # grouped heads, a value head dim of its own; then dropout, against the same call on the CPU
+    # kernels (the same seed gives the same mask there).
+    mask = torch.randn(37, 41)
+    mask[::6] = float("-inf")
+    q, k, v = torch.randn(1, 4, 37, 16), torch.randn(1, 2, 41, 16), torch.randn(1, 2, 41, 24)
+    for dtype in (torch.float32, torch.float16):
+
+        def attend(*t):
+            return cnnext.ops.scaled_dot_product_attention(*t[:3], attn_mask=t[3], enable_gqa=True)
+
+        inputs = [t.to(dtype) for t in (q, k, v, mask)]
+        with on_kernels():
+            ours = grads(attend, *inputs)
+        reference = grads(
+            lambda *t: F.scaled_dot_product_attention(*t[:3], attn_mask=t[3], enable_gqa=True),
+            *(t.double() for t in (q, k, v, mask)),
+        )
+        for got, want in zip([ours[0], *ours[1]], [reference[0], *reference[1]], strict=True):
+            torch.testing.assert_close(got.double().cpu(), want.cpu(), rtol=3e-2, atol=3e-2)
+        rng = torch.tensor([7, 8])
+
+        def dropout(*t):
+            return torch.ops.cnnext.attention(*t, None, False, None, 0.2, rng, True)[0]
+
+        with on_kernels():
+            dropped = grads(dropout, *inputs[:3])
+        on_cpu = grads(dropout, *(t.float() for t in inputs[:3]), device="cpu")  # the CPU kernels
+        for got, want in zip([dropped[0], *dropped[1]], [on_cpu[0], *on_cpu[1]], strict=True):
+            torch.testing.assert_close(got.double().cpu(), want.double(), rtol=3e-2, atol=3e-2)
 
 
 CONTROLS = {

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import cnnext
 from cnnext.ops import scaled_dot_product_attention as sdpa
 
-from .conftest import DEVICES, FULL_PRECISION
+from .conftest import DEVICES, FULL_PRECISION, LOW_PRECISION
 
 # name -> (query, key, value shapes, enable_gqa)
 SHAPES = {
@@ -82,13 +82,11 @@ def check_against_sdpa(q, k, v, mask=None, tol=None, **kwargs):
         torch.testing.assert_close(got.double(), want, **tol, msg=lambda m, n=name: f"grad {n}: {m}")
 
 
-CPU_ONLY = [p for p in FULL_PRECISION if p.id.startswith("cpu")]
+MASK_KINDS = ["none", "bool", "float", "padding", "fully masked rows", "float -inf rows"]
 
 
-@pytest.mark.parametrize("device, dtype", CPU_ONLY)
-@pytest.mark.parametrize(
-    "mask_kind", ["none", "bool", "float", "padding", "fully masked rows", "float -inf rows"]
-)
+@pytest.mark.parametrize("device, dtype", FULL_PRECISION)
+@pytest.mark.parametrize("mask_kind", MASK_KINDS)
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 def test_matches_sdpa_with_every_mask_kind(shape, mask_kind, device, dtype):
     q_shape, k_shape, v_shape, gqa = shape
@@ -103,19 +101,8 @@ def test_matches_sdpa_with_every_mask_kind(shape, mask_kind, device, dtype):
 
 @pytest.mark.parametrize("device, dtype", FULL_PRECISION)
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
-def test_matches_sdpa_causal_and_scaled(shape, device, dtype, cuda_emulation):
-    """Without a mask, on every device (the CUDA kernels take grouped heads and broadcast batches,
-    not yet a value head dimension other than the query's)."""
+def test_matches_sdpa_causal_and_scaled(shape, device, dtype):
     q_shape, k_shape, v_shape, gqa = shape
-    cuda_kernels = device == "cuda" or cuda_emulation is not None
-    if cuda_kernels and v_shape[-1] != q_shape[-1]:
-        with pytest.raises(RuntimeError, match="v's head dimension .* must equal"):
-            sdpa(
-                torch.randn(q_shape, device=device),
-                torch.randn(k_shape, device=device),
-                torch.randn(v_shape, device=device),
-            )
-        return
     g = torch.Generator().manual_seed(1)
     q, k, v = (
         torch.randn(s, generator=g, dtype=torch.float64).to(device, dtype)
@@ -125,25 +112,63 @@ def test_matches_sdpa_causal_and_scaled(shape, device, dtype, cuda_emulation):
     check_against_sdpa(q, k, v, scale=0.3, enable_gqa=gqa)
 
 
-@pytest.mark.parametrize("device", [d for d in DEVICES if d.id != "cpu"])
-def test_cuda_kernels_refuse_masks_and_dropout_until_they_read_them(device):
-    q = torch.randn(1, 2, 5, 8, device=device)
-    with pytest.raises(RuntimeError, match="attn_mask is not supported by the CUDA kernels yet"):
-        sdpa(q, q, q, attn_mask=torch.ones(5, 5, dtype=torch.bool, device=device))
-    with pytest.raises(RuntimeError, match="dropout_p > 0 is not supported by the CUDA kernels yet"):
-        sdpa(q, q, q, dropout_p=0.5)
+LOW_PRECISION_SHAPES = {k: SHAPES[k] for k in ("4d", "value dim differs", "gqa", "gqa, one key head", "5d")}
 
 
-def test_gradcheck_float64_with_masks_gqa_and_broadcast():
+@pytest.mark.parametrize("device, dtype", LOW_PRECISION)
+@pytest.mark.parametrize("mask_kind", ["bool", "float", "fully masked rows"])
+@pytest.mark.parametrize("shape", LOW_PRECISION_SHAPES.values(), ids=LOW_PRECISION_SHAPES.keys())
+def test_low_precision_with_masks_within_sdpa_error(shape, mask_kind, device, dtype, monkeypatch):
+    """float16/bfloat16 with masks, grouped heads and a value head dim of its own, on the CUDA
+    kernels' tensor-core variant and (CNNEXT_CUDA_TENSOR_CORES=0) the per-row one: output and
+    every gradient within a small factor of SDPA's own error on the same 16-bit inputs."""
+    q_shape, k_shape, v_shape, gqa = shape
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(s, generator=g).to(device, dtype) for s in (q_shape, k_shape, v_shape))
+    mask = _mask(mask_kind, q_shape, k_shape, dtype, device)
+    grad = torch.randn(*torch.broadcast_shapes(q_shape[:-1]), v_shape[-1], generator=g).to(device, dtype)
+
+    def run(fn, *tensors):
+        leaves = [t.detach().requires_grad_() for t in tensors]
+        out = fn(*leaves)
+        grads = torch.autograd.grad(out, leaves, grad.to(out.dtype).expand_as(out))
+        return [out, *grads]
+
+    float_mask = mask is not None and mask.is_floating_point()
+    inputs = (q, k, v, mask) if float_mask else (q, k, v)
+
+    def with_mask(attend, *t):
+        return attend(*t[:3], attn_mask=t[3] if float_mask else mask, enable_gqa=gqa)
+
+    ref = run(lambda *t: with_mask(F.scaled_dot_product_attention, *t), *(t.double() for t in inputs))
+    native = run(lambda *t: with_mask(F.scaled_dot_product_attention, *t), *inputs)
+    for setting in ("1", "0"):
+        monkeypatch.setenv("CNNEXT_CUDA_TENSOR_CORES", setting)
+        ours = run(lambda *t: with_mask(sdpa, *t), *inputs)
+        names = ("out", "dq", "dk", "dv", "dmask")[: len(ours)]
+        for name, got, theirs, want in zip(names, ours, native, ref, strict=True):
+            assert got.dtype == dtype
+            err_ours = (got.double() - want).abs().max().item()
+            err_sdpa = (theirs.double() - want).abs().max().item()
+            assert err_ours <= 2 * err_sdpa + 1e-2 * want.abs().max().item(), (
+                setting,
+                name,
+                err_ours,
+                err_sdpa,
+            )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_float64_with_masks_gqa_and_broadcast(device):
     g = torch.Generator().manual_seed(3)
 
     def rand(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(device).requires_grad_()
 
     q, k, v = rand(2, 4, 7, 5), rand(1, 2, 9, 5), rand(1, 2, 9, 3)
     mask = rand(2, 1, 7, 9)
     assert torch.autograd.gradcheck(lambda *t: sdpa(*t[:3], attn_mask=t[3], enable_gqa=True), (q, k, v, mask))
-    bool_mask = torch.rand(7, 9, generator=g) > 0.4
+    bool_mask = (torch.rand(7, 9, generator=g) > 0.4).to(device)
     bool_mask[2] = False
     assert torch.autograd.gradcheck(lambda *t: sdpa(*t, attn_mask=bool_mask, enable_gqa=True), (q, k, v))
     assert torch.autograd.gradgradcheck(
@@ -200,20 +225,75 @@ def test_dropout_is_unbiased():
     assert torch.all(error < 5 * standard_error + 1e-12), (error / standard_error).max()
 
 
-def test_dropout_backward_matches_its_forward_mask():
+@pytest.mark.parametrize("device", DEVICES)
+def test_dropout_backward_matches_its_forward_mask(device):
     """With the mask fixed (an explicit (seed, offset)), the op is a deterministic function whose
-    gradient gradcheck verifies: backward regenerates exactly the forward's mask."""
+    gradient gradcheck verifies: backward regenerates exactly the forward's mask (here with a bias,
+    grouped heads and a value head dim of its own)."""
     g = torch.Generator().manual_seed(6)
-    q, k, v = (
-        torch.randn(1, 2, 9, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)
-    )
-    bias = torch.randn(1, 2, 9, 9, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(device).requires_grad_()
+
+    q, k, v, bias = rand(1, 4, 9, 4), rand(1, 2, 11, 4), rand(1, 2, 11, 6), rand(1, 4, 9, 11)
     rng = torch.tensor([1234, 5678])
 
     def op(q, k, v, bias):
-        return torch.ops.cnnext.attention(q, k, v, None, False, bias, 0.35, rng, False)[0]
+        return torch.ops.cnnext.attention(q, k, v, None, False, bias, 0.35, rng, True)[0]
 
     assert torch.autograd.gradcheck(op, (q, k, v, bias))
+
+
+def _philox4x32_10(counter_lo, counter_hi, key):
+    """Philox-4x32-10 (Salmon et al., SC 2011) on numpy uint64 arrays holding 32-bit words, written
+    from the paper, independently of csrc/philox.h: the four output words for each counter."""
+    import numpy as np
+
+    low = np.uint64(0xFFFFFFFF)
+    c = [counter_lo & low, counter_lo >> np.uint64(32), counter_hi & low, counter_hi >> np.uint64(32)]
+    k0, k1 = key & low, key >> np.uint64(32)
+    for _ in range(10):
+        p0, p1 = np.uint64(0xD2511F53) * c[0], np.uint64(0xCD9E8D57) * c[2]
+        c = [
+            ((p1 >> np.uint64(32)) ^ c[1] ^ k0) & low,
+            p1 & low,
+            ((p0 >> np.uint64(32)) ^ c[3] ^ k1) & low,
+            p0 & low,
+        ]
+        k0, k1 = (k0 + np.uint64(0x9E3779B9)) & low, (k1 + np.uint64(0xBB67AE85)) & low
+    return np.stack(c)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dropout_mask_is_philox_on_every_device(device, monkeypatch):
+    """Weight (b, h, i, j) is kept iff word e % 4 of Philox at counter (e / 4, offset), key seed, with
+    e = ((b H + h) L + i) S + j, has its top 24 bits >= p 2^24: checked for every weight on every
+    device (so the CPU, the emulated CUDA kernels and a GPU drop the same weights), both kernel
+    variants of the 16-bit types included."""
+    import numpy as np
+
+    p, H, L, S = 0.3, 2, 33, 45
+    seed, offset = -(2**61) + 12345, 2**40 + 7  # negative: the kernels read the bits as unsigned
+    rng = torch.tensor([seed, offset])
+    # (dtype, CNNEXT_CUDA_TENSOR_CORES): float16 through both CUDA variants.
+    settings = [(torch.float64, "1")] + (
+        [] if device == "cpu" else [(torch.float16, "1"), (torch.float16, "0")]
+    )
+    index = np.arange(H * L * S, dtype=np.uint64)
+    words = _philox4x32_10(index // np.uint64(4), np.full_like(index, offset), np.uint64(seed % 2**64))
+    word = words[(index % np.uint64(4)).astype(np.int64), np.arange(index.size)]
+    want = torch.from_numpy((word >> np.uint64(8)) >= np.uint64(round(p * 2**24))).view(H, L, S)
+    for dtype, tensor_cores in settings:
+        monkeypatch.setenv("CNNEXT_CUDA_TENSOR_CORES", tensor_cores)
+        # Equal scores and v the identity: out[i, j] = kept(i, j) / (S (1 - p)).
+        q, k = (
+            torch.zeros(1, H, L, 8, dtype=dtype, device=device),
+            torch.zeros(1, H, S, 8, dtype=dtype, device=device),
+        )
+        v = torch.eye(S, dtype=dtype, device=device).expand(1, H, S, S)
+        out = torch.ops.cnnext.attention(q, k, v, None, False, None, p, rng, False)[0][0]
+        assert torch.equal(out.cpu() != 0, want), (dtype, tensor_cores)
+        assert abs(want.float().mean().item() - (1 - p)) < 0.03
 
 
 def test_dropout_one_zeroes_everything():

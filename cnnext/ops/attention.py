@@ -6,13 +6,14 @@ and follows its documented semantics: softmax(q k^T * scale + mask) v with leadi
 dimensions broadcast between query, key and value, a boolean (True takes part) or additive float
 ``attn_mask`` broadcastable to (..., L, S), dropout on the attention weights, ``is_causal`` (query
 i sees keys j <= i, top-left aligned when L != S) and grouped-query attention (``enable_gqa``:
-key/value heads shared by groups of query heads, never repeated in memory on the CPU). The L x S
+key/value heads shared by groups of query heads, never repeated in memory). The L x S
 matrix is never materialised: the forward keeps a running max and sum per query row and saves
 only the output and the per-row log-sum-exp; the backward op (``cnnext::_attention_backward``)
 recomputes the probabilities tile by tile, and regenerates the dropout mask from its Philox seed
 and offset (csrc/philox.h) instead of storing it.
 
-A row every key of which is masked out gives 0 and passes no gradient, as SDPA on the CPU does.
+A row every key of which is masked out gives 0 and passes no gradient on every device, as SDPA on
+the CPU does.
 ``attention(q, k, v, scale, causal)`` is the short form for (B, H, L, D) or (B, L, D) tensors.
 """
 

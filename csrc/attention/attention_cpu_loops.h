@@ -154,8 +154,10 @@ constexpr float kLn2High = 0.693145751953125f, kLn2Low = 1.4286068203094172e-6f;
 inline Floats16 exp16(Floats16 x_) {
   const __m512 x = (__m512)x_;
   const __mmask16 in_range = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // (maskz_: lanes out of range get n = 0, zeroed below anyway; the unmasked form trips GCC 12's
+  // -Wmaybe-uninitialized inside its own header.)
+  const __m512 n = _mm512_maskz_roundscale_ps(in_range, _mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Low), _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2High), x));
   return (Floats16)_mm512_maskz_scalef_ps(in_range, (__m512)exp_of_reduced((Floats16)r), n);
 }

@@ -1,7 +1,15 @@
 // Attention on CUDA, in two kernel variants. Saved for backward: out and lse (float32 for
 // half/bfloat16, as the accumulators). Backward is FlashAttention-2's recomputation: with
-// delta_i = rowsum(dO_i * O_i) (delta kernel), P = exp(q k^T * scale - lse), dS = P (dP - delta),
-// dq = dS k * scale, dk = dS^T q * scale, dv = P^T dO; no atomics, deterministic.
+// delta_i = rowsum(dO_i * O_i) (delta kernel), P = exp(q k^T * scale + bias - lse), Z the dropout
+// factor (1 / (1 - p) kept, 0 dropped, 1 without dropout), dS = P (dP Z - delta), dq = dS k * scale,
+// dk = dS^T q * scale, dv = (P Z)^T dO, dbias = dS; no atomics, deterministic.
+//
+// SDPA's options (ScoreOptions): the bias is read through its (B, H, Lq, Lk) strides, dropout
+// regenerates the CPU's Philox mask element by element (philox.h), so both devices drop the same
+// weights; with grouped heads a query head reads key/value head h / group in place, and the dK/dV
+// kernels run one block per (batch, key/value head) that sums over its group's query heads. A row
+// whose every score is -inf gives 0 and passes no gradient, as on the CPU. v's head dimension Dv
+// may differ from q's and k's (D); the kernels size their arrays for the larger.
 //
 //   tensor_cores  float16 / bfloat16 on sm_80+ and under the emulator (cuda::tensor_cores_enabled(),
 //                 CNNEXT_CUDA_TENSOR_CORES=0 turns it off): FlashAttention-2's split on mma.sync,
@@ -19,6 +27,7 @@
 #include "common.h"
 #include "cuda_device.h"
 #include "cuda_tensor_cores.h"
+#include "philox.h"
 
 namespace cnnext {
 namespace {
@@ -30,33 +39,89 @@ constexpr int64_t kSharedBytes = 48 * 1024;   // default shared-memory budget pe
 // grid.x, which allows 2^31 - 1 blocks (grid.y would stop at 65,535 batch*heads).
 template <typename acc_t>
 struct Dims {
-  int64_t Lq, Lk, D;
+  int64_t Lq, Lk, D, Dv;  // D: q's and k's head dim; Dv: v's
   acc_t scale;  // in the accumulation type: a float-rounded 1/sqrt(D) is off by ~3e-8 in float64
   bool causal;
   int64_t row_tiles;  // blocks per (batch, head)
   __device__ bool visible(int64_t i, int64_t j) const { return !causal || j <= i; }
-  __device__ int64_t head() const { return blockIdx.x / row_tiles; }       // batch * heads + head
+  __device__ int64_t head() const { return blockIdx.x / row_tiles; }       // batch * heads + head (or kv head)
   __device__ int64_t row_tile() const { return blockIdx.x % row_tiles; }   // tile of kRows rows
 };
 
 template <typename acc_t>
 Dims<acc_t> kernel_dims(const AttentionGeometry& g, int64_t rows) {
-  return {g.q_len, g.k_len, g.head_dim, static_cast<acc_t>(g.scale), g.causal, ceil_div(rows, kRows)};
+  return {g.q_len, g.k_len, g.head_dim, g.v_dim, static_cast<acc_t>(g.scale), g.causal, ceil_div(rows, kRows)};
 }
 
-// One block of `threads` per (batch*head, tile of kRows rows of length `rows`).
-cuda::LaunchConfig row_tile_launch(const AttentionGeometry& g, int64_t rows, size_t shared_bytes,
+// One block of `threads` per (batch * head, tile of kRows rows of length `rows`), over `heads` heads
+// (query heads, or key/value heads for the dK/dV kernels).
+cuda::LaunchConfig row_tile_launch(const AttentionGeometry& g, int64_t heads, int64_t rows, size_t shared_bytes,
                                    int threads = kRows) {
-  const int64_t blocks = g.batch * g.heads * ceil_div(rows, kRows);
+  const int64_t blocks = g.batch * heads * ceil_div(rows, kRows);
   TORCH_CHECK(blocks <= 2147483647, "attention (CUDA): batch * heads * ceil(length / ", kRows, ") = ", blocks,
               " blocks, more than a grid holds (2^31 - 1)");
   return {dim3(static_cast<unsigned>(blocks)), dim3(threads), shared_bytes};
 }
 
-// Rows of a staged tile that fit the shared-memory budget, for two (tile, D) arrays of acc_t.
+// Rows of a staged tile that fit the shared-memory budget, for a (tile, D) and a (tile, Dv) array of acc_t.
 template <typename acc_t>
-int tile_rows(int64_t D) {
-  return static_cast<int>(std::clamp<int64_t>(kSharedBytes / (2 * D * int64_t(sizeof(acc_t))), 1, 32));
+int tile_rows(int64_t D, int64_t Dv) {
+  return static_cast<int>(std::clamp<int64_t>(kSharedBytes / ((D + Dv) * int64_t(sizeof(acc_t))), 1, 32));
+}
+
+// What scaled_dot_product_attention's options add to a kernel (see the top of the file).
+template <typename scalar_t>
+struct ScoreOptions {
+  using acc_t = cuda::acc_t<scalar_t>;
+  const scalar_t* bias;                           // nullptr: none
+  int64_t bias_batch, bias_head, bias_row, bias_col;  // its strides (0 where broadcast)
+  scalar_t* dbias;                                // (B, H, Lq, Lk), written by the dQ kernels; nullptr: not asked
+  int64_t heads, group;                           // query heads; query heads per key/value head
+  uint64_t seed, offset;                          // the dropout mask's Philox key and counter offset
+  uint32_t threshold;                             // dropout_threshold(p)
+  acc_t keep_scale;                               // 1 / (1 - p), 0 for p = 1
+  bool dropout;
+
+  // The key/value head (batch * kv_heads + kv head) that query head bh = batch * heads + head reads.
+  __device__ int64_t kv_head(int64_t bh) const { return bh / heads * (heads / group) + bh % heads / group; }
+  // Query head r (< group) of key/value head bhk.
+  __device__ int64_t query_head(int64_t bhk, int64_t r) const {
+    const int64_t kv_heads = heads / group;
+    return bhk / kv_heads * heads + bhk % kv_heads * group + r;
+  }
+  __device__ acc_t bias_at(int64_t bh, int64_t i, int64_t j) const {
+    if (bias == nullptr) return acc_t(0);
+    return static_cast<acc_t>(bias[bh / heads * bias_batch + bh % heads * bias_head + i * bias_row + j * bias_col]);
+  }
+  // Z of weight (bh, i, j): keep_scale when kept, 0 when dropped, 1 without dropout.
+  __device__ acc_t keep(int64_t bh, int64_t i, int64_t j, int64_t Lq, int64_t Lk) const {
+    if (!dropout) return acc_t(1);
+    const auto index = static_cast<uint64_t>((bh * Lq + i) * Lk + j);
+    return dropout_keeps(seed, offset, index, threshold) ? keep_scale : acc_t(0);
+  }
+  __device__ void store_dbias(int64_t bh, int64_t i, int64_t j, int64_t Lq, int64_t Lk, acc_t ds) const {
+    if (dbias != nullptr) dbias[(bh * Lq + i) * Lk + j] = static_cast<scalar_t>(ds);
+  }
+};
+
+template <typename scalar_t>
+ScoreOptions<scalar_t> score_options(const AttentionGeometry& g, const AttentionOptions& options,
+                                     const at::Tensor& dbias) {
+  ScoreOptions<scalar_t> o{};
+  if (options.bias.defined()) {
+    const at::Tensor& b = options.bias;
+    o.bias = b.const_data_ptr<scalar_t>();
+    o.bias_batch = b.stride(0), o.bias_head = b.stride(1), o.bias_row = b.stride(2), o.bias_col = b.stride(3);
+  }
+  o.dbias = dbias.defined() && dbias.numel() > 0 ? dbias.mutable_data_ptr<scalar_t>() : nullptr;
+  o.heads = g.heads;
+  o.group = g.group();
+  o.dropout = options.dropout();
+  o.seed = static_cast<uint64_t>(options.seed);
+  o.offset = static_cast<uint64_t>(options.offset);
+  o.threshold = dropout_threshold(options.dropout_p);
+  o.keep_scale = static_cast<cuda::acc_t<scalar_t>>(options.dropout_p < 1.0 ? 1.0 / (1.0 - options.dropout_p) : 0.0);
+  return o;
 }
 
 // Copies rows [r0, r0 + n) of a (L, D) matrix into shared memory (as acc_t), zero beyond L.
@@ -70,42 +135,46 @@ __device__ void stage(acc_t* dst, const scalar_t* src, int64_t r0, int n, int64_
 
 template <typename scalar_t, int kD>
 __global__ void forward_kernel(const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* out,
-                               cuda::acc_t<scalar_t>* lse, Dims<cuda::acc_t<scalar_t>> dims, int tile) {
+                               cuda::acc_t<scalar_t>* lse, Dims<cuda::acc_t<scalar_t>> dims,
+                               ScoreOptions<scalar_t> opt, int tile) {
   using acc_t = cuda::acc_t<scalar_t>;
   acc_t* k_tile = cuda::dynamic_shared_memory<acc_t>();  // (tile, D)
-  acc_t* v_tile = k_tile + tile * dims.D;                // (tile, D)
-  const int64_t bh = dims.head(), tile0 = dims.row_tile() * kRows, i = tile0 + threadIdx.x, D = dims.D;
+  acc_t* v_tile = k_tile + tile * dims.D;                // (tile, Dv)
+  const int64_t bh = dims.head(), tile0 = dims.row_tile() * kRows, i = tile0 + threadIdx.x, D = dims.D, Dv = dims.Dv;
   const bool active = i < dims.Lq;
-  const scalar_t* kb = k + bh * dims.Lk * D;
-  const scalar_t* vb = v + bh * dims.Lk * D;
+  const int64_t kvh = opt.kv_head(bh);
+  const scalar_t* kb = k + kvh * dims.Lk * D;
+  const scalar_t* vb = v + kvh * dims.Lk * Dv;
   acc_t q_row[kD], acc[kD];
-  for (int d = 0; d < D; ++d) {
-    q_row[d] = active ? static_cast<acc_t>(q[(bh * dims.Lq + i) * D + d]) : acc_t(0);
-    acc[d] = 0;
-  }
+  for (int d = 0; d < D; ++d) q_row[d] = active ? static_cast<acc_t>(q[(bh * dims.Lq + i) * D + d]) : acc_t(0);
+  for (int d = 0; d < Dv; ++d) acc[d] = 0;
   acc_t m = -INFINITY, l = 0;
   const int64_t last_row = min(dims.Lq, tile0 + kRows) - 1;
   const int64_t k_end = dims.causal ? min(dims.Lk, last_row + 1) : dims.Lk;
   for (int64_t j0 = 0; j0 < k_end; j0 += tile) {
     __syncthreads();
     stage(k_tile, kb, j0, tile, dims.Lk, D);
-    stage(v_tile, vb, j0, tile, dims.Lk, D);
+    stage(v_tile, vb, j0, tile, dims.Lk, Dv);
     __syncthreads();
     if (!active) continue;
     for (int jj = 0; jj < tile && j0 + jj < dims.Lk; ++jj) {
-      if (!dims.visible(i, j0 + jj)) break;
+      const int64_t j = j0 + jj;
+      if (!dims.visible(i, j)) break;
       acc_t s = 0;
       for (int d = 0; d < D; ++d) s += q_row[d] * k_tile[jj * D + d];
-      s *= dims.scale;
+      s = s * dims.scale + opt.bias_at(bh, i, j);
+      if (s == -INFINITY) continue;  // masked out: weight 0 (and a row's max stays -inf until it sees a key)
       const acc_t m_new = max(m, s), rescale = exp(m - m_new), p = exp(s - m_new);
-      l = l * rescale + p;
-      for (int d = 0; d < D; ++d) acc[d] = acc[d] * rescale + p * v_tile[jj * D + d];
+      l = l * rescale + p;  // the softmax sums the weights before dropout
+      const acc_t pz = p * opt.keep(bh, i, j, dims.Lq, dims.Lk);
+      for (int d = 0; d < Dv; ++d) acc[d] = acc[d] * rescale + pz * v_tile[jj * Dv + d];
       m = m_new;
     }
   }
   if (!active) return;
-  for (int d = 0; d < D; ++d) out[(bh * dims.Lq + i) * D + d] = static_cast<scalar_t>(acc[d] / l);
-  lse[bh * dims.Lq + i] = m + log(l);
+  const acc_t inv_l = l > 0 ? acc_t(1) / l : acc_t(0);  // 0 for a row that saw no key
+  for (int d = 0; d < Dv; ++d) out[(bh * dims.Lq + i) * Dv + d] = static_cast<scalar_t>(acc[d] * inv_l);
+  lse[bh * dims.Lq + i] = l > 0 ? m + log(l) : acc_t(-INFINITY);
 }
 
 // ---- tensor_cores variant (float16 / bfloat16 on sm_80+, and the emulator) ---------------------
@@ -255,12 +324,13 @@ constexpr size_t tensor_core_forward_shared_bytes() {
 template <typename scalar_t, int kD>
 __global__ void __launch_bounds__(kTcThreads)
     tensor_core_forward_kernel(const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* out, float* lse,
-                               Dims<float> dims) {
+                               Dims<float> dims, ScoreOptions<scalar_t> opt) {
   constexpr int kKeys = kTcTileRows<kD>, kStride = kTcRowStride<kD>, kKeyTiles = kKeys / 8;
   uint16_t* q_tile = cuda::dynamic_shared_memory<uint16_t>();  // (kTcRows, kD)
   uint16_t* k_tile = q_tile + kTcRows * kStride;               // (kKeys, kD)
   uint16_t* v_tile = k_tile + kKeys * kStride;                 // (kKeys, kD)
-  const int64_t bh = dims.head(), q0 = dims.row_tile() * kTcRows, D = dims.D;
+  const int64_t bh = dims.head(), q0 = dims.row_tile() * kTcRows, D = dims.D, Dv = dims.Dv;
+  const int64_t kvh = opt.kv_head(bh);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, wm = 16 * warp;
   const int64_t rows[2] = {q0 + wm + g, q0 + wm + g + 8};  // this lane's two query rows
   const float scale_log2 = dims.scale * kLog2e;
@@ -274,22 +344,23 @@ __global__ void __launch_bounds__(kTcThreads)
   const int64_t k_end = dims.causal ? min(dims.Lk, last_row + 1) : dims.Lk;
   for (int64_t j0 = 0; j0 < k_end; j0 += kKeys) {
     __syncthreads();  // the previous tile's readers are done
-    stage_bits<kD>(k_tile, k + bh * dims.Lk * D, j0, kKeys, dims.Lk, D);
-    stage_bits<kD>(v_tile, v + bh * dims.Lk * D, j0, kKeys, dims.Lk, D);
+    stage_bits<kD>(k_tile, k + kvh * dims.Lk * D, j0, kKeys, dims.Lk, D);
+    stage_bits<kD>(v_tile, v + kvh * dims.Lk * Dv, j0, kKeys, dims.Lk, Dv);
     __syncthreads();
 
     float s[kKeyTiles][4];
     zero(s);
     rows_times_rows<scalar_t, kD>(s, q_tile, wm, k_tile, g, t);
 
-    // Online softmax over the tile, in base 2; masked scores (past Lk, causal) are -inf.
+    // Online softmax over the tile, in base 2; masked scores (past Lk, causal, bias -inf) are -inf.
     float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int n = 0; n < kKeyTiles; ++n) {
 #pragma unroll
       for (int f = 0; f < 4; ++f) {
         const int64_t j = j0 + 8 * n + 2 * t + (f % 2), i = rows[f / 2];
-        s[n][f] = (j < dims.Lk && dims.visible(i, j)) ? s[n][f] * scale_log2 : -INFINITY;
+        const bool in_range = j < dims.Lk && i < dims.Lq && dims.visible(i, j);
+        s[n][f] = in_range ? s[n][f] * scale_log2 + opt.bias_at(bh, i, j) * kLog2e : -INFINITY;
         tile_max[f / 2] = fmaxf(tile_max[f / 2], s[n][f]);
       }
     }
@@ -309,8 +380,17 @@ __global__ void __launch_bounds__(kTcThreads)
 #pragma unroll
       for (int f = 0; f < 4; ++f) {
         s[n][f] = exp2f(s[n][f] - base[f / 2]);  // now P
-        l[f / 2] += s[n][f];
+        l[f / 2] += s[n][f];  // the softmax sums the weights before dropout
       }
+    }
+    if (opt.dropout) {
+#pragma unroll
+      for (int n = 0; n < kKeyTiles; ++n)
+#pragma unroll
+        for (int f = 0; f < 4; ++f) {
+          const int64_t j = j0 + 8 * n + 2 * t + (f % 2), i = rows[f / 2];
+          if (j < dims.Lk && i < dims.Lq) s[n][f] *= opt.keep(bh, i, j, dims.Lq, dims.Lk);  // P Z
+        }
     }
 #pragma unroll
     for (int n = 0; n < kD / 8; ++n)
@@ -324,10 +404,10 @@ __global__ void __launch_bounds__(kTcThreads)
   for (int r = 0; r < 2; ++r) {
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-    inv_l[r] = 1.f / l[r];
-    if (t == 0 && rows[r] < dims.Lq) lse[bh * dims.Lq + rows[r]] = (m[r] + log2f(l[r])) * kLn2;
+    inv_l[r] = l[r] > 0.f ? 1.f / l[r] : 0.f;  // 0 for a row that saw no key
+    if (t == 0 && rows[r] < dims.Lq) lse[bh * dims.Lq + rows[r]] = l[r] > 0.f ? (m[r] + log2f(l[r])) * kLn2 : -INFINITY;
   }
-  store_rows<scalar_t, kD>(out + bh * dims.Lq * D, o, q0 + wm, dims.Lq, D, inv_l, g, t);
+  store_rows<scalar_t, kD>(out + bh * dims.Lq * Dv, o, q0 + wm, dims.Lq, Dv, inv_l, g, t);
 }
 
 template <int kD>
@@ -339,25 +419,29 @@ constexpr size_t tensor_core_dq_shared_bytes() {
 template <typename scalar_t, int kD>
 __global__ void __launch_bounds__(kTcThreads)
     tensor_core_dq_kernel(const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v,
-                          const float* lse, const float* delta, scalar_t* dq, Dims<float> dims) {
+                          const float* lse, const float* delta, scalar_t* dq, Dims<float> dims,
+                          ScoreOptions<scalar_t> opt) {
   constexpr int kKeys = kTcTileRows<kD>, kStride = kTcRowStride<kD>, kKeyTiles = kKeys / 8;
   uint16_t* q_tile = cuda::dynamic_shared_memory<uint16_t>();  // (kTcRows, kD)
   uint16_t* do_tile = q_tile + kTcRows * kStride;              // (kTcRows, kD)
   uint16_t* k_tile = do_tile + kTcRows * kStride;              // (kKeys, kD)
   uint16_t* v_tile = k_tile + kKeys * kStride;                 // (kKeys, kD)
-  const int64_t bh = dims.head(), q0 = dims.row_tile() * kTcRows, D = dims.D;
+  const int64_t bh = dims.head(), q0 = dims.row_tile() * kTcRows, D = dims.D, Dv = dims.Dv;
+  const int64_t kvh = opt.kv_head(bh);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, wm = 16 * warp;
   const int64_t rows[2] = {q0 + wm + g, q0 + wm + g + 8};
   const float scale_log2 = dims.scale * kLog2e;
   float row_lse2[2], row_delta[2];
+  bool takes_part[2];  // an existing row that saw a key (a fully masked row has lse -inf, no gradient)
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const bool active = rows[r] < dims.Lq;
     row_lse2[r] = active ? lse[bh * dims.Lq + rows[r]] * kLog2e : 0.f;
     row_delta[r] = active ? delta[bh * dims.Lq + rows[r]] : 0.f;
+    takes_part[r] = active && row_lse2[r] != -INFINITY;
   }
   stage_bits<kD>(q_tile, q + bh * dims.Lq * D, q0, kTcRows, dims.Lq, D);
-  stage_bits<kD>(do_tile, dout + bh * dims.Lq * D, q0, kTcRows, dims.Lq, D);
+  stage_bits<kD>(do_tile, dout + bh * dims.Lq * Dv, q0, kTcRows, dims.Lq, Dv);
   float dq_acc[kD / 8][4];
   zero(dq_acc);
 
@@ -365,8 +449,8 @@ __global__ void __launch_bounds__(kTcThreads)
   const int64_t k_end = dims.causal ? min(dims.Lk, last_row + 1) : dims.Lk;
   for (int64_t j0 = 0; j0 < k_end; j0 += kKeys) {
     __syncthreads();
-    stage_bits<kD>(k_tile, k + bh * dims.Lk * D, j0, kKeys, dims.Lk, D);
-    stage_bits<kD>(v_tile, v + bh * dims.Lk * D, j0, kKeys, dims.Lk, D);
+    stage_bits<kD>(k_tile, k + kvh * dims.Lk * D, j0, kKeys, dims.Lk, D);
+    stage_bits<kD>(v_tile, v + kvh * dims.Lk * Dv, j0, kKeys, dims.Lk, Dv);
     __syncthreads();
     float s[kKeyTiles][4], dp[kKeyTiles][4];
     zero(s);
@@ -378,8 +462,14 @@ __global__ void __launch_bounds__(kTcThreads)
 #pragma unroll
       for (int f = 0; f < 4; ++f) {
         const int64_t j = j0 + 8 * n + 2 * t + (f % 2), i = rows[f / 2];
-        const float p = (j < dims.Lk && dims.visible(i, j)) ? exp2f(s[n][f] * scale_log2 - row_lse2[f / 2]) : 0.f;
-        s[n][f] = p * (dp[n][f] - row_delta[f / 2]);  // now dS
+        const bool in_range = j < dims.Lk && takes_part[f / 2] && dims.visible(i, j);
+        float ds = 0.f;
+        if (in_range) {
+          const float p = exp2f(s[n][f] * scale_log2 + opt.bias_at(bh, i, j) * kLog2e - row_lse2[f / 2]);
+          ds = p * (dp[n][f] * opt.keep(bh, i, j, dims.Lq, dims.Lk) - row_delta[f / 2]);
+          opt.store_dbias(bh, i, j, dims.Lq, dims.Lk, ds);
+        }
+        s[n][f] = ds;  // now dS
       }
     }
     accumulators_times_tile<scalar_t, kD>(dq_acc, s, k_tile, g, t);
@@ -394,11 +484,13 @@ constexpr size_t tensor_core_dkdv_shared_bytes() {
          2 * kTcTileRows<kD> * sizeof(float);
 }
 
-// dK and/or dV for 64 key rows of one (batch, head), query tiles staged with their lse and delta.
+// dK and/or dV for 64 key rows of one (batch, key/value head), summed over the query heads of its
+// group; query tiles staged with their lse and delta.
 template <typename scalar_t, int kD, bool kDK, bool kDV>
 __global__ void __launch_bounds__(kTcThreads)
     tensor_core_dkdv_kernel(const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v,
-                            const float* lse, const float* delta, scalar_t* dk, scalar_t* dv, Dims<float> dims) {
+                            const float* lse, const float* delta, scalar_t* dk, scalar_t* dv, Dims<float> dims,
+                            ScoreOptions<scalar_t> opt) {
   constexpr int kQueries = kTcTileRows<kD>, kStride = kTcRowStride<kD>, kQueryTiles = kQueries / 8;
   uint16_t* k_tile = cuda::dynamic_shared_memory<uint16_t>();  // (kTcRows, kD)
   uint16_t* v_tile = k_tile + kTcRows * kStride;               // (kTcRows, kD)
@@ -406,158 +498,188 @@ __global__ void __launch_bounds__(kTcThreads)
   uint16_t* do_tile = q_tile + kQueries * kStride;             // (kQueries, kD)
   float* lse2_tile = reinterpret_cast<float*>(do_tile + kQueries * kStride);  // (kQueries)
   float* delta_tile = lse2_tile + kQueries;                                    // (kQueries)
-  const int64_t bh = dims.head(), j0 = dims.row_tile() * kTcRows, D = dims.D;
+  const int64_t bhk = dims.head(), j0 = dims.row_tile() * kTcRows, D = dims.D, Dv = dims.Dv;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, wk = 16 * warp;
   const int64_t keys[2] = {j0 + wk + g, j0 + wk + g + 8};  // this lane's two key rows
   const float scale_log2 = dims.scale * kLog2e;
-  stage_bits<kD>(k_tile, k + bh * dims.Lk * D, j0, kTcRows, dims.Lk, D);
-  stage_bits<kD>(v_tile, v + bh * dims.Lk * D, j0, kTcRows, dims.Lk, D);
+  stage_bits<kD>(k_tile, k + bhk * dims.Lk * D, j0, kTcRows, dims.Lk, D);
+  stage_bits<kD>(v_tile, v + bhk * dims.Lk * Dv, j0, kTcRows, dims.Lk, Dv);
   float dk_acc[kDK ? kD / 8 : 1][4], dv_acc[kDV ? kD / 8 : 1][4];
   zero(dk_acc);
   zero(dv_acc);
 
   // Causal: queries before this block's first key see none of its keys.
   const int64_t i_begin = dims.causal ? (min(j0, dims.Lq) / kQueries) * kQueries : 0;
-  for (int64_t i0 = i_begin; i0 < dims.Lq; i0 += kQueries) {
-    __syncthreads();
-    stage_bits<kD>(q_tile, q + bh * dims.Lq * D, i0, kQueries, dims.Lq, D);
-    stage_bits<kD>(do_tile, dout + bh * dims.Lq * D, i0, kQueries, dims.Lq, D);
-    for (int r = threadIdx.x; r < kQueries; r += kTcThreads) {
-      const bool active = i0 + r < dims.Lq;
-      lse2_tile[r] = active ? lse[bh * dims.Lq + i0 + r] * kLog2e : 0.f;
-      delta_tile[r] = active ? delta[bh * dims.Lq + i0 + r] : 0.f;
-    }
-    __syncthreads();
-    float s[kQueryTiles][4];  // S^T, then P^T, then dS^T
-    zero(s);
-    rows_times_rows<scalar_t, kD>(s, k_tile, wk, q_tile, g, t);
-#pragma unroll
-    for (int n = 0; n < kQueryTiles; ++n) {
-#pragma unroll
-      for (int f = 0; f < 4; ++f) {
-        const int c = 8 * n + 2 * t + (f % 2);
-        const int64_t i = i0 + c, j = keys[f / 2];
-        s[n][f] = (i < dims.Lq && dims.visible(i, j)) ? exp2f(s[n][f] * scale_log2 - lse2_tile[c]) : 0.f;
+  for (int64_t r = 0; r < opt.group; ++r) {
+    const int64_t bh = opt.query_head(bhk, r);
+    for (int64_t i0 = i_begin; i0 < dims.Lq; i0 += kQueries) {
+      __syncthreads();
+      stage_bits<kD>(q_tile, q + bh * dims.Lq * D, i0, kQueries, dims.Lq, D);
+      stage_bits<kD>(do_tile, dout + bh * dims.Lq * Dv, i0, kQueries, dims.Lq, Dv);
+      for (int c = threadIdx.x; c < kQueries; c += kTcThreads) {
+        const bool active = i0 + c < dims.Lq;
+        lse2_tile[c] = active ? lse[bh * dims.Lq + i0 + c] * kLog2e : -INFINITY;
+        delta_tile[c] = active ? delta[bh * dims.Lq + i0 + c] : 0.f;
       }
-    }
-    if constexpr (kDV) accumulators_times_tile<scalar_t, kD>(dv_acc, s, do_tile, g, t);
-    if constexpr (kDK) {
-      float dp[kQueryTiles][4];  // dP^T = V dO^T
-      zero(dp);
-      rows_times_rows<scalar_t, kD>(dp, v_tile, wk, do_tile, g, t);
+      __syncthreads();
+      float s[kQueryTiles][4];  // S^T, then P^T, then dS^T
+      zero(s);
+      rows_times_rows<scalar_t, kD>(s, k_tile, wk, q_tile, g, t);
 #pragma unroll
-      for (int n = 0; n < kQueryTiles; ++n)
+      for (int n = 0; n < kQueryTiles; ++n) {
 #pragma unroll
-        for (int f = 0; f < 4; ++f) s[n][f] *= dp[n][f] - delta_tile[8 * n + 2 * t + (f % 2)];
-      accumulators_times_tile<scalar_t, kD>(dk_acc, s, q_tile, g, t);
+        for (int f = 0; f < 4; ++f) {
+          const int c = 8 * n + 2 * t + (f % 2);
+          const int64_t i = i0 + c, j = keys[f / 2];
+          // lse -inf: past Lq, or a fully masked row (no weights, no gradient).
+          const bool in_range = j < dims.Lk && lse2_tile[c] != -INFINITY && dims.visible(i, j);
+          s[n][f] = in_range ? exp2f(s[n][f] * scale_log2 + opt.bias_at(bh, i, j) * kLog2e - lse2_tile[c]) : 0.f;
+        }
+      }
+      if constexpr (kDV) {
+        if (opt.dropout) {
+          float pz[kQueryTiles][4];  // (P Z)^T
+#pragma unroll
+          for (int n = 0; n < kQueryTiles; ++n)
+#pragma unroll
+            for (int f = 0; f < 4; ++f) {
+              const int64_t i = i0 + 8 * n + 2 * t + (f % 2), j = keys[f / 2];
+              pz[n][f] = s[n][f] == 0.f ? 0.f : s[n][f] * opt.keep(bh, i, j, dims.Lq, dims.Lk);
+            }
+          accumulators_times_tile<scalar_t, kD>(dv_acc, pz, do_tile, g, t);
+        } else {
+          accumulators_times_tile<scalar_t, kD>(dv_acc, s, do_tile, g, t);
+        }
+      }
+      if constexpr (kDK) {
+        float dp[kQueryTiles][4];  // dP^T = V dO^T
+        zero(dp);
+        rows_times_rows<scalar_t, kD>(dp, v_tile, wk, do_tile, g, t);
+#pragma unroll
+        for (int n = 0; n < kQueryTiles; ++n)
+#pragma unroll
+          for (int f = 0; f < 4; ++f) {
+            const int c = 8 * n + 2 * t + (f % 2);
+            const float z = (opt.dropout && s[n][f] != 0.f) ? opt.keep(bh, i0 + c, keys[f / 2], dims.Lq, dims.Lk) : 1.f;
+            s[n][f] *= dp[n][f] * z - delta_tile[c];
+          }
+        accumulators_times_tile<scalar_t, kD>(dk_acc, s, q_tile, g, t);
+      }
     }
   }
   if constexpr (kDV) {
     const float one[2] = {1.f, 1.f};
-    store_rows<scalar_t, kD>(dv + bh * dims.Lk * D, dv_acc, j0 + wk, dims.Lk, D, one, g, t);
+    store_rows<scalar_t, kD>(dv + bhk * dims.Lk * Dv, dv_acc, j0 + wk, dims.Lk, Dv, one, g, t);
   }
   if constexpr (kDK) {
     const float scale[2] = {dims.scale, dims.scale};
-    store_rows<scalar_t, kD>(dk + bh * dims.Lk * D, dk_acc, j0 + wk, dims.Lk, D, scale, g, t);
+    store_rows<scalar_t, kD>(dk + bhk * dims.Lk * D, dk_acc, j0 + wk, dims.Lk, D, scale, g, t);
   }
 }
 
 template <typename scalar_t>
 __global__ void delta_kernel(const scalar_t* dout, const scalar_t* out, cuda::acc_t<scalar_t>* delta,
-                             int64_t rows, int64_t D) {
+                             int64_t rows, int64_t Dv) {
   using acc_t = cuda::acc_t<scalar_t>;
   for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < rows; r += int64_t(gridDim.x) * blockDim.x) {
     acc_t sum = 0;
-    for (int64_t d = 0; d < D; ++d) sum += static_cast<acc_t>(dout[r * D + d]) * static_cast<acc_t>(out[r * D + d]);
+    for (int64_t d = 0; d < Dv; ++d) sum += static_cast<acc_t>(dout[r * Dv + d]) * static_cast<acc_t>(out[r * Dv + d]);
     delta[r] = sum;
   }
 }
 
+// dq (and dbias) for one query row per thread.
 template <typename scalar_t, int kD>
 __global__ void dq_kernel(const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v,
                           const cuda::acc_t<scalar_t>* lse, const cuda::acc_t<scalar_t>* delta,
-                          scalar_t* dq, Dims<cuda::acc_t<scalar_t>> dims, int tile) {
+                          scalar_t* dq, Dims<cuda::acc_t<scalar_t>> dims, ScoreOptions<scalar_t> opt, int tile) {
   using acc_t = cuda::acc_t<scalar_t>;
-  acc_t* k_tile = cuda::dynamic_shared_memory<acc_t>();
-  acc_t* v_tile = k_tile + tile * dims.D;
-  const int64_t bh = dims.head(), tile0 = dims.row_tile() * kRows, i = tile0 + threadIdx.x, D = dims.D;
+  acc_t* k_tile = cuda::dynamic_shared_memory<acc_t>();  // (tile, D)
+  acc_t* v_tile = k_tile + tile * dims.D;                // (tile, Dv)
+  const int64_t bh = dims.head(), tile0 = dims.row_tile() * kRows, i = tile0 + threadIdx.x, D = dims.D, Dv = dims.Dv;
   const bool active = i < dims.Lq;
-  const int64_t row = bh * dims.Lq + i;
+  const int64_t row = bh * dims.Lq + i, kvh = opt.kv_head(bh);
   acc_t q_row[kD], do_row[kD], dq_row[kD];
   for (int d = 0; d < D; ++d) {
     q_row[d] = active ? static_cast<acc_t>(q[row * D + d]) : acc_t(0);
-    do_row[d] = active ? static_cast<acc_t>(dout[row * D + d]) : acc_t(0);
     dq_row[d] = 0;
   }
+  for (int d = 0; d < Dv; ++d) do_row[d] = active ? static_cast<acc_t>(dout[row * Dv + d]) : acc_t(0);
   const acc_t row_lse = active ? lse[row] : acc_t(0), row_delta = active ? delta[row] : acc_t(0);
+  const bool sees_keys = row_lse != -INFINITY;  // a fully masked row has no weights and no gradient
   const int64_t last_row = min(dims.Lq, tile0 + kRows) - 1;
   const int64_t k_end = dims.causal ? min(dims.Lk, last_row + 1) : dims.Lk;
   for (int64_t j0 = 0; j0 < k_end; j0 += tile) {
     __syncthreads();
-    stage(k_tile, k + bh * dims.Lk * D, j0, tile, dims.Lk, D);
-    stage(v_tile, v + bh * dims.Lk * D, j0, tile, dims.Lk, D);
+    stage(k_tile, k + kvh * dims.Lk * D, j0, tile, dims.Lk, D);
+    stage(v_tile, v + kvh * dims.Lk * Dv, j0, tile, dims.Lk, Dv);
     __syncthreads();
-    if (!active) continue;
+    if (!active || !sees_keys) continue;
     for (int jj = 0; jj < tile && j0 + jj < dims.Lk; ++jj) {
-      if (!dims.visible(i, j0 + jj)) break;
+      const int64_t j = j0 + jj;
+      if (!dims.visible(i, j)) break;
       acc_t s = 0, dp = 0;
-      for (int d = 0; d < D; ++d) {
-        s += q_row[d] * k_tile[jj * D + d];
-        dp += do_row[d] * v_tile[jj * D + d];
-      }
-      const acc_t p = exp(s * dims.scale - row_lse), ds = p * (dp - row_delta) * dims.scale;
-      for (int d = 0; d < D; ++d) dq_row[d] += ds * k_tile[jj * D + d];
+      for (int d = 0; d < D; ++d) s += q_row[d] * k_tile[jj * D + d];
+      for (int d = 0; d < Dv; ++d) dp += do_row[d] * v_tile[jj * Dv + d];
+      const acc_t p = exp(s * dims.scale + opt.bias_at(bh, i, j) - row_lse);
+      const acc_t ds = p * (dp * opt.keep(bh, i, j, dims.Lq, dims.Lk) - row_delta);
+      opt.store_dbias(bh, i, j, dims.Lq, dims.Lk, ds);
+      for (int d = 0; d < D; ++d) dq_row[d] += ds * dims.scale * k_tile[jj * D + d];
     }
   }
   if (!active) return;
   for (int d = 0; d < D; ++d) dq[row * D + d] = static_cast<scalar_t>(dq_row[d]);
 }
 
+// dk and dv for one key row per thread, summed over the query heads that share its key/value head.
 template <typename scalar_t, int kD>
 __global__ void dkdv_kernel(const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v,
                             const cuda::acc_t<scalar_t>* lse, const cuda::acc_t<scalar_t>* delta,
-                            scalar_t* dk, scalar_t* dv, Dims<cuda::acc_t<scalar_t>> dims, int tile) {
+                            scalar_t* dk, scalar_t* dv, Dims<cuda::acc_t<scalar_t>> dims, ScoreOptions<scalar_t> opt,
+                            int tile) {
   using acc_t = cuda::acc_t<scalar_t>;
-  acc_t* q_tile = cuda::dynamic_shared_memory<acc_t>();
-  acc_t* do_tile = q_tile + tile * dims.D;
-  const int64_t bh = dims.head(), tile0 = dims.row_tile() * kRows, j = tile0 + threadIdx.x, D = dims.D;
+  acc_t* q_tile = cuda::dynamic_shared_memory<acc_t>();  // (tile, D)
+  acc_t* do_tile = q_tile + tile * dims.D;               // (tile, Dv)
+  const int64_t bhk = dims.head(), tile0 = dims.row_tile() * kRows, j = tile0 + threadIdx.x, D = dims.D, Dv = dims.Dv;
   const bool active = j < dims.Lk;
-  const int64_t row = bh * dims.Lk + j;
+  const int64_t row = bhk * dims.Lk + j;
   acc_t k_row[kD], v_row[kD], dk_row[kD], dv_row[kD];
   for (int d = 0; d < D; ++d) {
     k_row[d] = active ? static_cast<acc_t>(k[row * D + d]) : acc_t(0);
-    v_row[d] = active ? static_cast<acc_t>(v[row * D + d]) : acc_t(0);
-    dk_row[d] = dv_row[d] = 0;
+    dk_row[d] = 0;
+  }
+  for (int d = 0; d < Dv; ++d) {
+    v_row[d] = active ? static_cast<acc_t>(v[row * Dv + d]) : acc_t(0);
+    dv_row[d] = 0;
   }
   // Causal: queries before this block's first key see none of its keys.
   const int64_t i_begin = dims.causal ? (min(tile0, dims.Lq) / tile) * tile : 0;
-  for (int64_t i0 = i_begin; i0 < dims.Lq; i0 += tile) {
-    __syncthreads();
-    stage(q_tile, q + bh * dims.Lq * D, i0, tile, dims.Lq, D);
-    stage(do_tile, dout + bh * dims.Lq * D, i0, tile, dims.Lq, D);
-    __syncthreads();
-    if (!active) continue;
-    for (int ii = 0; ii < tile && i0 + ii < dims.Lq; ++ii) {
-      const int64_t i = i0 + ii;
-      if (!dims.visible(i, j)) continue;
-      acc_t s = 0, dp = 0;
-      for (int d = 0; d < D; ++d) {
-        s += q_tile[ii * D + d] * k_row[d];
-        dp += do_tile[ii * D + d] * v_row[d];
-      }
-      const acc_t p = exp(s * dims.scale - lse[bh * dims.Lq + i]);
-      const acc_t ds = p * (dp - delta[bh * dims.Lq + i]) * dims.scale;
-      for (int d = 0; d < D; ++d) {
-        dv_row[d] += p * do_tile[ii * D + d];
-        dk_row[d] += ds * q_tile[ii * D + d];
+  for (int64_t r = 0; r < opt.group; ++r) {
+    const int64_t bh = opt.query_head(bhk, r);
+    for (int64_t i0 = i_begin; i0 < dims.Lq; i0 += tile) {
+      __syncthreads();
+      stage(q_tile, q + bh * dims.Lq * D, i0, tile, dims.Lq, D);
+      stage(do_tile, dout + bh * dims.Lq * Dv, i0, tile, dims.Lq, Dv);
+      __syncthreads();
+      if (!active) continue;
+      for (int ii = 0; ii < tile && i0 + ii < dims.Lq; ++ii) {
+        const int64_t i = i0 + ii;
+        const acc_t row_lse = lse[bh * dims.Lq + i];
+        if (!dims.visible(i, j) || row_lse == -INFINITY) continue;
+        acc_t s = 0, dp = 0;
+        for (int d = 0; d < D; ++d) s += q_tile[ii * D + d] * k_row[d];
+        for (int d = 0; d < Dv; ++d) dp += do_tile[ii * Dv + d] * v_row[d];
+        const acc_t p = exp(s * dims.scale + opt.bias_at(bh, i, j) - row_lse);
+        const acc_t z = opt.keep(bh, i, j, dims.Lq, dims.Lk);
+        const acc_t ds = p * (dp * z - delta[bh * dims.Lq + i]) * dims.scale;
+        for (int d = 0; d < Dv; ++d) dv_row[d] += p * z * do_tile[ii * Dv + d];
+        for (int d = 0; d < D; ++d) dk_row[d] += ds * q_tile[ii * D + d];
       }
     }
   }
   if (!active) return;
-  for (int d = 0; d < D; ++d) {
-    dk[row * D + d] = static_cast<scalar_t>(dk_row[d]);
-    dv[row * D + d] = static_cast<scalar_t>(dv_row[d]);
-  }
+  for (int d = 0; d < D; ++d) dk[row * D + d] = static_cast<scalar_t>(dk_row[d]);
+  for (int d = 0; d < Dv; ++d) dv[row * Dv + d] = static_cast<scalar_t>(dv_row[d]);
 }
 
 // Calls fn.template operator()<kD>() with kD the head dim rounded up to 64, 128 or 256.
@@ -582,46 +704,23 @@ void with_tensor_core_head_dim(int64_t D, const Fn& fn) {
   }
 }
 
-// Launches a tensor-core kernel over row tiles of `rows` (queries for forward and dQ, keys for
-// dK/dV) with `shared` bytes of dynamic shared memory (opted in past the default 48 KiB), passing
-// the inputs (a tuple: q, k, v for forward; dO, q, k, v, lse, delta for backward), then the
-// outputs, then the dims.
-template <auto kernel, typename... Outputs>
-void launch_tensor_core(const AttentionGeometry& g, int64_t rows, size_t shared, const auto& inputs,
-                        Outputs... outputs) {
+// Launches a tensor-core kernel over row tiles of `rows` of `heads` heads (queries of the query
+// heads for forward and dQ, keys of the key/value heads for dK/dV) with `shared` bytes of dynamic
+// shared memory (opted in past the default 48 KiB), passing the inputs (a tuple: q, k, v for
+// forward; dO, q, k, v, lse, delta for backward), then the outputs, then the dims and options.
+template <auto kernel, typename scalar_t, typename... Outputs>
+void launch_tensor_core(const AttentionGeometry& g, int64_t heads, int64_t rows, size_t shared, const auto& inputs,
+                        const ScoreOptions<scalar_t>& opt, Outputs... outputs) {
   if (shared > kSharedBytes) cuda::allow_dynamic_shared<kernel>(shared);
   std::apply(
       [&](auto... in) {
-        cuda::launch<kernel>(row_tile_launch(g, rows, shared, kTcThreads), in..., outputs...,
-                             kernel_dims<float>(g, rows));
+        cuda::launch<kernel>(row_tile_launch(g, heads, rows, shared, kTcThreads), in..., outputs...,
+                             kernel_dims<float>(g, rows), opt);
       },
       inputs);
 }
 
 void check_cuda(const at::Tensor& t, const char* name) { check_device_type(t, name, cuda::kDeviceType); }
-
-// What the CUDA kernels do not read yet (issue 19: the CPU kernels do): an attention bias (attn_mask),
-// dropout, and a value head dimension other than the query's.
-void check_supported_on_cuda(const AttentionGeometry& g, const AttentionOptions& options) {
-  TORCH_CHECK(!options.bias.defined(), "attention (CUDA): attn_mask is not supported by the CUDA kernels yet");
-  TORCH_CHECK(!options.dropout(), "attention (CUDA): dropout_p > 0 is not supported by the CUDA kernels yet");
-  TORCH_CHECK(g.v_dim == g.head_dim, "attention (CUDA): v's head dimension (", g.v_dim,
-              ") must equal q's and k's (", g.head_dim, ") in the CUDA kernels for now");
-}
-
-// Grouped-query attention on CUDA, for now by repeating each key/value head for its query heads
-// (the kernels index one key/value head per query head) and summing their gradients back.
-AttentionGeometry ungrouped(AttentionGeometry g) {
-  g.kv_heads = g.heads;
-  return g;
-}
-at::Tensor per_query_head(const at::Tensor& kv, const AttentionGeometry& g) {
-  return g.group() == 1 ? kv.contiguous() : kv.repeat_interleave(g.group(), 1).contiguous();
-}
-at::Tensor sum_over_group(const at::Tensor& grad, const AttentionGeometry& g) {
-  if (g.group() == 1) return grad;
-  return grad.view({g.batch, g.kv_heads, g.group(), grad.size(2), grad.size(3)}).sum(2);
-}
 
 at::ScalarType lse_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
@@ -632,36 +731,37 @@ AttentionOutputs attention_forward_cuda(const at::Tensor& q, const at::Tensor& k
                                         const std::optional<at::Tensor>& bias, double dropout_p,
                                         const std::optional<at::Tensor>& dropout_rng, bool gqa) {
   const auto options = attention_options(bias, dropout_p, dropout_rng, gqa);
-  const auto grouped = attention_geometry(q, k, v, scale, causal, options);
+  const auto g = attention_geometry(q, k, v, scale, causal, options);
   check_cuda(q, "attention: q");
-  check_supported_on_cuda(grouped, options);
-  const auto g = ungrouped(grouped);
   const cuda::DeviceGuard guard(q.device());
-  auto out = cuda::empty({g.batch, g.heads, g.q_len, g.head_dim}, q.options());
+  auto out = cuda::empty({g.batch, g.heads, g.q_len, g.v_dim}, q.options());
   auto lse = cuda::empty({g.batch, g.heads, g.q_len}, q.options().dtype(lse_dtype(q.scalar_type())));
   if (out.numel() == 0) return {out, lse};
-  const auto qc = q.contiguous(), kc = per_query_head(k, grouped), vc = per_query_head(v, grouped);
+  const auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  const int64_t width = std::max(g.head_dim, g.v_dim);  // the kernels' arrays cover both head dims
   CNNEXT_DISPATCH_CUDA_TYPES(q.scalar_type(), "attention_forward_cuda", [&] {
     using acc_t = cuda::acc_t<scalar_t>;
+    const auto opt = score_options<scalar_t>(g, options, at::Tensor());
     if constexpr (cuda::kTensorCoreType<scalar_t>) {
       if (cuda::tensor_cores_enabled()) {
-        with_tensor_core_head_dim(g.head_dim, [&](auto head_dim) {
+        with_tensor_core_head_dim(width, [&](auto head_dim) {
           constexpr int kD = decltype(head_dim)::value;
           launch_tensor_core<tensor_core_forward_kernel<scalar_t, kD>>(
-              g, g.q_len, tensor_core_forward_shared_bytes<kD>(),
+              g, g.heads, g.q_len, tensor_core_forward_shared_bytes<kD>(),
               std::make_tuple(qc.const_data_ptr<scalar_t>(), kc.const_data_ptr<scalar_t>(),
                               vc.const_data_ptr<scalar_t>()),
-              out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<float>());
+              opt, out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<float>());
         });
         return;
       }
     }
-    const int tile = tile_rows<acc_t>(g.head_dim);
-    const auto config = row_tile_launch(g, g.q_len, 2 * tile * g.head_dim * sizeof(acc_t));
-    with_head_dim(g.head_dim, [&](auto head_dim) {
+    const int tile = tile_rows<acc_t>(g.head_dim, g.v_dim);
+    const auto config = row_tile_launch(g, g.heads, g.q_len, tile * (g.head_dim + g.v_dim) * sizeof(acc_t));
+    with_head_dim(width, [&](auto head_dim) {
       cuda::launch<forward_kernel<scalar_t, decltype(head_dim)::value>>(
           config, qc.const_data_ptr<scalar_t>(), kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(),
-          out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), kernel_dims<acc_t>(g, g.q_len), tile);
+          out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), kernel_dims<acc_t>(g, g.q_len), opt,
+          tile);
     });
   });
   return {out, lse};
@@ -673,71 +773,70 @@ AttentionGrads attention_backward_cuda(const at::Tensor& grad_out, const at::Ten
                                        const std::optional<at::Tensor>& bias, double dropout_p,
                                        const std::optional<at::Tensor>& dropout_rng, bool gqa, bool bias_grad) {
   const auto options = attention_options(bias, dropout_p, dropout_rng, gqa);
-  const auto grouped = attention_backward_geometry(grad_out, q, k, v, out, lse, scale, causal, options);
+  const auto g = attention_backward_geometry(grad_out, q, k, v, out, lse, scale, causal, options);
   check_cuda(q, "_attention_backward: q");
-  check_supported_on_cuda(grouped, options);
-  TORCH_CHECK(!bias_grad, "_attention_backward (CUDA): no bias to differentiate");
-  const auto g = ungrouped(grouped);
   const cuda::DeviceGuard guard(q.device());
-  const auto no_bias_grad = cuda::empty({0}, q.options());
   auto dq = cuda::empty({g.batch, g.heads, g.q_len, g.head_dim}, q.options());
-  auto dk = cuda::empty({g.batch, g.heads, g.k_len, g.head_dim}, q.options());
-  auto dv = cuda::empty({g.batch, g.heads, g.k_len, g.head_dim}, q.options());
-  if (q.numel() == 0 || k.numel() == 0) {
-    return AttentionGrads{dq.zero_(), sum_over_group(dk.zero_(), grouped), sum_over_group(dv.zero_(), grouped),
-                          no_bias_grad};
-  }
-  const auto qc = q.contiguous(), kc = per_query_head(k, grouped), vc = per_query_head(v, grouped);
+  auto dk = cuda::empty({g.batch, g.kv_heads, g.k_len, g.head_dim}, q.options());
+  auto dv = cuda::empty({g.batch, g.kv_heads, g.k_len, g.v_dim}, q.options());
+  // Zero: the dQ kernels write dbias only where a weight exists (visible, in a row that saw a key).
+  auto dbias = bias_grad ? cuda::empty({g.batch, g.heads, g.q_len, g.k_len}, q.options()).zero_()
+                         : cuda::empty({0}, q.options());
+  if (q.numel() == 0 || k.numel() == 0) return AttentionGrads{dq.zero_(), dk.zero_(), dv.zero_(), dbias};
+  const auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   const auto doc = grad_out.contiguous(), oc = out.contiguous(), lc = lse.contiguous();
-  const int64_t BH = g.batch * g.heads;
+  const int64_t BH = g.batch * g.heads, width = std::max(g.head_dim, g.v_dim);
   CNNEXT_DISPATCH_CUDA_TYPES(q.scalar_type(), "attention_backward_cuda", [&] {
     using acc_t = cuda::acc_t<scalar_t>;
+    const auto opt = score_options<scalar_t>(g, options, dbias);
     auto delta = cuda::empty({BH * g.q_len}, lc.options());
     const int64_t rows = BH * g.q_len;
     cuda::launch<delta_kernel<scalar_t>>({static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, 256), 65535)), 256},
                                          doc.const_data_ptr<scalar_t>(), oc.const_data_ptr<scalar_t>(),
-                                         delta.mutable_data_ptr<acc_t>(), rows, g.head_dim);
+                                         delta.mutable_data_ptr<acc_t>(), rows, g.v_dim);
     if constexpr (cuda::kTensorCoreType<scalar_t>) {
       if (cuda::tensor_cores_enabled()) {
-        with_tensor_core_head_dim(g.head_dim, [&](auto head_dim) {
+        with_tensor_core_head_dim(width, [&](auto head_dim) {
           constexpr int kD = decltype(head_dim)::value;
           const auto pointers = std::make_tuple(doc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
                                                 kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(),
                                                 lc.const_data_ptr<float>(), delta.const_data_ptr<float>());
-          launch_tensor_core<tensor_core_dq_kernel<scalar_t, kD>>(g, g.q_len, tensor_core_dq_shared_bytes<kD>(),
-                                                                  pointers, dq.mutable_data_ptr<scalar_t>());
+          launch_tensor_core<tensor_core_dq_kernel<scalar_t, kD>>(g, g.heads, g.q_len, tensor_core_dq_shared_bytes<kD>(),
+                                                                  pointers, opt, dq.mutable_data_ptr<scalar_t>());
           constexpr size_t dkdv_shared = tensor_core_dkdv_shared_bytes<kD>();
           auto* dk_ptr = dk.mutable_data_ptr<scalar_t>();
           auto* dv_ptr = dv.mutable_data_ptr<scalar_t>();
           if constexpr (kD <= 128) {
-            launch_tensor_core<tensor_core_dkdv_kernel<scalar_t, kD, true, true>>(g, g.k_len, dkdv_shared, pointers,
-                                                                                 dk_ptr, dv_ptr);
+            launch_tensor_core<tensor_core_dkdv_kernel<scalar_t, kD, true, true>>(g, g.kv_heads, g.k_len, dkdv_shared,
+                                                                                 pointers, opt, dk_ptr, dv_ptr);
           } else {  // two passes: dK and dV accumulators do not fit in registers together
-            launch_tensor_core<tensor_core_dkdv_kernel<scalar_t, kD, false, true>>(g, g.k_len, dkdv_shared,
-                                                                                  pointers, dk_ptr, dv_ptr);
-            launch_tensor_core<tensor_core_dkdv_kernel<scalar_t, kD, true, false>>(g, g.k_len, dkdv_shared,
-                                                                                  pointers, dk_ptr, dv_ptr);
+            launch_tensor_core<tensor_core_dkdv_kernel<scalar_t, kD, false, true>>(g, g.kv_heads, g.k_len,
+                                                                                  dkdv_shared, pointers, opt, dk_ptr,
+                                                                                  dv_ptr);
+            launch_tensor_core<tensor_core_dkdv_kernel<scalar_t, kD, true, false>>(g, g.kv_heads, g.k_len,
+                                                                                  dkdv_shared, pointers, opt, dk_ptr,
+                                                                                  dv_ptr);
           }
         });
         return;
       }
     }
-    const int tile = tile_rows<acc_t>(g.head_dim);
-    const size_t shared = 2 * tile * g.head_dim * sizeof(acc_t);
-    with_head_dim(g.head_dim, [&](auto head_dim) {
+    const int tile = tile_rows<acc_t>(g.head_dim, g.v_dim);
+    const size_t shared = tile * (g.head_dim + g.v_dim) * sizeof(acc_t);
+    with_head_dim(width, [&](auto head_dim) {
       constexpr int kD = decltype(head_dim)::value;
       cuda::launch<dq_kernel<scalar_t, kD>>(
-          row_tile_launch(g, g.q_len, shared), doc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
+          row_tile_launch(g, g.heads, g.q_len, shared), doc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
           kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(), lc.const_data_ptr<acc_t>(),
-          delta.const_data_ptr<acc_t>(), dq.mutable_data_ptr<scalar_t>(), kernel_dims<acc_t>(g, g.q_len), tile);
+          delta.const_data_ptr<acc_t>(), dq.mutable_data_ptr<scalar_t>(), kernel_dims<acc_t>(g, g.q_len), opt, tile);
       cuda::launch<dkdv_kernel<scalar_t, kD>>(
-          row_tile_launch(g, g.k_len, shared), doc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
-          kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(), lc.const_data_ptr<acc_t>(),
-          delta.const_data_ptr<acc_t>(), dk.mutable_data_ptr<scalar_t>(), dv.mutable_data_ptr<scalar_t>(),
-          kernel_dims<acc_t>(g, g.k_len), tile);
+          row_tile_launch(g, g.kv_heads, g.k_len, shared), doc.const_data_ptr<scalar_t>(),
+          qc.const_data_ptr<scalar_t>(), kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(),
+          lc.const_data_ptr<acc_t>(), delta.const_data_ptr<acc_t>(), dk.mutable_data_ptr<scalar_t>(),
+          dv.mutable_data_ptr<scalar_t>(), kernel_dims<acc_t>(g, g.k_len), opt, tile);
     });
   });
-  return AttentionGrads{dq, sum_over_group(dk, grouped), sum_over_group(dv, grouped), no_bias_grad};
+  return AttentionGrads{dq, dk, dv, dbias};
 }
 
 }  // namespace cnnext

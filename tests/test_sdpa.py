@@ -244,6 +244,19 @@ def test_dropout_backward_matches_its_forward_mask(device):
     assert torch.autograd.gradcheck(op, (q, k, v, bias))
 
 
+@pytest.mark.parametrize("device", [d for d in DEVICES if d.id.startswith("emu")])
+def test_tensor_core_kernels_read_options_only_when_there_are_some(device):
+    """The tensor-core kernels are built twice: without a bias or dropout the launch takes the
+    instantiation that reads neither (kOptions = false), with either it takes the one that does."""
+    q = torch.randn(1, 2, 5, 8).half()
+    mask = torch.ones(5, 5, dtype=torch.bool)
+    for kwargs, reads in (({}, "false"), (dict(attn_mask=mask), "true"), (dict(dropout_p=0.5), "true")):
+        torch.ops.cnnext_emu._forget_launched_kernels()
+        sdpa(q, q, q, **kwargs)
+        launched = " ".join(torch.ops.cnnext_emu._launched_kernels())
+        assert f"tensor_core_forward_kernel<c10::Half, 32, {reads}>" in launched, (kwargs, launched)
+
+
 def _philox4x32_10(counter_lo, counter_hi, key):
     """Philox-4x32-10 (Salmon et al., SC 2011) on numpy uint64 arrays holding 32-bit words, written
     from the paper, independently of csrc/philox.h: the four output words for each counter."""

@@ -142,9 +142,10 @@ def test_the_built_attention_tensor_core_kernels_contain_hmma(built_kernels):
     attention = [k for k in built_kernels if "attention_cuda" in k.name]
     tensor_core = [k for k in attention if "tensor_core_" in k.name]
     per_row = [k for k in attention if "tensor_core_" not in k.name]
-    # Per architecture: 2 types x (4 forward + 4 dQ + 5 dK/dV, head dim 256 in two passes).
+    # Per architecture: 2 types x (4 forward + 4 dQ + 5 dK/dV, head dim 256 in two passes) x
+    # (with and without SDPA's options, kOptions).
     archs = {k.arch for k in tensor_core}
-    assert archs and len(tensor_core) == 26 * len(archs), [k.name for k in tensor_core]
+    assert archs and len(tensor_core) == 52 * len(archs), [k.name for k in tensor_core]
     assert all("HMMA" in k.body for k in tensor_core), [k.name for k in tensor_core if "HMMA" not in k.body]
     assert per_row and not any("HMMA" in k.body for k in per_row)
 

@@ -69,40 +69,87 @@ int tile_rows(int64_t D, int64_t Dv) {
   return static_cast<int>(std::clamp<int64_t>(kSharedBytes / ((D + Dv) * int64_t(sizeof(acc_t))), 1, 32));
 }
 
-// What scaled_dot_product_attention's options add to a kernel (see the top of the file).
+// ScoreOptions (below) narrowed to one query head: its bias and dbias planes and the index of its
+// first weight in the dropout mask, so that the per-weight calls do no division.
+template <typename scalar_t>
+struct HeadOptions {
+  using acc_t = cuda::acc_t<scalar_t>;
+  const scalar_t* bias;          // the head's (Lq, Lk) plane, or nullptr
+  int64_t bias_row, bias_col;    // its strides
+  scalar_t* dbias;               // the head's contiguous (Lq, Lk) plane of dbias, or nullptr
+  int64_t Lk;
+  uint64_t first_weight;         // mask index of weight (0, 0): bh Lq Lk
+  uint64_t seed, offset;
+  uint32_t threshold;
+  acc_t keep_scale;
+  bool dropout;
+
+  __device__ acc_t bias_at(int64_t i, int64_t j) const {
+    return bias == nullptr ? acc_t(0) : static_cast<acc_t>(bias[i * bias_row + j * bias_col]);
+  }
+  // Z of weight (i, j): keep_scale when kept, 0 when dropped, 1 without dropout.
+  __device__ acc_t keep(int64_t i, int64_t j) const {
+    if (!dropout) return acc_t(1);
+    const uint64_t index = first_weight + static_cast<uint64_t>(i * Lk + j);
+    return dropout_keeps(seed, offset, index, threshold) ? keep_scale : acc_t(0);
+  }
+  __device__ void store_dbias(int64_t i, int64_t j, acc_t ds) const {
+    if (dbias != nullptr) dbias[i * Lk + j] = static_cast<scalar_t>(ds);
+  }
+};
+
+// What scaled_dot_product_attention's options add to a kernel (see the top of the file). Head
+// numbers fit in 32 bits (a grid has fewer than 2^31 blocks), so their divisions are 32-bit.
 template <typename scalar_t>
 struct ScoreOptions {
   using acc_t = cuda::acc_t<scalar_t>;
-  const scalar_t* bias;                           // nullptr: none
+  const scalar_t* bias;                               // (B, H, Lq, Lk) through its strides, or nullptr
   int64_t bias_batch, bias_head, bias_row, bias_col;  // its strides (0 where broadcast)
-  scalar_t* dbias;                                // (B, H, Lq, Lk), written by the dQ kernels; nullptr: not asked
-  int64_t heads, group;                           // query heads; query heads per key/value head
-  uint64_t seed, offset;                          // the dropout mask's Philox key and counter offset
-  uint32_t threshold;                             // dropout_threshold(p)
-  acc_t keep_scale;                               // 1 / (1 - p), 0 for p = 1
+  scalar_t* dbias;                                    // (B, H, Lq, Lk) contiguous, or nullptr: not asked
+  int heads, group;                                   // query heads; query heads per key/value head
+  uint64_t seed, offset;                              // the dropout mask's Philox key and counter offset
+  uint32_t threshold;                                 // dropout_threshold(p)
+  acc_t keep_scale;                                   // 1 / (1 - p), 0 for p = 1
   bool dropout;
 
   // The key/value head (batch * kv_heads + kv head) that query head bh = batch * heads + head reads.
-  __device__ int64_t kv_head(int64_t bh) const { return bh / heads * (heads / group) + bh % heads / group; }
+  __device__ int64_t kv_head(int64_t bh) const {
+    const int head = static_cast<int>(bh);
+    return head / heads * (heads / group) + head % heads / group;
+  }
   // Query head r (< group) of key/value head bhk.
-  __device__ int64_t query_head(int64_t bhk, int64_t r) const {
-    const int64_t kv_heads = heads / group;
-    return bhk / kv_heads * heads + bhk % kv_heads * group + r;
+  __device__ int64_t query_head(int64_t bhk, int r) const {
+    const int kv_heads = heads / group, head = static_cast<int>(bhk);
+    return int64_t{head / kv_heads} * heads + head % kv_heads * group + r;
   }
-  __device__ acc_t bias_at(int64_t bh, int64_t i, int64_t j) const {
-    if (bias == nullptr) return acc_t(0);
-    return static_cast<acc_t>(bias[bh / heads * bias_batch + bh % heads * bias_head + i * bias_row + j * bias_col]);
-  }
-  // Z of weight (bh, i, j): keep_scale when kept, 0 when dropped, 1 without dropout.
-  __device__ acc_t keep(int64_t bh, int64_t i, int64_t j, int64_t Lq, int64_t Lk) const {
-    if (!dropout) return acc_t(1);
-    const auto index = static_cast<uint64_t>((bh * Lq + i) * Lk + j);
-    return dropout_keeps(seed, offset, index, threshold) ? keep_scale : acc_t(0);
-  }
-  __device__ void store_dbias(int64_t bh, int64_t i, int64_t j, int64_t Lq, int64_t Lk, acc_t ds) const {
-    if (dbias != nullptr) dbias[(bh * Lq + i) * Lk + j] = static_cast<scalar_t>(ds);
+  __device__ HeadOptions<scalar_t> head(int64_t bh, int64_t Lq, int64_t Lk) const {
+    const int b = static_cast<int>(bh) / heads, h = static_cast<int>(bh) % heads;
+    return {bias == nullptr ? nullptr : bias + b * bias_batch + h * bias_head,
+            bias_row,
+            bias_col,
+            dbias == nullptr ? nullptr : dbias + bh * Lq * Lk,
+            Lk,
+            static_cast<uint64_t>(bh * Lq * Lk),
+            seed,
+            offset,
+            threshold,
+            keep_scale,
+            dropout};
   }
 };
+
+// The options a kernel instantiation reads: all of them (kOptions), or none, as compile-time
+// constants the compiler folds away. The tensor-core kernels are built both ways, so that the
+// plain case keeps the registers (and occupancy) it had before bias and dropout existed.
+template <bool kOptions, typename scalar_t>
+__device__ __forceinline__ ScoreOptions<scalar_t> options_read(ScoreOptions<scalar_t> opt) {
+  if constexpr (!kOptions) {
+    opt.bias = nullptr;
+    opt.dbias = nullptr;
+    opt.dropout = false;
+  }
+  return opt;
+}
 
 template <typename scalar_t>
 ScoreOptions<scalar_t> score_options(const AttentionGeometry& g, const AttentionOptions& options,
@@ -114,8 +161,8 @@ ScoreOptions<scalar_t> score_options(const AttentionGeometry& g, const Attention
     o.bias_batch = b.stride(0), o.bias_head = b.stride(1), o.bias_row = b.stride(2), o.bias_col = b.stride(3);
   }
   o.dbias = dbias.defined() && dbias.numel() > 0 ? dbias.mutable_data_ptr<scalar_t>() : nullptr;
-  o.heads = g.heads;
-  o.group = g.group();
+  o.heads = static_cast<int>(g.heads);
+  o.group = static_cast<int>(g.group());
   o.dropout = options.dropout();
   o.seed = static_cast<uint64_t>(options.seed);
   o.offset = static_cast<uint64_t>(options.offset);
@@ -143,6 +190,7 @@ __global__ void forward_kernel(const scalar_t* q, const scalar_t* k, const scala
   const int64_t bh = dims.head(), tile0 = dims.row_tile() * kRows, i = tile0 + threadIdx.x, D = dims.D, Dv = dims.Dv;
   const bool active = i < dims.Lq;
   const int64_t kvh = opt.kv_head(bh);
+  const auto head = opt.head(bh, dims.Lq, dims.Lk);
   const scalar_t* kb = k + kvh * dims.Lk * D;
   const scalar_t* vb = v + kvh * dims.Lk * Dv;
   acc_t q_row[kD], acc[kD];
@@ -162,11 +210,11 @@ __global__ void forward_kernel(const scalar_t* q, const scalar_t* k, const scala
       if (!dims.visible(i, j)) break;
       acc_t s = 0;
       for (int d = 0; d < D; ++d) s += q_row[d] * k_tile[jj * D + d];
-      s = s * dims.scale + opt.bias_at(bh, i, j);
+      s = s * dims.scale + head.bias_at(i, j);
       if (s == -INFINITY) continue;  // masked out: weight 0 (and a row's max stays -inf until it sees a key)
       const acc_t m_new = max(m, s), rescale = exp(m - m_new), p = exp(s - m_new);
       l = l * rescale + p;  // the softmax sums the weights before dropout
-      const acc_t pz = p * opt.keep(bh, i, j, dims.Lq, dims.Lk);
+      const acc_t pz = p * head.keep(i, j);
       for (int d = 0; d < Dv; ++d) acc[d] = acc[d] * rescale + pz * v_tile[jj * Dv + d];
       m = m_new;
     }
@@ -321,16 +369,18 @@ constexpr size_t tensor_core_forward_shared_bytes() {
   return size_t{kTcRows + 2 * kTcTileRows<kD>} * kTcRowStride<kD> * sizeof(uint16_t);
 }
 
-template <typename scalar_t, int kD>
+template <typename scalar_t, int kD, bool kOptions>
 __global__ void __launch_bounds__(kTcThreads)
     tensor_core_forward_kernel(const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* out, float* lse,
-                               Dims<float> dims, ScoreOptions<scalar_t> opt) {
+                               Dims<float> dims, ScoreOptions<scalar_t> options) {
+  const auto opt = options_read<kOptions>(options);
   constexpr int kKeys = kTcTileRows<kD>, kStride = kTcRowStride<kD>, kKeyTiles = kKeys / 8;
   uint16_t* q_tile = cuda::dynamic_shared_memory<uint16_t>();  // (kTcRows, kD)
   uint16_t* k_tile = q_tile + kTcRows * kStride;               // (kKeys, kD)
   uint16_t* v_tile = k_tile + kKeys * kStride;                 // (kKeys, kD)
   const int64_t bh = dims.head(), q0 = dims.row_tile() * kTcRows, D = dims.D, Dv = dims.Dv;
   const int64_t kvh = opt.kv_head(bh);
+  const auto head = opt.head(bh, dims.Lq, dims.Lk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, wm = 16 * warp;
   const int64_t rows[2] = {q0 + wm + g, q0 + wm + g + 8};  // this lane's two query rows
   const float scale_log2 = dims.scale * kLog2e;
@@ -360,7 +410,7 @@ __global__ void __launch_bounds__(kTcThreads)
       for (int f = 0; f < 4; ++f) {
         const int64_t j = j0 + 8 * n + 2 * t + (f % 2), i = rows[f / 2];
         const bool in_range = j < dims.Lk && i < dims.Lq && dims.visible(i, j);
-        s[n][f] = in_range ? s[n][f] * scale_log2 + opt.bias_at(bh, i, j) * kLog2e : -INFINITY;
+        s[n][f] = in_range ? s[n][f] * scale_log2 + head.bias_at(i, j) * kLog2e : -INFINITY;
         tile_max[f / 2] = fmaxf(tile_max[f / 2], s[n][f]);
       }
     }
@@ -389,7 +439,7 @@ __global__ void __launch_bounds__(kTcThreads)
 #pragma unroll
         for (int f = 0; f < 4; ++f) {
           const int64_t j = j0 + 8 * n + 2 * t + (f % 2), i = rows[f / 2];
-          if (j < dims.Lk && i < dims.Lq) s[n][f] *= opt.keep(bh, i, j, dims.Lq, dims.Lk);  // P Z
+          if (j < dims.Lk && i < dims.Lq) s[n][f] *= head.keep(i, j);  // P Z
         }
     }
 #pragma unroll
@@ -416,11 +466,12 @@ constexpr size_t tensor_core_dq_shared_bytes() {
 }
 
 // dQ for 64 query rows of one (batch, head); lse and delta of this lane's rows from global memory.
-template <typename scalar_t, int kD>
+template <typename scalar_t, int kD, bool kOptions>
 __global__ void __launch_bounds__(kTcThreads)
     tensor_core_dq_kernel(const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v,
                           const float* lse, const float* delta, scalar_t* dq, Dims<float> dims,
-                          ScoreOptions<scalar_t> opt) {
+                          ScoreOptions<scalar_t> options) {
+  const auto opt = options_read<kOptions>(options);
   constexpr int kKeys = kTcTileRows<kD>, kStride = kTcRowStride<kD>, kKeyTiles = kKeys / 8;
   uint16_t* q_tile = cuda::dynamic_shared_memory<uint16_t>();  // (kTcRows, kD)
   uint16_t* do_tile = q_tile + kTcRows * kStride;              // (kTcRows, kD)
@@ -428,6 +479,7 @@ __global__ void __launch_bounds__(kTcThreads)
   uint16_t* v_tile = k_tile + kKeys * kStride;                 // (kKeys, kD)
   const int64_t bh = dims.head(), q0 = dims.row_tile() * kTcRows, D = dims.D, Dv = dims.Dv;
   const int64_t kvh = opt.kv_head(bh);
+  const auto head = opt.head(bh, dims.Lq, dims.Lk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, wm = 16 * warp;
   const int64_t rows[2] = {q0 + wm + g, q0 + wm + g + 8};
   const float scale_log2 = dims.scale * kLog2e;
@@ -465,9 +517,9 @@ __global__ void __launch_bounds__(kTcThreads)
         const bool in_range = j < dims.Lk && takes_part[f / 2] && dims.visible(i, j);
         float ds = 0.f;
         if (in_range) {
-          const float p = exp2f(s[n][f] * scale_log2 + opt.bias_at(bh, i, j) * kLog2e - row_lse2[f / 2]);
-          ds = p * (dp[n][f] * opt.keep(bh, i, j, dims.Lq, dims.Lk) - row_delta[f / 2]);
-          opt.store_dbias(bh, i, j, dims.Lq, dims.Lk, ds);
+          const float p = exp2f(s[n][f] * scale_log2 + head.bias_at(i, j) * kLog2e - row_lse2[f / 2]);
+          ds = p * (dp[n][f] * head.keep(i, j) - row_delta[f / 2]);
+          head.store_dbias(i, j, ds);
         }
         s[n][f] = ds;  // now dS
       }
@@ -486,11 +538,12 @@ constexpr size_t tensor_core_dkdv_shared_bytes() {
 
 // dK and/or dV for 64 key rows of one (batch, key/value head), summed over the query heads of its
 // group; query tiles staged with their lse and delta.
-template <typename scalar_t, int kD, bool kDK, bool kDV>
+template <typename scalar_t, int kD, bool kDK, bool kDV, bool kOptions>
 __global__ void __launch_bounds__(kTcThreads)
     tensor_core_dkdv_kernel(const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v,
                             const float* lse, const float* delta, scalar_t* dk, scalar_t* dv, Dims<float> dims,
-                            ScoreOptions<scalar_t> opt) {
+                            ScoreOptions<scalar_t> options) {
+  const auto opt = options_read<kOptions>(options);
   constexpr int kQueries = kTcTileRows<kD>, kStride = kTcRowStride<kD>, kQueryTiles = kQueries / 8;
   uint16_t* k_tile = cuda::dynamic_shared_memory<uint16_t>();  // (kTcRows, kD)
   uint16_t* v_tile = k_tile + kTcRows * kStride;               // (kTcRows, kD)
@@ -510,8 +563,9 @@ __global__ void __launch_bounds__(kTcThreads)
 
   // Causal: queries before this block's first key see none of its keys.
   const int64_t i_begin = dims.causal ? (min(j0, dims.Lq) / kQueries) * kQueries : 0;
-  for (int64_t r = 0; r < opt.group; ++r) {
+  for (int r = 0; r < opt.group; ++r) {
     const int64_t bh = opt.query_head(bhk, r);
+    const auto head = opt.head(bh, dims.Lq, dims.Lk);
     for (int64_t i0 = i_begin; i0 < dims.Lq; i0 += kQueries) {
       __syncthreads();
       stage_bits<kD>(q_tile, q + bh * dims.Lq * D, i0, kQueries, dims.Lq, D);
@@ -533,7 +587,7 @@ __global__ void __launch_bounds__(kTcThreads)
           const int64_t i = i0 + c, j = keys[f / 2];
           // lse -inf: past Lq, or a fully masked row (no weights, no gradient).
           const bool in_range = j < dims.Lk && lse2_tile[c] != -INFINITY && dims.visible(i, j);
-          s[n][f] = in_range ? exp2f(s[n][f] * scale_log2 + opt.bias_at(bh, i, j) * kLog2e - lse2_tile[c]) : 0.f;
+          s[n][f] = in_range ? exp2f(s[n][f] * scale_log2 + head.bias_at(i, j) * kLog2e - lse2_tile[c]) : 0.f;
         }
       }
       if constexpr (kDV) {
@@ -544,7 +598,7 @@ __global__ void __launch_bounds__(kTcThreads)
 #pragma unroll
             for (int f = 0; f < 4; ++f) {
               const int64_t i = i0 + 8 * n + 2 * t + (f % 2), j = keys[f / 2];
-              pz[n][f] = s[n][f] == 0.f ? 0.f : s[n][f] * opt.keep(bh, i, j, dims.Lq, dims.Lk);
+              pz[n][f] = s[n][f] == 0.f ? 0.f : s[n][f] * head.keep(i, j);
             }
           accumulators_times_tile<scalar_t, kD>(dv_acc, pz, do_tile, g, t);
         } else {
@@ -560,7 +614,7 @@ __global__ void __launch_bounds__(kTcThreads)
 #pragma unroll
           for (int f = 0; f < 4; ++f) {
             const int c = 8 * n + 2 * t + (f % 2);
-            const float z = (opt.dropout && s[n][f] != 0.f) ? opt.keep(bh, i0 + c, keys[f / 2], dims.Lq, dims.Lk) : 1.f;
+            const float z = (head.dropout && s[n][f] != 0.f) ? head.keep(i0 + c, keys[f / 2]) : 1.f;
             s[n][f] *= dp[n][f] * z - delta_tile[c];
           }
         accumulators_times_tile<scalar_t, kD>(dk_acc, s, q_tile, g, t);
@@ -599,6 +653,7 @@ __global__ void dq_kernel(const scalar_t* dout, const scalar_t* q, const scalar_
   const int64_t bh = dims.head(), tile0 = dims.row_tile() * kRows, i = tile0 + threadIdx.x, D = dims.D, Dv = dims.Dv;
   const bool active = i < dims.Lq;
   const int64_t row = bh * dims.Lq + i, kvh = opt.kv_head(bh);
+  const auto head = opt.head(bh, dims.Lq, dims.Lk);
   acc_t q_row[kD], do_row[kD], dq_row[kD];
   for (int d = 0; d < D; ++d) {
     q_row[d] = active ? static_cast<acc_t>(q[row * D + d]) : acc_t(0);
@@ -621,9 +676,9 @@ __global__ void dq_kernel(const scalar_t* dout, const scalar_t* q, const scalar_
       acc_t s = 0, dp = 0;
       for (int d = 0; d < D; ++d) s += q_row[d] * k_tile[jj * D + d];
       for (int d = 0; d < Dv; ++d) dp += do_row[d] * v_tile[jj * Dv + d];
-      const acc_t p = exp(s * dims.scale + opt.bias_at(bh, i, j) - row_lse);
-      const acc_t ds = p * (dp * opt.keep(bh, i, j, dims.Lq, dims.Lk) - row_delta);
-      opt.store_dbias(bh, i, j, dims.Lq, dims.Lk, ds);
+      const acc_t p = exp(s * dims.scale + head.bias_at(i, j) - row_lse);
+      const acc_t ds = p * (dp * head.keep(i, j) - row_delta);
+      head.store_dbias(i, j, ds);
       for (int d = 0; d < D; ++d) dq_row[d] += ds * dims.scale * k_tile[jj * D + d];
     }
   }
@@ -654,8 +709,9 @@ __global__ void dkdv_kernel(const scalar_t* dout, const scalar_t* q, const scala
   }
   // Causal: queries before this block's first key see none of its keys.
   const int64_t i_begin = dims.causal ? (min(tile0, dims.Lq) / tile) * tile : 0;
-  for (int64_t r = 0; r < opt.group; ++r) {
+  for (int r = 0; r < opt.group; ++r) {
     const int64_t bh = opt.query_head(bhk, r);
+    const auto head = opt.head(bh, dims.Lq, dims.Lk);
     for (int64_t i0 = i_begin; i0 < dims.Lq; i0 += tile) {
       __syncthreads();
       stage(q_tile, q + bh * dims.Lq * D, i0, tile, dims.Lq, D);
@@ -669,8 +725,8 @@ __global__ void dkdv_kernel(const scalar_t* dout, const scalar_t* q, const scala
         acc_t s = 0, dp = 0;
         for (int d = 0; d < D; ++d) s += q_tile[ii * D + d] * k_row[d];
         for (int d = 0; d < Dv; ++d) dp += do_tile[ii * Dv + d] * v_row[d];
-        const acc_t p = exp(s * dims.scale + opt.bias_at(bh, i, j) - row_lse);
-        const acc_t z = opt.keep(bh, i, j, dims.Lq, dims.Lk);
+        const acc_t p = exp(s * dims.scale + head.bias_at(i, j) - row_lse);
+        const acc_t z = head.keep(i, j);
         const acc_t ds = p * (dp * z - delta[bh * dims.Lq + i]) * dims.scale;
         for (int d = 0; d < Dv; ++d) dv_row[d] += p * z * do_tile[ii * Dv + d];
         for (int d = 0; d < D; ++d) dk_row[d] += ds * q_tile[ii * D + d];
@@ -701,6 +757,17 @@ void with_tensor_core_head_dim(int64_t D, const Fn& fn) {
     fn(std::integral_constant<int, 32>{});
   } else {
     with_head_dim(D, fn);
+  }
+}
+
+// Calls fn(std::bool_constant<reads>) with reads true when there is a bias or dropout to apply
+// (options_read).
+template <typename Fn>
+void with_options(const AttentionOptions& options, const Fn& fn) {
+  if (options.bias.defined() || options.dropout()) {
+    fn(std::true_type{});
+  } else {
+    fn(std::false_type{});
   }
 }
 
@@ -745,12 +812,14 @@ AttentionOutputs attention_forward_cuda(const at::Tensor& q, const at::Tensor& k
     if constexpr (cuda::kTensorCoreType<scalar_t>) {
       if (cuda::tensor_cores_enabled()) {
         with_tensor_core_head_dim(width, [&](auto head_dim) {
-          constexpr int kD = decltype(head_dim)::value;
-          launch_tensor_core<tensor_core_forward_kernel<scalar_t, kD>>(
-              g, g.heads, g.q_len, tensor_core_forward_shared_bytes<kD>(),
-              std::make_tuple(qc.const_data_ptr<scalar_t>(), kc.const_data_ptr<scalar_t>(),
-                              vc.const_data_ptr<scalar_t>()),
-              opt, out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<float>());
+          with_options(options, [&](auto reads_options) {
+            constexpr int kD = decltype(head_dim)::value;
+            launch_tensor_core<tensor_core_forward_kernel<scalar_t, kD, decltype(reads_options)::value>>(
+                g, g.heads, g.q_len, tensor_core_forward_shared_bytes<kD>(),
+                std::make_tuple(qc.const_data_ptr<scalar_t>(), kc.const_data_ptr<scalar_t>(),
+                                vc.const_data_ptr<scalar_t>()),
+                opt, out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<float>());
+          });
         });
         return;
       }
@@ -797,26 +866,27 @@ AttentionGrads attention_backward_cuda(const at::Tensor& grad_out, const at::Ten
     if constexpr (cuda::kTensorCoreType<scalar_t>) {
       if (cuda::tensor_cores_enabled()) {
         with_tensor_core_head_dim(width, [&](auto head_dim) {
-          constexpr int kD = decltype(head_dim)::value;
-          const auto pointers = std::make_tuple(doc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
-                                                kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(),
-                                                lc.const_data_ptr<float>(), delta.const_data_ptr<float>());
-          launch_tensor_core<tensor_core_dq_kernel<scalar_t, kD>>(g, g.heads, g.q_len, tensor_core_dq_shared_bytes<kD>(),
-                                                                  pointers, opt, dq.mutable_data_ptr<scalar_t>());
-          constexpr size_t dkdv_shared = tensor_core_dkdv_shared_bytes<kD>();
-          auto* dk_ptr = dk.mutable_data_ptr<scalar_t>();
-          auto* dv_ptr = dv.mutable_data_ptr<scalar_t>();
-          if constexpr (kD <= 128) {
-            launch_tensor_core<tensor_core_dkdv_kernel<scalar_t, kD, true, true>>(g, g.kv_heads, g.k_len, dkdv_shared,
-                                                                                 pointers, opt, dk_ptr, dv_ptr);
-          } else {  // two passes: dK and dV accumulators do not fit in registers together
-            launch_tensor_core<tensor_core_dkdv_kernel<scalar_t, kD, false, true>>(g, g.kv_heads, g.k_len,
-                                                                                  dkdv_shared, pointers, opt, dk_ptr,
-                                                                                  dv_ptr);
-            launch_tensor_core<tensor_core_dkdv_kernel<scalar_t, kD, true, false>>(g, g.kv_heads, g.k_len,
-                                                                                  dkdv_shared, pointers, opt, dk_ptr,
-                                                                                  dv_ptr);
-          }
+          with_options(options, [&](auto reads_options) {
+            constexpr int kD = decltype(head_dim)::value;
+            constexpr bool kOptions = decltype(reads_options)::value;
+            const auto pointers = std::make_tuple(doc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
+                                                  kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(),
+                                                  lc.const_data_ptr<float>(), delta.const_data_ptr<float>());
+            launch_tensor_core<tensor_core_dq_kernel<scalar_t, kD, kOptions>>(
+                g, g.heads, g.q_len, tensor_core_dq_shared_bytes<kD>(), pointers, opt, dq.mutable_data_ptr<scalar_t>());
+            constexpr size_t dkdv_shared = tensor_core_dkdv_shared_bytes<kD>();
+            auto* dk_ptr = dk.mutable_data_ptr<scalar_t>();
+            auto* dv_ptr = dv.mutable_data_ptr<scalar_t>();
+            if constexpr (kD <= 128) {
+              launch_tensor_core<tensor_core_dkdv_kernel<scalar_t, kD, true, true, kOptions>>(
+                  g, g.kv_heads, g.k_len, dkdv_shared, pointers, opt, dk_ptr, dv_ptr);
+            } else {  // two passes: dK and dV accumulators do not fit in registers together
+              launch_tensor_core<tensor_core_dkdv_kernel<scalar_t, kD, false, true, kOptions>>(
+                  g, g.kv_heads, g.k_len, dkdv_shared, pointers, opt, dk_ptr, dv_ptr);
+              launch_tensor_core<tensor_core_dkdv_kernel<scalar_t, kD, true, false, kOptions>>(
+                  g, g.kv_heads, g.k_len, dkdv_shared, pointers, opt, dk_ptr, dv_ptr);
+            }
+          });
         });
         return;
       }

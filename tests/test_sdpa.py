@@ -244,6 +244,33 @@ def test_dropout_backward_matches_its_forward_mask(device):
     assert torch.autograd.gradcheck(op, (q, k, v, bias))
 
 
+@pytest.mark.parametrize("device, dtype", LOW_PRECISION)
+def test_low_precision_dropout_matches_float64_with_the_same_mask(device, dtype, monkeypatch):
+    """16-bit dropout forward and backward (a bias, grouped heads, Ev != E too) on both CUDA
+    variants against the float64 kernels with the same (seed, offset): the same weights dropped,
+    so the results differ only by 16-bit rounding (float64 is what gradcheck verifies above)."""
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (
+        torch.randn(s, generator=g, dtype=torch.float64)
+        for s in ((1, 4, 37, 16), (1, 2, 45, 16), (1, 2, 45, 24))
+    )
+    bias = torch.randn(1, 4, 37, 45, generator=g, dtype=torch.float64)
+    grad = torch.randn(1, 4, 37, 24, generator=g, dtype=torch.float64)
+    rng = torch.tensor([99, 100])
+
+    def run(dtype):
+        leaves = [t.to(device, dtype).requires_grad_() for t in (q, k, v, bias)]
+        out = torch.ops.cnnext.attention(*leaves[:3], None, False, leaves[3], 0.3, rng, True)[0]
+        return [out, *torch.autograd.grad(out, leaves, grad.to(device, dtype))]
+
+    want = run(torch.float64)
+    for tensor_cores in ("1", "0"):
+        monkeypatch.setenv("CNNEXT_CUDA_TENSOR_CORES", tensor_cores)
+        for name, got, expected in zip(("out", "dq", "dk", "dv", "dbias"), run(dtype), want, strict=True):
+            error = (got.double() - expected).abs().max().item()
+            assert error <= 3e-2 * expected.abs().max().item(), (tensor_cores, name, error)
+
+
 @pytest.mark.parametrize("device", [d for d in DEVICES if d.id.startswith("emu")])
 def test_tensor_core_kernels_read_options_only_when_there_are_some(device):
     """The tensor-core kernels are built twice: without a bias or dropout the launch takes the

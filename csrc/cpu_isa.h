@@ -1,6 +1,7 @@
 // Which build of the CPU loops to run. The kernels with hand-vectorisable loops are compiled more
-// than once: for the x86-64 baseline, for AVX2 + FMA (pooling, attention, conv2d's direct
-// kernels) and for AVX-512 (attention, whose exp loop runs twice as wide there). cpu_isa() is the
+// than once, each build a translation unit for one level (cpu_isa_target.h says how): for the
+// x86-64 baseline, for AVX2 (pooling; attention and conv2d's direct kernels with FMA) and for
+// AVX-512 (attention, whose exp loop runs twice as wide there). cpu_isa() is the
 // best level the CPU supports, decided once per process; CNNEXT_CPU_ISA=baseline|avx2|avx512
 // lowers it (tests use that to cover every build), and asking for a level the CPU lacks, or an
 // unknown name, is an error.

@@ -1,3 +1,3 @@
 // The CPU attention loops for the compiler's baseline instruction set (x86-64: SSE2).
-#define CNNEXT_ATTENTION_LOOPS_FACTORY attention_cpu_loops_baseline
+#define CNNEXT_TARGET_ISA CNNEXT_ISA_BASELINE
 #include "attention/attention_cpu_loops.h"

@@ -10,10 +10,10 @@
 // are fewer heads than threads; see backward()).
 // Causal masking skips whole tiles beyond a block's last visible key and masks the rest per row.
 //
-// This file is compiled three times (attention_cpu_baseline.cpp, attention_cpu_avx2.cpp,
-// attention_cpu_avx512.cpp); the entry points in attention_cpu.cpp pick the widest build the CPU
-// supports (cpu_isa.h). Each build
-// exports one factory, CNNEXT_ATTENTION_LOOPS_FACTORY; everything else has internal linkage.
+// This file is compiled three times, once per level of cpu_isa_target.h (attention_cpu_baseline.cpp,
+// _avx2.cpp, _avx512.cpp); the entry points in attention_cpu.cpp pick the widest build the CPU
+// supports (cpu_isa.h). Each build exports one factory, attention_cpu_loops_<level>(); everything
+// else has internal linkage.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -36,9 +36,7 @@
 #include "cpu_reduce.h"
 #include "philox.h"
 
-#ifndef CNNEXT_ATTENTION_LOOPS_FACTORY
-#error "define CNNEXT_ATTENTION_LOOPS_FACTORY before including attention_cpu_loops.h"
-#endif
+#include "cpu_isa_target.h"  // last: the code below is compiled for this build's level
 
 // The Fortran BLAS that torch's CPU library carries and exports (MKL on x86-64). Declared weak:
 // where a torch build lacks them, gemm() below falls back to at::mm on tensor views, which adds
@@ -148,7 +146,7 @@ inline Floats16 exp_of_reduced(Floats16 r) {
 constexpr float kLog2e = 1.44269504088896341f;
 constexpr float kLn2High = 0.693145751953125f, kLn2Low = 1.4286068203094172e-6f;  // ln 2 in two parts
 
-#if defined(CNNEXT_LOOPS_AVX512)
+#if CNNEXT_TARGET_ISA == CNNEXT_ISA_AVX512
 // AVX-512: n by one rounding instruction and 2^n applied by vscalefps, which also zeroes the
 // lanes below -87 (also -inf and NaN) in the same instruction: 12 instructions instead of 17.
 inline Floats16 exp16(Floats16 x_) {
@@ -595,6 +593,6 @@ void backward_loop(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
 
 }  // namespace
 
-AttentionCpuLoops CNNEXT_ATTENTION_LOOPS_FACTORY() { return {&forward_loop, &backward_loop}; }
+AttentionCpuLoops CNNEXT_ISA_NAME(attention_cpu_loops)() { return {&forward_loop, &backward_loop}; }
 
 }  // namespace cnnext

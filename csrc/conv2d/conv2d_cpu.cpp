@@ -36,6 +36,7 @@
 #include "common.h"
 #include "conv2d/conv2d.h"
 #include "conv2d/conv2d_cpu_direct.h"
+#include "cpu_isa.h"
 
 namespace cnnext {
 namespace {
@@ -366,6 +367,22 @@ Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
     dweight = dweight.view(weight.sizes());
   }
   return {dinput, in_layout_of_weight(dweight, weight), dbias};
+}
+
+bool conv2d_direct_applies(const Conv2dGeometry& g, at::ScalarType dtype) {
+  return dtype == at::kFloat && g.groups == 1 && conv2d_direct_geometry(g).out_w >= 6 && cpu_use_avx2();
+}
+
+Conv2dGeometry conv2d_direct_geometry(const Conv2dGeometry& g) {
+  // (The output size is checked too: the input-gradient phases of strided convolutions are 1x1
+  // convolutions whose output may be a row or column larger than their input.)
+  const bool pointwise = g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
+                         g.pad_h == 0 && g.pad_w == 0 && g.out_h == g.in_h && g.out_w == g.in_w;
+  if (!pointwise) return g;
+  Conv2dGeometry flat = g;
+  flat.in_h = flat.out_h = 1;
+  flat.in_w = flat.out_w = g.in_h * g.in_w;
+  return flat;
 }
 
 }  // namespace cnnext

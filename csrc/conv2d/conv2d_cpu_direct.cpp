@@ -6,11 +6,9 @@
 // stride_w. A tap (c, ki, kj) is then one offset added to a vector's base, and 8 neighbouring
 // output columns read 8 consecutive floats whatever the stride. Rows are wide enough for whole
 // vectors: the lanes past the last output column read zeros, and their results are discarded.
-#include "conv2d/conv2d_cpu_direct.h"
-
-#include "cpu_isa.h"
-
 #if defined(__x86_64__)
+#define CNNEXT_TARGET_ISA CNNEXT_ISA_AVX2_FMA
+
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -20,8 +18,8 @@
 #include <vector>
 
 #include "common.h"
-
-#pragma GCC target("avx2,fma")
+#include "conv2d/conv2d_cpu_direct.h"
+#include "cpu_isa_target.h"  // last: the code below is compiled for AVX2 + FMA
 
 namespace cnnext {
 namespace {
@@ -85,20 +83,6 @@ struct DirectPlan {
   int64_t out_row(int64_t v) const { return v / vectors_per_row; }
   int64_t out_col(int64_t v) const { return v % vectors_per_row * kLanes; }
 };
-
-// A 1x1, stride-1, unpadded convolution is one over planes flattened to a single row of H * W
-// columns: the same arithmetic, and with H * W a multiple of 8 it reads its input in place.
-Conv2dGeometry direct_geometry(const Conv2dGeometry& g) {
-  // (The output size is checked too: the input-gradient phases of strided convolutions are 1x1
-  // convolutions whose output may be a row or column larger than their input.)
-  const bool pointwise = g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
-                         g.pad_h == 0 && g.pad_w == 0 && g.out_h == g.in_h && g.out_w == g.in_w;
-  if (!pointwise) return g;
-  Conv2dGeometry flat = g;
-  flat.in_h = flat.out_h = 1;
-  flat.in_w = flat.out_w = g.in_h * g.in_w;
-  return flat;
-}
 
 // One input row -> both stride phases of its padded copy, for stride 2: phase 0 holds the even
 // and phase 1 the odd padded columns, so 16 input columns split into 8 + 8 with two shuffles each
@@ -396,15 +380,11 @@ void forward_with_tile(const float* x, const float* w, const float* bias, float*
 
 }  // namespace
 
-bool conv2d_direct_applies(const Conv2dGeometry& g, at::ScalarType dtype) {
-  return dtype == at::kFloat && g.groups == 1 && direct_geometry(g).out_w >= 6 && cpu_use_avx2();
-}
-
 // The tile shape that leaves fewer outputs idle: 4 channels x 3 vectors, or 3 x 4 (8x8 maps have
 // 8 vectors per channel: tiles of 3 + 3 + 2 compute a ninth for nothing, 4 + 4 nothing).
 void conv2d_direct_forward(const float* x, const float* w, const float* bias, float* out,
                            const Conv2dGeometry& geometry) {
-  const Conv2dGeometry g = direct_geometry(geometry);
+  const Conv2dGeometry g = conv2d_direct_geometry(geometry);
   const DirectPlan plan(g);
   if (ForwardTile<3, 4>::computed(g, plan) < ForwardTile<4, 3>::computed(g, plan)) {
     forward_with_tile<3, 4>(x, w, bias, out, g, plan);
@@ -417,7 +397,7 @@ void conv2d_direct_forward(const float* x, const float* w, const float* bias, fl
 // thread sums its own samples into a private dw and the partial dws are added in thread order;
 // with fewer, the threads split the output channels of every group (each owns its rows of dw).
 void conv2d_direct_weight_grad(const float* dy, const float* x, float* dw, const Conv2dGeometry& geometry) {
-  const Conv2dGeometry g = direct_geometry(geometry);
+  const Conv2dGeometry g = conv2d_direct_geometry(geometry);
   const DirectPlan plan(g);
   const int64_t in_sample = g.in_channels * g.in_h * g.in_w, out_sample = g.out_channels * g.out_pixels();
   const int64_t grad_size = plan.channel_tiles * kTileChannels * plan.vectors * kLanes;
@@ -483,10 +463,11 @@ void conv2d_direct_weight_grad(const float* dy, const float* x, float* dw, const
 
 }  // namespace cnnext
 
-#else  // not x86-64: the GEMM path serves every case
+#else  // not x86-64: the GEMM path serves every case (conv2d_direct_applies is false)
+
+#include "conv2d/conv2d_cpu_direct.h"
 
 namespace cnnext {
-bool conv2d_direct_applies(const Conv2dGeometry&, at::ScalarType) { return false; }
 void conv2d_direct_forward(const float*, const float*, const float*, float*, const Conv2dGeometry&) {
   TORCH_CHECK(false, "conv2d: the direct kernels need an x86-64 CPU");
 }

@@ -20,7 +20,14 @@ namespace cnnext {
 
 // True where the direct kernels run: float32, one group, an AVX2 + FMA CPU (cpu_use_avx2()) and
 // output rows at least 6 wide (narrower rows would leave most of each 8-lane vector idle).
+// Compiled for the baseline ISA (conv2d_cpu.cpp): it is what keeps other CPUs out of the AVX2
+// translation unit (conv2d_cpu_direct.cpp, see cpu_isa_target.h).
 bool conv2d_direct_applies(const Conv2dGeometry& g, at::ScalarType dtype);
+
+// The geometry the direct kernels compute: g itself, except that a 1x1, stride-1, unpadded
+// convolution is one over planes flattened to a single row of H * W columns (the same arithmetic,
+// and with H * W a multiple of 8 it reads its input in place).
+Conv2dGeometry conv2d_direct_geometry(const Conv2dGeometry& g);
 
 // out (N, Cout, Ho, Wo) = conv(x (N, C, H, W), w (Cout, C, kh, kw)) + bias; all contiguous NCHW,
 // bias may be null. Every output element is written.

@@ -12,9 +12,10 @@
 // NCHW average backward of other windows gathers row by row (avg_backward_gather_rows). Tasks never
 // share a grad_input element, so there are no races and the result does not depend on threads.
 //
-// This file is compiled twice (pool2d_cpu_baseline.cpp, pool2d_cpu_avx2.cpp) and the entry points
-// in pool2d_cpu.cpp pick the AVX2 build where the CPU has it. Each build exports one factory,
-// CNNEXT_POOL2D_LOOPS_FACTORY, returning its loops; everything else has internal linkage.
+// This file is compiled twice, once per level of cpu_isa_target.h (pool2d_cpu_baseline.cpp,
+// pool2d_cpu_avx2.cpp), and the entry points in pool2d_cpu.cpp pick the AVX2 build where the CPU
+// has it. Each build exports one factory, pool2d_cpu_loops_<level>(), returning its loops;
+// everything else has internal linkage.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -32,9 +33,7 @@
 #include "pool2d/pool2d_cpu_loops_table.h"
 #include "pool2d/pool2d_window.h"
 
-#ifndef CNNEXT_POOL2D_LOOPS_FACTORY
-#error "define CNNEXT_POOL2D_LOOPS_FACTORY before including pool2d_cpu_loops.h"
-#endif
+#include "cpu_isa_target.h"  // last: the code below is compiled for this build's level
 
 // gcc turns a zeroing loop into memset / `rep stos` (loop distribution), and the sums then go
 // through memory: in the channels_last average block, 12% of the 2x2 forward; initialising from
@@ -1046,7 +1045,7 @@ void avg_backward_loop(const at::Tensor& dy, const at::Tensor& dx, const Pool2dG
 
 }  // namespace
 
-Pool2dCpuLoops CNNEXT_POOL2D_LOOPS_FACTORY() {
+Pool2dCpuLoops CNNEXT_ISA_NAME(pool2d_cpu_loops)() {
   return {&max_forward_loop, &max_backward_loop, &avg_forward_loop, &avg_backward_loop};
 }
 

@@ -31,8 +31,10 @@ def build_info() -> dict:
     kernels were built against, e.g. 13000), ``torch_version`` (torch the extension was compiled
     against), ``cpu_isa`` (which build of the CPU loops runs: ``"baseline"``, ``"avx2"`` or
     ``"avx512"``, the best this CPU supports unless ``CNNEXT_CPU_ISA`` asks for a lower one),
-    ``cpu_isa_supported`` (the best this CPU supports), ``torch_runtime_version`` (torch imported
-    now) and ``cuda_available`` (a GPU is visible now).
+    ``cpu_isa_supported`` (the best this CPU supports), ``huge_page_advice`` (whether large fresh
+    CPU gradients are given Linux's transparent huge pages; ``CNNEXT_HUGE_PAGES=0`` turns it
+    off), ``torch_runtime_version`` (torch imported now) and ``cuda_available`` (a GPU is visible
+    now).
     """
     info = dict(_C.build_info())
     info["torch_runtime_version"] = torch.__version__

@@ -7,6 +7,7 @@
 #include <exception>
 #include <string>
 
+#include "common.h"
 #include "cpu_isa.h"
 
 #ifdef CNNEXT_WITH_CUDA
@@ -24,19 +25,20 @@ PyObject* build_info(PyObject*, PyObject*) {
     return nullptr;
   }
   const char* cpu_isa_supported = cnnext::cpu_isa_name(cnnext::cpu_isa_supported());
+  PyObject* huge_pages = cnnext::huge_page_advice_enabled() ? Py_True : Py_False;
   const std::string torch_version = std::to_string(TORCH_VERSION_MAJOR) + "." +
                                     std::to_string(TORCH_VERSION_MINOR) + "." +
                                     std::to_string(TORCH_VERSION_PATCH);
 #ifdef CNNEXT_WITH_CUDA
   const std::string archs = cnnext::cuda_arch_list();
   const int cuda_version = cnnext::cuda_runtime_version();
-  return Py_BuildValue("{s:O,s:s,s:i,s:s,s:s,s:s}", "cuda", Py_True, "cuda_archs", archs.c_str(),
+  return Py_BuildValue("{s:O,s:s,s:i,s:s,s:s,s:s,s:O}", "cuda", Py_True, "cuda_archs", archs.c_str(),
                        "cuda_runtime_version", cuda_version, "torch_version", torch_version.c_str(), "cpu_isa",
-                       cpu_isa, "cpu_isa_supported", cpu_isa_supported);
+                       cpu_isa, "cpu_isa_supported", cpu_isa_supported, "huge_page_advice", huge_pages);
 #else
-  return Py_BuildValue("{s:O,s:s,s:O,s:s,s:s,s:s}", "cuda", Py_False, "cuda_archs", "", "cuda_runtime_version",
+  return Py_BuildValue("{s:O,s:s,s:O,s:s,s:s,s:s,s:O}", "cuda", Py_False, "cuda_archs", "", "cuda_runtime_version",
                        Py_None, "torch_version", torch_version.c_str(), "cpu_isa", cpu_isa, "cpu_isa_supported",
-                       cpu_isa_supported);
+                       cpu_isa_supported, "huge_page_advice", huge_pages);
 #endif
 }
 

@@ -58,8 +58,8 @@ inline Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(
 
 // Ask Linux to back a freshly allocated CPU tensor with transparent huge pages before anything
 // touches it. A new tensor of tens of MB comes from a fresh mmap whose first write faults in every
-// 4 KB page; measured here, that first touch cost ~12 ms for a 33.5 MB pooling gradient, more than
-// the pooling itself. With 2 MB pages it is a few hundred faults. Only the 2 MB-aligned interior
+// 4 KB page, which can cost more than the pooling itself; with 2 MB pages it is a few hundred
+// faults. Only the 2 MB-aligned interior
 // can use huge pages; small tensors, other devices and other systems are left alone.
 // CNNEXT_HUGE_PAGES=0 turns the advice off (its measured effect: benchmarks/NOTES.md, "Benchmark
 // workflow and run-to-run noise" and the pooling A/B).

@@ -41,7 +41,9 @@
 namespace cnnext {
 namespace {
 
-// Half of this machine's 1 MiB L2 per core: room for the block's columns plus the GEMM's panels.
+// Half of a 1 MiB L2 per core, the size these blocks were tuned for (a fixed value, not the
+// machine's: NOTES.md, "One CPU-ISA mechanism, machine facts"): room for the block's columns plus
+// the GEMM's panels.
 constexpr int64_t kColumnBlockBytes = 512 * 1024;
 
 // Runs fn(begin, end) over samples: split across threads when there are at least as many

@@ -30,7 +30,8 @@ constexpr int64_t kLanes = 8;          // floats per AVX2 vector: output columns
 constexpr int64_t kTileChannels = 4;
 constexpr int64_t kTileTaps = 3;
 // Samples of the weight gradient are processed in groups whose padded inputs and gradients fit in
-// half of this machine's 1 MiB L2 per core, so each group is read from L2, not DRAM, by every tile.
+// half of a 1 MiB L2 per core (a fixed value, as in conv2d_cpu.cpp), so each group is read from
+// L2, not DRAM, by every tile.
 constexpr int64_t kGroupBytes = 512 * 1024;
 
 std::unique_ptr<float[]> uninitialized(int64_t count) { return std::unique_ptr<float[]>(new float[count]); }

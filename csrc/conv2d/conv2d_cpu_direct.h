@@ -1,8 +1,7 @@
 // Direct (im2col-free) float32 conv2d kernels for AVX2 + FMA CPUs: the fast path of conv2d_cpu.cpp.
 //
 // The GEMM lowering copies every input value kh * kw times into a column matrix and col2im adds
-// them back: on the 2-core dev VM that copying was ~40% of a 3x3 convolution and more for wider
-// kernels. These kernels read a zero-padded copy of each sample's input instead (about the size of
+// them back: a large share of a small convolution's time (NOTES.md, "conv2d, CPU"). These kernels read a zero-padded copy of each sample's input instead (about the size of
 // the input, built once per sample; none where the input's own layout fits) and accumulate a
 // register tile of 4 output channels x 3 vectors of 8 output columns (or 3 x 4) over every
 // (input channel, ki, kj) tap: 12 FMAs per 3 input loads and 4 weight broadcasts, no column

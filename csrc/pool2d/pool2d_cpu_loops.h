@@ -36,9 +36,9 @@
 #include "cpu_isa_target.h"  // last: the code below is compiled for this build's level
 
 // gcc turns a zeroing loop into memset / `rep stos` (loop distribution), and the sums then go
-// through memory: in the channels_last average block, 12% of the 2x2 forward; initialising from
-// the first pixel instead made gcc copy it through the stack with stalled store forwarding (half of
-// the 3x3 forward, 1.8-2.5 ms -> 1.25-1.32 ms without either).
+// through memory instead of staying in registers; initialising from the first pixel instead makes
+// gcc copy it through the stack. This attribute keeps the plain zeroing loop (figures:
+// benchmarks/NOTES.md, "Figures moved out of the code").
 #if defined(__GNUC__) && !defined(__clang__)
 #define CNNEXT_NO_MEMSET_IDIOM __attribute__((optimize("no-tree-loop-distribute-patterns")))
 #else
@@ -285,9 +285,9 @@ void fold_max(scalar_t* __restrict__ best, int32_t* __restrict__ win, const scal
 // Max pooling of whole NCHW planes in long loops, for windows other than the 2x2 tiling. The plane
 // is copied once into a layout split by row and column stride phase and padded with -inf, where
 // every window tap is one constant offset for all outputs; the window is then folded along columns
-// over all rows at once, and along rows over all outputs at once. Per-output-row loops (16 outputs
-// on a 32x32 map) had been mostly loop overhead: 3x3 stride 2 on 128x64x32x32, 6.9 -> 3.0 ms
-// without argmax, 8.4-8.9 -> 5.8 ms with window taps.
+// over all rows at once, and along rows over all outputs at once: long loops, where per-output-row
+// loops (16 outputs on a 32x32 map) are mostly loop overhead (figures: NOTES.md, "Figures moved
+// out of the code").
 // Folding each row's fold in row order gives the row-major fold of the window: with "greater or
 // NaN replaces", both keep the first maximum and the last NaN.
 template <typename scalar_t, bool kWithWinners>
@@ -546,7 +546,8 @@ void scatter_pairs_row(const scalar_t* __restrict__ dy, const uint8_t* __restric
 
 // channels_last backward from window taps, vectorised over the contiguous channels: each tap k of
 // a window that lands in the input takes, channel by channel, the gradient where the saved tap is k
-// and +0 elsewhere (a scattered write per channel had been scalar: 8.2 -> 2.1 ms on the 2x2 case).
+// and +0 elsewhere, a branch-free select the compiler vectorises (a scattered write per channel
+// stays scalar).
 // Windows that tile the input write every input once; overlapping ones add into a zeroed slice.
 // `hits` counts the taps that matched per channel: anything but one means the taps did not come
 // from forward, reported as the decoder words it.
@@ -608,9 +609,8 @@ void max_backward(const scalar_t* dy, const index_t* indices, scalar_t* dx, cons
   const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, C = g.channels, HW = H * W, OHW = OH * OW;
   const TapDecoder decoder(g);
   if (!channels_last) {
-    // A scatter per output. A whole-plane select in forward's phase layout (as MaxPlaneFold) was
-    // tried for the other windows: no faster (3x3 stride 2, 8x64x32x32 without page faults: 0.23-0.35
-    // vs 0.22 ms), so it was dropped.
+    // A scatter per output (a whole-plane select in forward's phase layout, as MaxPlaneFold, is no
+    // faster here: NOTES.md, "Figures moved out of the code").
     const bool pairs = kRecordsTaps<index_t> && tiles_in_pairs(g);
     at::parallel_for(0, g.batch * C, grain_for(HW), [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
@@ -701,7 +701,7 @@ void avg_forward(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g, AvgD
 
   if (!channels_last && adaptive && OH == 1 && OW == 1) {  // global pooling: one sum per plane
     // Four planes at a time: four independent streams of loads keep more memory requests in flight
-    // than one plane's (measured: one plane at a time read ~30 GB/s here, native's reduction ~40).
+    // than one plane's.
     const int64_t HW = H * W;
     const opmath_t plane_scale = scale[0];
     at::parallel_for(0, g.batch * C, grain_for(HW), [&](int64_t begin, int64_t end) {
@@ -728,8 +728,7 @@ void avg_forward(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g, AvgD
   }
   if (channels_last && adaptive && OH == 1 && OW == 1) {  // global pooling: one pass over each sample
     // All of a slice's channel sums in one buffer (L1-sized): the sample is read once, in memory
-    // order. Blocks of channels in registers (below) would read it once per block (measured:
-    // 1.0-1.7 ms vs native's 0.9 on 128x64x32x32).
+    // order. Blocks of channels in registers (below) would read it once per block.
     const opmath_t plane_scale = scale[0];
     for_channel_slices(g.batch, C, [&](int64_t n, int64_t c0, int64_t c1) {
       const int64_t len = c1 - c0;

@@ -140,7 +140,8 @@ struct ScoreOptions {
 
 // The options a kernel instantiation reads: all of them (kOptions), or none, as compile-time
 // constants the compiler folds away. The tensor-core kernels are built both ways, so that the
-// plain case keeps the registers (and occupancy) it had before bias and dropout existed.
+// plain case does not pay for the options in registers and occupancy (figures: NOTES.md, "SDPA's
+// options in the CUDA attention kernels").
 template <bool kOptions, typename scalar_t>
 __device__ __forceinline__ ScoreOptions<scalar_t> options_read(ScoreOptions<scalar_t> opt) {
   if constexpr (!kOptions) {

@@ -134,6 +134,16 @@ def fresh_seed(request):
     yield seed
 
 
+def assert_within_sdpa_error(names, ours, sdpa, reference, dtype, context) -> None:
+    """Each low-precision result of ours is within twice SDPA's own error on the same inputs (plus
+    1% of the reference's largest magnitude), both measured against a float64 reference."""
+    for name, got, native, want in zip(names, ours, sdpa, reference, strict=True):
+        assert got.dtype == dtype
+        err_ours = (got.double() - want).abs().max().item()
+        err_sdpa = (native.double() - want).abs().max().item()
+        assert err_ours <= 2 * err_sdpa + 1e-2 * want.abs().max().item(), (context, name, err_ours, err_sdpa)
+
+
 CPU_ISAS = ["baseline", "avx2", "avx512"]  # CNNEXT_CPU_ISA's levels, lowest first
 
 

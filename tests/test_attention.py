@@ -9,7 +9,15 @@ import torch.nn.functional as F
 import cnnext
 from cnnext.ops import reference
 
-from .conftest import CPU_ISAS, DEVICES, FULL_PRECISION, LOW_PRECISION, cpu_isas_below_best, run_with_cpu_isa
+from .conftest import (
+    CPU_ISAS,
+    DEVICES,
+    FULL_PRECISION,
+    LOW_PRECISION,
+    assert_within_sdpa_error,
+    cpu_isas_below_best,
+    run_with_cpu_isa,
+)
 
 TOLERANCES = {torch.float32: dict(rtol=2e-4, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 
@@ -137,16 +145,7 @@ def test_low_precision_forward_and_gradients_within_sdpa_error(
             lse.double(), want_lse, rtol=0, atol=1e-4, msg=lambda m: f"lse ({setting}): {m}"
         )
         ours = run(lambda *t: cnnext.ops.attention(*t, causal=causal), q, k, v)
-        for name, got, native, want in zip(("out", "dq", "dk", "dv"), ours, sdpa, ref, strict=True):
-            assert got.dtype == dtype
-            err_ours = (got.double() - want).abs().max().item()
-            err_sdpa = (native.double() - want).abs().max().item()
-            assert err_ours <= 2 * err_sdpa + 1e-2 * want.abs().max().item(), (
-                setting,
-                name,
-                err_ours,
-                err_sdpa,
-            )
+        assert_within_sdpa_error(("out", "dq", "dk", "dv"), ours, sdpa, ref, dtype, setting)
     if launched_kernels is not None:  # emulated: the launches name the variants
         launched = launched_kernels()
         name = "c10::Half" if dtype == torch.float16 else "c10::BFloat16"

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import cnnext
 from cnnext.ops import scaled_dot_product_attention as sdpa
 
-from .conftest import DEVICES, FULL_PRECISION, LOW_PRECISION
+from .conftest import DEVICES, FULL_PRECISION, LOW_PRECISION, assert_within_sdpa_error
 
 # name -> (query, key, value shapes, enable_gqa)
 SHAPES = {
@@ -146,16 +146,7 @@ def test_low_precision_with_masks_within_sdpa_error(shape, mask_kind, device, dt
         monkeypatch.setenv("CNNEXT_CUDA_TENSOR_CORES", setting)
         ours = run(lambda *t: with_mask(sdpa, *t), *inputs)
         names = ("out", "dq", "dk", "dv", "dmask")[: len(ours)]
-        for name, got, theirs, want in zip(names, ours, native, ref, strict=True):
-            assert got.dtype == dtype
-            err_ours = (got.double() - want).abs().max().item()
-            err_sdpa = (theirs.double() - want).abs().max().item()
-            assert err_ours <= 2 * err_sdpa + 1e-2 * want.abs().max().item(), (
-                setting,
-                name,
-                err_ours,
-                err_sdpa,
-            )
+        assert_within_sdpa_error(names, ours, native, ref, dtype, setting)
 
 
 @pytest.mark.parametrize("device", DEVICES)

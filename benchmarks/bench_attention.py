@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import cnnext
 from cnnext.ops import reference
 
-from .conftest import DEVICES, DTYPES, record, synchronize
+from .conftest import DEVICES, DTYPES, record, record_cpu_variants, synchronize
 
 SHAPES = [(32, 4, 64, 32), (32, 4, 256, 32), (4, 4, 1024, 32), (1, 4, 4096, 32)]  # (B, H, L, D)
 CUDA_SHAPES = [(8, 16, 1024, 64), (4, 16, 2048, 128)]  # FlashAttention's usual head dims
@@ -111,4 +111,6 @@ def test_attention_speed(benchmark, shape, precision, direction, impl, device):
         flops=flops,
         precision=precision,
     )
+    if impl == "cnnext":
+        record_cpu_variants(benchmark, step, device)
     benchmark.pedantic(step, rounds=10 if device == "cpu" else 30, iterations=1, warmup_rounds=1)

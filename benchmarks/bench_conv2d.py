@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import cnnext
 
-from .conftest import DEVICE_PRECISIONS, DTYPES, precision_mode, record, synchronize
+from .conftest import DEVICE_PRECISIONS, DTYPES, precision_mode, record, record_cpu_variants, synchronize
 
 # (name, batch, in_channels, out_channels, size, kernel, stride): the CIFAR ResNet's stem, stages at
 # 32x32 / 16x16 / 8x8, strided downsampling and 1x1 projections; the bottleneck's 1x1 convolutions;
@@ -98,4 +98,6 @@ def test_conv2d_speed(benchmark, shape, direction, impl, device, precision):
     )
     rounds = 20 if device == "cuda" else 15
     with precision_mode(precision):
+        if impl == "cnnext":
+            record_cpu_variants(benchmark, step, device)
         benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=2)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import cnnext
 
-from .conftest import DEVICES, record, synchronize
+from .conftest import DEVICES, record, record_cpu_variants, synchronize
 
 N, C, H, W = 128, 64, 32, 32
 CASES = {  # name: (cnnext op, native op, output H x W)
@@ -22,13 +22,28 @@ CASES = {  # name: (cnnext op, native op, output H x W)
     "avg 2x2 s2": (lambda x: cnnext.ops.avg_pool2d(x, 2, 2), lambda x: F.avg_pool2d(x, 2, 2), 16),
     "avg 3x3 s2 p1": (lambda x: cnnext.ops.avg_pool2d(x, 3, 2, 1), lambda x: F.avg_pool2d(x, 3, 2, 1), 16),
     "global avg": (lambda x: cnnext.ops.adaptive_avg_pool2d(x, 1), lambda x: F.adaptive_avg_pool2d(x, 1), 1),
+    # The remaining variants (tests/test_cpu_variants.py checks that these cases reach them all):
+    # int64 indices as users ask for them, and adaptive windows other than global.
+    "max 3x3 s2 p1 indices": (
+        lambda x: cnnext.ops.max_pool2d(x, 3, 2, 1, return_indices=True)[0],
+        lambda x: F.max_pool2d(x, 3, 2, 1, return_indices=True)[0],
+        16,
+    ),
+    "adaptive avg 5x5": (
+        lambda x: cnnext.ops.adaptive_avg_pool2d(x, 5),
+        lambda x: F.adaptive_avg_pool2d(x, 5),
+        5,
+    ),
 }
 
 
 def bytes_moved(case, out_hw, backward):
     element = 4
     inp, out = N * C * H * W * element, N * C * out_hw * out_hw * element
-    indices = out // 4 if case.startswith("max") and backward else 0  # uint8 window taps
+    if case.endswith("indices"):
+        indices = 2 * out  # int64 positions, written in forward whether or not backward follows
+    else:
+        indices = out // 4 if case.startswith("max") and backward else 0  # uint8 window taps
     total = inp + out + indices
     if backward:
         total += out + indices + inp  # read grad_output and indices, write grad_input
@@ -72,6 +87,8 @@ def test_pool2d_speed(benchmark, shape, direction, impl, device, precision):
         precision=precision,
         bytes=bytes_moved(case, out_hw, backward),
     )
+    if impl == "cnnext":
+        record_cpu_variants(benchmark, step, device)
     # Warm-up 20: on this VM the first ~12 CPU backward rounds after a pause (here: the other
     # implementation's case) take ~45 ms instead of 3-4 ms, because the huge pages of the fresh
     # 33.5 MB grad_input come from memory the VM has handed back to its host and that the host

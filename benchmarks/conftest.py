@@ -111,6 +111,18 @@ def record(benchmark, *, op, shape, direction, impl, device, flops=None, bytes=N
     benchmark.extra_info.update({"flops": flops} if flops is not None else {"bytes": bytes})
 
 
+def record_cpu_variants(benchmark, step, device):
+    """Runs step() once and records which CPU kernel variants it reached (cnnext.cpu_variants_used)
+    as extra_info["cpu_variants"], "op: variant" strings, so each case says what it measures."""
+    import cnnext
+
+    if device != "cpu":
+        return
+    with cnnext.cpu_variants_used() as used:
+        step()
+    benchmark.extra_info["cpu_variants"] = sorted(f"{op}: {variant}" for op, variant in used)
+
+
 def pytest_benchmark_update_machine_info(config, machine_info):
     """What the report states about each run besides pytest-benchmark's own CPU description."""
     import cnnext

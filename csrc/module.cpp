@@ -1,6 +1,8 @@
 // The Python module cnnext._C. Importing it loads this library, which runs the TORCH_LIBRARY
 // registrations (the operators are reached through torch.ops.cnnext). Its only Python function,
-// build_info(), says what this binary was built with and which CPU loop build it runs. Plain CPython API: no pybind11 needed.
+// build_info(), says what this binary was built with and which CPU loop build it runs;
+// cpu_variants() lists the CPU kernel variants with their call counts (cpu_variants.h). Plain
+// CPython API: no pybind11 needed.
 #include <Python.h>
 #include <torch/version.h>
 
@@ -9,6 +11,7 @@
 
 #include "common.h"
 #include "cpu_isa.h"
+#include "cpu_variants.h"
 
 #ifdef CNNEXT_WITH_CUDA
 #include "build_info.h"
@@ -42,8 +45,27 @@ PyObject* build_info(PyObject*, PyObject*) {
 #endif
 }
 
+// [(op, name, when, calls), ...], every op's table in order.
+PyObject* cpu_variants(PyObject*, PyObject*) {
+  const auto variants = cnnext::all_cpu_variants();
+  PyObject* list = PyList_New(static_cast<Py_ssize_t>(variants.size()));
+  if (list == nullptr) return nullptr;
+  for (size_t i = 0; i < variants.size(); ++i) {
+    const cnnext::CpuVariant& v = *variants[i];
+    PyObject* entry = Py_BuildValue("(sssL)", v.op, v.name, v.when,
+                                    static_cast<long long>(v.calls.load(std::memory_order_relaxed)));
+    if (entry == nullptr) {
+      Py_DECREF(list);
+      return nullptr;
+    }
+    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), entry);
+  }
+  return list;
+}
+
 PyMethodDef methods[] = {
     {"build_info", build_info, METH_NOARGS, "What this extension was compiled with."},
+    {"cpu_variants", cpu_variants, METH_NOARGS, "The CPU kernel variants and their call counts."},
     {nullptr, nullptr, 0, nullptr},
 };
 

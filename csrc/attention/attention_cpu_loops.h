@@ -32,6 +32,7 @@
 #endif
 
 #include "attention/attention_cpu_loops_table.h"
+#include "attention/attention_cpu_variants.h"
 #include "common.h"
 #include "cpu_reduce.h"
 #include "philox.h"
@@ -427,6 +428,8 @@ void forward(const Rows<const scalar_t>& q, const Rows<const scalar_t>& k, const
   const Dropout dropout = make_dropout(options);
   const bool search_scores = options.bias_has_nan_or_inf || has_non_finite(q, g.batch, g.heads, Lq, E) ||
                              has_non_finite(k, g.batch, g.kv_heads, Lk, E);  // see any_nan_or_inf
+  count_attention_cpu_variant(search_scores ? AttentionCpuVariant::kForwardTiledSearchingScores
+                                             : AttentionCpuVariant::kForwardTiled);
   at::parallel_for(0, g.batch * g.heads * q_blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> s(tiles.rows * tiles.keys), acc(tiles.rows * Ev), m(tiles.rows), l(tiles.rows);
     std::vector<char> nan_row(tiles.rows);
@@ -529,6 +532,8 @@ void backward(const scalar_t* dout, const Rows<const scalar_t>& q, const Rows<co
   const int64_t k_tiles = ceil_div(Lk, kKeyBlock), threads = at::get_num_threads();
   const int64_t chunks = BHk >= threads ? 1 : std::min(k_tiles, ceil_div(threads, BHk));
   const int64_t tiles_per_chunk = ceil_div(k_tiles, chunks);
+  count_attention_cpu_variant(chunks == 1 ? AttentionCpuVariant::kBackwardKeyTilesPerHead
+                                          : AttentionCpuVariant::kBackwardKeyTilesInChunks);
   std::vector<scalar_t> dq_chunks(chunks > 1 ? chunks * BH * Lq * E : 0, scalar_t(0));
   if (chunks == 1) std::fill(dq, dq + BH * Lq * E, scalar_t(0));
   at::parallel_for(0, BHk * chunks, 1, [&](int64_t begin, int64_t end) {

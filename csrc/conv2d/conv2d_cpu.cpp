@@ -36,6 +36,7 @@
 #include "common.h"
 #include "conv2d/conv2d.h"
 #include "conv2d/conv2d_cpu_direct.h"
+#include "conv2d/conv2d_cpu_variants.h"
 #include "cpu_isa.h"
 
 namespace cnnext {
@@ -266,7 +267,9 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   const auto x = input.contiguous();                                                  // (N, C, H, W)
   const auto w = weight.contiguous().view({g.groups, g.out_per_group(), g.patch_size()});
   const auto b = has_bias ? bias->contiguous() : at::Tensor();
-  if (conv2d_direct_applies(g, input.scalar_type())) {
+  const bool direct = conv2d_direct_applies(g, input.scalar_type());
+  count_conv2d_cpu_variant(direct ? Conv2dCpuVariant::kForwardDirect : Conv2dCpuVariant::kForwardIm2colGemm);
+  if (direct) {
     conv2d_direct_forward(x.const_data_ptr<float>(), w.const_data_ptr<float>(),
                           has_bias ? b.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(), g);
     return out.contiguous(conv2d_output_format(input));
@@ -318,6 +321,12 @@ Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
   const bool direct_weight = output_mask[1] && conv2d_direct_applies(g, input.scalar_type());
   const auto input_phases = output_mask[0] ? input_grad_phases(g, input.scalar_type()) : std::nullopt;
   const bool need_input = output_mask[0] && !input_phases, need_weight = output_mask[1] && !direct_weight;
+  if (output_mask[0])
+    count_conv2d_cpu_variant(input_phases ? Conv2dCpuVariant::kInputGradDirectPhases
+                                          : Conv2dCpuVariant::kInputGradCol2imGemm);
+  if (output_mask[1])
+    count_conv2d_cpu_variant(direct_weight ? Conv2dCpuVariant::kWeightGradDirect
+                                           : Conv2dCpuVariant::kWeightGradIm2colGemm);
   if (direct_weight) {
     dweight = at::empty(weight.sizes(), weight.options());
     conv2d_direct_weight_grad(dy.const_data_ptr<float>(), x.const_data_ptr<float>(), dweight.mutable_data_ptr<float>(),

@@ -60,6 +60,24 @@ enum class Argmax {
 };
 constexpr int64_t kMaxWindowTaps = 256;  // the most taps a uint8 can name
 
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls fn(TypeTag<index_t>{}) with index_t the type `indices` records the argmax as (Argmax): void
+// when undefined (not tracked), uint8_t window taps, int64_t plane positions.
+template <typename Fn>
+void with_argmax_type(const at::Tensor& indices, const Fn& fn) {
+  if (!indices.defined()) {
+    fn(TypeTag<void>{});
+  } else if (indices.scalar_type() == at::kByte) {
+    fn(TypeTag<uint8_t>{});
+  } else {
+    fn(TypeTag<int64_t>{});
+  }
+}
+
 PoolWithIndices max_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                        at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
 PoolWithIndices max_pool2d_with_taps_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,

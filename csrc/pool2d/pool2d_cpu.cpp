@@ -1,10 +1,11 @@
-// Pooling on the CPU: the operator entry points (pool2d_entries.h) bound to the CPU loops. The
-// loops live in pool2d_cpu_loops.h, compiled for the baseline ISA and for AVX2; the AVX2 build is
-// used where the CPU supports it (cpu_isa.h; CNNEXT_CPU_ISA=baseline forces the baseline build).
+// Pooling on the CPU: the operator entry points (pool2d_entries.h) bound to the CPU loops. Per
+// call, the variant comes from the table in cpu/variants.cpp and the loops from the best
+// instruction-set build of cpu/loops.h the CPU runs (cpu_isa.h; CNNEXT_CPU_ISA=baseline forces
+// the baseline build).
 #include <limits>
 
 #include "cpu_isa.h"
-#include "pool2d/pool2d_cpu_loops_table.h"
+#include "pool2d/cpu/variants.h"
 #include "pool2d/pool2d_entries.h"
 
 namespace cnnext {
@@ -30,19 +31,20 @@ struct CpuLoops {
     TORCH_CHECK(g.in_h * g.in_w <= std::numeric_limits<int32_t>::max(),
                 "max_pool2d (CPU): planes of more than 2^31 - 1 elements are not supported, got ", g.in_h, "x",
                 g.in_w);
-    loops().max_forward(x, out, indices, g, channels_last);
+    loops().max_forward(choose_max_forward(g, channels_last), x, out, indices, g);
   }
   static void max_backward(const at::Tensor& dy, const at::Tensor& indices, const at::Tensor& dx,
                            const Pool2dGeometry& g, bool channels_last) {
-    loops().max_backward(dy, indices, dx, g, channels_last);
+    const bool taps = indices.scalar_type() == at::kByte;
+    loops().max_backward(choose_max_backward(g, channels_last, taps), dy, indices, dx, g);
   }
   static void avg_forward(const at::Tensor& x, const at::Tensor& out, const Pool2dGeometry& g, AvgDivisor divisor,
                           bool channels_last) {
-    loops().avg_forward(x, out, g, divisor, channels_last);
+    loops().avg_forward(choose_avg_forward(g, channels_last), x, out, g, divisor);
   }
   static void avg_backward(const at::Tensor& dy, const at::Tensor& dx, const Pool2dGeometry& g, AvgDivisor divisor,
                            bool channels_last) {
-    loops().avg_backward(dy, dx, g, divisor, channels_last);
+    loops().avg_backward(choose_avg_backward(g, channels_last), dy, dx, g, divisor);
   }
 };
 

@@ -428,16 +428,10 @@ void for_batch_slices(int64_t batch, int64_t per_sample, const Launch& launch) {
     }                                                                                                  \
   } while (0)
 
-// Calls fn(index_t{}) with index_t the type `indices` records the argmax as: uint8_t window taps,
-// else int64_t plane positions (also for undefined indices, passed to the kernel as null).
-template <typename Fn>
-void with_argmax_type(const at::Tensor& indices, const Fn& fn) {
-  if (indices.defined() && indices.scalar_type() == at::kByte) {
-    fn(uint8_t{});
-  } else {
-    fn(int64_t{});
-  }
-}
+// The argmax type of with_argmax_type (pool2d.h) as the kernels take it: not tracked (void) is a
+// null int64_t pointer.
+template <typename Tag>
+using KernelIndex = std::conditional_t<std::is_void_v<typename Tag::type>, int64_t, typename Tag::type>;
 
 template <typename T>
 T* data_or_null(const at::Tensor& t) {
@@ -462,7 +456,7 @@ struct CudaLoops {
       const int64_t total = out.numel();
       CNNEXT_DISPATCH_CUDA_TYPES(x.scalar_type(), "max_pool2d_forward_cuda", [&] {
         with_argmax_type(indices, [&](auto tag) {
-          using index_t = decltype(tag);
+          using index_t = KernelIndex<decltype(tag)>;
           if (vectorisable<scalar_t>(channels_last, g.channels, {&x, &out})) {
             const int64_t threads = total / kVec<scalar_t>;
             cuda::launch<max_forward_vec_kernel<scalar_t, index_t>>(
@@ -491,7 +485,7 @@ struct CudaLoops {
       const int64_t total = dx.numel();
       CNNEXT_DISPATCH_CUDA_TYPES(dx.scalar_type(), "max_pool2d_backward_cuda", [&] {
         with_argmax_type(indices, [&](auto tag) {
-          using index_t = decltype(tag);
+          using index_t = KernelIndex<decltype(tag)>;
           if (vectorisable<scalar_t>(channels_last, g.channels, {&dy, &dx})) {
             const int64_t threads = total / kVec<scalar_t>;
             cuda::launch<max_backward_vec_kernel<scalar_t, index_t>>(

@@ -2,5 +2,5 @@
 // round as in the baseline build (figures: benchmarks/NOTES.md, "Pooling, CPU").
 #if defined(__x86_64__)
 #define CNNEXT_TARGET_ISA CNNEXT_ISA_AVX2
-#include "pool2d/pool2d_cpu_loops.h"
+#include "pool2d/cpu/loops.h"
 #endif

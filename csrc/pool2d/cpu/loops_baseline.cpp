@@ -1,3 +1,3 @@
 // The CPU pooling loops for the compiler's baseline instruction set (x86-64: SSE2).
 #define CNNEXT_TARGET_ISA CNNEXT_ISA_BASELINE
-#include "pool2d/pool2d_cpu_loops.h"
+#include "pool2d/cpu/loops.h"

@@ -1,0 +1,31 @@
+// The table of CPU conv2d variants (conv2d_cpu_variants.h).
+#include "conv2d/conv2d_cpu_variants.h"
+
+#include "cpu_variants.h"
+
+namespace cnnext {
+namespace {
+
+// In the order of Conv2dCpuVariant.
+CpuVariant table[] = {
+    {"conv2d_forward", "direct",
+     "float32, one group, output rows of at least 6 (after flattening a 1x1 stride-1 convolution), "
+     "an AVX2 + FMA CPU: register-blocked direct convolution"},
+    {"conv2d_forward", "im2col_gemm", "everything else (float64, groups, narrow outputs, other CPUs): im2col + BLAS"},
+    {"conv2d_input_grad", "direct_phases",
+     "one group, and every stride phase of the input a convolution the direct kernels run: one direct "
+     "convolution of grad_output per phase"},
+    {"conv2d_input_grad", "col2im_gemm", "everything else: BLAS into columns, then col2im"},
+    {"conv2d_weight_grad", "direct", "as the forward's direct variant: direct weight-gradient kernels"},
+    {"conv2d_weight_grad", "im2col_gemm", "everything else: im2col + BLAS, a partial sum per thread"},
+};
+static_assert(sizeof(table) / sizeof(table[0]) == static_cast<size_t>(Conv2dCpuVariant::kCount),
+              "one table entry per Conv2dCpuVariant");
+
+}  // namespace
+
+void count_conv2d_cpu_variant(Conv2dCpuVariant variant) { table[static_cast<int>(variant)].count(); }
+
+std::vector<CpuVariant*> conv2d_cpu_variants() { return entries_of(table); }
+
+}  // namespace cnnext

@@ -1,0 +1,194 @@
+// Max pooling backward on the CPU, five variants (variants.h), by layout and argmax kind:
+//   nchw_2x2_tiling                  uint8 taps, 2x2 tiling: every input written once (scatter_2x2_row)
+//   nchw_tap_scatter                 uint8 taps, other windows: zero fill, then one add per output
+//   nchw_position_scatter            int64 positions: zero fill, then one add per output
+//   channels_last_tap_select         uint8 taps: per window tap, a branch-free select over channels
+//   channels_last_position_scatter   int64 positions: zero fill, then one add per channel
+// Each task owns a grad_input slice (planes, or channel blocks of a sample), so no two tasks write
+// one element and the result does not depend on threads. Saved indices that did not come from
+// forward (outside the window or the input) are an error, not a stray write.
+// Part of one instruction-set build (loops.h), included after cpu_isa_target.h.
+#pragma once
+
+#ifndef CNNEXT_CPU_ISA_TARGET_H
+#error "pool2d/cpu/max_backward.h is part of a loops build: include pool2d/cpu/loops.h"
+#endif
+
+namespace cnnext {
+namespace {
+
+void check_index(int64_t index, int64_t plane_size) {
+  TORCH_CHECK(index >= 0 && index < plane_size, "_max_pool2d_backward: index ", index,
+              " is outside the input plane of ", plane_size, " elements");
+}
+
+// Turns uint8 window taps back into plane positions: tap t * kernel_w + u of the window whose
+// top-left tap sits at (row0, col0) (possibly in the padding) reads (row0 + t * dil_h, col0 + u * dil_w).
+class TapDecoder {
+ public:
+  explicit TapDecoder(const Pool2dGeometry& g) : g_(g), row_(g.kernel_h * g.kernel_w), col_(row_.size()) {
+    for (int64_t t = 0; t < g.kernel_h; ++t)
+      for (int64_t u = 0; u < g.kernel_w; ++u) {
+        row_[t * g.kernel_w + u] = t * g.dil_h;
+        col_[t * g.kernel_w + u] = u * g.dil_w;
+      }
+  }
+  int64_t row0(int64_t oh) const { return oh * g_.stride_h - g_.pad_h; }
+  int64_t col0(int64_t ow) const { return ow * g_.stride_w - g_.pad_w; }
+
+  // The plane position `tap` names, checked: taps that did not come from forward (outside the
+  // kernel, or landing in the padding) are an error rather than a stray write.
+  int64_t position(int64_t row0, int64_t col0, uint8_t tap) const {
+    const bool in_kernel = tap < static_cast<int64_t>(row_.size());
+    const int64_t ih = row0 + (in_kernel ? row_[tap] : 0), iw = col0 + (in_kernel ? col_[tap] : 0);
+    TORCH_CHECK(in_kernel && ih >= 0 && ih < g_.in_h && iw >= 0 && iw < g_.in_w, "_max_pool2d_backward: window tap ",
+                int(tap), " of the ", g_.kernel_h, "x", g_.kernel_w, " window at (", row0, ", ", col0,
+                ") is outside the kernel or the ", g_.in_h, "x", g_.in_w, " input");
+    return ih * g_.in_w + iw;
+  }
+
+ private:
+  const Pool2dGeometry& g_;
+  std::vector<int64_t> row_, col_;
+};
+
+// One output row of 2x2 tiling windows over rows a and b: each gradient goes to its window's
+// argmax tap, zeros to the other three; every input is written once (no zero fill, no scatter).
+template <typename scalar_t>
+void scatter_2x2_row(const scalar_t* __restrict__ dy, const uint8_t* __restrict__ taps, scalar_t* __restrict__ a,
+                     scalar_t* __restrict__ b, int64_t OW) {
+  uint8_t worst = 0;
+  for (int64_t ow = 0; ow < OW; ++ow) {
+    const uint8_t tap = taps[ow];
+    const scalar_t v = dy[ow];
+    worst = std::max(worst, tap);
+    a[2 * ow] = keep_if(v, tap == 0);
+    a[2 * ow + 1] = keep_if(v, tap == 1);
+    b[2 * ow] = keep_if(v, tap == 2);
+    b[2 * ow + 1] = keep_if(v, tap == 3);
+  }
+  TORCH_CHECK(worst < 4, "_max_pool2d_backward: window tap ", int(worst), " is outside the 2x2 kernel's 4 taps");
+}
+
+template <typename scalar_t>
+void max_backward_nchw_2x2_tiling(const scalar_t* dy, const uint8_t* taps, scalar_t* dx, const Pool2dGeometry& g) {
+  const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w;
+  const bool covers_input = 2 * OH == H && 2 * OW == W;  // else an odd last row or column stays zero
+  at::parallel_for(0, g.batch * g.channels, grain_for(H * W), [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      scalar_t* dst = dx + plane * H * W;
+      if (!covers_input) std::fill(dst, dst + H * W, scalar_t(0));
+      for (int64_t oh = 0; oh < OH; ++oh) {
+        const int64_t o = (plane * OH + oh) * OW;
+        scatter_2x2_row(dy + o, taps + o, dst + 2 * oh * W, dst + (2 * oh + 1) * W, OW);
+      }
+    }
+  });
+}
+
+// The NCHW scatters: index_t uint8_t (window taps, decoded and checked) or int64_t (positions).
+template <typename index_t, typename scalar_t>
+void max_backward_nchw_scatter(const scalar_t* dy, const index_t* indices, scalar_t* dx, const Pool2dGeometry& g) {
+  const int64_t HW = g.in_h * g.in_w, OH = g.out_h, OW = g.out_w, OHW = OH * OW;
+  const TapDecoder decoder(g);
+  at::parallel_for(0, g.batch * g.channels, grain_for(HW), [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      scalar_t* dst = dx + plane * HW;
+      std::fill(dst, dst + HW, scalar_t(0));
+      const scalar_t* src = dy + plane * OHW;
+      const index_t* argmax = indices + plane * OHW;
+      if constexpr (kRecordsTaps<index_t>) {
+        for (int64_t oh = 0; oh < OH; ++oh) {
+          const int64_t row0 = decoder.row0(oh);
+          for (int64_t ow = 0; ow < OW; ++ow)
+            dst[decoder.position(row0, decoder.col0(ow), argmax[oh * OW + ow])] += src[oh * OW + ow];
+        }
+      } else {
+        for (int64_t o = 0; o < OHW; ++o) {
+          check_index(argmax[o], HW);
+          dst[argmax[o]] += src[o];
+        }
+      }
+    }
+  });
+}
+
+// Vectorised over the contiguous channels: each tap k of a window that lands in the input takes,
+// channel by channel, the gradient where the saved tap is k and +0 elsewhere, a branch-free select
+// the compiler vectorises (a scattered write per channel stays scalar). Windows that tile the
+// input write every input once; overlapping ones add into a zeroed slice. `hits` counts the taps
+// that matched per channel: anything but one means the taps did not come from forward, reported
+// as the decoder words it.
+template <typename scalar_t>
+void max_backward_channels_last_tap_select(const scalar_t* dy, const uint8_t* taps, scalar_t* dx,
+                                           const Pool2dGeometry& g) {
+  const MaxAxis rows = max_rows(g), cols = max_cols(g);
+  const auto inside_rows = spans_of(g.out_h, [&](int64_t o) { return rows.taps(o); });
+  const auto inside_cols = spans_of(g.out_w, [&](int64_t o) { return cols.taps(o); });
+  const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, C = g.channels;
+  const TapDecoder decoder(g);
+  const bool assign = is_2x2_tiling(g) && 2 * OH == H && 2 * OW == W;  // every input in exactly one window
+  for_channel_slices(g.batch, C, [&](int64_t n, int64_t c0, int64_t c1) {
+    const int64_t len = c1 - c0;
+    std::vector<uint8_t> hit_counts(len);
+    scalar_t* dst = dx + n * H * W * C + c0;  // (H, W, C), from channel c0
+    if (!assign)
+      for (int64_t i = 0; i < H * W; ++i) std::fill(dst + i * C, dst + i * C + len, scalar_t(0));
+    for (int64_t oh = 0; oh < OH; ++oh) {
+      const Span r = inside_rows[oh];
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        const Span c = inside_cols[ow];
+        const int64_t o = (n * OH + oh) * OW + ow;
+        const scalar_t* __restrict__ src = dy + o * C + c0;
+        const uint8_t* __restrict__ tap = taps + o * C + c0;
+        uint8_t* __restrict__ hits = hit_counts.data();
+        std::fill(hits, hits + len, uint8_t(0));
+        for (int64_t t = r.lo; t < r.hi; ++t) {
+          for (int64_t u = c.lo; u < c.hi; ++u) {
+            const uint8_t k = static_cast<uint8_t>(t * g.kernel_w + u);
+            scalar_t* __restrict__ pixel = dst + (rows.position(oh, t) * W + cols.position(ow, u)) * C;
+            if (assign) {
+              for (int64_t ch = 0; ch < len; ++ch) {
+                pixel[ch] = keep_if(src[ch], tap[ch] == k);
+                hits[ch] += tap[ch] == k;
+              }
+            } else {
+              for (int64_t ch = 0; ch < len; ++ch) {
+                pixel[ch] += keep_if(src[ch], tap[ch] == k);
+                hits[ch] += tap[ch] == k;
+              }
+            }
+          }
+        }
+        uint8_t stray = 0;
+        for (int64_t ch = 0; ch < len; ++ch) stray |= hits[ch] ^ 1;
+        if (stray != 0) {
+          for (int64_t ch = 0; ch < len; ++ch)
+            if (hits[ch] != 1) decoder.position(decoder.row0(oh), decoder.col0(ow), tap[ch]);  // throws
+          TORCH_CHECK(false, "_max_pool2d_backward: window taps matched no input");  // unreachable
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void max_backward_channels_last_position_scatter(const scalar_t* dy, const int64_t* indices, scalar_t* dx,
+                                                 const Pool2dGeometry& g) {
+  const int64_t HW = g.in_h * g.in_w, OHW = g.out_h * g.out_w, C = g.channels;
+  for_channel_slices(g.batch, C, [&](int64_t n, int64_t c0, int64_t c1) {
+    scalar_t* dst = dx + n * HW * C;  // (HW, C)
+    for (int64_t i = 0; i < HW; ++i) std::fill(dst + i * C + c0, dst + i * C + c1, scalar_t(0));
+    for (int64_t o = 0; o < OHW; ++o) {
+      const scalar_t* src = dy + (n * OHW + o) * C;
+      const int64_t* argmax = indices + (n * OHW + o) * C;
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        check_index(argmax[ch], HW);
+        dst[argmax[ch] * C + ch] += src[ch];
+      }
+    }
+  });
+}
+
+}  // namespace
+}  // namespace cnnext

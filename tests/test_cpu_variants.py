@@ -1,0 +1,277 @@
+"""The CPU kernel variants (cnnext.cpu_variants): the tables are well formed, every variant is
+reached by a case written for it, and each case's results match native PyTorch, so every variant
+is checked on its own rather than only where the op's grid happens to land on it."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cnnext
+from cnnext import ops
+
+from .conftest import cpu_isas_below_best, run_with_cpu_isa
+
+OPS = {
+    "max_pool2d_forward",
+    "max_pool2d_backward",
+    "avg_pool2d_forward",
+    "avg_pool2d_backward",
+    "conv2d_forward",
+    "conv2d_input_grad",
+    "conv2d_weight_grad",
+    "attention_forward",
+    "attention_backward",
+}
+DIRECT_CONV = cnnext.build_info()["cpu_isa"] != "baseline"  # the direct kernels need AVX2 + FMA
+
+
+def table():
+    return {(v["op"], v["variant"]): v for v in cnnext.cpu_variants()}
+
+
+def test_tables_are_well_formed():
+    entries = cnnext.cpu_variants()
+    keys = [(v["op"], v["variant"]) for v in entries]
+    assert len(keys) == len(set(keys)), "an (op, variant) pair is listed twice"
+    assert {op for op, _ in keys} == OPS
+    for v in entries:
+        assert v["variant"].isidentifier() and len(v["when"]) > 20, v
+        assert isinstance(v["calls"], int) and v["calls"] >= 0
+
+
+def test_variants_used_counts_only_the_block():
+    x = torch.randn(1, 2, 8, 8)
+    ops.max_pool2d(x, 2)  # outside the block: not counted
+    with cnnext.cpu_variants_used() as used:
+        ops.max_pool2d(x, 2)
+        ops.max_pool2d(x, 2)
+    assert used == {("max_pool2d_forward", "nchw_2x2_tiling"): 2}
+
+
+# --- Pooling: one case per variant. -----------------------------------------------------------
+# (case id, layout, input shape, op, op arguments, forward variant, backward variant); the op is
+# max ("max_indices": with return_indices=True), avg or adaptive (both avg_pool2d_* variants).
+CL = "channels_last"
+K3S2P1 = dict(kernel_size=3, stride=2, padding=1)
+POOL_CASES = [
+    ("max-2x2", "nchw", (2, 3, 8, 8), "max", dict(kernel_size=2), "nchw_2x2_tiling", "nchw_2x2_tiling"),
+    ("max-2x2-odd", "nchw", (2, 3, 9, 7), "max", dict(kernel_size=2), "nchw_2x2_tiling", "nchw_2x2_tiling"),
+    ("max-3x3", "nchw", (2, 3, 11, 10), "max", K3S2P1, "nchw_plane_fold", "nchw_tap_scatter"),
+    ("max-dilated", "nchw", (2, 3, 12, 12), "max", dict(kernel_size=3, padding=1, dilation=2, stride=1),
+     "nchw_plane_fold", "nchw_tap_scatter"),
+    ("max-indices", "nchw", (2, 3, 11, 10), "max_indices", K3S2P1, "nchw_plane_fold",
+     "nchw_position_scatter"),
+    ("max-cl", CL, (2, 40, 7, 7), "max", K3S2P1, "channels_last_blocks", "channels_last_tap_select"),
+    ("max-cl-2x2", CL, (2, 40, 8, 8), "max", dict(kernel_size=2), "channels_last_blocks",
+     "channels_last_tap_select"),
+    ("max-cl-indices", CL, (2, 40, 7, 7), "max_indices", K3S2P1, "channels_last_blocks",
+     "channels_last_position_scatter"),
+    ("avg-global", "nchw", (3, 5, 7, 9), "adaptive", dict(output_size=1), "nchw_global",
+     "nchw_adaptive_scatter"),
+    ("avg-cl-global", CL, (3, 40, 7, 9), "adaptive", dict(output_size=1), "channels_last_global",
+     "channels_last_scatter"),
+    ("avg-2x2", "nchw", (2, 3, 9, 8), "avg", dict(kernel_size=2), "nchw_2x2_tiling", "nchw_2x2_tiling"),
+    ("avg-3x3", "nchw", (2, 3, 11, 10), "avg", K3S2P1, "nchw_separable", "nchw_gather_rows"),
+    ("avg-3x3-excluding-pad", "nchw", (2, 3, 11, 10), "avg",
+     dict(kernel_size=3, stride=3, padding=1, ceil_mode=True, count_include_pad=False),
+     "nchw_separable", "nchw_gather_rows"),
+    ("avg-adaptive", "nchw", (2, 3, 11, 10), "adaptive", dict(output_size=(3, 4)), "nchw_adaptive",
+     "nchw_adaptive_scatter"),
+    ("avg-adaptive-rows", "nchw", (2, 3, 11, 10), "adaptive", dict(output_size=(3, 1)), "nchw_adaptive",
+     "nchw_adaptive_scatter"),
+    ("avg-cl-2x2", CL, (2, 40, 8, 8), "avg", dict(kernel_size=2), "channels_last_2x2_tiling",
+     "channels_last_scatter"),
+    ("avg-cl-3x3", CL, (2, 40, 7, 7), "avg", K3S2P1, "channels_last_blocks", "channels_last_scatter"),
+    ("avg-cl-adaptive", CL, (2, 40, 7, 7), "adaptive", dict(output_size=(2, 3)), "channels_last_blocks",
+     "channels_last_scatter"),
+]  # fmt: skip
+
+
+def pool_expected(case):
+    """{op: variant} a pooling case must reach."""
+    _, _, _, kind, _, forward, backward = case
+    op = "max_pool2d" if kind.startswith("max") else "avg_pool2d"
+    return {f"{op}_forward": forward, f"{op}_backward": backward}
+
+
+def pool_call(kind, kwargs, functional):
+    """The op call of a case: cnnext.ops or torch.nn.functional; the first output only."""
+    if kind == "max":
+        return lambda x: functional.max_pool2d(x, **kwargs)
+    if kind == "max_indices":
+        return lambda x: functional.max_pool2d(x, **kwargs, return_indices=True)[0]
+    if kind == "avg":
+        return lambda x: functional.avg_pool2d(x, **kwargs)
+    return lambda x: functional.adaptive_avg_pool2d(x, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", POOL_CASES, ids=[c[0] for c in POOL_CASES])
+def test_pool2d_variant(case, dtype):
+    _, layout, shape, kind, kwargs, _, _ = case
+    expected = pool_expected(case)
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    # Distinct values: no ties, so the argmax (and with it the max gradient) is unambiguous.
+    values = torch.randperm(torch.Size(shape).numel(), dtype=torch.float64).reshape(shape) / 7
+    x = values.to(dtype).contiguous(memory_format=memory_format).requires_grad_()
+    x_native = values.clone().requires_grad_()
+    with cnnext.cpu_variants_used() as used:
+        out = pool_call(kind, kwargs, ops)(x)
+        grad = torch.randn(out.shape, dtype=torch.float64)
+        (dx,) = torch.autograd.grad(out, x, grad.to(dtype))
+    reached = {op: variant for (op, variant) in used}
+    assert reached == expected, f"the case reached {used}"
+    out_native = pool_call(kind, kwargs, F)(x_native)
+    (dx_native,) = torch.autograd.grad(out_native, x_native, grad)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.double(), out_native, **tol)
+    torch.testing.assert_close(dx.double(), dx_native, **tol)
+    assert out.is_contiguous(memory_format=memory_format)
+
+
+def test_pool2d_cases_cover_every_variant():
+    covered = {(op, variant) for case in POOL_CASES for op, variant in pool_expected(case).items()}
+    listed = {key for key in table() if "pool2d" in key[0]}
+    assert covered == listed
+
+
+# --- conv2d ------------------------------------------------------------------------------------
+
+DIRECT = {"conv2d_forward": "direct", "conv2d_input_grad": "direct_phases", "conv2d_weight_grad": "direct"}
+GEMM = {
+    "conv2d_forward": "im2col_gemm",
+    "conv2d_input_grad": "col2im_gemm",
+    "conv2d_weight_grad": "im2col_gemm",
+}
+CONV_CASES = [
+    # (case id, dtype, input shape, weight shape, conv2d arguments, the variants it must reach)
+    ("direct", torch.float32, (2, 3, 10, 12), (4, 3, 3, 3), dict(padding=1), DIRECT),
+    ("direct-strided", torch.float32, (2, 3, 15, 17), (4, 3, 3, 3), dict(stride=2, padding=1), DIRECT),
+    ("gemm-float64", torch.float64, (2, 3, 10, 12), (4, 3, 3, 3), dict(padding=1), GEMM),
+    ("gemm-groups", torch.float32, (2, 4, 10, 12), (6, 2, 3, 3), dict(padding=1, groups=2), GEMM),
+    ("gemm-narrow", torch.float32, (2, 3, 10, 5), (4, 3, 3, 3), dict(), GEMM),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
+def test_conv2d_variant(case):
+    _, dtype, x_shape, w_shape, kwargs, expected = case
+    if not DIRECT_CONV and "direct" in expected["conv2d_forward"]:
+        pytest.skip("the direct conv2d kernels run only on AVX2 + FMA CPUs; this one runs the baseline build")
+    x = torch.randn(x_shape, dtype=torch.float64)
+    w = torch.randn(w_shape, dtype=torch.float64)
+    xs, ws = x.to(dtype).requires_grad_(), w.to(dtype).requires_grad_()
+    with cnnext.cpu_variants_used() as used:
+        out = ops.conv2d(xs, ws, **kwargs)
+        grad = torch.randn(out.shape, dtype=torch.float64)
+        dx, dw = torch.autograd.grad(out, (xs, ws), grad.to(dtype))
+    assert {op: variant for (op, variant) in used} == expected, f"the case reached {used}"
+    x_native, w_native = x.clone().requires_grad_(), w.clone().requires_grad_()
+    out_native = F.conv2d(x_native, w_native, **kwargs)
+    dx_native, dw_native = torch.autograd.grad(out_native, (x_native, w_native), grad)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    for ours, native in [(out, out_native), (dx, dx_native), (dw, dw_native)]:
+        torch.testing.assert_close(ours.double(), native, **tol)
+
+
+def test_conv2d_cases_cover_every_variant():
+    covered = {(op, variant) for case in CONV_CASES for op, variant in case[5].items()}
+    assert covered == {key for key in table() if key[0].startswith("conv2d")}
+
+
+# --- attention ---------------------------------------------------------------------------------
+
+
+def attention_case(batch, heads, q_len, k_len, poison):
+    """q, k, v (float32) of the given sizes; `poison` puts an infinity in one key."""
+    q, k, v = (torch.randn(batch, heads, n, 16) for n in (q_len, k_len, k_len))
+    if poison:
+        k[0, 0, 1, 3] = float("inf")
+    return q, k, v
+
+
+PER_HEAD = {"attention_forward": "tiled", "attention_backward": "key_tiles_per_head"}
+IN_CHUNKS = {"attention_forward": "tiled", "attention_backward": "key_tiles_in_chunks"}
+ATTENTION_CASES = [
+    # (case id, batch, heads, q_len, k_len, an infinite key, threads, the variants it must reach);
+    # with 2 threads, one (batch, head) pair of 3 key tiles is split, two pairs are not.
+    ("per-head", 2, 2, 40, 300, False, 2, PER_HEAD),
+    ("in-chunks", 1, 1, 40, 600, False, 2, IN_CHUNKS),
+    ("searching", 2, 2, 40, 300, True, 2, {"attention_forward": "tiled_searching_scores"}),
+]
+
+
+@pytest.mark.parametrize("case", ATTENTION_CASES, ids=[c[0] for c in ATTENTION_CASES])
+def test_attention_variant(case):
+    _, batch, heads, q_len, k_len, poison, threads, expected = case
+    q, k, v = attention_case(batch, heads, q_len, k_len, poison)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the backward's split depends on the thread count
+    try:
+        qs, ks, vs = (t.clone().requires_grad_() for t in (q, k, v))
+        with cnnext.cpu_variants_used() as used:
+            out = ops.scaled_dot_product_attention(qs, ks, vs)
+            if not poison:
+                grads = torch.autograd.grad(out, (qs, ks, vs), torch.ones_like(out))
+    finally:
+        torch.set_num_threads(before)
+    assert {op: variant for (op, variant) in used} == expected, f"the case reached {used}"
+    native = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    if poison:
+        # SDPA's rows that saw the infinite key are NaN: so are ours, and the others match.
+        native_nan = native.isnan()
+        assert native_nan.any() and torch.equal(out.isnan(), native_nan)
+        torch.testing.assert_close(out[~native_nan].double(), native[~native_nan], rtol=1e-4, atol=1e-5)
+        return
+    torch.testing.assert_close(out.double(), native, rtol=1e-5, atol=1e-5)
+    qn, kn, vn = (t.double().requires_grad_() for t in (q, k, v))
+    out_native = F.scaled_dot_product_attention(qn, kn, vn)
+    for ours, ref in zip(
+        grads, torch.autograd.grad(out_native, (qn, kn, vn), torch.ones_like(out_native)), strict=True
+    ):
+        torch.testing.assert_close(ours.double(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_attention_cases_cover_every_variant():
+    covered = {(op, variant) for case in ATTENTION_CASES for op, variant in case[7].items()}
+    assert covered == {key for key in table() if key[0].startswith("attention")}
+
+
+def test_pool2d_benchmarks_reach_every_variant():
+    """benchmarks/bench_pool2d.py measures every pooling variant (its cases, on small inputs here)."""
+    from benchmarks.bench_pool2d import CASES
+
+    reached = set()
+    for ours, _, _ in CASES.values():
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(2, 40, 12, 12).contiguous(memory_format=memory_format)
+            for backward in (False, True):
+                x.requires_grad_(backward)
+                with cnnext.cpu_variants_used() as used:
+                    out = ours(x)
+                    if backward:
+                        torch.autograd.grad(out, x, torch.ones_like(out))
+                reached |= set(used)
+    assert reached == {key for key in table() if "pool2d" in key[0]}
+
+
+@pytest.mark.parametrize("isa", cpu_isas_below_best())
+def test_every_variant_on_the_lower_isa_builds(isa):
+    """A process runs one instruction-set build of the CPU loops (the best its CPU has): every case
+    above again, in a process running a lower build."""
+    script = """
+import pytest, torch
+from tests import test_cpu_variants as t
+for case in t.POOL_CASES:
+    for dtype in (torch.float32, torch.float64):
+        t.test_pool2d_variant(case, dtype)
+for case in t.CONV_CASES:
+    try:
+        t.test_conv2d_variant(case)
+    except pytest.skip.Exception:  # the direct kernels under the baseline build
+        pass
+for case in t.ATTENTION_CASES:
+    t.test_attention_variant(case)
+print("ok")
+"""
+    run_with_cpu_isa(script, isa)

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+from cnnext.backends import BACKENDS
+
 from . import api, distributed
 from .config import ConfigError, parse_assignments
 from .runner import RunFilesDamaged
@@ -97,7 +99,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--backend",
-            choices=["cnnext", "native"],
+            choices=BACKENDS,
             help="convolution / pooling / attention from cnnext or from torch (default: cnnext)",
         )
         p.add_argument(

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from cnnext.models.registry import BACKENDS, model_builder
+from cnnext.backends import BACKENDS
+from cnnext.models.registry import model_builder
 from cnnext.train import TrainConfig
 
 from .spec import ModelSpec, Preset

@@ -4,10 +4,11 @@ from collections.abc import Callable
 
 import torch
 
+from ..backends import check_backend
+
 __all__ = ["build_model", "list_models", "model_builder", "register"]
 
 _BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {}
-BACKENDS = ("native", "cnnext")
 
 
 def register(name: str):
@@ -38,6 +39,5 @@ def build_model(name: str, backend: str = "native", **cfg) -> torch.nn.Module:
     """Build model family `name` on `backend` ("native": torch.nn layers, "cnnext": cnnext's
     convolution, pooling and attention; linear, batch norm and activations stay native)."""
     builder = model_builder(name)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     return builder(backend=backend, **cfg)

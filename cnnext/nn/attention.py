@@ -6,11 +6,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import ops
+from ..backends import check_backend
 from .conv import Conv2d
 
 __all__ = ["MultiheadAttention", "SelfAttention2d"]
-
-BACKENDS = ("cnnext", "native")
 
 
 class SelfAttention2d(torch.nn.Module):
@@ -40,8 +39,7 @@ class SelfAttention2d(torch.nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        check_backend(backend)
         if not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout must be in [0, 1], got {dropout}")
         self.dropout = dropout

@@ -6,6 +6,7 @@ import warnings
 
 import torch
 
+from ..backends import check_backend
 from .attention import MultiheadAttention, SelfAttention2d
 from .conv import Conv2d
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
@@ -45,8 +46,7 @@ def convert(model: torch.nn.Module, to: str = "cnnext", inplace: bool = True) ->
     stays native and is listed in a UserWarning. Returns the converted model (the argument itself
     when ``inplace``; a module that is itself a swappable layer is returned as its replacement).
     """
-    if to not in ("cnnext", "native"):
-        raise ValueError(f"to must be 'cnnext' or 'native', got {to!r}")
+    check_backend(to, "to")
     if not inplace:
         model = copy.deepcopy(model)
     mapping = CNNEXT_OF if to == "cnnext" else NATIVE_OF

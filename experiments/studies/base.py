@@ -4,11 +4,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnnext import data
 from cnnext.train import TrainConfig
 
 from ..spec import Preset, RunSpec
 
-DATASETS = ("mnist", "fashion-mnist", "cifar10", "synthetic")
+DATASETS = (*data.DATASETS, "synthetic")  # the real image sets, and generated data
 
 
 def sgd(epochs: int, lr: float = 0.1, schedule: str = "onecycle", weight_decay: float = 5e-4) -> TrainConfig:

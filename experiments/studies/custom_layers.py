@@ -2,10 +2,10 @@
 attention): accuracy parity with the same seed, training and inference time, a per-op profile of
 a training step, and a CNN with a SelfAttention2d stage against the same CNN without."""
 
+from cnnext.backends import BACKENDS
+
 from ..spec import ModelSpec, Preset
 from .base import Study, sgd
-
-BACKENDS = ("native", "cnnext")
 
 
 def _pairs(variants, epochs: int) -> tuple[ModelSpec, ...]:

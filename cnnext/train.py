@@ -221,6 +221,7 @@ class _DataParallel:
         import torch.distributed as dist
 
         self.dist = dist
+        self.device = device
         self.active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.rank = dist.get_rank() if self.active else 0
         self.world_size = dist.get_world_size() if self.active else 1
@@ -302,98 +303,132 @@ def fit(
     holds the global figures; rank 0 alone evaluates (and broadcasts the result) and writes the
     checkpoint, with every rank's random-generator state, which each rank restores on resume.
     on_epoch is called on every rank (write files from rank 0 only)."""
-    from tqdm.auto import tqdm
-
     device = next(model.parameters()).device
     group = _DataParallel(model, device)
     optimizer = _optimizer(model, cfg)
-    history: list[dict] = []
-    start_epoch = 0
     checkpoint = Path(checkpoint) if checkpoint else None
-    if checkpoint is not None and checkpoint.exists():
-        state = load_checkpoint(checkpoint)
-        if state["config"] != asdict(cfg):
-            raise ValueError(
-                f"checkpoint {checkpoint} was written with another configuration: {state['config']}"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history, start_epoch = state["history"], state["epoch"]
-        _restore_rng(group.own_rng(state))
-        if on_epoch is not None:  # a kill between the checkpoint and on_epoch left its files one epoch short
-            on_epoch(history)
+    history, start_epoch = _resume(checkpoint, cfg, model, optimizer, group)
+    if start_epoch > 0 and on_epoch is not None:
+        on_epoch(history)  # a kill between the checkpoint and on_epoch left its files one epoch short
 
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    steps_per_epoch = max(len(train), 1)
     for epoch in range(start_epoch, cfg.epochs):
-        lr = cfg.lr * lr_factor(cfg, epoch)
         train.set_epoch(epoch)
-        model.train()
-        # Running sums stay on the device and are read once per epoch: an .item() per parameter
-        # per step would wait for the device that many times.
-        grad_sq = torch.zeros(len(named), dtype=torch.float64, device=device)
-        total_loss = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        count, steps = 0, 0
-        synchronize(device)
-        started = time.perf_counter()
-        for images, labels in tqdm(
-            train, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress or group.rank > 0
-        ):
-            for param_group in optimizer.param_groups:
-                param_group["lr"] = cfg.lr * lr_factor(cfg, epoch + steps / steps_per_epoch)
-            logits = group.net(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for i, (_, p) in enumerate(named):
-                if p.grad is not None:
-                    grad_sq[i] += p.grad.detach().double().pow(2).sum()
-            optimizer.step()
-            total_loss += loss.detach().double() * labels.numel()
-            correct += (logits.argmax(1) == labels).sum()
-            count += labels.numel()
-            steps += 1
-        synchronize(device)
-        seconds = time.perf_counter() - started
-        total_loss, correct, summed_count = group.sum(total_loss, correct, torch.tensor(count, device=device))
-        count = int(summed_count.item())
-        result = group.from_rank0(lambda: evaluate(model, test))
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "lr": lr,
-                "train_loss": total_loss.item() / max(count, 1),
-                "train_accuracy": correct.item() / max(count, 1),
-                "test_loss": result["loss"],
-                "test_accuracy": result["accuracy"],
-                "epoch_seconds": seconds,
-                "samples_per_second": count / seconds,
-                # root-mean-square over the epoch's steps of each parameter's gradient norm
-                "grad_norms": {
-                    name: math.sqrt(value / max(steps, 1))
-                    for (name, _), value in zip(named, grad_sq.tolist(), strict=True)
-                },
-            }
-        )
+        sums = _train_epoch(group, optimizer, train, cfg, epoch, named, progress)
+        history.append(_epoch_record(group, model, test, cfg, epoch, named, sums))
         if not (math.isfinite(history[-1]["train_loss"]) and math.isfinite(history[-1]["test_loss"])):
             finite = [h["train_loss"] for h in history[:-1] if math.isfinite(h["train_loss"])]
             raise Diverged(epoch + 1, finite[-1] if finite else None, history)
         if checkpoint is not None:
-            rng = group.every_rank_rng()
-            if group.rank == 0:
-                _save_atomically(
-                    {
-                        "config": asdict(cfg),
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "history": history,
-                        "epoch": epoch + 1,
-                        **rng,
-                    },
-                    checkpoint,
-                )
-            group.barrier()  # no rank runs ahead of the checkpoint it would resume from
+            _save_checkpoint(checkpoint, cfg, model, optimizer, group, history)
         if on_epoch is not None:
             on_epoch(history)
     return history
+
+
+def _resume(checkpoint, cfg, model, optimizer, group) -> tuple[list[dict], int]:
+    """(history, first epoch to run): from `checkpoint` when it exists (model, optimizer and this
+    rank's random generators restored), else a fresh start."""
+    if checkpoint is None or not checkpoint.exists():
+        return [], 0
+    state = load_checkpoint(checkpoint)
+    if state["config"] != asdict(cfg):
+        raise ValueError(f"checkpoint {checkpoint} was written with another configuration: {state['config']}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    _restore_rng(group.own_rng(state))
+    return state["history"], state["epoch"]
+
+
+@dataclass
+class _EpochSums:
+    """One epoch's training sums, on the device until the epoch ends."""
+
+    loss: torch.Tensor  # sum over samples of the loss (float64)
+    correct: torch.Tensor  # samples classified right
+    grad_sq: torch.Tensor  # per parameter, sum over steps of its squared gradient norm (float64)
+    count: int  # samples
+    steps: int
+    seconds: float
+
+
+def _train_epoch(
+    group, optimizer, train: Loader, cfg: TrainConfig, epoch: int, named, progress: bool
+) -> _EpochSums:
+    """One epoch of training steps, the learning rate following the schedule step by step."""
+    from tqdm.auto import tqdm
+
+    device = group.device
+    steps_per_epoch = max(len(train), 1)
+    group.net.train()
+    # Running sums stay on the device and are read once per epoch: an .item() per parameter per
+    # step would wait for the device that many times.
+    grad_sq = torch.zeros(len(named), dtype=torch.float64, device=device)
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    count, steps = 0, 0
+    synchronize(device)
+    started = time.perf_counter()
+    for images, labels in tqdm(
+        train, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress or group.rank > 0
+    ):
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = cfg.lr * lr_factor(cfg, epoch + steps / steps_per_epoch)
+        logits = group.net(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for i, (_, p) in enumerate(named):
+            if p.grad is not None:
+                grad_sq[i] += p.grad.detach().double().pow(2).sum()
+        optimizer.step()
+        total_loss += loss.detach().double() * labels.numel()
+        correct += (logits.argmax(1) == labels).sum()
+        count += labels.numel()
+        steps += 1
+    synchronize(device)
+    return _EpochSums(total_loss, correct, grad_sq, count, steps, time.perf_counter() - started)
+
+
+def _epoch_record(group, model, test: Loader, cfg: TrainConfig, epoch: int, named, sums: _EpochSums) -> dict:
+    """The history entry of an epoch: the training sums summed over ranks, and the evaluation."""
+    total_loss, correct, summed_count = group.sum(
+        sums.loss, sums.correct, torch.tensor(sums.count, device=group.device)
+    )
+    count = int(summed_count.item())
+    result = group.from_rank0(lambda: evaluate(model, test))
+    return {
+        "epoch": epoch + 1,
+        "lr": cfg.lr * lr_factor(cfg, epoch),
+        "train_loss": total_loss.item() / max(count, 1),
+        "train_accuracy": correct.item() / max(count, 1),
+        "test_loss": result["loss"],
+        "test_accuracy": result["accuracy"],
+        "epoch_seconds": sums.seconds,
+        "samples_per_second": count / sums.seconds,
+        # root-mean-square over the epoch's steps of each parameter's gradient norm
+        "grad_norms": {
+            name: math.sqrt(value / max(sums.steps, 1))
+            for (name, _), value in zip(named, sums.grad_sq.tolist(), strict=True)
+        },
+    }
+
+
+def _save_checkpoint(
+    checkpoint: Path, cfg: TrainConfig, model, optimizer, group, history: list[dict]
+) -> None:
+    """Rank 0 writes the state after the last epoch of `history`, with every rank's random state."""
+    rng = group.every_rank_rng()
+    if group.rank == 0:
+        _save_atomically(
+            {
+                "config": asdict(cfg),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "history": history,
+                "epoch": history[-1]["epoch"],
+                **rng,
+            },
+            checkpoint,
+        )
+    group.barrier()  # no rank runs ahead of the checkpoint it would resume from

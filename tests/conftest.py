@@ -162,3 +162,21 @@ def run_with_cpu_isa(script: str, isa: str = "baseline") -> None:
     result = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok"), result.stdout[-1000:]
+
+
+def make_layout(x, layout):
+    """The same values in another memory layout."""
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # every other column of a wider tensor: no layout fits it
+        wide = torch.empty(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype, device=x.device)
+        wide[..., ::2] = x
+        return wide[..., ::2]
+    return x.contiguous()
+
+
+def distinct_values(shape, dtype, device):
+    """A random permutation of distinct values: no ties, so argmax and gradients are unambiguous
+    (and finite differences in gradcheck cannot flip a maximum)."""
+    values = torch.randperm(int(torch.tensor(shape).prod()), dtype=torch.float64) / 7.0
+    return values.reshape(shape).to(dtype=dtype, device=device)

@@ -15,6 +15,7 @@ from .conftest import (
     DEVICES,
     FULL_PRECISION,
     LOW_PRECISION,
+    make_layout,
     needs_cuda,
     run_with_cpu_isa,
     tf32_reference,
@@ -41,17 +42,6 @@ GRID = list(
 def _grid_id(case):
     k, s, p, d, g = case
     return f"k{k}-s{s}-p{p}-d{d}-{g}"
-
-
-def make_layout(x, layout):
-    """The same values in another memory layout."""
-    if layout == "channels_last":
-        return x.contiguous(memory_format=torch.channels_last)
-    if layout == "strided":  # every other column of a wider tensor: no layout fits it
-        wide = torch.empty(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype, device=x.device)
-        wide[..., ::2] = x
-        return wide[..., ::2]
-    return x.contiguous()
 
 
 def check_against_native(x, w, b, tol, **conv_args):

@@ -6,8 +6,7 @@ import torch
 
 import cnnext
 
-from .conftest import DEVICES
-from .test_pool2d import distinct_values
+from .conftest import DEVICES, distinct_values
 
 MODULES = [
     ("MaxPool2d", dict(kernel_size=2)),

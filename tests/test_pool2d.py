@@ -10,8 +10,14 @@ import torch.nn.functional as F
 
 import cnnext
 
-from .conftest import DEVICES, FULL_PRECISION, LOW_PRECISION, run_with_cpu_isa
-from .test_conv2d import make_layout
+from .conftest import (
+    DEVICES,
+    FULL_PRECISION,
+    LOW_PRECISION,
+    distinct_values,
+    make_layout,
+    run_with_cpu_isa,
+)
 
 TOLERANCES = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-12)}
 LAYOUTS = ["contiguous", "channels_last", "strided"]
@@ -29,13 +35,6 @@ WINDOWS = list(window_grid())
 
 def _window_id(w):
     return "k{}-s{}-p{}".format(*w)
-
-
-def distinct_values(shape, dtype, device):
-    """A random permutation of distinct values: no ties, so argmax and gradients are unambiguous
-    (and finite differences in gradcheck cannot flip a maximum)."""
-    values = torch.randperm(int(torch.tensor(shape).prod()), dtype=torch.float64) / 7.0
-    return values.reshape(shape).to(dtype=dtype, device=device)
 
 
 def compare(ours_fn, native_fn, x, dtype, tol=None):
@@ -490,7 +489,8 @@ def test_baseline_isa_loops_match_native():
     AVX2 build; run a representative set on the baseline build in a fresh process."""
     script = """
 import torch, torch.nn.functional as F, cnnext
-from tests.test_pool2d import compare, distinct_values, make_layout
+from tests.conftest import distinct_values, make_layout
+from tests.test_pool2d import compare
 CASES = [
     ("max_pool2d", dict(kernel_size=3, stride=2, padding=1, return_indices=True)),
     ("max_pool2d", dict(kernel_size=2, dilation=2, ceil_mode=True)),

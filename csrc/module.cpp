@@ -10,6 +10,7 @@
 #include <string>
 
 #include "common.h"
+#include "cpu_cache.h"
 #include "cpu_isa.h"
 #include "cpu_variants.h"
 
@@ -19,30 +20,55 @@
 
 namespace {
 
+// dict[key] = value, dropping the reference to value; false (Python error set) on failure.
+bool set_item(PyObject* dict, const char* key, PyObject* value) {
+  if (value == nullptr) return false;
+  const bool ok = PyDict_SetItemString(dict, key, value) == 0;
+  Py_DECREF(value);
+  return ok;
+}
+
 PyObject* build_info(PyObject*, PyObject*) {
   const char* cpu_isa = nullptr;
+  int64_t l2_bytes = 0;
   try {
     cpu_isa = cnnext::cpu_isa_name(cnnext::cpu_isa());  // raises on a bad CNNEXT_CPU_ISA
+    l2_bytes = cnnext::cpu_l2_cache_bytes();            // raises on a bad CNNEXT_L2_CACHE_BYTES
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_RuntimeError, e.what());
     return nullptr;
   }
-  const char* cpu_isa_supported = cnnext::cpu_isa_name(cnnext::cpu_isa_supported());
-  PyObject* huge_pages = cnnext::huge_page_advice_enabled() ? Py_True : Py_False;
   const std::string torch_version = std::to_string(TORCH_VERSION_MAJOR) + "." +
                                     std::to_string(TORCH_VERSION_MINOR) + "." +
                                     std::to_string(TORCH_VERSION_PATCH);
 #ifdef CNNEXT_WITH_CUDA
+  const bool cuda = true;
   const std::string archs = cnnext::cuda_arch_list();
-  const int cuda_version = cnnext::cuda_runtime_version();
-  return Py_BuildValue("{s:O,s:s,s:i,s:s,s:s,s:s,s:O}", "cuda", Py_True, "cuda_archs", archs.c_str(),
-                       "cuda_runtime_version", cuda_version, "torch_version", torch_version.c_str(), "cpu_isa",
-                       cpu_isa, "cpu_isa_supported", cpu_isa_supported, "huge_page_advice", huge_pages);
+  PyObject* cuda_version = PyLong_FromLong(cnnext::cuda_runtime_version());
 #else
-  return Py_BuildValue("{s:O,s:s,s:O,s:s,s:s,s:s,s:O}", "cuda", Py_False, "cuda_archs", "", "cuda_runtime_version",
-                       Py_None, "torch_version", torch_version.c_str(), "cpu_isa", cpu_isa, "cpu_isa_supported",
-                       cpu_isa_supported, "huge_page_advice", huge_pages);
+  const bool cuda = false;
+  const std::string archs;
+  PyObject* cuda_version = Py_NewRef(Py_None);
 #endif
+  PyObject* info = PyDict_New();
+  if (info == nullptr) {
+    Py_XDECREF(cuda_version);
+    return nullptr;
+  }
+  const bool ok = set_item(info, "cuda", PyBool_FromLong(cuda)) &&
+                  set_item(info, "cuda_archs", PyUnicode_FromString(archs.c_str())) &&
+                  set_item(info, "cuda_runtime_version", cuda_version) &&
+                  set_item(info, "torch_version", PyUnicode_FromString(torch_version.c_str())) &&
+                  set_item(info, "cpu_isa", PyUnicode_FromString(cpu_isa)) &&
+                  set_item(info, "cpu_isa_supported",
+                           PyUnicode_FromString(cnnext::cpu_isa_name(cnnext::cpu_isa_supported()))) &&
+                  set_item(info, "l2_cache_bytes", PyLong_FromLongLong(l2_bytes)) &&
+                  set_item(info, "huge_page_advice", PyBool_FromLong(cnnext::huge_page_advice_enabled()));
+  if (!ok) {
+    Py_DECREF(info);
+    return nullptr;
+  }
+  return info;
 }
 
 // [(op, name, when, calls), ...], every op's table in order.

@@ -154,10 +154,10 @@ def cpu_isas_below_best() -> list[str]:
     return CPU_ISAS[: CPU_ISAS.index(best)]
 
 
-def run_with_cpu_isa(script: str, isa: str = "baseline") -> None:
-    """Run `script` in a fresh process whose CPU loops use the `isa` build (CNNEXT_CPU_ISA). The
-    script must print "ok" last."""
-    env = {**os.environ, "CNNEXT_CPU_ISA": isa}
+def run_with_cpu_isa(script: str, isa: str = "baseline", env: dict | None = None) -> None:
+    """Run `script` in a fresh process whose CPU loops use the `isa` build (CNNEXT_CPU_ISA), with
+    `env` added to its environment. The script must print "ok" last."""
+    env = {**os.environ, "CNNEXT_CPU_ISA": isa, **(env or {})}
     root = pathlib.Path(__file__).resolve().parent.parent
     result = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -2,6 +2,7 @@
 and a table of bad inputs that must raise clear errors."""
 
 import itertools
+import os
 import random
 
 import pytest
@@ -211,11 +212,36 @@ def test_non_finite_inputs_reach_the_gradients_native_puts_them_in(size, kernel,
     torch.testing.assert_close(ours[finite], native[finite], rtol=1e-4, atol=1e-4)
 
 
-def test_cpu_direct_weight_gradient_over_several_sample_groups():
-    """32x32 maps with 16 channels: about 3 samples fit the weight-gradient kernel's L2-sized group,
-    so 11 samples make several groups per thread, the last one short."""
-    x, w, b = torch.randn(11, 16, 32, 32), torch.randn(12, 16, 3, 3), torch.randn(12)
-    check_against_native(x, w, b, TOLERANCES[torch.float32], padding=1)
+@pytest.mark.parametrize("l2", ["256K", "1M", "4M"])
+def test_cpu_direct_weight_gradient_over_several_sample_groups(l2):
+    """The direct weight gradient groups samples to fit half the L2 (CNNEXT_L2_CACHE_BYTES sets it
+    here). 32x32 maps with 16 channels take ~150 KB a sample: 256K groups one sample, 1M about 3
+    (11 samples: several groups per thread, the last one short), 4M all of a thread's samples."""
+    script = """
+import torch
+from tests.test_conv2d import TOLERANCES, check_against_native
+x, w, b = torch.randn(11, 16, 32, 32), torch.randn(12, 16, 3, 3), torch.randn(12)
+check_against_native(x, w, b, TOLERANCES[torch.float32], padding=1)
+print("ok")
+"""
+    run_with_cpu_isa(script, cnnext.build_info()["cpu_isa"], env={"CNNEXT_L2_CACHE_BYTES": l2})
+
+
+def test_l2_cache_size_comes_from_the_os_or_the_override():
+    """build_info()["l2_cache_bytes"]: the OS's figure by default; CNNEXT_L2_CACHE_BYTES overrides
+    it (bytes, K or M), and a value that is not a plausible size raises."""
+    reported = os.sysconf("SC_LEVEL2_CACHE_SIZE") if "SC_LEVEL2_CACHE_SIZE" in os.sysconf_names else 0
+    if reported > 0 and "CNNEXT_L2_CACHE_BYTES" not in os.environ:
+        assert cnnext.build_info()["l2_cache_bytes"] == reported
+    isa = cnnext.build_info()["cpu_isa"]
+    for setting, expected in [("1M", 1 << 20), ("512K", 512 << 10), ("3145728", 3 << 20)]:
+        check = f"import cnnext; assert cnnext.build_info()['l2_cache_bytes'] == {expected}; print('ok')"
+        run_with_cpu_isa(check, isa, env={"CNNEXT_L2_CACHE_BYTES": setting})
+    for bad in ["12Q", "1000", "lots"]:
+        with pytest.raises(AssertionError, match="CNNEXT_L2_CACHE_BYTES must be a size"):
+            run_with_cpu_isa(
+                "import cnnext; cnnext.build_info(); print('ok')", isa, env={"CNNEXT_L2_CACHE_BYTES": bad}
+            )
 
 
 def test_cpu_gemm_path_for_float32_on_baseline_isa():

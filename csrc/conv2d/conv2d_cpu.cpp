@@ -5,7 +5,7 @@
 // (at::mm / at::bmm), as follows.
 //
 // Work is split by sample, and each sample into blocks of output rows: a thread builds the column
-// matrix of one block in a private buffer small enough to stay in L2 (kColumnBlockBytes) and
+// matrix of one block in a private buffer small enough to stay in L2 (column_block_bytes) and
 // multiplies it while it is there. Whole-sample column matrices are 3.2 MB for 16 channels and a
 // 7x7 kernel on 32x32 maps; written and re-read through DRAM they made the 7x7 case twice as slow
 // and its timing depend on what else the machine was doing. With fewer samples than threads,
@@ -21,14 +21,14 @@
 //   dbias:   sum of dY over (N, Ho, Wo)                                                 (written =)
 // Tensors are computed in NCHW; channels_last inputs get channels_last results.
 #include <ATen/AccumulateType.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/bmm.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/index_select.h>
-#include <ATen/Parallel.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <vector>
@@ -37,15 +37,14 @@
 #include "conv2d/conv2d.h"
 #include "conv2d/conv2d_cpu_direct.h"
 #include "conv2d/conv2d_cpu_variants.h"
+#include "cpu_cache.h"
 #include "cpu_isa.h"
 
 namespace cnnext {
 namespace {
 
-// Half of a 1 MiB L2 per core, the size these blocks were tuned for (a fixed value, not the
-// machine's: NOTES.md, "One CPU-ISA mechanism, machine facts"): room for the block's columns plus
-// the GEMM's panels.
-constexpr int64_t kColumnBlockBytes = 512 * 1024;
+// Half of the core's L2 (cpu_cache.h): room for the block's columns plus the GEMM's panels.
+int64_t column_block_bytes() { return cpu_l2_cache_bytes() / 2; }
 
 // Runs fn(begin, end) over samples: split across threads when there are at least as many
 // samples as threads; otherwise in one call on this thread, so that the BLAS calls and the
@@ -59,7 +58,7 @@ void for_sample_ranges(int64_t batch, const Fn& fn) {
 // Output rows per block so that one block's columns (groups * K * rows * Wo values) fit the budget.
 int64_t rows_per_block(const Conv2dGeometry& g, int64_t element_size) {
   const int64_t row_bytes = g.groups * g.patch_size() * g.out_w * element_size;
-  return std::clamp<int64_t>(kColumnBlockBytes / std::max<int64_t>(row_bytes, 1), 1, g.out_h);
+  return std::clamp<int64_t>(column_block_bytes() / std::max<int64_t>(row_bytes, 1), 1, g.out_h);
 }
 
 // Visits every (channel c, column row k, output row oh, input row ih) of output rows [oh0, oh1)
@@ -187,9 +186,9 @@ PhaseAxis phase_axis(int64_t r, int64_t stride, int64_t pad, int64_t dil, int64_
 }
 
 struct InputGradPhase {
-  int64_t row, col;              // r_h, r_w
+  int64_t row, col;  // r_h, r_w
   PhaseAxis rows, cols;
-  Conv2dGeometry geometry;       // dy (N, Cout, Ho, Wo) -> phase of dx (N, C, out rows, out cols)
+  Conv2dGeometry geometry;  // dy (N, Cout, Ho, Wo) -> phase of dx (N, C, out rows, out cols)
 };
 
 // Every phase of dx, or nothing where some phase with taps is not one the direct kernels run.
@@ -264,7 +263,7 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
 
   auto out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());  // (N, Cout, Ho, Wo)
   if (out.numel() == 0) return out.contiguous(conv2d_output_format(input));
-  const auto x = input.contiguous();                                                  // (N, C, H, W)
+  const auto x = input.contiguous();  // (N, C, H, W)
   const auto w = weight.contiguous().view({g.groups, g.out_per_group(), g.patch_size()});
   const auto b = has_bias ? bias->contiguous() : at::Tensor();
   const bool direct = conv2d_direct_applies(g, input.scalar_type());
@@ -286,8 +285,8 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
           const int64_t oh1 = std::min(g.out_h, oh0 + block_rows), block_len = (oh1 - oh0) * g.out_w;
           const auto cols_block = cols.narrow(0, 0, g.groups * g.patch_size() * block_len)
                                       .view({g.groups, g.patch_size(), block_len});
-          im2col(x.const_data_ptr<scalar_t>() + n * in_sample, cols_block.mutable_data_ptr<scalar_t>(), g, oh0,
-                 oh1);
+          im2col(x.const_data_ptr<scalar_t>() + n * in_sample, cols_block.mutable_data_ptr<scalar_t>(), g,
+                 oh0, oh1);
           gemm_out(out_n.narrow(2, oh0 * g.out_w, block_len), w, cols_block);
         }
         if (has_bias) {
@@ -329,19 +328,20 @@ Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
                                            : Conv2dCpuVariant::kWeightGradIm2colGemm);
   if (direct_weight) {
     dweight = at::empty(weight.sizes(), weight.options());
-    conv2d_direct_weight_grad(dy.const_data_ptr<float>(), x.const_data_ptr<float>(), dweight.mutable_data_ptr<float>(),
-                              g);
+    conv2d_direct_weight_grad(dy.const_data_ptr<float>(), x.const_data_ptr<float>(),
+                              dweight.mutable_data_ptr<float>(), g);
   }
   if (input_phases) input_grad_by_phases(dy, weight, dinput, *input_phases, g);
 
   const auto w = weight.contiguous().view({g.groups, g.out_per_group(), g.patch_size()});
-  const auto w_t = w.transpose(1, 2);        // (groups, K, Cout/groups)
+  const auto w_t = w.transpose(1, 2);  // (groups, K, Cout/groups)
   const int64_t L = g.out_pixels(), in_sample = g.in_channels * g.in_h * g.in_w;
   const int64_t block_rows = rows_per_block(g, input.element_size());
   // One partial dW per thread, summed in thread order at the end (zero for batch 0).
   const int64_t partial_count = need_weight ? at::get_num_threads() : 0;
   std::vector<at::Tensor> partial_dweight(partial_count);
-  for (auto& partial : partial_dweight) partial = at::zeros({g.groups, g.out_per_group(), g.patch_size()}, w.options());
+  for (auto& partial : partial_dweight)
+    partial = at::zeros({g.groups, g.out_per_group(), g.patch_size()}, w.options());
 
   CNNEXT_DISPATCH_CPU_TYPES(input.scalar_type(), "conv2d_backward_cpu", [&] {
     if (need_bias) bias_grad(dy.const_data_ptr<scalar_t>(), dbias.mutable_data_ptr<scalar_t>(), g);
@@ -359,8 +359,8 @@ Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
                                       .view({g.groups, g.patch_size(), block_len});
           const auto dy_block = dy_n.narrow(2, oh0 * g.out_w, block_len);
           if (need_weight) {
-            im2col(x.const_data_ptr<scalar_t>() + n * in_sample, cols_block.mutable_data_ptr<scalar_t>(), g, oh0,
-                   oh1);
+            im2col(x.const_data_ptr<scalar_t>() + n * in_sample, cols_block.mutable_data_ptr<scalar_t>(), g,
+                   oh0, oh1);
             partial.baddbmm_(dy_block, cols_block.transpose(1, 2));
           }
           if (need_input) {

@@ -1,5 +1,9 @@
 // Direct float32 conv2d kernels, AVX2 + FMA (see conv2d_cpu_direct.h for what and why).
 //
+// Why one file of ~480 lines: the forward and the weight gradient read the same padded,
+// phase-split input (DirectPlan, pack_input) and the whole file is one AVX2 + FMA build
+// (cpu_isa_target.h); split, the plan and packing would have to live in a header built twice.
+//
 // Layout of the padded input copy: per channel, `rows` rows of the zero-padded image; each row has
 // its columns split by stride phase (stride_w phases of `width` floats), so input column
 // ow * stride_w + kj * dil_w sits in phase (kj * dil_w) % stride_w at position ow + (kj * dil_w) /
@@ -19,31 +23,32 @@
 
 #include "common.h"
 #include "conv2d/conv2d_cpu_direct.h"
+#include "cpu_cache.h"
+
 #include "cpu_isa_target.h"  // last: the code below is compiled for AVX2 + FMA
 
 namespace cnnext {
 namespace {
 
-constexpr int64_t kLanes = 8;          // floats per AVX2 vector: output columns per vector
+constexpr int64_t kLanes = 8;  // floats per AVX2 vector: output columns per vector
 // The weight gradient's register tile: 4 output channels x 3 taps (the forward picks between
 // 4 x 3 and 3 x 4 per geometry, see ForwardTile). Packed dy pads Cout to whole channel tiles.
 constexpr int64_t kTileChannels = 4;
 constexpr int64_t kTileTaps = 3;
 // Samples of the weight gradient are processed in groups whose padded inputs and gradients fit in
-// half of a 1 MiB L2 per core (a fixed value, as in conv2d_cpu.cpp), so each group is read from
-// L2, not DRAM, by every tile.
-constexpr int64_t kGroupBytes = 512 * 1024;
+// half of the core's L2 (cpu_cache.h), so each group is read from L2, not DRAM, by every tile.
+int64_t group_bytes() { return cpu_l2_cache_bytes() / 2; }
 
 std::unique_ptr<float[]> uninitialized(int64_t count) { return std::unique_ptr<float[]>(new float[count]); }
 
 // Where everything of one sample lives in the padded copy, and where each tap and vector starts.
 struct DirectPlan {
-  int64_t rows, width;                  // per channel: rows x (stride_w phases x width) floats
+  int64_t rows, width;  // per channel: rows x (stride_w phases x width) floats
   int64_t row_stride, channel_stride, sample_size;
-  int64_t vectors_per_row, vectors;     // output vectors of 8 columns: per row, per sample
-  int64_t taps, channel_tiles;          // C * kh * kw; ceil(Cout / kTileChannels)
-  std::vector<int64_t> tap_offset;      // (c, ki, kj) -> offset from a vector's base
-  std::vector<int64_t> vector_base;     // vector v -> offset of its first tap (c, ki, kj = 0)
+  int64_t vectors_per_row, vectors;  // output vectors of 8 columns: per row, per sample
+  int64_t taps, channel_tiles;       // C * kh * kw; ceil(Cout / kTileChannels)
+  std::vector<int64_t> tap_offset;   // (c, ki, kj) -> offset from a vector's base
+  std::vector<int64_t> vector_base;  // vector v -> offset of its first tap (c, ki, kj = 0)
   // Where the padded copy would equal the input itself (no padding, stride 1 along rows, rows of
   // whole vectors plus the kernel's reach), and the packed output gradient dy itself (rows of
   // whole vectors, channels a multiple of the tile): the kernels then read them in place.
@@ -87,8 +92,8 @@ struct DirectPlan {
 
 // One input row -> both stride phases of its padded copy, for stride 2: phase 0 holds the even
 // and phase 1 the odd padded columns, so 16 input columns split into 8 + 8 with two shuffles each
-// (the scalar gather had been ~40% of a stride-2 3x3 forward in perf). Padded column j is input
-// column j - pad; columns outside the input are zeros.
+// instead of a scalar gather per column (benchmarks/NOTES.md, "Figures moved out of the code").
+// Padded column j is input column j - pad; columns outside the input are zeros.
 void pack_row_stride2(const float* src, float* even, float* odd, int64_t width, int64_t in_w, int64_t pad) {
   const auto at = [&](int64_t column) { return column >= 0 && column < in_w ? src[column] : 0.f; };
   int64_t q = 0;
@@ -161,7 +166,8 @@ std::unique_ptr<float[]> pack_weights(const float* w, int64_t channels, const Co
 
 // Lanes [0, n) of a store mask.
 __m256i first_lanes(int64_t n) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
 // The forward register tile: Channels output channels x Vectors vectors, 12 accumulators either
@@ -178,8 +184,8 @@ struct ForwardTile {
 
   // Output channel tiles [tile_begin, tile_end) of one sample from its padded input: every
   // register tile accumulates over all taps, starting from the bias.
-  static void sample(const float* padded, const float* packed_w, const float* bias, float* out, int64_t tile_begin,
-                     int64_t tile_end, const Conv2dGeometry& g, const DirectPlan& p) {
+  static void sample(const float* padded, const float* packed_w, const float* bias, float* out,
+                     int64_t tile_begin, int64_t tile_end, const Conv2dGeometry& g, const DirectPlan& p) {
     const int64_t Ho = g.out_h, Wo = g.out_w, L = Ho * Wo;
     const int64_t* offsets = p.tap_offset.data();
     for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
@@ -192,7 +198,8 @@ struct ForwardTile {
       for (int64_t v0 = 0; v0 < p.vectors; v0 += Vectors) {
         // A short last tile repeats vector v0 in its idle slots (computed, never stored).
         const float* base[Vectors];
-        for (int64_t i = 0; i < Vectors; ++i) base[i] = padded + p.vector_base[v0 + i < p.vectors ? v0 + i : v0];
+        for (int64_t i = 0; i < Vectors; ++i)
+          base[i] = padded + p.vector_base[v0 + i < p.vectors ? v0 + i : v0];
         __m256 acc[Channels][Vectors];
 #pragma GCC unroll 4
         for (int64_t j = 0; j < Channels; ++j)
@@ -365,7 +372,8 @@ void forward_with_tile(const float* x, const float* w, const float* bias, float*
     at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
       auto buffer = uninitialized(buffer_size);
       for (int64_t n = begin; n < end; ++n) {
-        Tile::sample(padded_sample(n, buffer.get()), packed_w.get(), bias, out + n * out_sample, 0, tiles, g, plan);
+        Tile::sample(padded_sample(n, buffer.get()), packed_w.get(), bias, out + n * out_sample, 0, tiles, g,
+                     plan);
       }
     });
     return;
@@ -394,7 +402,7 @@ void conv2d_direct_forward(const float* x, const float* w, const float* bias, fl
   }
 }
 
-// Samples go in groups that fit L2 (kGroupBytes). With at least as many samples as threads, each
+// Samples go in groups that fit L2 (group_bytes). With at least as many samples as threads, each
 // thread sums its own samples into a private dw and the partial dws are added in thread order;
 // with fewer, the threads split the output channels of every group (each owns its rows of dw).
 void conv2d_direct_weight_grad(const float* dy, const float* x, float* dw, const Conv2dGeometry& geometry) {
@@ -402,10 +410,12 @@ void conv2d_direct_weight_grad(const float* dy, const float* x, float* dw, const
   const DirectPlan plan(g);
   const int64_t in_sample = g.in_channels * g.in_h * g.in_w, out_sample = g.out_channels * g.out_pixels();
   const int64_t grad_size = plan.channel_tiles * kTileChannels * plan.vectors * kLanes;
-  const int64_t group = std::max<int64_t>(1, kGroupBytes / ((plan.sample_size + grad_size) * int64_t(sizeof(float))));
+  const int64_t group =
+      std::max<int64_t>(1, group_bytes() / ((plan.sample_size + grad_size) * int64_t(sizeof(float))));
   const int64_t weight_size = g.out_channels * plan.taps;
-  // Lanes past a row's last output read input values with zero dy; masking them costs ~20% on
-  // 7- and 14-wide maps, so it is done only where an inf or NaN input could make 0 * x a NaN.
+  // Lanes past a row's last output read input values with zero dy; masking them is costly on
+  // narrow maps (NOTES.md, "Figures moved out of the code"), so it is done only where an inf or
+  // NaN input could make 0 * x a NaN.
   const bool mask_lanes = g.out_w % kLanes != 0 && !all_finite(x, g.batch * in_sample);
   // One thread's group buffers (empty where the kernels read in place).
   struct GroupBuffers {

@@ -2,8 +2,8 @@
 // was expected and what was got, small integer helpers, and the dtype dispatch lists.
 #pragma once
 
-#include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
 #include <c10/util/irange.h>
 #include <c10/util/safe_numerics.h>
 
@@ -13,7 +13,8 @@
 
 namespace cnnext {
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// ceil(a / b) for a >= 0, b > 0 (host and device).
+C10_HOST_DEVICE inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // a + b and a * b for sizes derived from user arguments (padded extents, dilated kernels): an
 // error naming the op and the quantity instead of a silent 64-bit wrap-around.
@@ -32,13 +33,14 @@ inline int64_t checked_mul(const char* op, const char* what, int64_t a, int64_t 
 
 // The extent of a dilated window: dilation * (kernel - 1) + 1, checked.
 inline int64_t window_extent(const char* op, int64_t kernel, int64_t dilation) {
-  return checked_add(op, "the dilated kernel size", checked_mul(op, "the dilated kernel size", dilation, kernel - 1), 1);
+  return checked_add(op, "the dilated kernel size",
+                     checked_mul(op, "the dilated kernel size", dilation, kernel - 1), 1);
 }
 
 // For a sliding window tap at input position o * stride - pad + offset (offset = tap * dilation):
 // the outputs [lo, hi) of [0, out_size) for which that position lies inside the input [0, size).
-inline std::pair<int64_t, int64_t> tap_output_range(int64_t out_size, int64_t size, int64_t stride, int64_t pad,
-                                                    int64_t offset) {
+inline std::pair<int64_t, int64_t> tap_output_range(int64_t out_size, int64_t size, int64_t stride,
+                                                    int64_t pad, int64_t offset) {
   const int64_t shift = pad - offset;  // input position = o * stride - shift
   const int64_t lo = std::min(shift > 0 ? ceil_div(shift, stride) : 0, out_size);
   const int64_t last = size - 1 + shift;  // o * stride <= last
@@ -54,7 +56,9 @@ struct Strides4 {
     return n_ * n + c_ * c + h_ * h + w_ * w;
   }
 };
-inline Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+inline Strides4 strides_of(const at::Tensor& t) {
+  return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
 
 // Ask Linux to back a freshly allocated CPU tensor with transparent huge pages before anything
 // touches it. A new tensor of tens of MB comes from a fresh mmap whose first write faults in every
@@ -79,8 +83,8 @@ inline void check_floating(const at::Tensor& t, const char* name) {
 
 inline void check_same_dtype(const at::Tensor& a, const char* a_name, const at::Tensor& b,
                              const char* b_name) {
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "expected ", b_name, " to have the dtype of ", a_name,
-              " (", a.scalar_type(), "), got ", b.scalar_type());
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "expected ", b_name, " to have the dtype of ", a_name, " (",
+              a.scalar_type(), "), got ", b.scalar_type());
 }
 
 inline void check_same_device(const at::Tensor& a, const char* a_name, const at::Tensor& b,

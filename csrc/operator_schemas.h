@@ -28,7 +28,7 @@ inline void define_operator_schemas(torch::Library& m) {
       "_max_pool2d_with_taps(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
       "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
   m.def(
-      "max_pool2d_values(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
+      "_max_pool2d_values(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
       "bool ceil_mode) -> Tensor");
   m.def(
       "_max_pool2d_backward(Tensor grad_output, Tensor input, Tensor indices, int[2] kernel_size, "
@@ -64,7 +64,7 @@ inline void register_cuda_kernels(torch::Library& m) {
   m.impl("_conv2d_backward", &cnnext::conv2d_backward_cuda);
   m.impl("max_pool2d", &cnnext::max_pool2d_forward_cuda);
   m.impl("_max_pool2d_with_taps", &cnnext::max_pool2d_with_taps_cuda);
-  m.impl("max_pool2d_values", &cnnext::max_pool2d_values_cuda);
+  m.impl("_max_pool2d_values", &cnnext::max_pool2d_values_cuda);
   m.impl("_max_pool2d_backward", &cnnext::max_pool2d_backward_cuda);
   m.impl("avg_pool2d", &cnnext::avg_pool2d_forward_cuda);
   m.impl("_avg_pool2d_backward", &cnnext::avg_pool2d_backward_cuda);

@@ -12,7 +12,7 @@ TORCH_LIBRARY_IMPL(cnnext, CPU, m) {
   m.impl("_conv2d_backward", &cnnext::conv2d_backward_cpu);
   m.impl("max_pool2d", &cnnext::max_pool2d_forward_cpu);
   m.impl("_max_pool2d_with_taps", &cnnext::max_pool2d_with_taps_cpu);
-  m.impl("max_pool2d_values", &cnnext::max_pool2d_values_cpu);
+  m.impl("_max_pool2d_values", &cnnext::max_pool2d_values_cpu);
   m.impl("_max_pool2d_backward", &cnnext::max_pool2d_backward_cpu);
   m.impl("avg_pool2d", &cnnext::avg_pool2d_forward_cpu);
   m.impl("_avg_pool2d_backward", &cnnext::avg_pool2d_backward_cpu);

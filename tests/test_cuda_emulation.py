@@ -461,7 +461,7 @@ def test_emulated_ops_have_the_schemas_of_the_real_ones():
         "_conv2d_backward",
         "max_pool2d",
         "_max_pool2d_with_taps",
-        "max_pool2d_values",
+        "_max_pool2d_values",
         "_max_pool2d_backward",
         "avg_pool2d",
         "_avg_pool2d_backward",

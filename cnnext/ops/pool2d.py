@@ -121,7 +121,7 @@ def max_pool2d(
     if not return_indices:
         if not (torch.is_grad_enabled() and input.requires_grad):
             # Nothing will need the argmax: the inference op skips computing and storing it.
-            out = torch.ops.cnnext.max_pool2d_values.default(*args, ceil_mode)
+            out = torch.ops.cnnext._max_pool2d_values.default(*args, ceil_mode)
         elif kernel_size[0] * kernel_size[1] <= _MAX_WINDOW_TAPS:
             # Only backward needs the argmax: saved as uint8 window taps, 1/8 of int64's bytes.
             out, _ = torch.ops.cnnext._max_pool2d_with_taps.default(*args, ceil_mode)
@@ -307,7 +307,7 @@ def _adaptive_double_backward(namespace, ctx, ggi):
 _FAKES = {
     "max_pool2d": _max_pool2d_fake,
     "_max_pool2d_with_taps": _max_pool2d_with_taps_fake,
-    "max_pool2d_values": _max_pool2d_values_fake,
+    "_max_pool2d_values": _max_pool2d_values_fake,
     "avg_pool2d": _avg_pool2d_fake,
     "adaptive_avg_pool2d": _adaptive_avg_pool2d_fake,
     "_max_pool2d_backward": _grad_input_fake,

@@ -7,7 +7,7 @@
 //   (n, c) plane, as native does. NaN propagates: a NaN in a window wins (the last one seen, in
 //   row-major window order, again as native does); ties keep the first maximum.
 //
-// max_pool2d_values: max_pool2d without indices, for inference (not differentiable); cnnext.ops
+// _max_pool2d_values: max_pool2d without indices, for inference (not differentiable); cnnext.ops
 // uses it when no gradient is needed and no indices were asked for.
 // _max_pool2d_with_taps: max_pool2d whose argmax is the window tap t * kernel_w + u as uint8 (the
 // window's row t and column u, row-major), for windows of at most 256 taps: what autograd saves
@@ -78,42 +78,49 @@ void with_argmax_type(const at::Tensor& indices, const Fn& fn) {
   }
 }
 
-PoolWithIndices max_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                       at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
+PoolWithIndices max_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                       at::IntArrayRef stride, at::IntArrayRef padding,
+                                       at::IntArrayRef dilation, bool ceil_mode);
 PoolWithIndices max_pool2d_with_taps_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
-                                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                         bool ceil_mode);
+                                         at::IntArrayRef stride, at::IntArrayRef padding,
+                                         at::IntArrayRef dilation, bool ceil_mode);
 at::Tensor max_pool2d_values_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                  at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
-at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
-                                   at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                   at::IntArrayRef dilation, bool ceil_mode);
-at::Tensor avg_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                  at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
-                                  std::optional<int64_t> divisor_override);
+at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                   const at::Tensor& indices, at::IntArrayRef kernel_size,
+                                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                   bool ceil_mode);
+at::Tensor avg_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                  at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
+                                  bool count_include_pad, std::optional<int64_t> divisor_override);
 at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                                   at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                   bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override);
+                                   at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                   at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                                   std::optional<int64_t> divisor_override);
 at::Tensor adaptive_avg_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef output_size);
 at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input);
 
 #ifdef CNNEXT_WITH_CUDA
-PoolWithIndices max_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                        at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
+PoolWithIndices max_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                        at::IntArrayRef stride, at::IntArrayRef padding,
+                                        at::IntArrayRef dilation, bool ceil_mode);
 PoolWithIndices max_pool2d_with_taps_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
-                                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                          bool ceil_mode);
-at::Tensor max_pool2d_values_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                 at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
-at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
-                                    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                    at::IntArrayRef dilation, bool ceil_mode);
-at::Tensor avg_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                   at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
-                                   std::optional<int64_t> divisor_override);
+                                          at::IntArrayRef stride, at::IntArrayRef padding,
+                                          at::IntArrayRef dilation, bool ceil_mode);
+at::Tensor max_pool2d_values_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                  bool ceil_mode);
+at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
+                                    const at::Tensor& indices, at::IntArrayRef kernel_size,
+                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                    bool ceil_mode);
+at::Tensor avg_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                   at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
+                                   bool count_include_pad, std::optional<int64_t> divisor_override);
 at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
-                                    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                    bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override);
+                                    at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                    at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                                    std::optional<int64_t> divisor_override);
 at::Tensor adaptive_avg_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef output_size);
 at::Tensor adaptive_avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input);
 #endif

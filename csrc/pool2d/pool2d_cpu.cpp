@@ -23,14 +23,16 @@ const Pool2dCpuLoops& loops() {
 struct CpuLoops {
   static constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
 
-  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) { return at::empty(sizes, options); }
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return at::empty(sizes, options);
+  }
 
   static void max_forward(const at::Tensor& x, const at::Tensor& out, const at::Tensor& indices,
                           const Pool2dGeometry& g, bool channels_last) {
     // The CPU loops track the argmax as int32 beside the float lanes.
     TORCH_CHECK(g.in_h * g.in_w <= std::numeric_limits<int32_t>::max(),
-                "max_pool2d (CPU): planes of more than 2^31 - 1 elements are not supported, got ", g.in_h, "x",
-                g.in_w);
+                "max_pool2d (CPU): planes of more than 2^31 - 1 elements are not supported, got ", g.in_h,
+                "x", g.in_w);
     loops().max_forward(choose_max_forward(g, channels_last), x, out, indices, g);
   }
   static void max_backward(const at::Tensor& dy, const at::Tensor& indices, const at::Tensor& dx,
@@ -38,62 +40,18 @@ struct CpuLoops {
     const bool taps = indices.scalar_type() == at::kByte;
     loops().max_backward(choose_max_backward(g, channels_last, taps), dy, indices, dx, g);
   }
-  static void avg_forward(const at::Tensor& x, const at::Tensor& out, const Pool2dGeometry& g, AvgDivisor divisor,
-                          bool channels_last) {
+  static void avg_forward(const at::Tensor& x, const at::Tensor& out, const Pool2dGeometry& g,
+                          AvgDivisor divisor, bool channels_last) {
     loops().avg_forward(choose_avg_forward(g, channels_last), x, out, g, divisor);
   }
-  static void avg_backward(const at::Tensor& dy, const at::Tensor& dx, const Pool2dGeometry& g, AvgDivisor divisor,
-                           bool channels_last) {
+  static void avg_backward(const at::Tensor& dy, const at::Tensor& dx, const Pool2dGeometry& g,
+                           AvgDivisor divisor, bool channels_last) {
     loops().avg_backward(choose_avg_backward(g, channels_last), dy, dx, g, divisor);
   }
 };
 
-using Entries = Pool2dEntries<CpuLoops>;
-
 }  // namespace
 
-PoolWithIndices max_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                       at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  return Entries::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, Argmax::kPlanePosition);
-}
-
-PoolWithIndices max_pool2d_with_taps_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
-                                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                         bool ceil_mode) {
-  return Entries::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, Argmax::kWindowTap);
-}
-
-at::Tensor max_pool2d_values_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                 at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  return std::get<0>(
-      Entries::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, Argmax::kNone));
-}
-
-at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
-                                   at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                   at::IntArrayRef dilation, bool ceil_mode) {
-  return Entries::max_pool2d_backward(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode);
-}
-
-at::Tensor avg_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                  at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
-                                  std::optional<int64_t> divisor_override) {
-  return Entries::avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
-}
-
-at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                                   at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                   bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
-  return Entries::avg_pool2d_backward(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                                      divisor_override);
-}
-
-at::Tensor adaptive_avg_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef output_size) {
-  return Entries::adaptive_avg_pool2d(input, output_size);
-}
-
-at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input) {
-  return Entries::adaptive_avg_pool2d_backward(grad_output, input);
-}
+CNNEXT_DEFINE_POOL2D_ENTRY_POINTS(cpu, CpuLoops)
 
 }  // namespace cnnext

@@ -1,5 +1,8 @@
 // Pooling on CUDA: max (with argmax indices), average and adaptive average, forward and backward.
 //
+// Why one file of ~560 lines: the element-wise and vectorised kernels share the window arithmetic,
+// the division-free axes and the launch logic (CudaLoops) that picks between them.
+//
 // Forward: one thread per output element; it walks its window (pool2d_window.h) and writes the
 // result (and, for max, the argmax: plane position ih * W + iw or window tap). Backward is a
 // gather, one thread per input element: it visits the outputs whose window can read it
@@ -45,8 +48,14 @@ using FastAvgAxis = AvgAxisOf<FastDivider>;
 
 FastMaxAxis fast(const MaxAxis& a) {
   using cuda::FastDivmod;
-  return {a.size, a.out_size, a.kernel, a.stride, a.pad, a.dilation,
-          {FastDivmod::of_size(a.stride)}, {FastDivmod::of_size(a.dilation)}};
+  return {a.size,
+          a.out_size,
+          a.kernel,
+          a.stride,
+          a.pad,
+          a.dilation,
+          {FastDivmod::of_size(a.stride)},
+          {FastDivmod::of_size(a.dilation)}};
 }
 FastAvgAxis fast(const AvgAxis& a) {
   return {a.size, a.out_size, a.kernel, a.stride, a.pad, {cuda::FastDivmod::of_size(a.stride)}};
@@ -54,9 +63,11 @@ FastAvgAxis fast(const AvgAxis& a) {
 
 // Every dividend of the window arithmetic is at most size + pad + stride + dilation along its axis.
 void check_windows_fit(const Pool2dGeometry& g) {
-  const int64_t largest = std::max(g.in_h + g.pad_h + g.stride_h + g.dil_h, g.in_w + g.pad_w + g.stride_w + g.dil_w);
-  TORCH_CHECK(largest <= cuda::kMaxDividend, "pooling (CUDA): input sizes, padding, stride and dilation up to ",
-              largest, " exceed the kernels' 32-bit window arithmetic (2^31 - 1)");
+  const int64_t largest =
+      std::max(g.in_h + g.pad_h + g.stride_h + g.dil_h, g.in_w + g.pad_w + g.stride_w + g.dil_w);
+  TORCH_CHECK(largest <= cuda::kMaxDividend,
+              "pooling (CUDA): input sizes, padding, stride and dilation up to ", largest,
+              " exceed the kernels' 32-bit window arithmetic (2^31 - 1)");
 }
 
 // Element `index` of a (N, C, H, W) tensor counted in memory order of the layout.
@@ -88,23 +99,26 @@ ElementGrid element_grid(bool channels_last, int64_t C, int64_t H, int64_t W) {
   return {FastDivmod::of_size(W), FastDivmod::of_size(H), FastDivmod::of_size(C)};
 }
 
-#define CNNEXT_GRID_STRIDE_LOOP(i, total) \
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (total); i += int64_t(gridDim.x) * blockDim.x)
+#define CNNEXT_GRID_STRIDE_LOOP(i, total)                                       \
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (total); \
+       i += int64_t(gridDim.x) * blockDim.x)
 
 // index_t: what the argmax is recorded as (Argmax in pool2d.h): int64_t plane positions ih * W + iw,
 // or uint8_t window taps t * kernel_w + u. indices null: inference, no argmax wanted.
 template <typename scalar_t, typename index_t, bool kChannelsLast>
-__global__ void max_forward_kernel(const scalar_t* x, Strides4 xs, scalar_t* out, index_t* indices, Strides4 os,
-                                   ElementGrid grid, FastMaxAxis rows, FastMaxAxis cols, int total) {
+__global__ void max_forward_kernel(const scalar_t* x, Strides4 xs, scalar_t* out, index_t* indices,
+                                   Strides4 os, ElementGrid grid, FastMaxAxis rows, FastMaxAxis cols,
+                                   int total) {
   using acc_t = cuda::acc_t<scalar_t>;
   CNNEXT_GRID_STRIDE_LOOP(index, total) {
     const Coord o = grid.at<kChannelsLast>(static_cast<int>(index));
-    const Span r = rows.taps(o.h), cc = cols.taps(o.w);
+    const Span row_taps = rows.taps(o.h), col_taps = cols.taps(o.w);
     acc_t best = -std::numeric_limits<acc_t>::infinity();
-    int64_t best_t = r.lo, best_u = cc.lo;  // kept if nothing beats -inf: the first tap inside, as native
-    for (int64_t t = r.lo; t < r.hi; ++t) {
+    // Kept if nothing beats -inf: the first tap inside, as native.
+    int64_t best_t = row_taps.lo, best_u = col_taps.lo;
+    for (int64_t t = row_taps.lo; t < row_taps.hi; ++t) {
       const int64_t ih = rows.position(o.h, t);
-      for (int64_t u = cc.lo; u < cc.hi; ++u) {
+      for (int64_t u = col_taps.lo; u < col_taps.hi; ++u) {
         const acc_t v = static_cast<acc_t>(x[xs.offset(o.n, o.c, ih, cols.position(o.w, u))]);
         if (v > best || isnan(v)) {  // NaN wins, as in native max pooling
           best = v;
@@ -126,32 +140,33 @@ __global__ void max_forward_kernel(const scalar_t* x, Strides4 xs, scalar_t* out
 
 // Whether the saved argmax at `at` names input (ih, iw), read by tap t of its window's rows and
 // column output ow (window taps: (t, the column tap reading iw) must be recorded; plane positions:
-// ih * W + iw).
+// position = ih * W + iw).
 template <typename index_t>
-__device__ __forceinline__ bool argmax_names(const index_t* indices, int64_t at, const FastMaxAxis& cols, int64_t t,
-                                             int64_t ow, int64_t iw, int64_t me) {
+__device__ __forceinline__ bool argmax_names(const index_t* indices, int64_t at, const FastMaxAxis& cols,
+                                             int64_t t, int64_t ow, int64_t iw, int64_t position) {
   if constexpr (std::is_same_v<index_t, uint8_t>) {
     const int64_t u = cols.tap_reading(ow, iw);
     return t >= 0 && u >= 0 && indices[at] == t * cols.kernel + u;
   } else {
-    return indices[at] == me;
+    return indices[at] == position;
   }
 }
 
 template <typename scalar_t, typename index_t, bool kChannelsLast>
 __global__ void max_backward_kernel(const scalar_t* dy, const index_t* indices, Strides4 ys, scalar_t* dx,
-                                    Strides4 xs, ElementGrid grid, FastMaxAxis rows, FastMaxAxis cols, int total) {
+                                    Strides4 xs, ElementGrid grid, FastMaxAxis rows, FastMaxAxis cols,
+                                    int total) {
   using acc_t = cuda::acc_t<scalar_t>;
   CNNEXT_GRID_STRIDE_LOOP(index, total) {
     const Coord i = grid.at<kChannelsLast>(static_cast<int>(index));
     const Span oh_range = rows.covering(i.h), ow_range = cols.covering(i.w);
-    const int64_t me = i.h * cols.size + i.w;
+    const int64_t position = i.h * cols.size + i.w;  // in the (n, c) plane
     acc_t sum = 0;
     for (int64_t oh = oh_range.lo; oh < oh_range.hi; ++oh) {
       const int64_t t = rows.tap_reading(oh, i.h);
       for (int64_t ow = ow_range.lo; ow < ow_range.hi; ++ow) {
         const int64_t at = ys.offset(i.n, i.c, oh, ow);
-        if (argmax_names(indices, at, cols, t, ow, i.w, me)) sum += static_cast<acc_t>(dy[at]);
+        if (argmax_names(indices, at, cols, t, ow, i.w, position)) sum += static_cast<acc_t>(dy[at]);
       }
     }
     dx[xs.offset(i.n, i.c, i.h, i.w)] = static_cast<scalar_t>(sum);
@@ -159,17 +174,20 @@ __global__ void max_backward_kernel(const scalar_t* dy, const index_t* indices, 
 }
 
 template <typename scalar_t, bool kChannelsLast>
-__global__ void avg_forward_kernel(const scalar_t* x, Strides4 xs, scalar_t* out, Strides4 os, ElementGrid grid,
-                                   FastAvgAxis rows, FastAvgAxis cols, AvgDivisor divisor, int total) {
+__global__ void avg_forward_kernel(const scalar_t* x, Strides4 xs, scalar_t* out, Strides4 os,
+                                   ElementGrid grid, FastAvgAxis rows, FastAvgAxis cols, AvgDivisor divisor,
+                                   int total) {
   using acc_t = cuda::acc_t<scalar_t>;
   CNNEXT_GRID_STRIDE_LOOP(index, total) {
     const Coord o = grid.at<kChannelsLast>(static_cast<int>(index));
-    const Span r = rows.window(o.h), cc = cols.window(o.w);
+    const AvgWindow row_window = rows.window(o.h), col_window = cols.window(o.w);
     acc_t sum = 0;
-    for (int64_t ih = r.lo; ih < r.hi; ++ih)
-      for (int64_t iw = cc.lo; iw < cc.hi; ++iw) sum += static_cast<acc_t>(x[xs.offset(o.n, o.c, ih, iw)]);
-    const int64_t d = divisor(r, cc);
-    out[os.offset(o.n, o.c, o.h, o.w)] = static_cast<scalar_t>(d == 0 ? acc_t(0) : sum / static_cast<acc_t>(d));
+    for (int64_t ih = row_window.lo; ih < row_window.hi; ++ih)
+      for (int64_t iw = col_window.lo; iw < col_window.hi; ++iw)
+        sum += static_cast<acc_t>(x[xs.offset(o.n, o.c, ih, iw)]);
+    const int64_t d = divisor(row_window, col_window);
+    out[os.offset(o.n, o.c, o.h, o.w)] =
+        static_cast<scalar_t>(d == 0 ? acc_t(0) : sum / static_cast<acc_t>(d));
   }
 }
 
@@ -177,16 +195,17 @@ __global__ void avg_forward_kernel(const scalar_t* x, Strides4 xs, scalar_t* out
 // divisor, or 0 if the input is outside the window (average windows are contiguous; covering()
 // only bounds them) or the divisor is 0: no share.
 __device__ __forceinline__ int64_t average_divisor(const FastAvgAxis& rows, const FastAvgAxis& cols,
-                                                   const AvgDivisor& divisor, int64_t oh, int64_t ow, int64_t ih,
-                                                   int64_t iw) {
-  const Span r = rows.window(oh), cc = cols.window(ow);
-  if (ih < r.lo || ih >= r.hi || iw < cc.lo || iw >= cc.hi) return 0;
-  return divisor(r, cc);
+                                                   const AvgDivisor& divisor, int64_t oh, int64_t ow,
+                                                   int64_t ih, int64_t iw) {
+  const AvgWindow row_window = rows.window(oh), col_window = cols.window(ow);
+  if (ih < row_window.lo || ih >= row_window.hi || iw < col_window.lo || iw >= col_window.hi) return 0;
+  return divisor(row_window, col_window);
 }
 
 template <typename scalar_t, bool kChannelsLast>
-__global__ void avg_backward_kernel(const scalar_t* dy, Strides4 ys, scalar_t* dx, Strides4 xs, ElementGrid grid,
-                                    FastAvgAxis rows, FastAvgAxis cols, AvgDivisor divisor, int total) {
+__global__ void avg_backward_kernel(const scalar_t* dy, Strides4 ys, scalar_t* dx, Strides4 xs,
+                                    ElementGrid grid, FastAvgAxis rows, FastAvgAxis cols, AvgDivisor divisor,
+                                    int total) {
   using acc_t = cuda::acc_t<scalar_t>;
   CNNEXT_GRID_STRIDE_LOOP(index, total) {
     const Coord i = grid.at<kChannelsLast>(static_cast<int>(index));
@@ -247,24 +266,25 @@ __device__ __forceinline__ void store_vec(scalar_t* p, const acc_t (&values)[kVe
 }
 
 template <typename scalar_t, typename index_t>
-__global__ void max_forward_vec_kernel(const scalar_t* x, Strides4 xs, scalar_t* out, index_t* indices, Strides4 os,
-                                       FastMaxAxis rows, FastMaxAxis cols, VecGrid grid, int total) {
+__global__ void max_forward_vec_kernel(const scalar_t* x, Strides4 xs, scalar_t* out, index_t* indices,
+                                       Strides4 os, FastMaxAxis rows, FastMaxAxis cols, VecGrid grid,
+                                       int total) {
   using acc_t = cuda::acc_t<scalar_t>;
   constexpr int V = kVec<scalar_t>;
   CNNEXT_GRID_STRIDE_LOOP(index, total) {
     const auto [n, oh, ow, c0] = grid.slot<V>(static_cast<int>(index));
-    const Span r = rows.taps(oh), cc = cols.taps(ow);
+    const Span row_taps = rows.taps(oh), col_taps = cols.taps(ow);
     acc_t best[V];
     int best_t[V], best_u[V];  // kept if nothing beats -inf: the first tap inside, as native
 #pragma unroll
     for (int e = 0; e < V; ++e) {
       best[e] = -std::numeric_limits<acc_t>::infinity();
-      best_t[e] = static_cast<int>(r.lo);
-      best_u[e] = static_cast<int>(cc.lo);
+      best_t[e] = static_cast<int>(row_taps.lo);
+      best_u[e] = static_cast<int>(col_taps.lo);
     }
-    for (int t = static_cast<int>(r.lo); t < r.hi; ++t) {
+    for (int t = static_cast<int>(row_taps.lo); t < row_taps.hi; ++t) {
       const int64_t ih = rows.position(oh, t);
-      for (int u = static_cast<int>(cc.lo); u < cc.hi; ++u) {
+      for (int u = static_cast<int>(col_taps.lo); u < col_taps.hi; ++u) {
         const Vec<scalar_t> in = load_vec(x + xs.offset(n, c0, ih, cols.position(ow, u)));
 #pragma unroll
         for (int e = 0; e < V; ++e) {
@@ -293,13 +313,14 @@ __global__ void max_forward_vec_kernel(const scalar_t* x, Strides4 xs, scalar_t*
 
 template <typename scalar_t, typename index_t>
 __global__ void max_backward_vec_kernel(const scalar_t* dy, const index_t* indices, Strides4 ys, scalar_t* dx,
-                                        Strides4 xs, FastMaxAxis rows, FastMaxAxis cols, VecGrid grid, int total) {
+                                        Strides4 xs, FastMaxAxis rows, FastMaxAxis cols, VecGrid grid,
+                                        int total) {
   using acc_t = cuda::acc_t<scalar_t>;
   constexpr int V = kVec<scalar_t>;
   CNNEXT_GRID_STRIDE_LOOP(index, total) {
     const auto [n, ih, iw, c0] = grid.slot<V>(static_cast<int>(index));
     const Span oh_range = rows.covering(ih), ow_range = cols.covering(iw);
-    const int64_t me = int64_t{ih} * cols.size + iw;
+    const int64_t position = int64_t{ih} * cols.size + iw;  // in the (n, c) plane
     acc_t sum[V];
 #pragma unroll
     for (int e = 0; e < V; ++e) sum[e] = acc_t(0);
@@ -310,7 +331,7 @@ __global__ void max_backward_vec_kernel(const scalar_t* dy, const index_t* indic
         const Vec<scalar_t> g = load_vec(dy + at);
 #pragma unroll
         for (int e = 0; e < V; ++e) {
-          if (argmax_names(indices, at + e, cols, t, ow, iw, me)) sum[e] += static_cast<acc_t>(g.v[e]);
+          if (argmax_names(indices, at + e, cols, t, ow, iw, position)) sum[e] += static_cast<acc_t>(g.v[e]);
         }
       }
     }
@@ -319,24 +340,25 @@ __global__ void max_backward_vec_kernel(const scalar_t* dy, const index_t* indic
 }
 
 template <typename scalar_t>
-__global__ void avg_forward_vec_kernel(const scalar_t* x, Strides4 xs, scalar_t* out, Strides4 os, FastAvgAxis rows,
-                                       FastAvgAxis cols, AvgDivisor divisor, VecGrid grid, int total) {
+__global__ void avg_forward_vec_kernel(const scalar_t* x, Strides4 xs, scalar_t* out, Strides4 os,
+                                       FastAvgAxis rows, FastAvgAxis cols, AvgDivisor divisor, VecGrid grid,
+                                       int total) {
   using acc_t = cuda::acc_t<scalar_t>;
   constexpr int V = kVec<scalar_t>;
   CNNEXT_GRID_STRIDE_LOOP(index, total) {
     const auto [n, oh, ow, c0] = grid.slot<V>(static_cast<int>(index));
-    const Span r = rows.window(oh), cc = cols.window(ow);
+    const AvgWindow row_window = rows.window(oh), col_window = cols.window(ow);
     acc_t sum[V];
 #pragma unroll
     for (int e = 0; e < V; ++e) sum[e] = acc_t(0);
-    for (int64_t ih = r.lo; ih < r.hi; ++ih) {
-      for (int64_t iw = cc.lo; iw < cc.hi; ++iw) {
+    for (int64_t ih = row_window.lo; ih < row_window.hi; ++ih) {
+      for (int64_t iw = col_window.lo; iw < col_window.hi; ++iw) {
         const Vec<scalar_t> in = load_vec(x + xs.offset(n, c0, ih, iw));
 #pragma unroll
         for (int e = 0; e < V; ++e) sum[e] += static_cast<acc_t>(in.v[e]);
       }
     }
-    const int64_t d = divisor(r, cc);
+    const int64_t d = divisor(row_window, col_window);
 #pragma unroll
     for (int e = 0; e < V; ++e) sum[e] = d == 0 ? acc_t(0) : sum[e] / static_cast<acc_t>(d);
     store_vec(out + os.offset(n, c0, oh, ow), sum);
@@ -344,8 +366,9 @@ __global__ void avg_forward_vec_kernel(const scalar_t* x, Strides4 xs, scalar_t*
 }
 
 template <typename scalar_t>
-__global__ void avg_backward_vec_kernel(const scalar_t* dy, Strides4 ys, scalar_t* dx, Strides4 xs, FastAvgAxis rows,
-                                        FastAvgAxis cols, AvgDivisor divisor, VecGrid grid, int total) {
+__global__ void avg_backward_vec_kernel(const scalar_t* dy, Strides4 ys, scalar_t* dx, Strides4 xs,
+                                        FastAvgAxis rows, FastAvgAxis cols, AvgDivisor divisor, VecGrid grid,
+                                        int total) {
   using acc_t = cuda::acc_t<scalar_t>;
   constexpr int V = kVec<scalar_t>;
   CNNEXT_GRID_STRIDE_LOOP(index, total) {
@@ -420,7 +443,7 @@ void for_batch_slices(int64_t batch, int64_t per_sample, const Launch& launch) {
 #define CNNEXT_UNPAREN(...) __VA_ARGS__
 #define CNNEXT_LAUNCH_POOL(KERNEL, TYPES, channels_last, total, ...)                                   \
   do {                                                                                                 \
-    const cuda::LaunchConfig config{blocks_for(total), kThreads};                                       \
+    const cuda::LaunchConfig config{blocks_for(total), kThreads};                                      \
     if (channels_last) {                                                                               \
       cuda::launch<KERNEL<CNNEXT_UNPAREN TYPES, true>>(config, __VA_ARGS__, static_cast<int>(total));  \
     } else {                                                                                           \
@@ -489,9 +512,10 @@ struct CudaLoops {
           if (vectorisable<scalar_t>(channels_last, g.channels, {&dy, &dx})) {
             const int64_t threads = total / kVec<scalar_t>;
             cuda::launch<max_backward_vec_kernel<scalar_t, index_t>>(
-                {blocks_for(threads), kThreads}, dy.const_data_ptr<scalar_t>(), indices.const_data_ptr<index_t>(),
-                strides_of(dy), dx.mutable_data_ptr<scalar_t>(), strides_of(dx), rows, cols,
-                vec_grid(g.channels, g.in_h, g.in_w, kVec<scalar_t>), static_cast<int>(threads));
+                {blocks_for(threads), kThreads}, dy.const_data_ptr<scalar_t>(),
+                indices.const_data_ptr<index_t>(), strides_of(dy), dx.mutable_data_ptr<scalar_t>(),
+                strides_of(dx), rows, cols, vec_grid(g.channels, g.in_h, g.in_w, kVec<scalar_t>),
+                static_cast<int>(threads));
             return;
           }
           CNNEXT_LAUNCH_POOL(max_backward_kernel, (scalar_t, index_t), channels_last, total,
@@ -546,9 +570,10 @@ struct CudaLoops {
               vec_grid(g.channels, g.in_h, g.in_w, kVec<scalar_t>), static_cast<int>(threads));
           return;
         }
-        CNNEXT_LAUNCH_POOL(avg_backward_kernel, (scalar_t), channels_last, total, dy.const_data_ptr<scalar_t>(),
-                           strides_of(dy), dx.mutable_data_ptr<scalar_t>(), strides_of(dx),
-                           element_grid(channels_last, g.channels, g.in_h, g.in_w), rows, cols, divisor);
+        CNNEXT_LAUNCH_POOL(avg_backward_kernel, (scalar_t), channels_last, total,
+                           dy.const_data_ptr<scalar_t>(), strides_of(dy), dx.mutable_data_ptr<scalar_t>(),
+                           strides_of(dx), element_grid(channels_last, g.channels, g.in_h, g.in_w), rows,
+                           cols, divisor);
       });
     });
   }
@@ -557,52 +582,8 @@ struct CudaLoops {
 #undef CNNEXT_LAUNCH_POOL
 #undef CNNEXT_UNPAREN
 
-using Entries = Pool2dEntries<CudaLoops>;
-
 }  // namespace
 
-PoolWithIndices max_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                        at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  return Entries::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, Argmax::kPlanePosition);
-}
-
-PoolWithIndices max_pool2d_with_taps_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
-                                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                          bool ceil_mode) {
-  return Entries::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, Argmax::kWindowTap);
-}
-
-at::Tensor max_pool2d_values_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                  at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  return std::get<0>(
-      Entries::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, Argmax::kNone));
-}
-
-at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
-                                    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                    at::IntArrayRef dilation, bool ceil_mode) {
-  return Entries::max_pool2d_backward(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode);
-}
-
-at::Tensor avg_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                   at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
-                                   std::optional<int64_t> divisor_override) {
-  return Entries::avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
-}
-
-at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
-                                    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                    bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
-  return Entries::avg_pool2d_backward(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                                      divisor_override);
-}
-
-at::Tensor adaptive_avg_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef output_size) {
-  return Entries::adaptive_avg_pool2d(input, output_size);
-}
-
-at::Tensor adaptive_avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input) {
-  return Entries::adaptive_avg_pool2d_backward(grad_output, input);
-}
+CNNEXT_DEFINE_POOL2D_ENTRY_POINTS(cuda, CudaLoops)
 
 }  // namespace cnnext

@@ -20,16 +20,16 @@ namespace cnnext {
 
 // uint8 window taps can name the taps of windows up to kMaxWindowTaps.
 inline void check_window_taps(const char* op, const Pool2dGeometry& g) {
-  TORCH_CHECK(g.kernel_h * g.kernel_w <= kMaxWindowTaps, op, ": uint8 window taps name at most ", kMaxWindowTaps,
-              " taps, the kernel ", g.kernel_h, "x", g.kernel_w, " has ", g.kernel_h * g.kernel_w,
-              "; use max_pool2d (int64 indices)");
+  TORCH_CHECK(g.kernel_h * g.kernel_w <= kMaxWindowTaps, op, ": uint8 window taps name at most ",
+              kMaxWindowTaps, " taps, the kernel ", g.kernel_h, "x", g.kernel_w, " has ",
+              g.kernel_h * g.kernel_w, "; use max_pool2d (int64 indices)");
 }
 
 template <typename Loops>
 struct Pool2dEntries {
-  static PoolWithIndices max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                    at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode,
-                                    Argmax argmax) {
+  static PoolWithIndices max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                    bool ceil_mode, Argmax argmax) {
     const bool taps = argmax == Argmax::kWindowTap;
     const char* op = taps ? "_max_pool2d_with_taps" : "max_pool2d";
     const auto g = pool2d_geometry(op, input, kernel_size, stride, padding, dilation, ceil_mode);
@@ -49,8 +49,8 @@ struct Pool2dEntries {
 
   static at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                         const at::Tensor& indices, at::IntArrayRef kernel_size,
-                                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                        bool ceil_mode) {
+                                        at::IntArrayRef stride, at::IntArrayRef padding,
+                                        at::IntArrayRef dilation, bool ceil_mode) {
     const char* op = "_max_pool2d_backward";
     const auto g = pool2d_geometry(op, input, kernel_size, stride, padding, dilation, ceil_mode);
     check_device_type(input, "_max_pool2d_backward: input", Loops::kDevice);
@@ -128,3 +128,52 @@ struct Pool2dEntries {
 };
 
 }  // namespace cnnext
+
+// Defines the eight operator entry points of pool2d.h for one device, `<op>_<device>`, as calls
+// of Pool2dEntries<LOOPS>. Used once per device file (pool2d_cpu.cpp, pool2d_cuda.cu), inside
+// namespace cnnext; the functions are what registration.cpp and operator_schemas.h bind.
+#define CNNEXT_DEFINE_POOL2D_ENTRY_POINTS(device, LOOPS)                                                     \
+  PoolWithIndices max_pool2d_forward_##device(const at::Tensor& input, at::IntArrayRef kernel_size,          \
+                                              at::IntArrayRef stride, at::IntArrayRef padding,               \
+                                              at::IntArrayRef dilation, bool ceil_mode) {                    \
+    return Pool2dEntries<LOOPS>::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode,        \
+                                            Argmax::kPlanePosition);                                         \
+  }                                                                                                          \
+  PoolWithIndices max_pool2d_with_taps_##device(const at::Tensor& input, at::IntArrayRef kernel_size,        \
+                                                at::IntArrayRef stride, at::IntArrayRef padding,             \
+                                                at::IntArrayRef dilation, bool ceil_mode) {                  \
+    return Pool2dEntries<LOOPS>::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode,        \
+                                            Argmax::kWindowTap);                                             \
+  }                                                                                                          \
+  at::Tensor max_pool2d_values_##device(const at::Tensor& input, at::IntArrayRef kernel_size,                \
+                                        at::IntArrayRef stride, at::IntArrayRef padding,                     \
+                                        at::IntArrayRef dilation, bool ceil_mode) {                          \
+    return std::get<0>(Pool2dEntries<LOOPS>::max_pool2d(input, kernel_size, stride, padding, dilation,       \
+                                                        ceil_mode, Argmax::kNone));                          \
+  }                                                                                                          \
+  at::Tensor max_pool2d_backward_##device(const at::Tensor& grad_output, const at::Tensor& input,            \
+                                          const at::Tensor& indices, at::IntArrayRef kernel_size,            \
+                                          at::IntArrayRef stride, at::IntArrayRef padding,                   \
+                                          at::IntArrayRef dilation, bool ceil_mode) {                        \
+    return Pool2dEntries<LOOPS>::max_pool2d_backward(grad_output, input, indices, kernel_size, stride,       \
+                                                     padding, dilation, ceil_mode);                          \
+  }                                                                                                          \
+  at::Tensor avg_pool2d_forward_##device(const at::Tensor& input, at::IntArrayRef kernel_size,               \
+                                         at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,    \
+                                         bool count_include_pad, std::optional<int64_t> divisor_override) {  \
+    return Pool2dEntries<LOOPS>::avg_pool2d(input, kernel_size, stride, padding, ceil_mode,                  \
+                                            count_include_pad, divisor_override);                            \
+  }                                                                                                          \
+  at::Tensor avg_pool2d_backward_##device(const at::Tensor& grad_output, const at::Tensor& input,            \
+                                          at::IntArrayRef kernel_size, at::IntArrayRef stride,               \
+                                          at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,   \
+                                          std::optional<int64_t> divisor_override) {                         \
+    return Pool2dEntries<LOOPS>::avg_pool2d_backward(grad_output, input, kernel_size, stride, padding,       \
+                                                     ceil_mode, count_include_pad, divisor_override);        \
+  }                                                                                                          \
+  at::Tensor adaptive_avg_pool2d_forward_##device(const at::Tensor& input, at::IntArrayRef output_size) {    \
+    return Pool2dEntries<LOOPS>::adaptive_avg_pool2d(input, output_size);                                    \
+  }                                                                                                          \
+  at::Tensor adaptive_avg_pool2d_backward_##device(const at::Tensor& grad_output, const at::Tensor& input) { \
+    return Pool2dEntries<LOOPS>::adaptive_avg_pool2d_backward(grad_output, input);                           \
+  }

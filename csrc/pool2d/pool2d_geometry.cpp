@@ -11,17 +11,18 @@ namespace {
 void check_pool_input(const char* op, const at::Tensor& input) {
   TORCH_CHECK(input.dim() == 4, op, ": input must be a 4-D (N, C, H, W) tensor, got ", input.dim(),
               "-D with shape ", input.sizes());
-  TORCH_CHECK(input.size(1) > 0 && input.size(2) > 0 && input.size(3) > 0, op,
-              ": input must have non-zero channels, height and width (only the batch may be empty), got shape ",
-              input.sizes());
+  TORCH_CHECK(
+      input.size(1) > 0 && input.size(2) > 0 && input.size(3) > 0, op,
+      ": input must have non-zero channels, height and width (only the batch may be empty), got shape ",
+      input.sizes());
   TORCH_CHECK(at::isFloatingType(input.scalar_type()), op, ": input must be a floating-point tensor, got ",
               input.scalar_type());
 }
 
 // Output length along one axis, as native pooling computes it: in ceil mode the last window
 // must still start inside the input or its left padding.
-int64_t pooled_size(const char* op, int64_t size, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation,
-                    bool ceil_mode) {
+int64_t pooled_size(const char* op, int64_t size, int64_t kernel, int64_t stride, int64_t pad,
+                    int64_t dilation, bool ceil_mode) {
   const int64_t span = window_extent(op, kernel, dilation);
   const int64_t padded = checked_add(op, "the padded input size", size, checked_mul(op, "padding", 2, pad));
   const int64_t numerator = checked_add(op, "the output size", padded - span, ceil_mode ? stride - 1 : 0);
@@ -84,10 +85,12 @@ Pool2dGeometry pool2d_geometry(const char* op, const at::Tensor& input, at::IntA
   return g;
 }
 
-Pool2dGeometry adaptive_pool2d_geometry(const char* op, const at::Tensor& input, at::IntArrayRef output_size) {
+Pool2dGeometry adaptive_pool2d_geometry(const char* op, const at::Tensor& input,
+                                        at::IntArrayRef output_size) {
   check_pool_input(op, input);
   TORCH_CHECK(output_size.size() == 2, op, ": output_size must have 2 entries, got ", output_size.size());
-  TORCH_CHECK(output_size[0] >= 1 && output_size[1] >= 1, op, ": output_size must be >= 1, got ", output_size);
+  TORCH_CHECK(output_size[0] >= 1 && output_size[1] >= 1, op, ": output_size must be >= 1, got ",
+              output_size);
   Pool2dGeometry g = input_geometry(input);
   g.out_h = output_size[0];
   g.out_w = output_size[1];

@@ -13,16 +13,21 @@
 
 #include <cstdint>
 
+#include "common.h"
 #include "pool2d/pool2d.h"
 
 namespace cnnext {
 
+// A half-open range [lo, hi): the window taps, input positions or outputs an axis function names.
 struct Span {
-  int64_t lo, hi;     // input positions [lo, hi) read (clamped to the input)
-  int64_t padded;     // the window's length counting padding (average pooling's count_include_pad)
+  int64_t lo, hi;
 };
 
-C10_HOST_DEVICE inline int64_t ceil_div_nonneg(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// An average window along one axis: the input positions [lo, hi) it reads (clamped to the input)
+// and its length counting the padding (what count_include_pad divides by).
+struct AvgWindow : Span {
+  int64_t length_with_padding;
+};
 C10_HOST_DEVICE inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 C10_HOST_DEVICE inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
@@ -45,7 +50,7 @@ struct MaxAxisOf {
     const int64_t lo = start < 0 ? by_dilation.div(dilation - 1 - start) : 0;  // ceil(-start / dilation)
     const int64_t last = size - 1 - start;  // the tap must satisfy t * dilation <= last
     const int64_t hi = last < 0 ? 0 : min64(kernel, by_dilation.div(last) + 1);
-    return {lo, max64(lo, hi), kernel};
+    return {lo, max64(lo, hi)};
   }
   C10_HOST_DEVICE int64_t position(int64_t o, int64_t t) const { return o * stride - pad + t * dilation; }
   // The tap of output o's window that reads input i, or -1 if none does (i between dilated taps
@@ -59,7 +64,7 @@ struct MaxAxisOf {
   C10_HOST_DEVICE Span covering(int64_t i) const {
     const int64_t reach = i + pad - (kernel - 1) * dilation;  // o * stride >= reach
     const int64_t lo = reach <= 0 ? 0 : by_stride.div(reach + stride - 1);
-    return {lo, max64(lo, min64(out_size, by_stride.div(i + pad) + 1)), 0};
+    return {lo, max64(lo, min64(out_size, by_stride.div(i + pad) + 1))};
   }
 };
 using MaxAxis = MaxAxisOf<PlainDivider>;
@@ -71,21 +76,21 @@ struct AvgAxisOf {
   int64_t size, out_size, kernel, stride, pad;
   Divider by_stride;
 
-  C10_HOST_DEVICE Span window(int64_t o) const {
+  C10_HOST_DEVICE AvgWindow window(int64_t o) const {
     if (kernel == 0) {
-      const int64_t lo = o * size / out_size, hi = ceil_div_nonneg((o + 1) * size, out_size);
-      return {lo, hi, hi - lo};
+      const int64_t lo = o * size / out_size, hi = ceil_div((o + 1) * size, out_size);
+      return {{lo, hi}, hi - lo};
     }
     const int64_t start = o * stride - pad, end = min64(start + kernel, size + pad);
-    return {max64(start, 0), min64(end, size), end - start};
+    return {{max64(start, 0), min64(end, size)}, end - start};
   }
   C10_HOST_DEVICE Span covering(int64_t i) const {
     if (kernel == 0) {
-      return {i * out_size / size, min64(out_size, ceil_div_nonneg((i + 1) * out_size, size)), 0};
+      return {i * out_size / size, min64(out_size, ceil_div((i + 1) * out_size, size))};
     }
     const int64_t reach = i + pad - kernel;  // o * stride > reach
     const int64_t lo = reach < 0 ? 0 : by_stride.div(reach) + 1;
-    return {lo, max64(lo, min64(out_size, by_stride.div(i + pad) + 1)), 0};
+    return {lo, max64(lo, min64(out_size, by_stride.div(i + pad) + 1))};
   }
 };
 using AvgAxis = AvgAxisOf<PlainDivider>;
@@ -95,9 +100,9 @@ struct AvgDivisor {
   bool count_include_pad;
   int64_t divisor_override;  // 0: none
 
-  C10_HOST_DEVICE int64_t operator()(const Span& rows, const Span& cols) const {
+  C10_HOST_DEVICE int64_t operator()(const AvgWindow& rows, const AvgWindow& cols) const {
     if (divisor_override != 0) return divisor_override;
-    if (count_include_pad) return rows.padded * cols.padded;
+    if (count_include_pad) return rows.length_with_padding * cols.length_with_padding;
     return (rows.hi - rows.lo) * (cols.hi - cols.lo);
   }
 };

@@ -18,7 +18,7 @@ namespace {
 // One grad_input row at a time: the rows of shares whose windows cover it are summed (contiguous),
 // spread over the window columns into the row's stride phases (contiguous adds), and the phases
 // interleaved into the row. Each element is written once: no zero fill and no strided
-// read-modify-write, which had dominated the 3x3 stride-2 backward.
+// read-modify-write (which had dominated the 3x3 stride-2 backward).
 template <typename scalar_t>
 void avg_backward_nchw_gather_rows(const scalar_t* dy, scalar_t* dx, const Pool2dGeometry& g,
                                    const AvgWindows<scalar_t>& windows) {
@@ -35,7 +35,7 @@ void avg_backward_nchw_gather_rows(const scalar_t* dy, scalar_t* dx, const Pool2
       lo = std::min(lo, oh);
       hi = oh + 1;
     }
-    covering_rows[ih] = {lo, std::max(lo, hi), 0};
+    covering_rows[ih] = {lo, std::max(lo, hi)};
   }
   const int64_t phase_len = ceil_div(W, stride);
   at::parallel_for(0, g.batch * g.channels, grain_for(H * W), [&](int64_t begin, int64_t end) {
@@ -86,7 +86,8 @@ void avg_backward_nchw_scatter(const scalar_t* dy, scalar_t* dx, const Pool2dGeo
         if constexpr (k2x2Tiling) {
           scalar_t* __restrict__ a = dst + 2 * oh * W;
           scalar_t* __restrict__ b = a + W;
-          for (int64_t ow = 0; ow < OW; ++ow) a[2 * ow] = a[2 * ow + 1] = b[2 * ow] = b[2 * ow + 1] = share[ow];
+          for (int64_t ow = 0; ow < OW; ++ow)
+            a[2 * ow] = a[2 * ow + 1] = b[2 * ow] = b[2 * ow + 1] = share[ow];
         } else {
           const Span r = windows.rows[oh];
           for (int64_t ih = r.lo; ih < r.hi; ++ih) {

@@ -20,8 +20,9 @@ namespace {
 // Sum of channels [c0, c0 + len) over the window's pixels (rows x cols of one sample (H, W, C)),
 // times `scale`, into out[c0, c0 + len). kBlockLength as in max_pixel_block.
 template <int64_t kBlockLength, typename scalar_t, typename opmath_t>
-CNNEXT_NO_MEMSET_IDIOM void average_pixel_block(const scalar_t* x, scalar_t* out, Span rows, Span cols, int64_t W,
-                                                int64_t C, int64_t c0, int64_t len, opmath_t scale) {
+CNNEXT_NO_MEMSET_IDIOM void average_pixel_block(const scalar_t* x, scalar_t* out, Span rows, Span cols,
+                                                int64_t W, int64_t C, int64_t c0, int64_t len,
+                                                opmath_t scale) {
   constexpr int64_t kCapacity = kBlockLength ? kBlockLength : kChannelBlock;
   const int64_t n = kBlockLength ? kBlockLength : len;
   opmath_t sum[kCapacity];
@@ -107,7 +108,8 @@ void avg_forward_nchw_2x2_tiling(const scalar_t* x, scalar_t* out, const Pool2dG
         const opmath_t* __restrict__ row_scale = windows.scale.data() + oh * OW;
         for (int64_t ow = 0; ow < OW; ++ow) {
           const opmath_t left = opmath_t(a[2 * ow]) + opmath_t(b[2 * ow]);
-          dst[ow] = static_cast<scalar_t>((left + (opmath_t(a[2 * ow + 1]) + opmath_t(b[2 * ow + 1]))) * row_scale[ow]);
+          dst[ow] = static_cast<scalar_t>((left + (opmath_t(a[2 * ow + 1]) + opmath_t(b[2 * ow + 1]))) *
+                                          row_scale[ow]);
         }
       }
     }
@@ -119,7 +121,7 @@ void avg_forward_nchw_2x2_tiling(const scalar_t* x, scalar_t* out, const Pool2dG
 // column over all outputs (contiguous).
 template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
 void avg_forward_nchw_separable(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g,
-                                                       const AvgWindows<opmath_t>& windows) {
+                                const AvgWindows<opmath_t>& windows) {
   const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w;
   const auto columns = window_columns(g);
   at::parallel_for(0, g.batch * g.channels, grain_for(H * W), [&](int64_t begin, int64_t end) {
@@ -158,7 +160,7 @@ void avg_forward_nchw_separable(const scalar_t* x, scalar_t* out, const Pool2dGe
 
 template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
 void avg_forward_nchw_adaptive(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g,
-                                                      const AvgWindows<opmath_t>& windows) {
+                               const AvgWindows<opmath_t>& windows) {
   const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w;
   at::parallel_for(0, g.batch * g.channels, grain_for(H * W), [&](int64_t begin, int64_t end) {
     std::vector<opmath_t> sum_row(OW);
@@ -223,8 +225,11 @@ void avg_forward_channels_last_blocks(const scalar_t* x, scalar_t* out, const Po
     const scalar_t* sample = x + n * H * W * C;
     scalar_t* dst = out + ((n * OH + oh) * OW + ow) * C;
     for_channel_blocks(
-        C, [&](int64_t c0) { average_pixel_block<kChannelBlock>(sample, dst, r, c, W, C, c0, 0, pixel_scale); },
-        [&](int64_t c0, int64_t len) { average_pixel_block<0>(sample, dst, r, c, W, C, c0, len, pixel_scale); });
+        C,
+        [&](int64_t c0) { average_pixel_block<kChannelBlock>(sample, dst, r, c, W, C, c0, 0, pixel_scale); },
+        [&](int64_t c0, int64_t len) {
+          average_pixel_block<0>(sample, dst, r, c, W, C, c0, len, pixel_scale);
+        });
   });
 }
 

@@ -23,14 +23,17 @@
 #include "pool2d/cpu/variants.h"
 #include "pool2d/pool2d_window.h"
 
-#include "cpu_isa_target.h"  // last among the includes: the code below is compiled for this build's level
+#include "cpu_isa_target.h"  // last include: what follows is compiled for this build's level
 
-// The loops, which include nothing themselves (everything they use is above).
+// The loops, which include nothing themselves (everything they use is above), in this order: each
+// uses what the ones before it define.
+// clang-format off
 #include "pool2d/cpu/loops_common.h"
 #include "pool2d/cpu/max_forward.h"
 #include "pool2d/cpu/max_backward.h"
 #include "pool2d/cpu/avg_forward.h"
 #include "pool2d/cpu/avg_backward.h"
+// clang-format on
 
 namespace cnnext {
 namespace {
@@ -96,8 +99,8 @@ void max_backward_loop(Pool2dCpuVariant variant, const at::Tensor& dy, const at:
   });
 }
 
-void avg_forward_loop(Pool2dCpuVariant variant, const at::Tensor& x, const at::Tensor& out, const Pool2dGeometry& g,
-                      AvgDivisor divisor) {
+void avg_forward_loop(Pool2dCpuVariant variant, const at::Tensor& x, const at::Tensor& out,
+                      const Pool2dGeometry& g, AvgDivisor divisor) {
   using V = Pool2dCpuVariant;
   CNNEXT_DISPATCH_CPU_TYPES(x.scalar_type(), "avg_pool2d_forward_cpu", [&] {
     const AvgWindows<at::opmath_type<scalar_t>> windows(g, divisor);

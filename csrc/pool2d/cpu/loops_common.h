@@ -52,8 +52,8 @@ void for_channel_slices(int64_t batch, int64_t channels, const Fn& fn) {
 
 // The window of every output position along one axis, computed once per call.
 template <typename Fn>
-std::vector<Span> spans_of(int64_t out_size, const Fn& fn) {
-  std::vector<Span> spans(out_size);
+auto spans_of(int64_t out_size, const Fn& fn) {
+  std::vector<decltype(fn(int64_t{0}))> spans(out_size);
   for (int64_t o = 0; o < out_size; ++o) spans[o] = fn(o);
   return spans;
 }
@@ -94,8 +94,8 @@ std::vector<WindowColumn> window_columns(const Pool2dGeometry& g) {
 // dst[p * pitch + j] = line[j * stride + p] for every column of the line with j < limit: a row
 // split by stride phase. The stride-2 split is a two-way deinterleave the compiler vectorises.
 template <typename scalar_t>
-void split_into_phases(const scalar_t* __restrict__ line, int64_t width, int64_t stride, scalar_t* __restrict__ dst,
-                       int64_t pitch, int64_t limit) {
+void split_into_phases(const scalar_t* __restrict__ line, int64_t width, int64_t stride,
+                       scalar_t* __restrict__ dst, int64_t pitch, int64_t limit) {
   if (stride == 1) {
     std::copy(line, line + std::min(width, limit), dst);
     return;
@@ -191,7 +191,7 @@ inline scalar_t keep_if(scalar_t v, bool keep) {
 // (rounding differs from a true division by at most one ulp).
 template <typename value_t>
 struct AvgWindows {
-  std::vector<Span> rows, cols;
+  std::vector<AvgWindow> rows, cols;
   std::vector<value_t> scale;  // (OH, OW)
 
   AvgWindows(const Pool2dGeometry& g, AvgDivisor divisor) {

@@ -41,9 +41,10 @@ class TapDecoder {
   int64_t position(int64_t row0, int64_t col0, uint8_t tap) const {
     const bool in_kernel = tap < static_cast<int64_t>(row_.size());
     const int64_t ih = row0 + (in_kernel ? row_[tap] : 0), iw = col0 + (in_kernel ? col_[tap] : 0);
-    TORCH_CHECK(in_kernel && ih >= 0 && ih < g_.in_h && iw >= 0 && iw < g_.in_w, "_max_pool2d_backward: window tap ",
-                int(tap), " of the ", g_.kernel_h, "x", g_.kernel_w, " window at (", row0, ", ", col0,
-                ") is outside the kernel or the ", g_.in_h, "x", g_.in_w, " input");
+    TORCH_CHECK(in_kernel && ih >= 0 && ih < g_.in_h && iw >= 0 && iw < g_.in_w,
+                "_max_pool2d_backward: window tap ", int(tap), " of the ", g_.kernel_h, "x", g_.kernel_w,
+                " window at (", row0, ", ", col0, ") is outside the kernel or the ", g_.in_h, "x", g_.in_w,
+                " input");
     return ih * g_.in_w + iw;
   }
 
@@ -55,8 +56,8 @@ class TapDecoder {
 // One output row of 2x2 tiling windows over rows a and b: each gradient goes to its window's
 // argmax tap, zeros to the other three; every input is written once (no zero fill, no scatter).
 template <typename scalar_t>
-void scatter_2x2_row(const scalar_t* __restrict__ dy, const uint8_t* __restrict__ taps, scalar_t* __restrict__ a,
-                     scalar_t* __restrict__ b, int64_t OW) {
+void scatter_2x2_row(const scalar_t* __restrict__ dy, const uint8_t* __restrict__ taps,
+                     scalar_t* __restrict__ a, scalar_t* __restrict__ b, int64_t OW) {
   uint8_t worst = 0;
   for (int64_t ow = 0; ow < OW; ++ow) {
     const uint8_t tap = taps[ow];
@@ -67,11 +68,13 @@ void scatter_2x2_row(const scalar_t* __restrict__ dy, const uint8_t* __restrict_
     b[2 * ow] = keep_if(v, tap == 2);
     b[2 * ow + 1] = keep_if(v, tap == 3);
   }
-  TORCH_CHECK(worst < 4, "_max_pool2d_backward: window tap ", int(worst), " is outside the 2x2 kernel's 4 taps");
+  TORCH_CHECK(worst < 4, "_max_pool2d_backward: window tap ", int(worst),
+              " is outside the 2x2 kernel's 4 taps");
 }
 
 template <typename scalar_t>
-void max_backward_nchw_2x2_tiling(const scalar_t* dy, const uint8_t* taps, scalar_t* dx, const Pool2dGeometry& g) {
+void max_backward_nchw_2x2_tiling(const scalar_t* dy, const uint8_t* taps, scalar_t* dx,
+                                  const Pool2dGeometry& g) {
   const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w;
   const bool covers_input = 2 * OH == H && 2 * OW == W;  // else an odd last row or column stays zero
   at::parallel_for(0, g.batch * g.channels, grain_for(H * W), [&](int64_t begin, int64_t end) {
@@ -88,7 +91,8 @@ void max_backward_nchw_2x2_tiling(const scalar_t* dy, const uint8_t* taps, scala
 
 // The NCHW scatters: index_t uint8_t (window taps, decoded and checked) or int64_t (positions).
 template <typename index_t, typename scalar_t>
-void max_backward_nchw_scatter(const scalar_t* dy, const index_t* indices, scalar_t* dx, const Pool2dGeometry& g) {
+void max_backward_nchw_scatter(const scalar_t* dy, const index_t* indices, scalar_t* dx,
+                               const Pool2dGeometry& g) {
   const int64_t HW = g.in_h * g.in_w, OH = g.out_h, OW = g.out_w, OHW = OH * OW;
   const TapDecoder decoder(g);
   at::parallel_for(0, g.batch * g.channels, grain_for(HW), [&](int64_t begin, int64_t end) {
@@ -165,7 +169,7 @@ void max_backward_channels_last_tap_select(const scalar_t* dy, const uint8_t* ta
         if (stray != 0) {
           for (int64_t ch = 0; ch < len; ++ch)
             if (hits[ch] != 1) decoder.position(decoder.row0(oh), decoder.col0(ow), tap[ch]);  // throws
-          TORCH_CHECK(false, "_max_pool2d_backward: window taps matched no input");  // unreachable
+          TORCH_CHECK(false, "_max_pool2d_backward: window taps matched no input");            // unreachable
         }
       }
     }

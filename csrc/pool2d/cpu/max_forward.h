@@ -31,9 +31,9 @@ inline bool replaces_max(scalar_t v, scalar_t best) {
 // kBlockLength is the block length when known at compile time (every block but a short last one),
 // 0 when it is `len`. The argmax runs in int32, beside the float lanes.
 template <int64_t kBlockLength, typename index_t, typename scalar_t, typename Position>
-void max_pixel_block(const scalar_t* x, scalar_t* __restrict__ best_out, index_t* __restrict__ arg_out, Span rows,
-                     Span cols, const Position& position, int64_t kernel_w, int64_t C, int64_t c0, int64_t len,
-                     int32_t first) {
+void max_pixel_block(const scalar_t* x, scalar_t* __restrict__ best_out, index_t* __restrict__ arg_out,
+                     Span rows, Span cols, const Position& position, int64_t kernel_w, int64_t C, int64_t c0,
+                     int64_t len, int32_t first) {
   constexpr int64_t kCapacity = kBlockLength ? kBlockLength : kChannelBlock;
   const int64_t n = kBlockLength ? kBlockLength : len;
   scalar_t best[kCapacity];
@@ -136,7 +136,8 @@ class MaxPlaneFold {
         std::copy(v, v + folded_size_, row_best_.data());
         if constexpr (kWithWinners) std::fill(row_win_.begin(), row_win_.end(), 0);
       } else {
-        fold_max<kWithWinners>(row_best_.data(), row_win_.data(), v, nullptr, static_cast<int32_t>(u), folded_size_);
+        fold_max<kWithWinners>(row_best_.data(), row_win_.data(), v, nullptr, static_cast<int32_t>(u),
+                               folded_size_);
       }
     }
     const int64_t outputs = g_.out_h * pitch_;
@@ -145,10 +146,11 @@ class MaxPlaneFold {
       const int32_t label = static_cast<int32_t>(t * g_.kernel_w);
       if (t == 0) {
         std::copy(row_best_.data() + start, row_best_.data() + start + outputs, best_.data());
-        if constexpr (kWithWinners) std::copy(row_win_.data() + start, row_win_.data() + start + outputs, win_.data());
+        if constexpr (kWithWinners)
+          std::copy(row_win_.data() + start, row_win_.data() + start + outputs, win_.data());
       } else {
-        fold_max<kWithWinners>(best_.data(), win_.data(), row_best_.data() + start, row_win_.data() + start, label,
-                               outputs);
+        fold_max<kWithWinners>(best_.data(), win_.data(), row_best_.data() + start, row_win_.data() + start,
+                               label, outputs);
       }
     }
   }
@@ -167,8 +169,8 @@ class MaxPlaneFold {
     const int64_t width = pitch_ - col_pad_;  // columns a window can read, per phase
     // Every input row fits: phase_rows_ >= row_pad_ + ceil(H / sh).
     for (int64_t ih = 0, q = 0, row = row_pad_; ih < H; ++ih) {
-      split_into_phases(x + ih * W, W, sw, packed_.data() + (q * phase_rows_ + row) * pitch_ + col_pad_, phase_size_,
-                        width);
+      split_into_phases(x + ih * W, W, sw, packed_.data() + (q * phase_rows_ + row) * pitch_ + col_pad_,
+                        phase_size_, width);
       if (++q == sh) {  // next row phase, or back to phase 0 one row down
         q = 0;
         ++row;
@@ -222,7 +224,8 @@ class NchwArgmaxRows {
     } else if constexpr (kTracksArgmax<index_t>) {
       int64_t* argmax = indices + (plane * g_.out_h + oh) * OW;
       const int64_t origin = rows_.position(oh, 0) * g_.in_w + cols_.position(0, 0);
-      for (int64_t ow = 0; ow < OW; ++ow) argmax[ow] = origin + ow * g_.stride_w + tap_input_offset_[winner[ow]];
+      for (int64_t ow = 0; ow < OW; ++ow)
+        argmax[ow] = origin + ow * g_.stride_w + tap_input_offset_[winner[ow]];
     }
   }
 
@@ -233,7 +236,8 @@ class NchwArgmaxRows {
 };
 
 template <typename index_t, typename scalar_t>
-void max_forward_nchw_2x2_tiling(const scalar_t* x, scalar_t* out, index_t* indices, const Pool2dGeometry& g) {
+void max_forward_nchw_2x2_tiling(const scalar_t* x, scalar_t* out, index_t* indices,
+                                 const Pool2dGeometry& g) {
   const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w;
   const NchwArgmaxRows<index_t> argmax(g);
   at::parallel_for(0, g.batch * g.channels, grain_for(H * W), [&](int64_t begin, int64_t end) {
@@ -241,8 +245,8 @@ void max_forward_nchw_2x2_tiling(const scalar_t* x, scalar_t* out, index_t* indi
     for (int64_t plane = begin; plane < end; ++plane) {
       const scalar_t* src = x + plane * H * W;
       for (int64_t oh = 0; oh < OH; ++oh) {
-        max_2x2_row<kTracksArgmax<index_t>>(src + 2 * oh * W, src + (2 * oh + 1) * W, out + (plane * OH + oh) * OW,
-                                            winner.data(), OW);
+        max_2x2_row<kTracksArgmax<index_t>>(src + 2 * oh * W, src + (2 * oh + 1) * W,
+                                            out + (plane * OH + oh) * OW, winner.data(), OW);
         argmax.record(winner.data(), indices, plane, oh);
       }
     }
@@ -250,7 +254,8 @@ void max_forward_nchw_2x2_tiling(const scalar_t* x, scalar_t* out, index_t* indi
 }
 
 template <typename index_t, typename scalar_t>
-void max_forward_nchw_plane_fold(const scalar_t* x, scalar_t* out, index_t* indices, const Pool2dGeometry& g) {
+void max_forward_nchw_plane_fold(const scalar_t* x, scalar_t* out, index_t* indices,
+                                 const Pool2dGeometry& g) {
   constexpr bool kWithIndices = kTracksArgmax<index_t>;
   const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w;
   const MaxAxis rows = max_rows(g), cols = max_cols(g);
@@ -278,41 +283,44 @@ void max_forward_nchw_plane_fold(const scalar_t* x, scalar_t* out, index_t* indi
 }
 
 template <typename index_t, typename scalar_t>
-void max_forward_channels_last_blocks(const scalar_t* x, scalar_t* out, index_t* indices, const Pool2dGeometry& g) {
+void max_forward_channels_last_blocks(const scalar_t* x, scalar_t* out, index_t* indices,
+                                      const Pool2dGeometry& g) {
   const MaxAxis rows = max_rows(g), cols = max_cols(g);
   // The window taps inside the input, per output row and column.
   const auto inside_rows = spans_of(g.out_h, [&](int64_t o) { return rows.taps(o); });
   const auto inside_cols = spans_of(g.out_w, [&](int64_t o) { return cols.taps(o); });
   const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, C = g.channels;
-  at::parallel_for(0, g.batch * OH, grain_for(OW * C * g.kernel_h * g.kernel_w), [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / OH, oh = task % OH;
-      const Span r = inside_rows[oh];
-      for (int64_t ow = 0; ow < OW; ++ow) {
-        const Span c = inside_cols[ow];
-        scalar_t* best = out + ((n * OH + oh) * OW + ow) * C;  // (C)
-        index_t* arg = nullptr;                                 // (C)
-        if constexpr (kTracksArgmax<index_t>) arg = indices + ((n * OH + oh) * OW + ow) * C;
-        // Argmax of a window that never beats -inf: its first tap inside the input, as native.
-        const int32_t first = static_cast<int32_t>(kRecordsTaps<index_t>
-                                                       ? r.lo * g.kernel_w + c.lo
-                                                       : rows.position(oh, r.lo) * W + cols.position(ow, c.lo));
-        // Plane index of window tap (t, u).
-        const auto position = [&](int64_t t, int64_t u) {
-          return static_cast<int32_t>(rows.position(oh, t) * W + cols.position(ow, u));
-        };
-        const scalar_t* sample = x + n * H * W * C;
-        for_channel_blocks(
-            C,
-            [&](int64_t c0) {
-              max_pixel_block<kChannelBlock>(sample, best, arg, r, c, position, g.kernel_w, C, c0, 0, first);
-            },
-            [&](int64_t c0, int64_t len) {
-              max_pixel_block<0>(sample, best, arg, r, c, position, g.kernel_w, C, c0, len, first);
-            });
-      }
-    }
-  });
+  at::parallel_for(
+      0, g.batch * OH, grain_for(OW * C * g.kernel_h * g.kernel_w), [&](int64_t begin, int64_t end) {
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t n = task / OH, oh = task % OH;
+          const Span r = inside_rows[oh];
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            const Span c = inside_cols[ow];
+            scalar_t* best = out + ((n * OH + oh) * OW + ow) * C;  // (C)
+            index_t* arg = nullptr;                                // (C)
+            if constexpr (kTracksArgmax<index_t>) arg = indices + ((n * OH + oh) * OW + ow) * C;
+            // Argmax of a window that never beats -inf: its first tap inside the input, as native.
+            const int32_t first = static_cast<int32_t>(kRecordsTaps<index_t> ? r.lo * g.kernel_w + c.lo
+                                                                             : rows.position(oh, r.lo) * W +
+                                                                                   cols.position(ow, c.lo));
+            // Plane index of window tap (t, u).
+            const auto position = [&](int64_t t, int64_t u) {
+              return static_cast<int32_t>(rows.position(oh, t) * W + cols.position(ow, u));
+            };
+            const scalar_t* sample = x + n * H * W * C;
+            for_channel_blocks(
+                C,
+                [&](int64_t c0) {
+                  max_pixel_block<kChannelBlock>(sample, best, arg, r, c, position, g.kernel_w, C, c0, 0,
+                                                 first);
+                },
+                [&](int64_t c0, int64_t len) {
+                  max_pixel_block<0>(sample, best, arg, r, c, position, g.kernel_w, C, c0, len, first);
+                });
+          }
+        }
+      });
 }
 
 }  // namespace

@@ -8,32 +8,41 @@ namespace {
 
 // In the order of Pool2dCpuVariant.
 CpuVariant table[] = {
-    {"max_pool2d_forward", "nchw_2x2_tiling", "NCHW, 2x2 windows at stride 2 tiling the input: two rows in one pass"},
+    {"max_pool2d_forward", "nchw_2x2_tiling",
+     "NCHW, 2x2 windows at stride 2 tiling the input: two rows in one pass"},
     {"max_pool2d_forward", "nchw_plane_fold",
      "NCHW, any other window: the plane split by stride phase, windows folded over whole planes"},
-    {"max_pool2d_forward", "channels_last_blocks", "channels_last: blocks of channels in registers per window"},
+    {"max_pool2d_forward", "channels_last_blocks",
+     "channels_last: blocks of channels in registers per window"},
     {"max_pool2d_backward", "nchw_2x2_tiling",
      "NCHW, uint8 window taps, 2x2 tiling windows: every input written once, no zero fill"},
-    {"max_pool2d_backward", "nchw_tap_scatter", "NCHW, uint8 window taps, any other window: zero fill, then scatter"},
+    {"max_pool2d_backward", "nchw_tap_scatter",
+     "NCHW, uint8 window taps, any other window: zero fill, then scatter"},
     {"max_pool2d_backward", "nchw_position_scatter", "NCHW, int64 plane positions: zero fill, then scatter"},
     {"max_pool2d_backward", "channels_last_tap_select",
      "channels_last, uint8 window taps: per window tap, a branch-free select over the channels"},
     {"max_pool2d_backward", "channels_last_position_scatter",
      "channels_last, int64 plane positions: zero fill, then scatter per channel"},
     {"avg_pool2d_forward", "nchw_global", "NCHW, adaptive to 1x1: one sum per plane, four planes at a time"},
-    {"avg_pool2d_forward", "channels_last_global", "channels_last, adaptive to 1x1: one pass over each sample"},
-    {"avg_pool2d_forward", "nchw_2x2_tiling", "NCHW, 2x2 windows at stride 2 tiling the input: two rows in one pass"},
+    {"avg_pool2d_forward", "channels_last_global",
+     "channels_last, adaptive to 1x1: one pass over each sample"},
+    {"avg_pool2d_forward", "nchw_2x2_tiling",
+     "NCHW, 2x2 windows at stride 2 tiling the input: two rows in one pass"},
     {"avg_pool2d_forward", "nchw_separable",
      "NCHW, any other fixed window: window rows summed, then window columns over stride phases"},
     {"avg_pool2d_forward", "nchw_adaptive", "NCHW, adaptive to more than 1x1: each window summed directly"},
-    {"avg_pool2d_forward", "channels_last_2x2_tiling", "channels_last, 2x2 windows at stride 2 tiling the input"},
+    {"avg_pool2d_forward", "channels_last_2x2_tiling",
+     "channels_last, 2x2 windows at stride 2 tiling the input"},
     {"avg_pool2d_forward", "channels_last_blocks",
      "channels_last, any other window (adaptive too): blocks of channels in registers per window"},
     {"avg_pool2d_backward", "nchw_gather_rows",
      "NCHW, fixed windows other than the 2x2 tiling: each input row gathered once, no zero fill"},
-    {"avg_pool2d_backward", "nchw_2x2_tiling", "NCHW, 2x2 tiling windows: each share written to its four inputs"},
-    {"avg_pool2d_backward", "nchw_adaptive_scatter", "NCHW, adaptive windows: zero fill, then scatter row by row"},
-    {"avg_pool2d_backward", "channels_last_scatter", "channels_last, any window: zero fill, then scatter per pixel"},
+    {"avg_pool2d_backward", "nchw_2x2_tiling",
+     "NCHW, 2x2 tiling windows: each share written to its four inputs"},
+    {"avg_pool2d_backward", "nchw_adaptive_scatter",
+     "NCHW, adaptive windows: zero fill, then scatter row by row"},
+    {"avg_pool2d_backward", "channels_last_scatter",
+     "channels_last, any window: zero fill, then scatter per pixel"},
 };
 static_assert(sizeof(table) / sizeof(table[0]) == static_cast<size_t>(Pool2dCpuVariant::kCount),
               "one table entry per Pool2dCpuVariant");
@@ -53,7 +62,8 @@ Pool2dCpuVariant choose_max_forward(const Pool2dGeometry& g, bool channels_last)
 
 Pool2dCpuVariant choose_max_backward(const Pool2dGeometry& g, bool channels_last, bool taps) {
   using V = Pool2dCpuVariant;
-  if (channels_last) return counted(taps ? V::kMaxBackwardChannelsLastTapSelect : V::kMaxBackwardChannelsLastPositionScatter);
+  if (channels_last)
+    return counted(taps ? V::kMaxBackwardChannelsLastTapSelect : V::kMaxBackwardChannelsLastPositionScatter);
   if (!taps) return counted(V::kMaxBackwardNchwPositionScatter);
   return counted(is_2x2_tiling(g) ? V::kMaxBackwardNchw2x2Tiling : V::kMaxBackwardNchwTapScatter);
 }
@@ -67,10 +77,10 @@ Pool2dCpuVariant choose_avg_forward(const Pool2dGeometry& g, bool channels_last)
                    : tiling ? V::kAvgForwardChannelsLast2x2Tiling
                             : V::kAvgForwardChannelsLastBlocks);
   }
-  return counted(global              ? V::kAvgForwardNchwGlobal
-                 : tiling            ? V::kAvgForwardNchw2x2Tiling
-                 : is_adaptive(g)    ? V::kAvgForwardNchwAdaptive
-                                     : V::kAvgForwardNchwSeparable);
+  return counted(global           ? V::kAvgForwardNchwGlobal
+                 : tiling         ? V::kAvgForwardNchw2x2Tiling
+                 : is_adaptive(g) ? V::kAvgForwardNchwAdaptive
+                                  : V::kAvgForwardNchwSeparable);
 }
 
 Pool2dCpuVariant choose_avg_backward(const Pool2dGeometry& g, bool channels_last) {

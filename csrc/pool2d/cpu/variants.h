@@ -46,8 +46,8 @@ enum class Pool2dCpuVariant : int {
 // 2x2 windows at stride 2 without padding or dilation, each inside the input (the pooling between
 // CNN stages): the windows tile the input, two rows at a time.
 inline bool is_2x2_tiling(const Pool2dGeometry& g) {
-  return g.kernel_h == 2 && g.kernel_w == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 && g.pad_w == 0 &&
-         g.dil_h == 1 && g.dil_w == 1 && 2 * g.out_h <= g.in_h && 2 * g.out_w <= g.in_w;
+  return g.kernel_h == 2 && g.kernel_w == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 &&
+         g.pad_w == 0 && g.dil_h == 1 && g.dil_w == 1 && 2 * g.out_h <= g.in_h && 2 * g.out_w <= g.in_w;
 }
 
 // Adaptive average pooling: its geometry has no kernel or stride (AvgAxis: kernel 0).
@@ -67,8 +67,8 @@ struct Pool2dCpuLoops {
                       const at::Tensor& indices, const Pool2dGeometry& g);
   void (*max_backward)(Pool2dCpuVariant variant, const at::Tensor& dy, const at::Tensor& indices,
                        const at::Tensor& dx, const Pool2dGeometry& g);
-  void (*avg_forward)(Pool2dCpuVariant variant, const at::Tensor& x, const at::Tensor& out, const Pool2dGeometry& g,
-                      AvgDivisor divisor);
+  void (*avg_forward)(Pool2dCpuVariant variant, const at::Tensor& x, const at::Tensor& out,
+                      const Pool2dGeometry& g, AvgDivisor divisor);
   void (*avg_backward)(Pool2dCpuVariant variant, const at::Tensor& dy, const at::Tensor& dx,
                        const Pool2dGeometry& g, AvgDivisor divisor);
 };

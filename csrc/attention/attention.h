@@ -44,10 +44,10 @@ struct AttentionGeometry {
 
 // What scaled_dot_product_attention adds to q, k, v, scale and causal.
 struct AttentionOptions {
-  at::Tensor bias;          // undefined, or additive scores as a (B, H, Lq, Lk) view of q's dtype
-  double dropout_p = 0.0;   // probability of zeroing an attention weight; 0: no dropout
-  int64_t seed = 0, offset = 0;  // the dropout mask's Philox key and counter offset
-  bool gqa = false;         // k and v may have fewer heads than q (grouped-query attention)
+  at::Tensor bias;                   // undefined, or additive scores as a (B, H, Lq, Lk) view of q's dtype
+  double dropout_p = 0.0;            // probability of zeroing an attention weight; 0: no dropout
+  int64_t seed = 0, offset = 0;      // the dropout mask's Philox key and counter offset
+  bool gqa = false;                  // k and v may have fewer heads than q (grouped-query attention)
   bool bias_has_nan_or_inf = false;  // a NaN or +inf in the bias (which makes its rows NaN); CPU only
 
   bool dropout() const { return dropout_p > 0.0; }
@@ -57,12 +57,13 @@ struct AttentionOptions {
 // equal or grouped as options.gqa allows), the bias and the dropout probability, and resolves the
 // scale (default 1/sqrt(E)).
 AttentionGeometry attention_geometry(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                     std::optional<double> scale, bool causal, const AttentionOptions& options);
+                                     std::optional<double> scale, bool causal,
+                                     const AttentionOptions& options);
 
 // The same for the backward op, plus grad_out, out and lse against q's and v's shapes.
-AttentionGeometry attention_backward_geometry(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
-                                              const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-                                              std::optional<double> scale, bool causal,
+AttentionGeometry attention_backward_geometry(const at::Tensor& grad_out, const at::Tensor& q,
+                                              const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                                              const at::Tensor& lse, std::optional<double> scale, bool causal,
                                               const AttentionOptions& options);
 
 using AttentionOutputs = std::tuple<at::Tensor, at::Tensor>;
@@ -75,12 +76,14 @@ AttentionOptions attention_options(const std::optional<at::Tensor>& bias, double
 
 // The operators (schemas in operator_schemas.h): forward, and backward with bias_grad asking for dBias.
 AttentionOutputs attention_forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                       std::optional<double> scale, bool causal, const std::optional<at::Tensor>& bias,
-                                       double dropout_p, const std::optional<at::Tensor>& dropout_rng, bool gqa);
+                                       std::optional<double> scale, bool causal,
+                                       const std::optional<at::Tensor>& bias, double dropout_p,
+                                       const std::optional<at::Tensor>& dropout_rng, bool gqa);
 AttentionGrads attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
                                       const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-                                      std::optional<double> scale, bool causal, const std::optional<at::Tensor>& bias,
-                                      double dropout_p, const std::optional<at::Tensor>& dropout_rng, bool gqa, bool bias_grad);
+                                      std::optional<double> scale, bool causal,
+                                      const std::optional<at::Tensor>& bias, double dropout_p,
+                                      const std::optional<at::Tensor>& dropout_rng, bool gqa, bool bias_grad);
 #ifdef CNNEXT_WITH_CUDA
 AttentionOutputs attention_forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                         std::optional<double> scale, bool causal,
@@ -90,7 +93,8 @@ AttentionGrads attention_backward_cuda(const at::Tensor& grad_out, const at::Ten
                                        const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                                        std::optional<double> scale, bool causal,
                                        const std::optional<at::Tensor>& bias, double dropout_p,
-                                       const std::optional<at::Tensor>& dropout_rng, bool gqa, bool bias_grad);
+                                       const std::optional<at::Tensor>& dropout_rng, bool gqa,
+                                       bool bias_grad);
 #endif
 
 }  // namespace cnnext

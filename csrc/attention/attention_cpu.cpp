@@ -49,8 +49,9 @@ bool has_nan_or_inf(const at::Tensor& bias) {
 }  // namespace
 
 AttentionOutputs attention_forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                       std::optional<double> scale, bool causal, const std::optional<at::Tensor>& bias,
-                                       double dropout_p, const std::optional<at::Tensor>& dropout_rng, bool gqa) {
+                                       std::optional<double> scale, bool causal,
+                                       const std::optional<at::Tensor>& bias, double dropout_p,
+                                       const std::optional<at::Tensor>& dropout_rng, bool gqa) {
   auto options = attention_options(bias, dropout_p, dropout_rng, gqa);
   const auto g = attention_geometry(q, k, v, scale, causal, options);
   check_cpu(q, "attention: q");
@@ -58,14 +59,17 @@ AttentionOutputs attention_forward_cpu(const at::Tensor& q, const at::Tensor& k,
   auto out = at::empty({g.batch, g.heads, g.q_len, g.v_dim}, q.options());
   auto lse = at::empty({g.batch, g.heads, g.q_len}, q.options());
   if (out.numel() == 0) return {out, lse};
-  loops().forward(with_contiguous_rows(q), with_contiguous_rows(k), with_contiguous_rows(v), out, lse, g, options);
+  loops().forward(with_contiguous_rows(q), with_contiguous_rows(k), with_contiguous_rows(v), out, lse, g,
+                  options);
   return {out, lse};
 }
 
 AttentionGrads attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
                                       const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-                                      std::optional<double> scale, bool causal, const std::optional<at::Tensor>& bias,
-                                      double dropout_p, const std::optional<at::Tensor>& dropout_rng, bool gqa, bool bias_grad) {
+                                      std::optional<double> scale, bool causal,
+                                      const std::optional<at::Tensor>& bias, double dropout_p,
+                                      const std::optional<at::Tensor>& dropout_rng, bool gqa,
+                                      bool bias_grad) {
   const auto options = attention_options(bias, dropout_p, dropout_rng, gqa);
   const auto g = attention_backward_geometry(grad_out, q, k, v, out, lse, scale, causal, options);
   check_cpu(q, "_attention_backward: q");
@@ -73,10 +77,13 @@ AttentionGrads attention_backward_cpu(const at::Tensor& grad_out, const at::Tens
   auto dk = at::empty({g.batch, g.kv_heads, g.k_len, g.head_dim}, q.options());
   auto dv = at::empty({g.batch, g.kv_heads, g.k_len, g.v_dim}, q.options());
   // Zero: causal blocks the backward never visits keep their zero gradient.
-  auto dbias = bias_grad ? at::zeros({g.batch, g.heads, g.q_len, g.k_len}, q.options()) : at::empty({0}, q.options());
-  if (dq.numel() == 0 || dk.numel() == 0 || dv.numel() == 0) return AttentionGrads{dq.zero_(), dk.zero_(), dv.zero_(), dbias};
-  loops().backward(grad_out.contiguous(), with_contiguous_rows(q), with_contiguous_rows(k), with_contiguous_rows(v),
-                   out.contiguous(), lse.contiguous(), dq, dk, dv, bias_grad ? dbias : at::Tensor(), g, options);
+  auto dbias =
+      bias_grad ? at::zeros({g.batch, g.heads, g.q_len, g.k_len}, q.options()) : at::empty({0}, q.options());
+  if (dq.numel() == 0 || dk.numel() == 0 || dv.numel() == 0)
+    return AttentionGrads{dq.zero_(), dk.zero_(), dv.zero_(), dbias};
+  loops().backward(grad_out.contiguous(), with_contiguous_rows(q), with_contiguous_rows(k),
+                   with_contiguous_rows(v), out.contiguous(), lse.contiguous(), dq, dk, dv,
+                   bias_grad ? dbias : at::Tensor(), g, options);
   return AttentionGrads{dq, dk, dv, dbias};
 }
 

@@ -11,7 +11,8 @@ CpuVariant table[] = {
     {"attention_forward", "tiled",
      "q, k and the bias finite: query tiles against key tiles, online softmax (the usual case)"},
     {"attention_forward", "tiled_searching_scores",
-     "q or k hold NaN or an infinity, or the bias NaN or +inf: as tiled, and each score row is searched so that such rows come out "
+     "q or k hold NaN or an infinity, or the bias NaN or +inf: as tiled, and each score row is searched so "
+     "that such rows come out "
      "NaN, as SDPA's"},
     {"attention_backward", "key_tiles_per_head",
      "at least as many (batch, key/value head) pairs as threads: a task owns all key tiles of a head and its "

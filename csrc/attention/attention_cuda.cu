@@ -21,6 +21,11 @@
 //                 rescaled when m grows); dq per query row, dk/dv per key row with query tiles
 //                 staged. The row's vectors live in per-thread arrays of kD (the head dim rounded up
 //                 to 64, 128 or 256) indexed at run time, so in local memory: correct, not fast.
+//
+// Why one file of ~910 lines, and kernels of up to ~90 lines: both variants share the score
+// options, the dimensions and the launch logic that chooses between them; the tensor-core kernels
+// keep S, P and the output accumulators in register arrays across the whole key loop, indexed
+// only by compile-time constants, and read best as one body from staging to the final store.
 #include <tuple>
 
 #include "attention/attention.h"
@@ -32,31 +37,32 @@
 namespace cnnext {
 namespace {
 
-constexpr int kRows = 64;                     // query (or key) rows per block, one per thread
-constexpr int64_t kSharedBytes = 48 * 1024;   // default shared-memory budget per block
+constexpr int kRows = 64;                    // query (or key) rows per block, one per thread
+constexpr int64_t kSharedBytes = 48 * 1024;  // default shared-memory budget per block
 
 // The problem as the kernels see it. Blocks are numbered (batch*head, row tile) flattened into
 // grid.x, which allows 2^31 - 1 blocks (grid.y would stop at 65,535 batch*heads).
 template <typename acc_t>
 struct Dims {
   int64_t Lq, Lk, D, Dv;  // D: q's and k's head dim; Dv: v's
-  acc_t scale;  // in the accumulation type: a float-rounded 1/sqrt(D) is off by ~3e-8 in float64
+  acc_t scale;            // in the accumulation type: a float-rounded 1/sqrt(D) is off by ~3e-8 in float64
   bool causal;
   int64_t row_tiles;  // blocks per (batch, head)
   __device__ bool visible(int64_t i, int64_t j) const { return !causal || j <= i; }
-  __device__ int64_t head() const { return blockIdx.x / row_tiles; }       // batch * heads + head (or kv head)
-  __device__ int64_t row_tile() const { return blockIdx.x % row_tiles; }   // tile of kRows rows
+  __device__ int64_t head() const { return blockIdx.x / row_tiles; }      // batch * heads + head (or kv head)
+  __device__ int64_t row_tile() const { return blockIdx.x % row_tiles; }  // tile of kRows rows
 };
 
 template <typename acc_t>
 Dims<acc_t> kernel_dims(const AttentionGeometry& g, int64_t rows) {
-  return {g.q_len, g.k_len, g.head_dim, g.v_dim, static_cast<acc_t>(g.scale), g.causal, ceil_div(rows, kRows)};
+  return {
+      g.q_len, g.k_len, g.head_dim, g.v_dim, static_cast<acc_t>(g.scale), g.causal, ceil_div(rows, kRows)};
 }
 
 // One block of `threads` per (batch * head, tile of kRows rows of length `rows`), over `heads` heads
 // (query heads, or key/value heads for the dK/dV kernels).
-cuda::LaunchConfig row_tile_launch(const AttentionGeometry& g, int64_t heads, int64_t rows, size_t shared_bytes,
-                                   int threads = kRows) {
+cuda::LaunchConfig row_tile_launch(const AttentionGeometry& g, int64_t heads, int64_t rows,
+                                   size_t shared_bytes, int threads = kRows) {
   const int64_t blocks = g.batch * heads * ceil_div(rows, kRows);
   TORCH_CHECK(blocks <= 2147483647, "attention (CUDA): batch * heads * ceil(length / ", kRows, ") = ", blocks,
               " blocks, more than a grid holds (2^31 - 1)");
@@ -74,11 +80,11 @@ int tile_rows(int64_t D, int64_t Dv) {
 template <typename scalar_t>
 struct HeadOptions {
   using acc_t = cuda::acc_t<scalar_t>;
-  const scalar_t* bias;          // the head's (Lq, Lk) plane, or nullptr
-  int64_t bias_row, bias_col;    // its strides
-  scalar_t* dbias;               // the head's contiguous (Lq, Lk) plane of dbias, or nullptr
+  const scalar_t* bias;        // the head's (Lq, Lk) plane, or nullptr
+  int64_t bias_row, bias_col;  // its strides
+  scalar_t* dbias;             // the head's contiguous (Lq, Lk) plane of dbias, or nullptr
   int64_t Lk;
-  uint64_t first_weight;         // mask index of weight (0, 0): bh Lq Lk
+  uint64_t first_weight;  // mask index of weight (0, 0): bh Lq Lk
   uint64_t seed, offset;
   uint32_t threshold;
   acc_t keep_scale;
@@ -168,7 +174,8 @@ ScoreOptions<scalar_t> score_options(const AttentionGeometry& g, const Attention
   o.seed = static_cast<uint64_t>(options.seed);
   o.offset = static_cast<uint64_t>(options.offset);
   o.threshold = dropout_threshold(options.dropout_p);
-  o.keep_scale = static_cast<cuda::acc_t<scalar_t>>(options.dropout_p < 1.0 ? 1.0 / (1.0 - options.dropout_p) : 0.0);
+  o.keep_scale =
+      static_cast<cuda::acc_t<scalar_t>>(options.dropout_p < 1.0 ? 1.0 / (1.0 - options.dropout_p) : 0.0);
   return o;
 }
 
@@ -188,14 +195,16 @@ __global__ void forward_kernel(const scalar_t* q, const scalar_t* k, const scala
   using acc_t = cuda::acc_t<scalar_t>;
   acc_t* k_tile = cuda::dynamic_shared_memory<acc_t>();  // (tile, D)
   acc_t* v_tile = k_tile + tile * dims.D;                // (tile, Dv)
-  const int64_t bh = dims.head(), tile0 = dims.row_tile() * kRows, i = tile0 + threadIdx.x, D = dims.D, Dv = dims.Dv;
+  const int64_t bh = dims.head(), tile0 = dims.row_tile() * kRows, i = tile0 + threadIdx.x, D = dims.D,
+                Dv = dims.Dv;
   const bool active = i < dims.Lq;
   const int64_t kvh = opt.kv_head(bh);
   const auto head = opt.head(bh, dims.Lq, dims.Lk);
   const scalar_t* kb = k + kvh * dims.Lk * D;
   const scalar_t* vb = v + kvh * dims.Lk * Dv;
   acc_t q_row[kD], acc[kD];
-  for (int d = 0; d < D; ++d) q_row[d] = active ? static_cast<acc_t>(q[(bh * dims.Lq + i) * D + d]) : acc_t(0);
+  for (int d = 0; d < D; ++d)
+    q_row[d] = active ? static_cast<acc_t>(q[(bh * dims.Lq + i) * D + d]) : acc_t(0);
   for (int d = 0; d < Dv; ++d) acc[d] = 0;
   acc_t m = -INFINITY, l = 0;
   const int64_t last_row = min(dims.Lq, tile0 + kRows) - 1;
@@ -258,8 +267,8 @@ inline constexpr int kTcRowStride = kD + 8;  // 16-bit elements
 // Rows [r0, r0 + rows) of a (L, D) matrix into a (rows, kD) shared tile of 16-bit patterns, zero
 // past L and past D.
 template <int kD, typename scalar_t>
-__device__ __forceinline__ void stage_bits(uint16_t* tile, const scalar_t* src, int64_t r0, int rows, int64_t L,
-                                           int64_t D) {
+__device__ __forceinline__ void stage_bits(uint16_t* tile, const scalar_t* src, int64_t r0, int rows,
+                                           int64_t L, int64_t D) {
   for (int e = threadIdx.x; e < rows * kD; e += kTcThreads) {
     const int r = e / kD, d = e % kD;  // kD is a power of two: a shift and a mask
     tile[r * kTcRowStride<kD> + d] = (r0 + r < L && d < D) ? src[(r0 + r) * D + d].x : uint16_t{0};
@@ -269,7 +278,8 @@ __device__ __forceinline__ void stage_bits(uint16_t* tile, const scalar_t* src, 
 // Fragments from a row-major shared tile T (row stride kTcRowStride<kD>); lane (g, t) as above.
 // A = T[row0.., 16 kk..] (16 x 16): the warp's own rows against 16 columns.
 template <int kD>
-__device__ __forceinline__ void a_fragment(uint32_t (&a)[4], const uint16_t* tile, int row0, int kk, int g, int t) {
+__device__ __forceinline__ void a_fragment(uint32_t (&a)[4], const uint16_t* tile, int row0, int kk, int g,
+                                           int t) {
   constexpr int kStride = kTcRowStride<kD>;
   const uint16_t* p = tile + (row0 + g) * kStride + 16 * kk + 2 * t;
   a[0] = cuda::pack_pair(p[0], p[1]);
@@ -279,15 +289,16 @@ __device__ __forceinline__ void a_fragment(uint32_t (&a)[4], const uint16_t* til
 }
 // B = T^T (16 x 8): B[k][n] = T[n0 + n][16 kk + k], the tile's rows as B's columns (Q K^T's K).
 template <int kD>
-__device__ __forceinline__ void b_fragment_transposed(uint32_t (&b)[2], const uint16_t* tile, int n0, int kk, int g,
-                                                      int t) {
+__device__ __forceinline__ void b_fragment_transposed(uint32_t (&b)[2], const uint16_t* tile, int n0, int kk,
+                                                      int g, int t) {
   const uint16_t* p = tile + (n0 + g) * kTcRowStride<kD> + 16 * kk + 2 * t;
   b[0] = cuda::pack_pair(p[0], p[1]);
   b[1] = cuda::pack_pair(p[8], p[9]);
 }
 // B = T (16 x 8): B[k][n] = T[16 kk + k][n0 + n], the tile's rows as B's depth (P V's V).
 template <int kD>
-__device__ __forceinline__ void b_fragment(uint32_t (&b)[2], const uint16_t* tile, int kk, int n0, int g, int t) {
+__device__ __forceinline__ void b_fragment(uint32_t (&b)[2], const uint16_t* tile, int kk, int n0, int g,
+                                           int t) {
   constexpr int kStride = kTcRowStride<kD>;
   const uint16_t* p = tile + (16 * kk + 2 * t) * kStride + n0 + g;
   b[0] = cuda::pack_pair(p[0], p[kStride]);
@@ -351,8 +362,8 @@ __device__ __forceinline__ void accumulators_times_tile(float (&acc)[kD / 8][4],
 
 // Rows [row0, row0 + 16) of a (L, D) output from a 16 x kD accumulator times `factor` per row.
 template <typename scalar_t, int kD>
-__device__ __forceinline__ void store_rows(scalar_t* dst, const float (&acc)[kD / 8][4], int64_t row0, int64_t L,
-                                           int64_t D, const float (&factor)[2], int g, int t) {
+__device__ __forceinline__ void store_rows(scalar_t* dst, const float (&acc)[kD / 8][4], int64_t row0,
+                                           int64_t L, int64_t D, const float (&factor)[2], int g, int t) {
 #pragma unroll
   for (int n = 0; n < kD / 8; ++n) {
 #pragma unroll
@@ -372,8 +383,8 @@ constexpr size_t tensor_core_forward_shared_bytes() {
 
 template <typename scalar_t, int kD, bool kOptions>
 __global__ void __launch_bounds__(kTcThreads)
-    tensor_core_forward_kernel(const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* out, float* lse,
-                               Dims<float> dims, ScoreOptions<scalar_t> options) {
+    tensor_core_forward_kernel(const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* out,
+                               float* lse, Dims<float> dims, ScoreOptions<scalar_t> options) {
   const auto opt = options_read<kOptions>(options);
   constexpr int kKeys = kTcTileRows<kD>, kStride = kTcRowStride<kD>, kKeyTiles = kKeys / 8;
   uint16_t* q_tile = cuda::dynamic_shared_memory<uint16_t>();  // (kTcRows, kD)
@@ -431,7 +442,7 @@ __global__ void __launch_bounds__(kTcThreads)
 #pragma unroll
       for (int f = 0; f < 4; ++f) {
         s[n][f] = exp2f(s[n][f] - base[f / 2]);  // now P
-        l[f / 2] += s[n][f];  // the softmax sums the weights before dropout
+        l[f / 2] += s[n][f];                     // the softmax sums the weights before dropout
       }
     }
     if (opt.dropout) {
@@ -456,7 +467,8 @@ __global__ void __launch_bounds__(kTcThreads)
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
     inv_l[r] = l[r] > 0.f ? 1.f / l[r] : 0.f;  // 0 for a row that saw no key
-    if (t == 0 && rows[r] < dims.Lq) lse[bh * dims.Lq + rows[r]] = l[r] > 0.f ? (m[r] + log2f(l[r])) * kLn2 : -INFINITY;
+    if (t == 0 && rows[r] < dims.Lq)
+      lse[bh * dims.Lq + rows[r]] = l[r] > 0.f ? (m[r] + log2f(l[r])) * kLn2 : -INFINITY;
   }
   store_rows<scalar_t, kD>(out + bh * dims.Lq * Dv, o, q0 + wm, dims.Lq, Dv, inv_l, g, t);
 }
@@ -542,16 +554,16 @@ constexpr size_t tensor_core_dkdv_shared_bytes() {
 template <typename scalar_t, int kD, bool kDK, bool kDV, bool kOptions>
 __global__ void __launch_bounds__(kTcThreads)
     tensor_core_dkdv_kernel(const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v,
-                            const float* lse, const float* delta, scalar_t* dk, scalar_t* dv, Dims<float> dims,
-                            ScoreOptions<scalar_t> options) {
+                            const float* lse, const float* delta, scalar_t* dk, scalar_t* dv,
+                            Dims<float> dims, ScoreOptions<scalar_t> options) {
   const auto opt = options_read<kOptions>(options);
   constexpr int kQueries = kTcTileRows<kD>, kStride = kTcRowStride<kD>, kQueryTiles = kQueries / 8;
-  uint16_t* k_tile = cuda::dynamic_shared_memory<uint16_t>();  // (kTcRows, kD)
-  uint16_t* v_tile = k_tile + kTcRows * kStride;               // (kTcRows, kD)
-  uint16_t* q_tile = v_tile + kTcRows * kStride;               // (kQueries, kD)
-  uint16_t* do_tile = q_tile + kQueries * kStride;             // (kQueries, kD)
+  uint16_t* k_tile = cuda::dynamic_shared_memory<uint16_t>();                 // (kTcRows, kD)
+  uint16_t* v_tile = k_tile + kTcRows * kStride;                              // (kTcRows, kD)
+  uint16_t* q_tile = v_tile + kTcRows * kStride;                              // (kQueries, kD)
+  uint16_t* do_tile = q_tile + kQueries * kStride;                            // (kQueries, kD)
   float* lse2_tile = reinterpret_cast<float*>(do_tile + kQueries * kStride);  // (kQueries)
-  float* delta_tile = lse2_tile + kQueries;                                    // (kQueries)
+  float* delta_tile = lse2_tile + kQueries;                                   // (kQueries)
   const int64_t bhk = dims.head(), j0 = dims.row_tile() * kTcRows, D = dims.D, Dv = dims.Dv;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, wk = 16 * warp;
   const int64_t keys[2] = {j0 + wk + g, j0 + wk + g + 8};  // this lane's two key rows
@@ -636,9 +648,11 @@ template <typename scalar_t>
 __global__ void delta_kernel(const scalar_t* dout, const scalar_t* out, cuda::acc_t<scalar_t>* delta,
                              int64_t rows, int64_t Dv) {
   using acc_t = cuda::acc_t<scalar_t>;
-  for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < rows; r += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < rows;
+       r += int64_t(gridDim.x) * blockDim.x) {
     acc_t sum = 0;
-    for (int64_t d = 0; d < Dv; ++d) sum += static_cast<acc_t>(dout[r * Dv + d]) * static_cast<acc_t>(out[r * Dv + d]);
+    for (int64_t d = 0; d < Dv; ++d)
+      sum += static_cast<acc_t>(dout[r * Dv + d]) * static_cast<acc_t>(out[r * Dv + d]);
     delta[r] = sum;
   }
 }
@@ -646,12 +660,13 @@ __global__ void delta_kernel(const scalar_t* dout, const scalar_t* out, cuda::ac
 // dq (and dbias) for one query row per thread.
 template <typename scalar_t, int kD>
 __global__ void dq_kernel(const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v,
-                          const cuda::acc_t<scalar_t>* lse, const cuda::acc_t<scalar_t>* delta,
-                          scalar_t* dq, Dims<cuda::acc_t<scalar_t>> dims, ScoreOptions<scalar_t> opt, int tile) {
+                          const cuda::acc_t<scalar_t>* lse, const cuda::acc_t<scalar_t>* delta, scalar_t* dq,
+                          Dims<cuda::acc_t<scalar_t>> dims, ScoreOptions<scalar_t> opt, int tile) {
   using acc_t = cuda::acc_t<scalar_t>;
   acc_t* k_tile = cuda::dynamic_shared_memory<acc_t>();  // (tile, D)
   acc_t* v_tile = k_tile + tile * dims.D;                // (tile, Dv)
-  const int64_t bh = dims.head(), tile0 = dims.row_tile() * kRows, i = tile0 + threadIdx.x, D = dims.D, Dv = dims.Dv;
+  const int64_t bh = dims.head(), tile0 = dims.row_tile() * kRows, i = tile0 + threadIdx.x, D = dims.D,
+                Dv = dims.Dv;
   const bool active = i < dims.Lq;
   const int64_t row = bh * dims.Lq + i, kvh = opt.kv_head(bh);
   const auto head = opt.head(bh, dims.Lq, dims.Lk);
@@ -691,12 +706,13 @@ __global__ void dq_kernel(const scalar_t* dout, const scalar_t* q, const scalar_
 template <typename scalar_t, int kD>
 __global__ void dkdv_kernel(const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v,
                             const cuda::acc_t<scalar_t>* lse, const cuda::acc_t<scalar_t>* delta,
-                            scalar_t* dk, scalar_t* dv, Dims<cuda::acc_t<scalar_t>> dims, ScoreOptions<scalar_t> opt,
-                            int tile) {
+                            scalar_t* dk, scalar_t* dv, Dims<cuda::acc_t<scalar_t>> dims,
+                            ScoreOptions<scalar_t> opt, int tile) {
   using acc_t = cuda::acc_t<scalar_t>;
   acc_t* q_tile = cuda::dynamic_shared_memory<acc_t>();  // (tile, D)
   acc_t* do_tile = q_tile + tile * dims.D;               // (tile, Dv)
-  const int64_t bhk = dims.head(), tile0 = dims.row_tile() * kRows, j = tile0 + threadIdx.x, D = dims.D, Dv = dims.Dv;
+  const int64_t bhk = dims.head(), tile0 = dims.row_tile() * kRows, j = tile0 + threadIdx.x, D = dims.D,
+                Dv = dims.Dv;
   const bool active = j < dims.Lk;
   const int64_t row = bhk * dims.Lk + j;
   acc_t k_row[kD], v_row[kD], dk_row[kD], dv_row[kD];
@@ -777,8 +793,8 @@ void with_options(const AttentionOptions& options, const Fn& fn) {
 // shared memory (opted in past the default 48 KiB), passing the inputs (a tuple: q, k, v for
 // forward; dO, q, k, v, lse, delta for backward), then the outputs, then the dims and options.
 template <auto kernel, typename scalar_t, typename... Outputs>
-void launch_tensor_core(const AttentionGeometry& g, int64_t heads, int64_t rows, size_t shared, const auto& inputs,
-                        const ScoreOptions<scalar_t>& opt, Outputs... outputs) {
+void launch_tensor_core(const AttentionGeometry& g, int64_t heads, int64_t rows, size_t shared,
+                        const auto& inputs, const ScoreOptions<scalar_t>& opt, Outputs... outputs) {
   if (shared > kSharedBytes) cuda::allow_dynamic_shared<kernel>(shared);
   std::apply(
       [&](auto... in) {
@@ -830,8 +846,8 @@ AttentionOutputs attention_forward_cuda(const at::Tensor& q, const at::Tensor& k
     with_head_dim(width, [&](auto head_dim) {
       cuda::launch<forward_kernel<scalar_t, decltype(head_dim)::value>>(
           config, qc.const_data_ptr<scalar_t>(), kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(),
-          out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), kernel_dims<acc_t>(g, g.q_len), opt,
-          tile);
+          out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), kernel_dims<acc_t>(g, g.q_len),
+          opt, tile);
     });
   });
   return {out, lse};
@@ -841,7 +857,8 @@ AttentionGrads attention_backward_cuda(const at::Tensor& grad_out, const at::Ten
                                        const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                                        std::optional<double> scale, bool causal,
                                        const std::optional<at::Tensor>& bias, double dropout_p,
-                                       const std::optional<at::Tensor>& dropout_rng, bool gqa, bool bias_grad) {
+                                       const std::optional<at::Tensor>& dropout_rng, bool gqa,
+                                       bool bias_grad) {
   const auto options = attention_options(bias, dropout_p, dropout_rng, gqa);
   const auto g = attention_backward_geometry(grad_out, q, k, v, out, lse, scale, causal, options);
   check_cuda(q, "_attention_backward: q");
@@ -861,20 +878,22 @@ AttentionGrads attention_backward_cuda(const at::Tensor& grad_out, const at::Ten
     const auto opt = score_options<scalar_t>(g, options, dbias);
     auto delta = cuda::empty({BH * g.q_len}, lc.options());
     const int64_t rows = BH * g.q_len;
-    cuda::launch<delta_kernel<scalar_t>>({static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, 256), 65535)), 256},
-                                         doc.const_data_ptr<scalar_t>(), oc.const_data_ptr<scalar_t>(),
-                                         delta.mutable_data_ptr<acc_t>(), rows, g.v_dim);
+    cuda::launch<delta_kernel<scalar_t>>(
+        {static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, 256), 65535)), 256},
+        doc.const_data_ptr<scalar_t>(), oc.const_data_ptr<scalar_t>(), delta.mutable_data_ptr<acc_t>(), rows,
+        g.v_dim);
     if constexpr (cuda::kTensorCoreType<scalar_t>) {
       if (cuda::tensor_cores_enabled()) {
         with_tensor_core_head_dim(width, [&](auto head_dim) {
           with_options(options, [&](auto reads_options) {
             constexpr int kD = decltype(head_dim)::value;
             constexpr bool kOptions = decltype(reads_options)::value;
-            const auto pointers = std::make_tuple(doc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
-                                                  kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(),
-                                                  lc.const_data_ptr<float>(), delta.const_data_ptr<float>());
+            const auto pointers = std::make_tuple(
+                doc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(), kc.const_data_ptr<scalar_t>(),
+                vc.const_data_ptr<scalar_t>(), lc.const_data_ptr<float>(), delta.const_data_ptr<float>());
             launch_tensor_core<tensor_core_dq_kernel<scalar_t, kD, kOptions>>(
-                g, g.heads, g.q_len, tensor_core_dq_shared_bytes<kD>(), pointers, opt, dq.mutable_data_ptr<scalar_t>());
+                g, g.heads, g.q_len, tensor_core_dq_shared_bytes<kD>(), pointers, opt,
+                dq.mutable_data_ptr<scalar_t>());
             constexpr size_t dkdv_shared = tensor_core_dkdv_shared_bytes<kD>();
             auto* dk_ptr = dk.mutable_data_ptr<scalar_t>();
             auto* dv_ptr = dv.mutable_data_ptr<scalar_t>();
@@ -897,9 +916,10 @@ AttentionGrads attention_backward_cuda(const at::Tensor& grad_out, const at::Ten
     with_head_dim(width, [&](auto head_dim) {
       constexpr int kD = decltype(head_dim)::value;
       cuda::launch<dq_kernel<scalar_t, kD>>(
-          row_tile_launch(g, g.heads, g.q_len, shared), doc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
-          kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(), lc.const_data_ptr<acc_t>(),
-          delta.const_data_ptr<acc_t>(), dq.mutable_data_ptr<scalar_t>(), kernel_dims<acc_t>(g, g.q_len), opt, tile);
+          row_tile_launch(g, g.heads, g.q_len, shared), doc.const_data_ptr<scalar_t>(),
+          qc.const_data_ptr<scalar_t>(), kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(),
+          lc.const_data_ptr<acc_t>(), delta.const_data_ptr<acc_t>(), dq.mutable_data_ptr<scalar_t>(),
+          kernel_dims<acc_t>(g, g.q_len), opt, tile);
       cuda::launch<dkdv_kernel<scalar_t, kD>>(
           row_tile_launch(g, g.kv_heads, g.k_len, shared), doc.const_data_ptr<scalar_t>(),
           qc.const_data_ptr<scalar_t>(), kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(),

@@ -26,7 +26,7 @@ struct Conv2dGeometry {
 
   int64_t in_per_group() const { return in_channels / groups; }
   int64_t out_per_group() const { return out_channels / groups; }
-  int64_t out_pixels() const { return out_h * out_w; }          // L: output positions per sample
+  int64_t out_pixels() const { return out_h * out_w; }  // L: output positions per sample
   int64_t patch_size() const { return in_per_group() * kernel_h * kernel_w; }  // K of the GEMM
 };
 
@@ -38,8 +38,7 @@ Conv2dGeometry conv2d_geometry(const at::Tensor& input, const at::Tensor& weight
 // The same for the backward op, plus grad_output's shape against the geometry.
 Conv2dGeometry conv2d_backward_geometry(const at::Tensor& grad_output, const at::Tensor& input,
                                         const at::Tensor& weight, at::IntArrayRef stride,
-                                        at::IntArrayRef padding, at::IntArrayRef dilation,
-                                        int64_t groups);
+                                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
 
 // The memory format a user expects back: channels_last in, channels_last out.
 inline at::MemoryFormat conv2d_output_format(const at::Tensor& input) {

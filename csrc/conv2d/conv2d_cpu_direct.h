@@ -1,11 +1,11 @@
 // Direct (im2col-free) float32 conv2d kernels for AVX2 + FMA CPUs: the fast path of conv2d_cpu.cpp.
 //
 // The GEMM lowering copies every input value kh * kw times into a column matrix and col2im adds
-// them back: a large share of a small convolution's time (NOTES.md, "conv2d, CPU"). These kernels read a zero-padded copy of each sample's input instead (about the size of
-// the input, built once per sample; none where the input's own layout fits) and accumulate a
-// register tile of 4 output channels x 3 vectors of 8 output columns (or 3 x 4) over every
-// (input channel, ki, kj) tap: 12 FMAs per 3 input loads and 4 weight broadcasts, no column
-// matrix.
+// them back: a large share of a small convolution's time (NOTES.md, "conv2d, CPU"). These kernels read a
+// zero-padded copy of each sample's input instead (about the size of the input, built once per sample; none
+// where the input's own layout fits) and accumulate a register tile of 4 output channels x 3 vectors of 8
+// output columns (or 3 x 4) over every (input channel, ki, kj) tap: 12 FMAs per 3 input loads and 4 weight
+// broadcasts, no column matrix.
 //
 //   forward:      out = conv(x, w) + bias
 //   weight grad:  dw[co, c, ki, kj] = sum over (n, oh, ow) of dy[n, co, oh, ow] * x_padded[...]
@@ -30,7 +30,8 @@ Conv2dGeometry conv2d_direct_geometry(const Conv2dGeometry& g);
 
 // out (N, Cout, Ho, Wo) = conv(x (N, C, H, W), w (Cout, C, kh, kw)) + bias; all contiguous NCHW,
 // bias may be null. Every output element is written.
-void conv2d_direct_forward(const float* x, const float* w, const float* bias, float* out, const Conv2dGeometry& g);
+void conv2d_direct_forward(const float* x, const float* w, const float* bias, float* out,
+                           const Conv2dGeometry& g);
 
 // dw (Cout, C, kh, kw) = the weight gradient for dy (N, Cout, Ho, Wo) and x (N, C, H, W); dw is
 // written, not accumulated. Partial sums per thread are added in thread order (deterministic for

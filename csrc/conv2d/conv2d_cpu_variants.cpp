@@ -11,7 +11,8 @@ CpuVariant table[] = {
     {"conv2d_forward", "direct",
      "float32, one group, output rows of at least 6 (after flattening a 1x1 stride-1 convolution), "
      "an AVX2 + FMA CPU: register-blocked direct convolution"},
-    {"conv2d_forward", "im2col_gemm", "everything else (float64, groups, narrow outputs, other CPUs): im2col + BLAS"},
+    {"conv2d_forward", "im2col_gemm",
+     "everything else (float64, groups, narrow outputs, other CPUs): im2col + BLAS"},
     {"conv2d_input_grad", "direct_phases",
      "one group, and every stride phase of the input a convolution the direct kernels run: one direct "
      "convolution of grad_output per phase"},

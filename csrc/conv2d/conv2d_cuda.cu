@@ -1,5 +1,11 @@
 // conv2d on CUDA: our own tiled implicit-GEMM kernels (no cuDNN, no cuBLAS).
 //
+// Why one file of ~950 lines: the three problems (ForwardProblem, GradInputProblem,
+// GradWeightProblem), the three variants and the block tiles are all parameters of one kernel
+// template, implicit_gemm_kernel, and the launch code picks among its instantiations; splitting
+// them into several .cu files would instantiate the shared templates once per file (nvcc, two
+// cores). In order: geometry and tiles, problems, register/shared staging, the kernel, launches.
+//
 // One kernel template, `implicit_gemm_kernel<Problem, Variant, Tile>`, computes C[g] = A[g] @ B[g]
 // for every group g with 256 threads per block tile of C (Tile: 64x64, or 128x64 for GEMMs that
 // fill the GPU with it; BlockTile), and 16-deep stages in a two-stage pipeline (pipelined_stages:
@@ -94,9 +100,10 @@ struct KernelGeometry {
 };
 
 KernelGeometry kernel_geometry(const Conv2dGeometry& g) {
-  KernelGeometry p{g.batch,    g.in_channels, g.in_h,     g.in_w,    g.out_channels, g.out_h,    g.out_w,
-                   g.kernel_h, g.kernel_w,    g.stride_h, g.stride_w, g.pad_h,       g.pad_w,    g.dil_h,
-                   g.dil_w,    g.groups,      g.in_per_group(), g.out_per_group(), g.patch_size(), g.out_pixels()};
+  KernelGeometry p{g.batch,        g.in_channels, g.in_h,     g.in_w,     g.out_channels,   g.out_h,
+                   g.out_w,        g.kernel_h,    g.kernel_w, g.stride_h, g.stride_w,       g.pad_h,
+                   g.pad_w,        g.dil_h,       g.dil_w,    g.groups,   g.in_per_group(), g.out_per_group(),
+                   g.patch_size(), g.out_pixels()};
   using cuda::FastDivmod;
   p.by_out_pixels = FastDivmod::of_size(p.L);
   p.by_out_w = FastDivmod::of_size(p.Wo);
@@ -130,8 +137,8 @@ __device__ __forceinline__ int64_t out_pixel_offset(const Strides4& s, const Ker
 
 // dY[n, g*Coutg + co, oh, ow] for output pixel pix = (n, oh, ow).
 template <typename acc_t, typename scalar_t>
-__device__ __forceinline__ acc_t grad_output_value(const scalar_t* dy, const Strides4& ys, const KernelGeometry& p,
-                                                   int64_t g, int64_t co, int pix) {
+__device__ __forceinline__ acc_t grad_output_value(const scalar_t* dy, const Strides4& ys,
+                                                   const KernelGeometry& p, int64_t g, int64_t co, int pix) {
   return static_cast<acc_t>(dy[(g * p.Coutg + co) * ys.c + out_pixel_offset(ys, p, pix)]);
 }
 
@@ -143,17 +150,19 @@ struct ForwardProblem {
   using scalar_type = scalar_t;
   using acc_t = cuda::acc_t<scalar_t>;
   static constexpr bool kAKFast = true, kBKFast = false;
-  const scalar_t* x;      // (N, C, H, W), any strides
-  const scalar_t* w;      // (Cout, C/G, kh, kw), contiguous
-  const scalar_t* bias;   // (Cout) or null
-  scalar_t* out;          // (N, Cout, Ho, Wo), any strides
+  const scalar_t* x;     // (N, C, H, W), any strides
+  const scalar_t* w;     // (Cout, C/G, kh, kw), contiguous
+  const scalar_t* bias;  // (Cout) or null
+  scalar_t* out;         // (N, Cout, Ho, Wo), any strides
   Strides4 xs, os;
   KernelGeometry p;
 
   __device__ int rows() const { return static_cast<int>(p.Coutg); }
   __device__ int cols() const { return static_cast<int>(p.N * p.L); }
   __device__ int depth() const { return static_cast<int>(p.K); }
-  __device__ acc_t a(int64_t g, int m, int k) const { return static_cast<acc_t>(w[(g * p.Coutg + m) * p.K + k]); }
+  __device__ acc_t a(int64_t g, int m, int k) const {
+    return static_cast<acc_t>(w[(g * p.Coutg + m) * p.K + k]);
+  }
   // B's column pix = (n, oh, ow), decoded once per block: n and the window's top-left corner
   // (ih, iw) before the tap's dilation. (Three 32-bit registers: a 64-bit offset instead of n
   // cost the 64-register small tile 8 bytes of spills on sm_80.)
@@ -218,12 +227,12 @@ struct TapMajorForwardProblem : ForwardProblem<scalar_t> {
 // ih = ih0 + sh u and its taps only, with oh = oh0 + u - (dh / gcd) t: no zero products and no
 // division by the stride in the loads. With stride 1 there is one phase: every pixel and tap.
 struct StridePhase {
-  int ih0, iw0, rows, cols;                // pixels (ih0 + sh u, iw0 + sw v), u < rows, v < cols
-  int ki0, kj0, step_h, step_w;            // taps (ki0 + step_h t, kj0 + step_w s)
-  int taps_h, taps_w;                      //   t < taps_h, s < taps_w
-  int oh0, ow0, doh, dow;                  // oh = oh0 + u - doh t, ow = ow0 + v - dow s
-  cuda::FastDivmod by_taps, by_taps_w;     // taps_h * taps_w, taps_w
-  cuda::FastDivmod by_pixels, by_cols;     // rows * cols, cols
+  int ih0, iw0, rows, cols;             // pixels (ih0 + sh u, iw0 + sw v), u < rows, v < cols
+  int ki0, kj0, step_h, step_w;         // taps (ki0 + step_h t, kj0 + step_w s)
+  int taps_h, taps_w;                   //   t < taps_h, s < taps_w
+  int oh0, ow0, doh, dow;               // oh = oh0 + u - doh t, ow = ow0 + v - dow s
+  cuda::FastDivmod by_taps, by_taps_w;  // taps_h * taps_w, taps_w
+  cuda::FastDivmod by_pixels, by_cols;  // rows * cols, cols
 };
 
 // The phase of residue r along one axis of length `size`, kernel `kernel`, stride, padding and
@@ -253,14 +262,27 @@ AxisPhase axis_phase(int64_t r, int64_t size, int64_t kernel, int64_t stride, in
 }
 
 StridePhase stride_phase(const KernelGeometry& p, int64_t rh, int64_t rw) {
-  const AxisPhase h = axis_phase(rh, p.H, p.kh, p.sh, p.ph, p.dh), w = axis_phase(rw, p.W, p.kw, p.sw, p.pw, p.dw);
+  const AxisPhase h = axis_phase(rh, p.H, p.kh, p.sh, p.ph, p.dh),
+                  w = axis_phase(rw, p.W, p.kw, p.sw, p.pw, p.dw);
   using cuda::FastDivmod;
-  return {.ih0 = h.first_pixel, .iw0 = w.first_pixel, .rows = h.pixels, .cols = w.pixels,
-          .ki0 = h.first_tap, .kj0 = w.first_tap, .step_h = h.tap_step, .step_w = w.tap_step,
-          .taps_h = h.taps, .taps_w = w.taps, .oh0 = h.first_out, .ow0 = w.first_out,
-          .doh = h.out_step, .dow = w.out_step,
-          .by_taps = FastDivmod::of_size(int64_t{h.taps} * w.taps), .by_taps_w = FastDivmod::of_size(w.taps),
-          .by_pixels = FastDivmod::of_size(int64_t{h.pixels} * w.pixels), .by_cols = FastDivmod::of_size(w.pixels)};
+  return {.ih0 = h.first_pixel,
+          .iw0 = w.first_pixel,
+          .rows = h.pixels,
+          .cols = w.pixels,
+          .ki0 = h.first_tap,
+          .kj0 = w.first_tap,
+          .step_h = h.tap_step,
+          .step_w = w.tap_step,
+          .taps_h = h.taps,
+          .taps_w = w.taps,
+          .oh0 = h.first_out,
+          .ow0 = w.first_out,
+          .doh = h.out_step,
+          .dow = w.out_step,
+          .by_taps = FastDivmod::of_size(int64_t{h.taps} * w.taps),
+          .by_taps_w = FastDivmod::of_size(w.taps),
+          .by_pixels = FastDivmod::of_size(int64_t{h.pixels} * w.pixels),
+          .by_cols = FastDivmod::of_size(w.pixels)};
 }
 
 template <typename scalar_t>
@@ -337,14 +359,18 @@ struct GradWeightProblem {
   __device__ int rows() const { return static_cast<int>(p.Coutg); }
   __device__ int cols() const { return static_cast<int>(p.K); }
   __device__ int depth() const { return static_cast<int>(p.N * p.L); }
-  __device__ acc_t a(int64_t g, int co, int pix) const { return grad_output_value<acc_t>(dy, ys, p, g, co, pix); }
+  __device__ acc_t a(int64_t g, int co, int pix) const {
+    return grad_output_value<acc_t>(dy, ys, p, g, co, pix);
+  }
   // B's column is a patch element k, different for each of a thread's loads (the depth, pix, is
   // B's fast index here): nothing to decode ahead.
   struct Column {
     int k;
   };
   __device__ Column column(int64_t /*g*/, int k) const { return {k}; }
-  __device__ acc_t b(int64_t g, const Column& col, int pix) const { return patch_value<acc_t>(x, xs, p, g, col.k, pix); }
+  __device__ acc_t b(int64_t g, const Column& col, int pix) const {
+    return patch_value<acc_t>(x, xs, p, g, col.k, pix);
+  }
   __device__ void store(int64_t g, int64_t split, int co, int k, acc_t v) const {
     partial[(split * p.Cout + g * p.Coutg + co) * p.K + k] = v;
   }
@@ -366,7 +392,8 @@ __device__ __forceinline__ tile_t to_tile(acc_t value) {
 
 // Element types with a tensor-core variant, and the shared-tile type it keeps them in.
 template <typename scalar_t>
-inline constexpr bool kHasTensorCoreVariant = cuda::kTensorCoreType<scalar_t> || std::is_same_v<scalar_t, float>;
+inline constexpr bool kHasTensorCoreVariant =
+    cuda::kTensorCoreType<scalar_t> || std::is_same_v<scalar_t, float>;
 template <typename scalar_t>
 using tensor_core_tile_t = std::conditional_t<std::is_same_v<scalar_t, float>, uint32_t, uint16_t>;
 
@@ -427,8 +454,8 @@ struct BlockColumns {
 // outside the matrices and past the split's depth.
 template <typename Problem, typename Tile, typename tile_t>
 __device__ __forceinline__ void fetch_stage(const Problem& prob, const BlockColumns<Problem, Tile>& columns,
-                                            StageRegisters<Tile, tile_t>& r, int64_t group, int m0, int n0, int k0,
-                                            int k_end) {
+                                            StageRegisters<Tile, tile_t>& r, int64_t group, int m0, int n0,
+                                            int k0, int k_end) {
   using acc_t = typename Problem::acc_t;
   using scalar_t = typename Problem::scalar_type;
   const int rows = prob.rows(), cols = prob.cols();
@@ -444,7 +471,8 @@ __device__ __forceinline__ void fetch_stage(const Problem& prob, const BlockColu
     int nn, kk;
     stage_slot<Problem::kBKFast, Tile::kN>(i, nn, kk);
     const int n = n0 + nn, k = k0 + kk;
-    r.b[i] = to_tile<tile_t, scalar_t>((n < cols && k < k_end) ? prob.b(group, columns.of_slot(prob, group, n), k) : acc_t(0));
+    r.b[i] = to_tile<tile_t, scalar_t>(
+        (n < cols && k < k_end) ? prob.b(group, columns.of_slot(prob, group, n), k) : acc_t(0));
   }
 }
 
@@ -454,7 +482,8 @@ template <typename tile_t, int kWidth>
 using SharedStage = tile_t[kTileK][kWidth + 8];
 
 template <typename Problem, typename Tile, typename tile_t>
-__device__ __forceinline__ void store_stage(const StageRegisters<Tile, tile_t>& r, SharedStage<tile_t, Tile::kM>& a_tile,
+__device__ __forceinline__ void store_stage(const StageRegisters<Tile, tile_t>& r,
+                                            SharedStage<tile_t, Tile::kM>& a_tile,
                                             SharedStage<tile_t, Tile::kN>& b_tile) {
 #pragma unroll
   for (int i = 0; i < Tile::kLoadsA; ++i) {
@@ -474,8 +503,9 @@ __device__ __forceinline__ void store_stage(const StageRegisters<Tile, tile_t>& 
 // that stage's shared tiles. a_tiles, b_tiles: the two buffers of each operand.
 template <typename Problem, typename Tile, typename tile_t, typename Multiply>
 __device__ __forceinline__ void pipelined_stages(const Problem& prob, SharedStage<tile_t, Tile::kM>* a_tiles,
-                                                 SharedStage<tile_t, Tile::kN>* b_tiles, int64_t group, int m0,
-                                                 int n0, int k_begin, int k_end, const Multiply& multiply) {
+                                                 SharedStage<tile_t, Tile::kN>* b_tiles, int64_t group,
+                                                 int m0, int n0, int k_begin, int k_end,
+                                                 const Multiply& multiply) {
   const BlockColumns<Problem, Tile> columns(prob, group, n0);
   StageRegisters<Tile, tile_t> next;
   if (k_begin < k_end) fetch_stage(prob, columns, next, group, m0, n0, k_begin, k_end);
@@ -496,8 +526,8 @@ using WarpAccumulators = float[Tile::kMmaRows][Tile::kMmaCols][4];
 
 // Writes a warp's accumulators, its warp tile at (row0, col0) of C, through the problem's store.
 template <typename Tile, typename Problem>
-__device__ __forceinline__ void store_warp_tile(const Problem& prob, const WarpAccumulators<Tile>& acc, int64_t group,
-                                                int64_t split, int row0, int col0) {
+__device__ __forceinline__ void store_warp_tile(const Problem& prob, const WarpAccumulators<Tile>& acc,
+                                                int64_t group, int64_t split, int row0, int col0) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int rows = prob.rows(), cols = prob.cols();
 #pragma unroll
@@ -518,8 +548,8 @@ __device__ __forceinline__ void store_warp_tile(const Problem& prob, const WarpA
 // TF32 element at depth k, for half / bfloat16 the elements at depths k and k + 1 packed
 // (pack_pair order). The variants differ only in how their shared tiles are laid out and read.
 template <typename scalar_t, typename Tile, typename ARegister, typename BRegister>
-__device__ __forceinline__ void multiply_stage(WarpAccumulators<Tile>& acc, int wm, int wn, const ARegister& a_reg,
-                                               const BRegister& b_reg) {
+__device__ __forceinline__ void multiply_stage(WarpAccumulators<Tile>& acc, int wm, int wn,
+                                               const ARegister& a_reg, const BRegister& b_reg) {
   constexpr int kMR = Tile::kMmaRows, kMC = Tile::kMmaCols;
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   // Per mma: depths k0 + t (and + 4) for m16n8k8 TF32, pairs at 2t (and 2t + 8) for m16n8k16.
@@ -556,8 +586,8 @@ __device__ __forceinline__ void multiply_stage(WarpAccumulators<Tile>& acc, int 
 // kMmaCols 16x8 mma tiles whose float fragments stay in registers. Per 16-deep stage: one
 // mma_m16n8k16 per mma tile for half / bfloat16, two mma_m16n8k8_tf32 for float.
 template <typename Problem, typename Tile>
-__device__ void tensor_core_block(const Problem& prob, int64_t group, int64_t split, int m0, int n0, int k_begin,
-                                  int k_end) {
+__device__ void tensor_core_block(const Problem& prob, int64_t group, int64_t split, int m0, int n0,
+                                  int k_begin, int k_end) {
   using scalar_t = typename Problem::scalar_type;
   using tile_t = tensor_core_tile_t<scalar_t>;
   using cuda::pack_pair;
@@ -568,17 +598,19 @@ __device__ void tensor_core_block(const Problem& prob, int64_t group, int64_t sp
   const int wm = (warp / 2) * Tile::kWarpRows, wn = (warp % 2) * Tile::kWarpCols;
   WarpAccumulators<Tile> acc = {};  // [mma row tile][mma column tile][fragment]
 
-  pipelined_stages<Problem, Tile>(prob, a_tiles, b_tiles, group, m0, n0, k_begin, k_end, [&](auto& a_tile, auto& b_tile) {
-    // Tiles are [depth][row or column], already TF32-rounded or 16-bit patterns.
-    if constexpr (std::is_same_v<tile_t, uint32_t>) {
-      multiply_stage<scalar_t, Tile>(
-          acc, wm, wn, [&](int row, int k) { return a_tile[k][row]; }, [&](int col, int k) { return b_tile[k][col]; });
-    } else {
-      multiply_stage<scalar_t, Tile>(
-          acc, wm, wn, [&](int row, int k) { return pack_pair(a_tile[k][row], a_tile[k + 1][row]); },
-          [&](int col, int k) { return pack_pair(b_tile[k][col], b_tile[k + 1][col]); });
-    }
-  });
+  pipelined_stages<Problem, Tile>(
+      prob, a_tiles, b_tiles, group, m0, n0, k_begin, k_end, [&](auto& a_tile, auto& b_tile) {
+        // Tiles are [depth][row or column], already TF32-rounded or 16-bit patterns.
+        if constexpr (std::is_same_v<tile_t, uint32_t>) {
+          multiply_stage<scalar_t, Tile>(
+              acc, wm, wn, [&](int row, int k) { return a_tile[k][row]; },
+              [&](int col, int k) { return b_tile[k][col]; });
+        } else {
+          multiply_stage<scalar_t, Tile>(
+              acc, wm, wn, [&](int row, int k) { return pack_pair(a_tile[k][row], a_tile[k + 1][row]); },
+              [&](int col, int k) { return pack_pair(b_tile[k][col], b_tile[k + 1][col]); });
+        }
+      });
 
   store_warp_tile<Tile>(prob, acc, group, split, m0 + wm, n0 + wn);
 }
@@ -600,7 +632,8 @@ __device__ void async_tensor_core_block(const Problem& prob, int64_t group, int6
   using element_t = std::conditional_t<std::is_same_v<scalar_t, float>, float, uint16_t>;
   constexpr int kVec = Problem::kVec, kRowChunks = kTileK / kVec, kPitch = kTileK + kVec;
   constexpr int kChunksA = Tile::kM * kRowChunks, kChunksB = Tile::kN * kRowChunks;
-  constexpr int kSlotsA = (kChunksA + kThreads - 1) / kThreads, kSlotsB = (kChunksB + kThreads - 1) / kThreads;
+  constexpr int kSlotsA = (kChunksA + kThreads - 1) / kThreads,
+                kSlotsB = (kChunksB + kThreads - 1) / kThreads;
   __align__(16) __shared__ element_t a_tiles[kAsyncStages][Tile::kM][kPitch];
   __align__(16) __shared__ element_t b_tiles[kAsyncStages][Tile::kN][kPitch];
   const int rows = prob.rows(), cols = prob.cols();
@@ -609,7 +642,8 @@ __device__ void async_tensor_core_block(const Problem& prob, int64_t group, int6
   // e / kRowChunks, depth (e % kRowChunks) kVec; the same every stage, so B's columns are decoded once.
   typename Problem::Column columns[kSlotsB];
 #pragma unroll
-  for (int s = 0; s < kSlotsB; ++s) columns[s] = prob.column(group, n0 + (threadIdx.x + s * kThreads) / kRowChunks);
+  for (int s = 0; s < kSlotsB; ++s)
+    columns[s] = prob.column(group, n0 + (threadIdx.x + s * kThreads) / kRowChunks);
 
   const auto issue = [&](int stage, int k0) {
 #pragma unroll
@@ -669,10 +703,12 @@ __device__ void async_tensor_core_block(const Problem& prob, int64_t group, int6
 // The fma variant's block: thread (ty, tx) of a 16 x 16 grid accumulates C rows ty + 16 i and
 // columns tx + 16 j (so a warp's stores are coalesced along columns).
 template <typename Problem, typename Tile>
-__device__ void fma_block(const Problem& prob, int64_t group, int64_t split, int m0, int n0, int k_begin, int k_end) {
+__device__ void fma_block(const Problem& prob, int64_t group, int64_t split, int m0, int n0, int k_begin,
+                          int k_end) {
   using acc_t = typename Problem::acc_t;
   constexpr int kI = Tile::kRowsPerThread, kJ = Tile::kColsPerThread;
-  __shared__ SharedStage<acc_t, Tile::kM> a_tiles[2];  // padded: fewer bank conflicts when k varies per thread
+  __shared__ SharedStage<acc_t, Tile::kM>
+      a_tiles[2];  // padded: fewer bank conflicts when k varies per thread
   __shared__ SharedStage<acc_t, Tile::kN> b_tiles[2];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   acc_t acc[kI][kJ];
@@ -681,20 +717,21 @@ __device__ void fma_block(const Problem& prob, int64_t group, int64_t split, int
 #pragma unroll
     for (int j = 0; j < kJ; ++j) acc[i][j] = acc_t(0);
 
-  pipelined_stages<Problem, Tile>(prob, a_tiles, b_tiles, group, m0, n0, k_begin, k_end, [&](auto& a_tile, auto& b_tile) {
+  pipelined_stages<Problem, Tile>(prob, a_tiles, b_tiles, group, m0, n0, k_begin, k_end,
+                                  [&](auto& a_tile, auto& b_tile) {
 #pragma unroll
-    for (int kk = 0; kk < kTileK; ++kk) {
-      acc_t a_frag[kI], b_frag[kJ];
+                                    for (int kk = 0; kk < kTileK; ++kk) {
+                                      acc_t a_frag[kI], b_frag[kJ];
 #pragma unroll
-      for (int i = 0; i < kI; ++i) a_frag[i] = a_tile[kk][ty + 16 * i];
+                                      for (int i = 0; i < kI; ++i) a_frag[i] = a_tile[kk][ty + 16 * i];
 #pragma unroll
-      for (int j = 0; j < kJ; ++j) b_frag[j] = b_tile[kk][tx + 16 * j];
+                                      for (int j = 0; j < kJ; ++j) b_frag[j] = b_tile[kk][tx + 16 * j];
 #pragma unroll
-      for (int i = 0; i < kI; ++i)
+                                      for (int i = 0; i < kI; ++i)
 #pragma unroll
-        for (int j = 0; j < kJ; ++j) acc[i][j] += a_frag[i] * b_frag[j];
-    }
-  });
+                                        for (int j = 0; j < kJ; ++j) acc[i][j] += a_frag[i] * b_frag[j];
+                                    }
+                                  });
 
   const int rows = prob.rows(), cols = prob.cols();
 #pragma unroll
@@ -750,7 +787,8 @@ bool tensor_core_variant_enabled() {
 }
 
 template <typename Problem>
-inline constexpr bool kIsTapMajor = std::is_same_v<Problem, TapMajorForwardProblem<typename Problem::scalar_type>>;
+inline constexpr bool kIsTapMajor =
+    std::is_same_v<Problem, TapMajorForwardProblem<typename Problem::scalar_type>>;
 
 // Whether the forward takes the CpAsyncVariant (TapMajorForwardProblem): the tensor-core variant
 // is on and the input is channels_last with every group's channels, and every pixel's, in whole
@@ -759,21 +797,23 @@ template <typename scalar_t>
 bool cp_async_forward_applies(const at::Tensor& input, const KernelGeometry& p) {
   if (!tensor_core_variant_enabled<scalar_t>()) return false;
   constexpr int64_t kVec = TapMajorForwardProblem<scalar_t>::kVec;
-  return input.stride(1) == 1 && p.Cg % kVec == 0 && input.stride(0) % kVec == 0 && input.stride(2) % kVec == 0 &&
-         input.stride(3) % kVec == 0 && reinterpret_cast<uintptr_t>(input.const_data_ptr()) % 16 == 0;
+  return input.stride(1) == 1 && p.Cg % kVec == 0 && input.stride(0) % kVec == 0 &&
+         input.stride(2) % kVec == 0 && input.stride(3) % kVec == 0 &&
+         reinterpret_cast<uintptr_t>(input.const_data_ptr()) % 16 == 0;
 }
 
 template <typename Problem, typename Tile>
 void launch_with_tile(const Problem& prob, int64_t rows, int64_t cols, int64_t blocks_z, int stage_depth) {
-  const dim3 grid(static_cast<unsigned>(ceil_div(cols, Tile::kN)), static_cast<unsigned>(ceil_div(rows, Tile::kM)),
-                  static_cast<unsigned>(blocks_z));
+  const dim3 grid(static_cast<unsigned>(ceil_div(cols, Tile::kN)),
+                  static_cast<unsigned>(ceil_div(rows, Tile::kM)), static_cast<unsigned>(blocks_z));
   using scalar_t = typename Problem::scalar_type;
   if constexpr (kIsTapMajor<Problem>) {
     cuda::launch<implicit_gemm_kernel<Problem, CpAsyncVariant, Tile>>({grid, kThreads}, prob, stage_depth);
   } else {
     if constexpr (kHasTensorCoreVariant<scalar_t>) {
       if (tensor_core_variant_enabled<scalar_t>()) {
-        cuda::launch<implicit_gemm_kernel<Problem, TensorCoreVariant, Tile>>({grid, kThreads}, prob, stage_depth);
+        cuda::launch<implicit_gemm_kernel<Problem, TensorCoreVariant, Tile>>({grid, kThreads}, prob,
+                                                                             stage_depth);
         return;
       }
     }
@@ -786,7 +826,8 @@ template <typename Problem>
 void launch_implicit_gemm(const Problem& prob, int64_t rows, int64_t cols, int64_t depth, int64_t groups,
                           int64_t splits = 1) {
   const int64_t depth_per_split = ceil_div(ceil_div(depth, splits), kTileK) * kTileK;
-  TORCH_CHECK(ceil_div(rows, SmallTile::kM) <= 65535, "conv2d (CUDA): too many channels per group (", rows, ")");
+  TORCH_CHECK(ceil_div(rows, SmallTile::kM) <= 65535, "conv2d (CUDA): too many channels per group (", rows,
+              ")");
   TORCH_CHECK(groups * splits <= kMaxGridZ, "conv2d (CUDA): too many groups (", groups, ")");
   const int stage_depth = static_cast<int>(std::max<int64_t>(depth_per_split, kTileK));
   using acc_t = typename Problem::acc_t;
@@ -802,7 +843,8 @@ void launch_implicit_gemm(const Problem& prob, int64_t rows, int64_t cols, int64
 // dW[i] = sum over splits of partial[s][i], in split order (deterministic).
 template <typename scalar_t, typename acc_t>
 __global__ void sum_splits_kernel(const acc_t* partial, scalar_t* dw, int64_t splits, int64_t size) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < size; i += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < size;
+       i += int64_t(gridDim.x) * blockDim.x) {
     acc_t sum = 0;
     for (int64_t s = 0; s < splits; ++s) sum += partial[s * size + i];
     dw[i] = static_cast<scalar_t>(sum);
@@ -842,9 +884,11 @@ void check_cuda(const at::Tensor& t, const char* name) { check_device_type(t, na
 // tile past the last index must still fit too.
 void check_indexable(const KernelGeometry& p) {
   const int64_t largest = std::max({p.N * p.L, p.N * p.H * p.W, p.K, p.Coutg * p.kh * p.kw, p.Cg, p.Coutg});
-  TORCH_CHECK(largest + 2 * LargeTile::kM <= cuda::kMaxDividend, "conv2d (CUDA): ", largest,
-              " pixels (batch * height * width) or patch elements is more than the kernels index with 32 bits "
-              "(at most 2^31 - ", 2 * LargeTile::kM + 1, "); split the batch");
+  TORCH_CHECK(
+      largest + 2 * LargeTile::kM <= cuda::kMaxDividend, "conv2d (CUDA): ", largest,
+      " pixels (batch * height * width) or patch elements is more than the kernels index with 32 bits "
+      "(at most 2^31 - ",
+      2 * LargeTile::kM + 1, "); split the batch");
 }
 
 }  // namespace
@@ -857,7 +901,7 @@ at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight
   const cuda::DeviceGuard guard(input.device());
   const bool has_bias = bias.has_value() && bias->defined();
   auto out = cuda::empty({geometry.batch, geometry.out_channels, geometry.out_h, geometry.out_w},
-                       input.options().memory_format(conv2d_output_format(input)));
+                         input.options().memory_format(conv2d_output_format(input)));
   if (out.numel() == 0) return out;
   const auto p = kernel_geometry(geometry);
   check_indexable(p);
@@ -866,18 +910,23 @@ at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight
   CNNEXT_DISPATCH_CUDA_TYPES(input.scalar_type(), "conv2d_forward_cuda", [&] {
     if constexpr (kHasTensorCoreVariant<scalar_t>) {
       if (cp_async_forward_applies<scalar_t>(input, p)) {
-        const auto w_taps = weight.permute({0, 2, 3, 1}).contiguous();  // (Cout, kh, kw, C/G): tap-major depth
+        const auto w_taps =
+            weight.permute({0, 2, 3, 1}).contiguous();  // (Cout, kh, kw, C/G): tap-major depth
         const TapMajorForwardProblem<scalar_t> prob{
             {input.const_data_ptr<scalar_t>(), w_taps.const_data_ptr<scalar_t>(),
-             has_bias ? b.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), strides_of(input),
-             strides_of(out), p}};
+             has_bias ? b.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
+             strides_of(input), strides_of(out), p}};
         launch_implicit_gemm(prob, p.Coutg, p.N * p.L, p.K, p.groups);
         return;
       }
     }
-    const ForwardProblem<scalar_t> prob{input.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+    const ForwardProblem<scalar_t> prob{input.const_data_ptr<scalar_t>(),
+                                        w.const_data_ptr<scalar_t>(),
                                         has_bias ? b.const_data_ptr<scalar_t>() : nullptr,
-                                        out.mutable_data_ptr<scalar_t>(), strides_of(input), strides_of(out), p};
+                                        out.mutable_data_ptr<scalar_t>(),
+                                        strides_of(input),
+                                        strides_of(out),
+                                        p};
     launch_implicit_gemm(prob, p.Coutg, p.N * p.L, p.K, p.groups);
   });
   return out;
@@ -886,7 +935,8 @@ at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight
 Conv2dGrads conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
                                  const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
                                  at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask) {
-  const auto geometry = conv2d_backward_geometry(grad_output, input, weight, stride, padding, dilation, groups);
+  const auto geometry =
+      conv2d_backward_geometry(grad_output, input, weight, stride, padding, dilation, groups);
   check_cuda(input, "_conv2d_backward: input");
   const cuda::DeviceGuard guard(input.device());
   // Plain names, not a structured binding: the kernels' lambdas capture them (C++17 forbids that).
@@ -925,10 +975,14 @@ Conv2dGrads conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor
         dweight.zero_();  // nothing to sum over: the gradient is exactly zero
       } else if (dweight.numel() > 0) {
         const int64_t splits = grad_weight_splits(p);
-        auto partial = cuda::empty({splits, p.Cout, p.K}, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-        const GradWeightProblem<scalar_t> prob{grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
-                                               partial.mutable_data_ptr<acc_t>(), strides_of(grad_output),
-                                               strides_of(input), p};
+        auto partial =
+            cuda::empty({splits, p.Cout, p.K}, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        const GradWeightProblem<scalar_t> prob{grad_output.const_data_ptr<scalar_t>(),
+                                               input.const_data_ptr<scalar_t>(),
+                                               partial.mutable_data_ptr<acc_t>(),
+                                               strides_of(grad_output),
+                                               strides_of(input),
+                                               p};
         launch_implicit_gemm(prob, p.Coutg, p.K, p.N * p.L, p.groups, splits);
         const int64_t size = p.Cout * p.K;
         const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(size, kThreads), 4096));
@@ -939,9 +993,9 @@ Conv2dGrads conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor
     if (need_bias) {
       dbias = cuda::empty({p.Cout}, weight.options());
       if (p.Cout > 0) {
-        cuda::launch<bias_grad_kernel<scalar_t, acc_t>>({static_cast<unsigned>(p.Cout), kThreads},
-                                                        grad_output.const_data_ptr<scalar_t>(), strides_of(grad_output),
-                                                        p, dbias.mutable_data_ptr<scalar_t>());
+        cuda::launch<bias_grad_kernel<scalar_t, acc_t>>(
+            {static_cast<unsigned>(p.Cout), kThreads}, grad_output.const_data_ptr<scalar_t>(),
+            strides_of(grad_output), p, dbias.mutable_data_ptr<scalar_t>());
       }
     }
   });

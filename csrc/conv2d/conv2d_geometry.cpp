@@ -35,22 +35,25 @@ Conv2dGeometry conv2d_geometry(const at::Tensor& input, const at::Tensor& weight
   g.dil_w = dilation[1];
   g.groups = groups;
 
-  TORCH_CHECK(g.in_channels % groups == 0, "conv2d: groups (", groups,
-              ") must divide the input channels (", g.in_channels, ")");
+  TORCH_CHECK(g.in_channels % groups == 0, "conv2d: groups (", groups, ") must divide the input channels (",
+              g.in_channels, ")");
   TORCH_CHECK(g.out_channels % groups == 0, "conv2d: groups (", groups,
               ") must divide the output channels (weight.size(0) = ", g.out_channels, ")");
-  TORCH_CHECK(weight.size(1) * groups == g.in_channels, "conv2d: weight expects ",
-              weight.size(1) * groups, " input channels (weight.size(1) * groups = ", weight.size(1),
-              " * ", groups, "), but input has ", g.in_channels, " channels");
+  TORCH_CHECK(weight.size(1) * groups == g.in_channels, "conv2d: weight expects ", weight.size(1) * groups,
+              " input channels (weight.size(1) * groups = ", weight.size(1), " * ", groups,
+              "), but input has ", g.in_channels, " channels");
   TORCH_CHECK(g.kernel_h >= 1 && g.kernel_w >= 1, "conv2d: kernel size must be >= 1, got weight shape ",
               weight.sizes());
 
   const char* op = "conv2d";
-  const int64_t span_h = window_extent(op, g.kernel_h, g.dil_h), span_w = window_extent(op, g.kernel_w, g.dil_w);
-  const int64_t padded_h = checked_add(op, "the padded input height", g.in_h, checked_mul(op, "padding", 2, g.pad_h));
-  const int64_t padded_w = checked_add(op, "the padded input width", g.in_w, checked_mul(op, "padding", 2, g.pad_w));
-  TORCH_CHECK(span_h <= padded_h && span_w <= padded_w, "conv2d: kernel size (dilated) ", span_h, "x",
-              span_w, " is larger than the padded input ", padded_h, "x", padded_w);
+  const int64_t span_h = window_extent(op, g.kernel_h, g.dil_h),
+                span_w = window_extent(op, g.kernel_w, g.dil_w);
+  const int64_t padded_h =
+      checked_add(op, "the padded input height", g.in_h, checked_mul(op, "padding", 2, g.pad_h));
+  const int64_t padded_w =
+      checked_add(op, "the padded input width", g.in_w, checked_mul(op, "padding", 2, g.pad_w));
+  TORCH_CHECK(span_h <= padded_h && span_w <= padded_w, "conv2d: kernel size (dilated) ", span_h, "x", span_w,
+              " is larger than the padded input ", padded_h, "x", padded_w);
   g.out_h = (padded_h - span_h) / g.stride_h + 1;
   g.out_w = (padded_w - span_w) / g.stride_w + 1;
 
@@ -66,14 +69,14 @@ Conv2dGeometry conv2d_geometry(const at::Tensor& input, const at::Tensor& weight
 
 Conv2dGeometry conv2d_backward_geometry(const at::Tensor& grad_output, const at::Tensor& input,
                                         const at::Tensor& weight, at::IntArrayRef stride,
-                                        at::IntArrayRef padding, at::IntArrayRef dilation,
-                                        int64_t groups) {
+                                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const auto g = conv2d_geometry(input, weight, std::nullopt, stride, padding, dilation, groups);
   check_same_dtype(input, "input", grad_output, "grad_output");
   check_same_device(input, "input", grad_output, "grad_output");
   const std::array<int64_t, 4> expected{g.batch, g.out_channels, g.out_h, g.out_w};
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected), "_conv2d_backward: grad_output must have shape ",
-              at::IntArrayRef(expected), ", got ", grad_output.sizes());
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected),
+              "_conv2d_backward: grad_output must have shape ", at::IntArrayRef(expected), ", got ",
+              grad_output.sizes());
   return g;
 }
 

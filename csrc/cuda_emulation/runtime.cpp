@@ -1,6 +1,9 @@
 // The CUDA emulator's runtime: launch checks, fibers, the block scheduler, barriers and warp
 // collectives (see emulator.h for what is emulated and what is not).
 //
+// Why one file of ~890 lines: fibers, scheduler, barriers and launch share the runtime's internal
+// state (Pool, BlockRun, EmuThread), which no other file should see.
+//
 // A launch runs its blocks one after another on the calling OS thread (shuffled under the random
 // schedule). A block's threads are fibers with stacks of their own; the scheduler resumes every
 // ready fiber once per pass, in the schedule's order (forward, reverse or a fresh random
@@ -604,7 +607,8 @@ void complete_barrier_or_fail(BlockRun& run, std::vector<int>& ready) {
   const EmuThread& first = threads[at_barrier[0]];
   auto same_site = [&](int i) {
     const Site& s = threads[i].site;
-    return s.line == first.site.line && (s.file == first.site.file || std::strcmp(s.file, first.site.file) == 0);
+    return s.line == first.site.line &&
+           (s.file == first.site.file || std::strcmp(s.file, first.site.file) == 0);
   };
   if (!std::all_of(at_barrier.begin(), at_barrier.end(), same_site)) {
     std::map<std::string, std::vector<int>> by_site;
@@ -775,21 +779,10 @@ void forget_launched_kernels() {
   launched().clear();
 }
 
-void launch(const LaunchRequest& request, const std::function<void()>& body) {
-  HideFromTsan hide;  // the scheduler's own accesses; the fibers are tracked
-  const std::string kernel = short_kernel_name(request.name);
-  check_launch(request, kernel);
-  {
-    std::lock_guard<std::mutex> lock(launched_mutex);
-    launched().insert(kernel + "\t" +
-                      std::to_string(uint64_t{request.block.x} * request.block.y * request.block.z) + "\t" +
-                      std::to_string(request.dynamic_shared_bytes));
-  }
-  TORCH_CHECK(active == nullptr, "CUDA emulator: ", kernel, " launched from inside an emulated kernel");
-  const Settings config = settings();
-  std::mt19937_64& rng = schedule_rng();
+namespace {
 
-  const int count = static_cast<int>(request.block.x * request.block.y * request.block.z);
+// The block's `count` threads: stacks of the configured size, their indices and views.
+void prepare_threads(const LaunchRequest& request, const Settings& config, int count) {
   auto& threads = pool.threads;
   if (static_cast<int>(threads.size()) < count) threads.resize(count);
   for (int i = 0; i < count; ++i) {
@@ -807,15 +800,44 @@ void launch(const LaunchRequest& request, const std::function<void()>& body) {
     t.view.block_dim = request.block;
     t.view.grid_dim = request.grid;
   }
-  pool.dynamic_shared.resize(std::max<size_t>(request.dynamic_shared_bytes, 1) + 16);
-  unsigned char* shared = pool.dynamic_shared.data();
-  shared += (16 - reinterpret_cast<uintptr_t>(shared) % 16) % 16;
+}
 
-  // Block order: forward, or shuffled under the random schedule.
-  const uint64_t blocks = uint64_t{request.grid.x} * request.grid.y * request.grid.z;
-  std::vector<uint64_t> block_order(blocks);
-  std::iota(block_order.begin(), block_order.end(), uint64_t{0});
-  if (config.schedule == Schedule::kRandom) std::shuffle(block_order.begin(), block_order.end(), rng);
+// The launch's dynamic shared memory, 16-byte aligned as on a GPU.
+unsigned char* prepare_dynamic_shared(size_t bytes) {
+  pool.dynamic_shared.resize(std::max<size_t>(bytes, 1) + 16);
+  unsigned char* shared = pool.dynamic_shared.data();
+  return shared + (16 - reinterpret_cast<uintptr_t>(shared) % 16) % 16;
+}
+
+// The order the grid's blocks run in: forward, or shuffled under the random schedule.
+std::vector<uint64_t> block_order(dim3 grid, Schedule schedule, std::mt19937_64& rng) {
+  std::vector<uint64_t> order(uint64_t{grid.x} * grid.y * grid.z);
+  std::iota(order.begin(), order.end(), uint64_t{0});
+  if (schedule == Schedule::kRandom) std::shuffle(order.begin(), order.end(), rng);
+  return order;
+}
+
+}  // namespace
+
+void launch(const LaunchRequest& request, const std::function<void()>& body) {
+  HideFromTsan hide;  // the scheduler's own accesses; the fibers are tracked
+  const std::string kernel = short_kernel_name(request.name);
+  check_launch(request, kernel);
+  {
+    std::lock_guard<std::mutex> lock(launched_mutex);
+    launched().insert(kernel + "\t" +
+                      std::to_string(uint64_t{request.block.x} * request.block.y * request.block.z) + "\t" +
+                      std::to_string(request.dynamic_shared_bytes));
+  }
+  TORCH_CHECK(active == nullptr, "CUDA emulator: ", kernel, " launched from inside an emulated kernel");
+  const Settings config = settings();
+  std::mt19937_64& rng = schedule_rng();
+
+  const int count = static_cast<int>(request.block.x * request.block.y * request.block.z);
+  auto& threads = pool.threads;
+  prepare_threads(request, config, count);
+  unsigned char* shared = prepare_dynamic_shared(request.dynamic_shared_bytes);
+  const std::vector<uint64_t> order = block_order(request.grid, config.schedule, rng);
 
   BlockRun run;
   run.kernel = kernel;
@@ -836,7 +858,7 @@ void launch(const LaunchRequest& request, const std::function<void()>& body) {
     }
   } deactivate;
   active = &run;
-  for (const uint64_t b : block_order) {
+  for (const uint64_t b : order) {
     const dim3 block_idx(static_cast<unsigned>(b % request.grid.x),
                          static_cast<unsigned>((b / request.grid.x) % request.grid.y),
                          static_cast<unsigned>(b / (uint64_t{request.grid.x} * request.grid.y)));

@@ -245,10 +245,11 @@ __global__ void mma_kernel(const T* a, const T* bt, const float* c, float* d) {
   const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
   const auto A = [&](int row, int k) { return a[row * 16 + k]; };
   const auto B = [&](int k, int col) { return bt[col * 16 + k]; };
-  const uint32_t fa[4] = {pack_pair(A(g, 2 * t), A(g, 2 * t + 1)), pack_pair(A(g + 8, 2 * t), A(g + 8, 2 * t + 1)),
-                          pack_pair(A(g, 2 * t + 8), A(g, 2 * t + 9)),
-                          pack_pair(A(g + 8, 2 * t + 8), A(g + 8, 2 * t + 9))};
-  const uint32_t fb[2] = {pack_pair(B(2 * t, g), B(2 * t + 1, g)), pack_pair(B(2 * t + 8, g), B(2 * t + 9, g))};
+  const uint32_t fa[4] = {
+      pack_pair(A(g, 2 * t), A(g, 2 * t + 1)), pack_pair(A(g + 8, 2 * t), A(g + 8, 2 * t + 1)),
+      pack_pair(A(g, 2 * t + 8), A(g, 2 * t + 9)), pack_pair(A(g + 8, 2 * t + 8), A(g + 8, 2 * t + 9))};
+  const uint32_t fb[2] = {pack_pair(B(2 * t, g), B(2 * t + 1, g)),
+                          pack_pair(B(2 * t + 8, g), B(2 * t + 9, g))};
   const int top = g * 8 + 2 * t, bottom = (g + 8) * 8 + 2 * t;
   const float fc[4] = {c[top], c[top + 1], c[bottom], c[bottom + 1]};
   float fd[4];
@@ -262,7 +263,8 @@ __global__ void mma_kernel(const T* a, const T* bt, const float* c, float* d) {
 at::Tensor mma(const at::Tensor& a, const at::Tensor& bt, const at::Tensor& c) {
   TORCH_CHECK(a.sizes() == at::IntArrayRef({16, 16}) && bt.sizes() == at::IntArrayRef({8, 16}) &&
                   c.sizes() == at::IntArrayRef({16, 8}) && c.scalar_type() == at::kFloat &&
-                  a.scalar_type() == bt.scalar_type() && a.is_contiguous() && bt.is_contiguous() && c.is_contiguous(),
+                  a.scalar_type() == bt.scalar_type() && a.is_contiguous() && bt.is_contiguous() &&
+                  c.is_contiguous(),
               "_selftest_mma: a (16, 16), bt (8, 16) of one 16-bit type, c (16, 8) float, all contiguous");
   auto d = at::empty({16, 8}, at::kFloat);
   if (a.scalar_type() == at::kHalf) {
@@ -298,8 +300,8 @@ __global__ void async_copy_kernel(const float* src, float* out) {
 }
 
 at::Tensor async_copy(const at::Tensor& src) {
-  TORCH_CHECK(src.sizes() == at::IntArrayRef({64, 4}) && src.scalar_type() == at::kFloat && src.is_contiguous() &&
-                  reinterpret_cast<uintptr_t>(src.const_data_ptr()) % 16 == 0,
+  TORCH_CHECK(src.sizes() == at::IntArrayRef({64, 4}) && src.scalar_type() == at::kFloat &&
+                  src.is_contiguous() && reinterpret_cast<uintptr_t>(src.const_data_ptr()) % 16 == 0,
               "_selftest_async_copy: src (64, 4) float, contiguous and 16-byte aligned");
   auto out = at::empty({32, 4, 4}, at::kFloat);
   launch<async_copy_kernel>({1, 32}, src.const_data_ptr<float>(), out.mutable_data_ptr<float>());
@@ -326,13 +328,15 @@ __global__ void mma_tf32_kernel(const float* a, const float* bt, const float* c,
 }
 
 at::Tensor mma_tf32(const at::Tensor& a, const at::Tensor& bt, const at::Tensor& c) {
-  const auto is_float = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat && t.is_contiguous(); };
+  const auto is_float = [](const at::Tensor& t) {
+    return t.scalar_type() == at::kFloat && t.is_contiguous();
+  };
   TORCH_CHECK(a.sizes() == at::IntArrayRef({16, 8}) && bt.sizes() == at::IntArrayRef({8, 8}) &&
                   c.sizes() == at::IntArrayRef({16, 8}) && is_float(a) && is_float(bt) && is_float(c),
               "_selftest_mma_tf32: a (16, 8), bt (8, 8), c (16, 8), float and contiguous");
   auto d = at::empty({16, 8}, at::kFloat);
-  launch<mma_tf32_kernel>({1, 32}, a.const_data_ptr<float>(), bt.const_data_ptr<float>(), c.const_data_ptr<float>(),
-                          d.mutable_data_ptr<float>());
+  launch<mma_tf32_kernel>({1, 32}, a.const_data_ptr<float>(), bt.const_data_ptr<float>(),
+                          c.const_data_ptr<float>(), d.mutable_data_ptr<float>());
   return d;
 }
 

@@ -78,13 +78,17 @@ device-check:
 barrier-removal: emulator
 	$(PY) -m benchmarks.barrier_removal
 
+# Python: ruff (lint + format); C++ / CUDA: clang-format (.clang-format, 110 columns) in check mode.
+CXX_SOURCES = $(shell find csrc -name '*.h' -o -name '*.cpp' -o -name '*.cu' | sort)
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/clang-format --dry-run --Werror $(CXX_SOURCES)
 
 format: setup
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
+	$(VENV)/bin/clang-format -i $(CXX_SOURCES)
 
 clean:
 	rm -rf build dist *.egg-info cnnext/*.so .pytest_cache .ruff_cache .benchmarks

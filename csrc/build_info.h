@@ -5,5 +5,5 @@
 
 namespace cnnext {
 std::string cuda_arch_list();  // e.g. "800,900", from nvcc's __CUDA_ARCH_LIST__
-int cuda_runtime_version();     // CUDART_VERSION the kernels were compiled against, e.g. 13000
+int cuda_runtime_version();    // CUDART_VERSION the kernels were compiled against, e.g. 13000
 }  // namespace cnnext

@@ -25,7 +25,8 @@ void advise_huge_pages(const at::Tensor& fresh) {
   const auto begin = reinterpret_cast<uintptr_t>(fresh.data_ptr());
   const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
   const uintptr_t last = (begin + fresh.nbytes()) & ~(kHugePage - 1);
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // a hint: errors ignored
+  if (last > first)
+    madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // a hint: errors ignored
 #else
   (void)fresh;
 #endif

@@ -33,8 +33,8 @@ CpuIsa chosen_isa() {
   } else {
     TORCH_CHECK(name == "baseline", "CNNEXT_CPU_ISA must be baseline, avx2 or avx512, got '", name, "'");
   }
-  TORCH_CHECK(wanted <= supported, "CNNEXT_CPU_ISA=", name, " asks for instructions this CPU lacks (it supports up to ",
-              cpu_isa_name(supported), ")");
+  TORCH_CHECK(wanted <= supported, "CNNEXT_CPU_ISA=", name,
+              " asks for instructions this CPU lacks (it supports up to ", cpu_isa_name(supported), ")");
   return wanted;
 }
 

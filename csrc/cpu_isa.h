@@ -12,7 +12,7 @@ namespace cnnext {
 enum class CpuIsa { baseline = 0, avx2 = 1, avx512 = 2 };  // avx2 includes FMA; avx512: F, BW, VL
 
 CpuIsa cpu_isa();
-CpuIsa cpu_isa_supported();   // the best level this CPU has, whatever CNNEXT_CPU_ISA says
+CpuIsa cpu_isa_supported();            // the best level this CPU has, whatever CNNEXT_CPU_ISA says
 const char* cpu_isa_name(CpuIsa isa);  // "baseline", "avx2" or "avx512", as CNNEXT_CPU_ISA spells them
 inline bool cpu_use_avx2() { return cpu_isa() >= CpuIsa::avx2; }
 inline bool cpu_use_avx512() { return cpu_isa() >= CpuIsa::avx512; }

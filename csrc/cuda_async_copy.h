@@ -48,7 +48,8 @@ inline PendingCopies& pending_copies() {
   const uint3 block = blockIdx;
   if (mine.block.x != block.x || mine.block.y != block.y || mine.block.z != block.z) {
     if (mine.count != 0) {
-      ::cnnext_emu::trap(CNNEXT_EMU_SITE, "cp.async copies of an earlier block were never waited for (wait_copies<0>)");
+      ::cnnext_emu::trap(CNNEXT_EMU_SITE,
+                         "cp.async copies of an earlier block were never waited for (wait_copies<0>)");
     }
     mine.block = block;
     mine.open_group = 0;
@@ -65,7 +66,8 @@ __device__ inline void copy_16_async(void* dst, const void* src, int src_bytes) 
   }
   PendingCopies& mine = pending_copies();
   if (mine.count == PendingCopies::kCapacity) {
-    ::cnnext_emu::trap(CNNEXT_EMU_SITE, "more cp.async copies in flight in one thread than the emulator holds (64)");
+    ::cnnext_emu::trap(CNNEXT_EMU_SITE,
+                       "more cp.async copies in flight in one thread than the emulator holds (64)");
   }
   mine.copies[mine.count++] = {dst, src, src_bytes, mine.open_group};
 }

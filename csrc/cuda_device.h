@@ -122,7 +122,8 @@ __device__ __forceinline__ T* dynamic_shared_memory() {
 template <auto kernel, typename... Args>
 void launch(const LaunchConfig& config, Args&&... args) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  // clang-format off (it would split the launch chevrons of a .h file)
+  // clang-format reads a .h file as C++ and would split the launch chevrons.
+  // clang-format off
   kernel<<<config.grid, config.block, config.shared_bytes, stream>>>(std::forward<Args>(args)...);
   // clang-format on
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -30,9 +30,11 @@ class FastDivmod {
  public:
   FastDivmod() = default;
   explicit FastDivmod(int64_t divisor) : divisor_(static_cast<uint32_t>(divisor)) {
-    TORCH_CHECK(divisor >= 1 && divisor <= kMaxDividend, "FastDivmod: divisor ", divisor, " out of [1, 2^31)");
+    TORCH_CHECK(divisor >= 1 && divisor <= kMaxDividend, "FastDivmod: divisor ", divisor,
+                " out of [1, 2^31)");
     while ((uint64_t{1} << shift_) < divisor_) ++shift_;
-    multiplier_ = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << shift_) - divisor_)) / divisor_ + 1);
+    multiplier_ =
+        static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << shift_) - divisor_)) / divisor_ + 1);
   }
 
   // Division by a tensor size that may be 0: an empty size divides nothing (kernels launch no

@@ -56,7 +56,8 @@ C10_HOST_DEVICE inline uint32_t philox_word(const PhiloxBlock& block, uint64_t w
 }
 
 // Whether element `index` of the dropout mask (seed, offset) is kept, for keep threshold t.
-C10_HOST_DEVICE inline bool dropout_keeps(uint64_t seed, uint64_t offset, uint64_t index, uint32_t threshold) {
+C10_HOST_DEVICE inline bool dropout_keeps(uint64_t seed, uint64_t offset, uint64_t index,
+                                          uint32_t threshold) {
   const PhiloxBlock block = philox4x32_10(index / 4, offset, seed);
   return (philox_word(block, index % 4) >> 8) >= threshold;
 }

@@ -15,7 +15,9 @@ from cnnext.ops import reference
 
 from .conftest import DEVICES, DTYPES, record, record_cpu_variants, synchronize
 
-SHAPES = [(32, 4, 64, 32), (32, 4, 256, 32), (4, 4, 1024, 32), (1, 4, 4096, 32)]  # (B, H, L, D)
+# (B, H, L, D). One head of 4096: fewer (batch, head) pairs than threads, where the CPU backward
+# splits a head's key tiles over threads (its key_tiles_in_chunks variant).
+SHAPES = [(32, 4, 64, 32), (32, 4, 256, 32), (4, 4, 1024, 32), (1, 4, 4096, 32), (1, 1, 4096, 32)]
 CUDA_SHAPES = [(8, 16, 1024, 64), (4, 16, 2048, 128)]  # FlashAttention's usual head dims
 # conftest's PRECISIONS without "tf32": the attention kernels have no TF32 path.
 ATTENTION_PRECISIONS = {"cpu": ["float32"], "cuda": ["float32", "float16", "bfloat16"]}

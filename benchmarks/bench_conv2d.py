@@ -16,7 +16,9 @@ from .conftest import DEVICE_PRECISIONS, DTYPES, precision_mode, record, record_
 
 # (name, batch, in_channels, out_channels, size, kernel, stride): the CIFAR ResNet's stem, stages at
 # 32x32 / 16x16 / 8x8, strided downsampling and 1x1 projections; the bottleneck's 1x1 convolutions;
-# the MNIST CNN's three layers; the kernel-size study's 5x5 and 7x7.
+# the MNIST CNN's three layers; the kernel-size study's 5x5 and 7x7; a ResNet-18 style last stage
+# at 4x4, whose rows are too narrow for the direct CPU kernels (the GEMM variants: tests/
+# test_cpu_variants.py checks that these shapes reach every CPU variant).
 SHAPES = [
     ("stem 3->16 32x32 k3", 64, 3, 16, 32, 3, 1),
     ("16->16 32x32 k3", 64, 16, 16, 32, 3, 1),
@@ -31,6 +33,7 @@ SHAPES = [
     ("MNIST 1->16 28x28 k3", 64, 1, 16, 28, 3, 1),
     ("MNIST 16->32 14x14 k3", 64, 16, 32, 14, 3, 1),
     ("MNIST 32->64 7x7 k3", 64, 32, 64, 7, 3, 1),
+    ("128->128 4x4 k3", 64, 128, 128, 4, 3, 1),
 ]
 IMPLEMENTATIONS = {"native": F.conv2d, "cnnext": cnnext.ops.conv2d}
 

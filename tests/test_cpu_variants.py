@@ -275,3 +275,41 @@ for case in t.ATTENTION_CASES:
 print("ok")
 """
     run_with_cpu_isa(script, isa)
+
+
+@pytest.mark.skipif(not DIRECT_CONV, reason="the direct conv2d kernels need an AVX2 + FMA CPU")
+def test_conv2d_benchmarks_reach_every_variant():
+    """benchmarks/bench_conv2d.py's shapes (batch 2 here) reach every conv2d CPU variant."""
+    from benchmarks.bench_conv2d import SHAPES
+
+    reached = set()
+    for _, _, cin, cout, size, kernel, stride in SHAPES:
+        x = torch.randn(2, cin, size, size, requires_grad=True)
+        w = torch.randn(cout, cin, kernel, kernel, requires_grad=True)
+        with cnnext.cpu_variants_used() as used:
+            out = ops.conv2d(x, w, stride=stride, padding=kernel // 2)
+            torch.autograd.grad(out, (x, w), torch.ones_like(out))
+        reached |= set(used)
+    assert reached == {key for key in table() if key[0].startswith("conv2d")}
+
+
+def test_attention_benchmarks_reach_every_variant_but_the_score_search():
+    """benchmarks/bench_attention.py's CPU shapes (on 2 threads, shorter sequences) reach every
+    attention variant except tiled_searching_scores, which serves inputs holding NaN or infinity:
+    a correctness path, not one to time."""
+    from benchmarks.bench_attention import SHAPES
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    reached = set()
+    try:
+        for batch, heads, length, dim in SHAPES:
+            q, k, v = (torch.randn(batch, heads, min(length, 600), dim, requires_grad=True) for _ in range(3))
+            with cnnext.cpu_variants_used() as used:
+                out = ops.scaled_dot_product_attention(q, k, v)
+                torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+            reached |= set(used)
+    finally:
+        torch.set_num_threads(before)
+    listed = {key for key in table() if key[0].startswith("attention")}
+    assert reached == listed - {("attention_forward", "tiled_searching_scores")}

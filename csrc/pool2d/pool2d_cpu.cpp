@@ -13,7 +13,9 @@ namespace {
 
 const Pool2dCpuLoops& loops() {
 #if defined(__x86_64__)
-  static const Pool2dCpuLoops table = cpu_use_avx2() ? pool2d_cpu_loops_avx2() : pool2d_cpu_loops_baseline();
+  static const Pool2dCpuLoops table = cpu_use_avx512() ? pool2d_cpu_loops_avx512()
+                                      : cpu_use_avx2() ? pool2d_cpu_loops_avx2()
+                                                       : pool2d_cpu_loops_baseline();
 #else
   static const Pool2dCpuLoops table = pool2d_cpu_loops_baseline();
 #endif

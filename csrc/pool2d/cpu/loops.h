@@ -1,8 +1,8 @@
 // One instruction-set build of the CPU pooling loops: every variant of variants.h, and the
-// table that runs them. Compiled twice, once per level of cpu_isa_target.h (loops_baseline.cpp,
-// loops_avx2.cpp); pool2d_cpu.cpp picks the build (cpu_isa.h) and the variant (variants.h) per
-// call. Each build exports one factory, pool2d_cpu_loops_<level>(); everything else has internal
-// linkage.
+// table that runs them. Compiled three times, once per level of cpu_isa_target.h
+// (loops_baseline.cpp, loops_avx2.cpp, loops_avx512.cpp); pool2d_cpu.cpp picks the build
+// (cpu_isa.h) and the variant (variants.h) per call. Each build exports one factory,
+// pool2d_cpu_loops_<level>(); everything else has internal linkage.
 //
 // Layouts: NCHW tasks own (n, c) planes, whose window bounds are computed once per call (the same
 // for every plane), so the inner loops only read, compare or add, and write; channels_last tasks

@@ -75,7 +75,8 @@ struct Pool2dCpuLoops {
 
 Pool2dCpuLoops pool2d_cpu_loops_baseline();
 #if defined(__x86_64__)
-Pool2dCpuLoops pool2d_cpu_loops_avx2();  // call only where cpu_use_avx2()
+Pool2dCpuLoops pool2d_cpu_loops_avx2();    // call only where cpu_use_avx2()
+Pool2dCpuLoops pool2d_cpu_loops_avx512();  // call only where cpu_use_avx512()
 #endif
 
 }  // namespace cnnext

@@ -119,8 +119,7 @@ def test_pool2d_variant(case, dtype):
         out = pool_call(kind, kwargs, ops)(x)
         grad = torch.randn(out.shape, dtype=torch.float64)
         (dx,) = torch.autograd.grad(out, x, grad.to(dtype))
-    reached = {op: variant for (op, variant) in used}
-    assert reached == expected, f"the case reached {used}"
+    assert set(used) == set(expected.items()), f"the case reached {used}"
     out_native = pool_call(kind, kwargs, F)(x_native)
     (dx_native,) = torch.autograd.grad(out_native, x_native, grad)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
@@ -165,7 +164,7 @@ def test_conv2d_variant(case):
         out = ops.conv2d(xs, ws, **kwargs)
         grad = torch.randn(out.shape, dtype=torch.float64)
         dx, dw = torch.autograd.grad(out, (xs, ws), grad.to(dtype))
-    assert {op: variant for (op, variant) in used} == expected, f"the case reached {used}"
+    assert set(used) == set(expected.items()), f"the case reached {used}"
     x_native, w_native = x.clone().requires_grad_(), w.clone().requires_grad_()
     out_native = F.conv2d(x_native, w_native, **kwargs)
     dx_native, dw_native = torch.autograd.grad(out_native, (x_native, w_native), grad)
@@ -215,7 +214,7 @@ def test_attention_variant(case):
                 grads = torch.autograd.grad(out, (qs, ks, vs), torch.ones_like(out))
     finally:
         torch.set_num_threads(before)
-    assert {op: variant for (op, variant) in used} == expected, f"the case reached {used}"
+    assert set(used) == set(expected.items()), f"the case reached {used}"
     native = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
     if poison:
         # SDPA's rows that saw the infinite key are NaN: so are ours, and the others match.

@@ -23,6 +23,14 @@ struct CpuVariant {
   void count() { calls.fetch_add(1, std::memory_order_relaxed); }
 };
 
+// Counts one call of `variant` in an op's table, whose entries follow the enum's order (the table
+// must hold one entry per value before Variant::kCount).
+template <typename Variant, size_t N>
+void count_variant(CpuVariant (&table)[N], Variant variant) {
+  static_assert(N == static_cast<size_t>(Variant::kCount), "one table entry per variant");
+  table[static_cast<size_t>(variant)].count();
+}
+
 // Pointers to the entries of an op's table, in its order.
 template <size_t N>
 std::vector<CpuVariant*> entries_of(CpuVariant (&table)[N]) {

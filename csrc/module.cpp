@@ -44,20 +44,17 @@ PyObject* build_info(PyObject*, PyObject*) {
 #ifdef CNNEXT_WITH_CUDA
   const bool cuda = true;
   const std::string archs = cnnext::cuda_arch_list();
-  PyObject* cuda_version = PyLong_FromLong(cnnext::cuda_runtime_version());
+  const auto cuda_version = [] { return PyLong_FromLong(cnnext::cuda_runtime_version()); };
 #else
   const bool cuda = false;
   const std::string archs;
-  PyObject* cuda_version = Py_NewRef(Py_None);
+  const auto cuda_version = [] { return Py_NewRef(Py_None); };
 #endif
   PyObject* info = PyDict_New();
-  if (info == nullptr) {
-    Py_XDECREF(cuda_version);
-    return nullptr;
-  }
+  if (info == nullptr) return nullptr;
   const bool ok = set_item(info, "cuda", PyBool_FromLong(cuda)) &&
                   set_item(info, "cuda_archs", PyUnicode_FromString(archs.c_str())) &&
-                  set_item(info, "cuda_runtime_version", cuda_version) &&
+                  set_item(info, "cuda_runtime_version", cuda_version()) &&
                   set_item(info, "torch_version", PyUnicode_FromString(torch_version.c_str())) &&
                   set_item(info, "cpu_isa", PyUnicode_FromString(cpu_isa)) &&
                   set_item(info, "cpu_isa_supported",

@@ -21,12 +21,10 @@ CpuVariant table[] = {
      "fewer pairs than threads: a head's key tiles split into chunks, each adding into its own dQ copy, "
      "summed in chunk order"},
 };
-static_assert(sizeof(table) / sizeof(table[0]) == static_cast<size_t>(AttentionCpuVariant::kCount),
-              "one table entry per AttentionCpuVariant");
 
 }  // namespace
 
-void count_attention_cpu_variant(AttentionCpuVariant variant) { table[static_cast<int>(variant)].count(); }
+void count_attention_cpu_variant(AttentionCpuVariant variant) { count_variant(table, variant); }
 
 std::vector<CpuVariant*> attention_cpu_variants() { return entries_of(table); }
 

@@ -20,12 +20,10 @@ CpuVariant table[] = {
     {"conv2d_weight_grad", "direct", "as the forward's direct variant: direct weight-gradient kernels"},
     {"conv2d_weight_grad", "im2col_gemm", "everything else: im2col + BLAS, a partial sum per thread"},
 };
-static_assert(sizeof(table) / sizeof(table[0]) == static_cast<size_t>(Conv2dCpuVariant::kCount),
-              "one table entry per Conv2dCpuVariant");
 
 }  // namespace
 
-void count_conv2d_cpu_variant(Conv2dCpuVariant variant) { table[static_cast<int>(variant)].count(); }
+void count_conv2d_cpu_variant(Conv2dCpuVariant variant) { count_variant(table, variant); }
 
 std::vector<CpuVariant*> conv2d_cpu_variants() { return entries_of(table); }
 

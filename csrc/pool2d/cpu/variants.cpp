@@ -44,11 +44,8 @@ CpuVariant table[] = {
     {"avg_pool2d_backward", "channels_last_scatter",
      "channels_last, any window: zero fill, then scatter per pixel"},
 };
-static_assert(sizeof(table) / sizeof(table[0]) == static_cast<size_t>(Pool2dCpuVariant::kCount),
-              "one table entry per Pool2dCpuVariant");
-
 Pool2dCpuVariant counted(Pool2dCpuVariant v) {
-  table[static_cast<int>(v)].count();
+  count_variant(table, v);
   return v;
 }
 

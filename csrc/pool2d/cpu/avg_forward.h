@@ -189,7 +189,7 @@ void avg_forward_nchw_adaptive(const scalar_t* x, scalar_t* out, const Pool2dGeo
 }
 
 // Tasks are (sample, output row): a task reads about a 1/OH share of the sample, whatever the window.
-template <typename scalar_t, typename PixelFn>
+template <typename PixelFn>
 void for_channels_last_output_pixels(const Pool2dGeometry& g, const PixelFn& pixel) {
   const int64_t OH = g.out_h, OW = g.out_w, C = g.channels;
   const int64_t task_work = std::max(OW * C * g.kernel_h * g.kernel_w, ceil_div(g.in_h * g.in_w * C, OH));
@@ -203,7 +203,7 @@ template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
 void avg_forward_channels_last_2x2_tiling(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g,
                                           const AvgWindows<opmath_t>& windows) {
   const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, C = g.channels;
-  for_channels_last_output_pixels<scalar_t>(g, [&](int64_t n, int64_t oh, int64_t ow) {
+  for_channels_last_output_pixels(g, [&](int64_t n, int64_t oh, int64_t ow) {
     const opmath_t pixel_scale = windows.scale[oh * OW + ow];
     const scalar_t* __restrict__ a = x + n * H * W * C + (2 * oh * W + 2 * ow) * C;
     const scalar_t* __restrict__ b = a + W * C;
@@ -219,7 +219,7 @@ template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
 void avg_forward_channels_last_blocks(const scalar_t* x, scalar_t* out, const Pool2dGeometry& g,
                                       const AvgWindows<opmath_t>& windows) {
   const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, C = g.channels;
-  for_channels_last_output_pixels<scalar_t>(g, [&](int64_t n, int64_t oh, int64_t ow) {
+  for_channels_last_output_pixels(g, [&](int64_t n, int64_t oh, int64_t ow) {
     const Span r = windows.rows[oh], c = windows.cols[ow];
     const opmath_t pixel_scale = windows.scale[oh * OW + ow];
     const scalar_t* sample = x + n * H * W * C;

@@ -15,12 +15,12 @@
 //
 // Sanitizers: under ThreadSanitizer (CNNEXT_EMU_TSAN) every fiber is announced as a TSan fiber
 // and switches carry no synchronisation of their own; a barrier or collective passes happens-
-// before from each participant's arrival to every participant's resumption through a short-lived
-// relay fiber, so TSan sees CUDA's ordering within a block: accesses of two threads with no
-// barrier or collective between them are reported. Blocks are ordered one after another (they
-// reuse stacks and shared memory), so races between blocks are not. The runtime's own bookkeeping
-// is hidden from TSan. Under AddressSanitizer the stack switches are announced
-// (__sanitizer_start/finish_switch_fiber).
+// before from each participant's arrival to every participant's resumption through a token that
+// each participant releases into (see relay), so TSan sees CUDA's ordering within a block:
+// accesses of two threads with no barrier or collective between them are reported. Blocks are
+// ordered one after another (they reuse stacks and shared memory), so races between blocks are
+// not. The runtime's own bookkeeping is hidden from TSan. Under AddressSanitizer the stack
+// switches are announced (__sanitizer_start/finish_switch_fiber).
 #include <c10/util/Exception.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -56,6 +56,14 @@ void __tsan_release(void* addr);
 void __tsan_ignore_thread_begin(void);
 void __tsan_ignore_thread_end(void);
 }
+#endif
+
+// A function left out of ThreadSanitizer's instrumentation entirely, its entry and exit included
+// (clang's no_sanitize("thread") would keep those).
+#if defined(__clang__)
+#define CNNEXT_EMU_NOT_INSTRUMENTED __attribute__((disable_sanitizer_instrumentation))
+#else
+#define CNNEXT_EMU_NOT_INSTRUMENTED __attribute__((no_sanitize_thread))
 #endif
 
 // ---- Context switch (x86-64 System V) -----------------------------------------------------------
@@ -156,8 +164,7 @@ struct EmuThread {
   std::string failure;
 #if defined(CNNEXT_EMU_TSAN)
   void* tsan_fiber = nullptr;
-  char arrival_token = 0;        // released at every arrival at a barrier or collective
-  char* resume_token = nullptr;  // acquired when resumed after one
+  char* resume_token = nullptr;  // acquired when resumed after a barrier or collective
 #endif
 #if defined(CNNEXT_EMU_ASAN)
   void* asan_fake_stack = nullptr;
@@ -233,6 +240,7 @@ struct Pool {
   std::vector<unsigned char> dynamic_shared;
 #if defined(CNNEXT_EMU_TSAN)
   std::vector<char> completion_tokens = std::vector<char>(4096);
+  char block_start_token = 0;  // released by the scheduler before each block, acquired by its fibers
   char block_exit_token = 0;
 #endif
 };
@@ -281,10 +289,12 @@ void yield_to_scheduler(BlockRun& run, EmuThread& t) {
 #endif
 }
 
-// The last switch of a fiber, which never resumes. Called with one HideFromTsan level active,
-// which it ends (TSan forbids destroying a fiber that ignores accesses); from there on only locals
-// are touched.
-[[noreturn]] void finish_fiber(BlockRun& run, EmuThread& t) {
+// The last switch of a fiber's run through a block. Called with one HideFromTsan level active,
+// which it ends, so that the TSan fiber leaves the block as it entered (it runs the thread of the
+// same index in the next block); from there on only locals are touched. Not instrumented, like
+// cnnext_emu_fiber_main: a function entry TSan recorded here would never be matched by its exit,
+// and the fiber's shadow call stack would grow by one frame per block.
+[[noreturn]] CNNEXT_EMU_NOT_INSTRUMENTED void finish_fiber(BlockRun& run, EmuThread& t) {
   void* scheduler_sp = run.scheduler_sp;
 #if defined(CNNEXT_EMU_TSAN)
   void* scheduler_fiber = run.scheduler_fiber;
@@ -331,19 +341,21 @@ void prepare_fiber(EmuThread& t) {
 }
 
 #if defined(CNNEXT_EMU_TSAN)
-// Passes happens-before from every participant's arrival to every participant's resumption.
+// Passes happens-before from every participant's arrival to every participant's resumption: each
+// participant's TSan fiber (suspended since it arrived, so its clock is its arrival's) releases into
+// one token, which each acquires when resumed. Only TSan's notion of the current fiber changes
+// here, not the stack: a fiber per barrier that gathered the arrivals instead cost an mmap'ed,
+// zeroed ThreadState each time (two per emulated mma).
 void relay(BlockRun& run, const std::vector<EmuThread*>& participants) {
   char* token = &(*run.completion_tokens)[run.next_token++ % run.completion_tokens->size()];
-  void* scheduler_fiber = run.scheduler_fiber;
-  void* relay_fiber = __tsan_create_fiber(0);  // starts from the scheduler's clock: the block's start
-  __tsan_switch_to_fiber(relay_fiber, 1);
-  __tsan_ignore_thread_begin();  // what the relay reads is the runtime's, not the kernel's
-  for (EmuThread* t : participants) __tsan_acquire(&t->arrival_token);
-  __tsan_release(token);
-  __tsan_ignore_thread_end();
-  __tsan_switch_to_fiber(scheduler_fiber, 1);
-  __tsan_destroy_fiber(relay_fiber);
-  for (EmuThread* t : participants) t->resume_token = token;
+  for (EmuThread* t : participants) {
+    __tsan_switch_to_fiber(t->tsan_fiber, 1);
+    __tsan_ignore_thread_end();  // the participant waits inside one HideFromTsan level
+    __tsan_release(token);
+    __tsan_ignore_thread_begin();
+    t->resume_token = token;
+  }
+  __tsan_switch_to_fiber(run.scheduler_fiber, 1);
 }
 #endif
 
@@ -353,11 +365,6 @@ void arrive_and_wait(State state) {
   BlockRun& run = *active;
   EmuThread& t = *run.running;
   t.state = state;
-#if defined(CNNEXT_EMU_TSAN)
-  __tsan_ignore_thread_end();
-  __tsan_release(&t.arrival_token);
-  __tsan_ignore_thread_begin();
-#endif
   yield_to_scheduler(run, t);
 #if defined(CNNEXT_EMU_TSAN)
   __tsan_ignore_thread_end();
@@ -445,9 +452,16 @@ size_t dynamic_shared_size() { return active == nullptr ? 0 : active->dynamic_by
 
 }  // namespace cnnext_emu
 
-// The first thing a fiber runs (entered from cnnext_emu_fiber_entry).
-extern "C" __attribute__((visibility("hidden"), used)) void cnnext_emu_fiber_main(void* thread) {
+// The first thing a fiber runs (entered from cnnext_emu_fiber_entry). Not instrumented (see
+// finish_fiber).
+extern "C" __attribute__((visibility("hidden"), used)) CNNEXT_EMU_NOT_INSTRUMENTED void cnnext_emu_fiber_main(
+    void* thread) {
   using namespace cnnext_emu;
+#if defined(CNNEXT_EMU_TSAN)
+  // Everything the scheduler did before this block (earlier blocks and launches, the host's
+  // writes) happens before this thread's first access.
+  __tsan_acquire(&pool.block_start_token);
+#endif
   auto* self = static_cast<EmuThread*>(thread);
   BlockRun& run = *active;
 #if defined(CNNEXT_EMU_ASAN)
@@ -871,20 +885,32 @@ void launch(const LaunchRequest& request, const std::function<void()>& body) {
       t.failure.clear();
       prepare_fiber(t);
 #if defined(CNNEXT_EMU_TSAN)
-      t.tsan_fiber = __tsan_create_fiber(0);  // a fresh fiber per block: blocks are unordered
+      // One TSan fiber per thread index, kept from block to block: creating one maps and zeroes a
+      // ThreadState and a shadow stack, which took most of a sanitizer pass's time. Reuse loses
+      // nothing, since blocks are ordered anyway (below).
+      if (t.tsan_fiber == nullptr) t.tsan_fiber = __tsan_create_fiber(0);
 #endif
     }
 #if defined(CNNEXT_EMU_TSAN)
-    struct DestroyFibers {
+    __tsan_release(&pool.block_start_token);
+    // A failed block leaves fibers suspended mid-kernel (inside HideFromTsan levels, with frames on
+    // their shadow stacks): they are destroyed, and the next launch creates fresh ones.
+    struct DestroyFibersOnFailure {
       std::vector<EmuThread>& threads;
       int count;
-      ~DestroyFibers() {
-        for (int i = 0; i < count; ++i) __tsan_destroy_fiber(threads[i].tsan_fiber);
+      bool block_finished = false;
+      ~DestroyFibersOnFailure() {
+        if (block_finished) return;
+        for (int i = 0; i < count; ++i) {
+          __tsan_destroy_fiber(threads[i].tsan_fiber);
+          threads[i].tsan_fiber = nullptr;
+        }
       }
     } destroy{threads, count};
 #endif
     run_block(run, config.schedule, rng);
 #if defined(CNNEXT_EMU_TSAN)
+    destroy.block_finished = true;
     // Blocks run one after another and reuse stacks and shared memory: TSan sees them ordered too
     // (races between blocks are out of the emulator's sight), and the next launch after this one.
     __tsan_acquire(run.block_exit_token);

@@ -23,7 +23,7 @@ from . import nn, ops  # noqa: E402  (the operators must be registered first)
 from .runs import load_run  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["build_info", "cpu_variants", "cpu_variants_used", "load_run", "nn", "ops"]
+__all__ = ["build_info", "cpu_fma_peak", "cpu_variants", "cpu_variants_used", "load_run", "nn", "ops"]
 
 
 def build_info() -> dict:
@@ -45,6 +45,21 @@ def build_info() -> dict:
     info["torch_runtime_version"] = torch.__version__
     info["cuda_available"] = torch.cuda.is_available()
     return info
+
+
+def cpu_fma_peak(isa: str | None = None, trials: int = 5, trial_seconds: float = 0.05) -> dict:
+    """This CPU's float32 arithmetic peak, measured: GFLOP/s of chains of independent multiply-adds
+    on registers, on every thread torch uses (``torch.get_num_threads()``), best of ``trials`` runs
+    of about ``trial_seconds`` each. The yardstick of the benchmark report's "of peak" columns: no
+    float32 kernel on these threads can run faster.
+
+    ``isa`` picks the build of the loop (``"baseline"``, ``"avx2"`` or ``"avx512"``, at most
+    :func:`build_info`'s ``cpu_isa``; default: that one). Returns a dict with ``gflops``,
+    ``threads``, ``isa``, ``vector_floats`` (floats per vector instruction) and ``chains``
+    (independent accumulators per thread). Raises ValueError for an unknown or unsupported
+    ``isa``, ``trials`` outside [1, 100] or ``trial_seconds`` outside [0.001, 10].
+    """
+    return dict(_C.fma_peak(isa, trials, trial_seconds))
 
 
 def cpu_variants() -> list[dict]:

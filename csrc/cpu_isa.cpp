@@ -24,21 +24,20 @@ CpuIsa chosen_isa() {
   const CpuIsa supported = cpu_isa_supported();
   const char* forced = std::getenv("CNNEXT_CPU_ISA");
   if (forced == nullptr || *forced == '\0') return supported;
-  const std::string name(forced);
-  CpuIsa wanted = CpuIsa::baseline;
-  if (name == "avx512") {
-    wanted = CpuIsa::avx512;
-  } else if (name == "avx2") {
-    wanted = CpuIsa::avx2;
-  } else {
-    TORCH_CHECK(name == "baseline", "CNNEXT_CPU_ISA must be baseline, avx2 or avx512, got '", name, "'");
-  }
-  TORCH_CHECK(wanted <= supported, "CNNEXT_CPU_ISA=", name,
+  const CpuIsa wanted = cpu_isa_from_name(forced, "CNNEXT_CPU_ISA");
+  TORCH_CHECK(wanted <= supported, "CNNEXT_CPU_ISA=", forced,
               " asks for instructions this CPU lacks (it supports up to ", cpu_isa_name(supported), ")");
   return wanted;
 }
 
 }  // namespace
+
+CpuIsa cpu_isa_from_name(const std::string& name, const char* what) {
+  if (name == "avx512") return CpuIsa::avx512;
+  if (name == "avx2") return CpuIsa::avx2;
+  TORCH_CHECK(name == "baseline", what, " must be baseline, avx2 or avx512, got '", name, "'");
+  return CpuIsa::baseline;
+}
 
 const char* cpu_isa_name(CpuIsa isa) {
   switch (isa) {

@@ -7,6 +7,8 @@
 // unknown name, is an error.
 #pragma once
 
+#include <string>
+
 namespace cnnext {
 
 enum class CpuIsa { baseline = 0, avx2 = 1, avx512 = 2 };  // avx2 includes FMA; avx512: F, BW, VL
@@ -14,6 +16,8 @@ enum class CpuIsa { baseline = 0, avx2 = 1, avx512 = 2 };  // avx2 includes FMA;
 CpuIsa cpu_isa();
 CpuIsa cpu_isa_supported();            // the best level this CPU has, whatever CNNEXT_CPU_ISA says
 const char* cpu_isa_name(CpuIsa isa);  // "baseline", "avx2" or "avx512", as CNNEXT_CPU_ISA spells them
+// The level cpu_isa_name(level) names; another name raises, naming `what` (the setting it came from).
+CpuIsa cpu_isa_from_name(const std::string& name, const char* what);
 inline bool cpu_use_avx2() { return cpu_isa() >= CpuIsa::avx2; }
 inline bool cpu_use_avx512() { return cpu_isa() >= CpuIsa::avx512; }
 

@@ -1,9 +1,11 @@
 // The Python module cnnext._C. Importing it loads this library, which runs the TORCH_LIBRARY
 // registrations (the operators are reached through torch.ops.cnnext). Its only Python function,
 // build_info(), says what this binary was built with and which CPU loop build it runs;
-// cpu_variants() lists the CPU kernel variants with their call counts (cpu_variants.h). Plain
-// CPython API: no pybind11 needed.
+// cpu_variants() lists the CPU kernel variants with their call counts (cpu_variants.h);
+// fma_peak() measures the CPU's float32 arithmetic peak (fma_peak/fma_peak.h). Plain CPython
+// API: no pybind11 needed.
 #include <Python.h>
+#include <c10/util/Exception.h>
 #include <torch/version.h>
 
 #include <exception>
@@ -13,12 +15,19 @@
 #include "cpu_cache.h"
 #include "cpu_isa.h"
 #include "cpu_variants.h"
+#include "fma_peak/fma_peak.h"
 
 #ifdef CNNEXT_WITH_CUDA
 #include "build_info.h"
 #endif
 
 namespace {
+
+// Sets a Python exception from a C++ one: a c10::Error's message without its C++ backtrace.
+void set_error(PyObject* type, const std::exception& e) {
+  const auto* error = dynamic_cast<const c10::Error*>(&e);
+  PyErr_SetString(type, error != nullptr ? error->what_without_backtrace() : e.what());
+}
 
 // dict[key] = value, dropping the reference to value; false (Python error set) on failure.
 bool set_item(PyObject* dict, const char* key, PyObject* value) {
@@ -35,7 +44,7 @@ PyObject* build_info(PyObject*, PyObject*) {
     cpu_isa = cnnext::cpu_isa_name(cnnext::cpu_isa());  // raises on a bad CNNEXT_CPU_ISA
     l2_bytes = cnnext::cpu_l2_cache_bytes();            // raises on a bad CNNEXT_L2_CACHE_BYTES
   } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
+    set_error(PyExc_RuntimeError, e);
     return nullptr;
   }
   const std::string torch_version = std::to_string(TORCH_VERSION_MAJOR) + "." +
@@ -86,9 +95,42 @@ PyObject* cpu_variants(PyObject*, PyObject*) {
   return list;
 }
 
+struct ReleaseGil {
+  PyThreadState* state = PyEval_SaveThread();
+  ~ReleaseGil() { PyEval_RestoreThread(state); }
+};
+
+// fma_peak(isa=None, trials=5, trial_seconds=0.05) -> {"gflops", "threads", "isa", "vector_floats",
+// "chains"}; isa None: the build cpu_isa() runs.
+PyObject* fma_peak(PyObject*, PyObject* args, PyObject* kwargs) {
+  const char* isa_name = nullptr;
+  int trials = 5;
+  double trial_seconds = 0.05;
+  static const char* keywords[] = {"isa", "trials", "trial_seconds", nullptr};
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|zid", const_cast<char**>(keywords), &isa_name, &trials,
+                                   &trial_seconds)) {
+    return nullptr;
+  }
+  cnnext::FmaPeak peak;
+  try {
+    const cnnext::CpuIsa isa =
+        isa_name == nullptr ? cnnext::cpu_isa() : cnnext::cpu_isa_from_name(isa_name, "fma_peak: isa");
+    ReleaseGil unlocked;  // other Python threads run meanwhile; held again before any error is set
+    peak = cnnext::measure_fma_peak(isa, trials, trial_seconds);
+  } catch (const std::exception& e) {
+    set_error(PyExc_ValueError, e);
+    return nullptr;
+  }
+  return Py_BuildValue("{s:d,s:i,s:s,s:i,s:i}", "gflops", peak.gflops, "threads", peak.threads, "isa",
+                       cnnext::cpu_isa_name(peak.isa), "vector_floats", peak.vector_floats, "chains",
+                       peak.chains);
+}
+
 PyMethodDef methods[] = {
     {"build_info", build_info, METH_NOARGS, "What this extension was compiled with."},
     {"cpu_variants", cpu_variants, METH_NOARGS, "The CPU kernel variants and their call counts."},
+    {"fma_peak", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(fma_peak)),
+     METH_VARARGS | METH_KEYWORDS, "The CPU's measured float32 multiply-add peak (GFLOP/s)."},
     {nullptr, nullptr, 0, nullptr},
 };
 

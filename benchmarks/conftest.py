@@ -1,6 +1,6 @@
 """Shared benchmark helpers: the devices to run on, device synchronisation, the machine's measured
-peaks (float32 GEMM rate, copy rate) and `record`, which files a case's description in the
-pytest-benchmark JSON for benchmarks/report.py."""
+peaks (float32 FMA loop on the CPU, float32 GEMM rate, copy rate) and `record`, which files a
+case's description in the pytest-benchmark JSON for benchmarks/report.py."""
 
 import contextlib
 import functools
@@ -68,6 +68,18 @@ def measured_peak_gflops(device: str, precision: str = "float32") -> float:
 
 
 @functools.cache
+def measured_fma_peak_gflops(device: str) -> float | None:
+    """The CPU's float32 multiply-add peak on torch's threads (cnnext.cpu_fma_peak: register-only
+    FMA chains at the widest vectors it runs), measured once per session: the yardstick of "of
+    peak" for the CPU's arithmetic-bound cases. None on a GPU, where the GEMM rate stands in."""
+    if device != "cpu":
+        return None
+    import cnnext
+
+    return cnnext.cpu_fma_peak(trials=5, trial_seconds=0.1)["gflops"]
+
+
+@functools.cache
 def measured_copy_gbps(device: str) -> float:
     """Device memory copy rate (bytes read + written per second, GB/s) into a preallocated buffer,
     measured once per session: the floor of a memory-bound op is its bytes over this rate."""
@@ -89,8 +101,9 @@ def measured_copy_gbps(device: str) -> float:
 def record(benchmark, *, op, shape, direction, impl, device, flops=None, bytes=None, precision="float32"):
     """Describe a case for the report: which op, shape, pass ("forward", "forward+backward",
     "training step") and implementation, and the work it must do, FLOPs (arithmetic-bound ops) or
-    bytes moved (memory-bound ops), with the device's measured peaks beside it, so the report can
-    give achieved GFLOP/s or GB/s, their fraction of the peak, and the floor time. A precision
+    bytes moved (memory-bound ops), with the device's measured peaks beside it (GEMM rate, FMA
+    loop on the CPU, copy rate), so the report can give achieved GFLOP/s or GB/s, their fraction of
+    the peak, and the floor time. A precision
     other than float32 labels the device "<device> <precision>" and measures the peak in it."""
     if (flops is None) == (bytes is None):
         raise ValueError("give exactly one of flops and bytes")
@@ -106,6 +119,7 @@ def record(benchmark, *, op, shape, direction, impl, device, flops=None, bytes=N
         device=label,
         device_name=torch.cuda.get_device_name() if device == "cuda" else "cpu",
         peak_gflops=measured_peak_gflops(device, precision),
+        fma_peak_gflops=measured_fma_peak_gflops(device),
         copy_gbps=measured_copy_gbps(device),
     )
     benchmark.extra_info.update({"flops": flops} if flops is not None else {"bytes": bytes})

@@ -6,8 +6,11 @@ benchmarks/device_check.sh writes cuda.json on a GPU machine, to be copied besid
 
 Per case: each implementation's median time, native/cnnext (above 1: cnnext is faster), the
 achieved rate of cnnext and native (GFLOP/s for arithmetic-bound ops, GB/s for memory-bound ones)
-with its fraction of the peak measured in the same run (float32 GEMM rate / copy rate), and the
-floor: the work over that peak. Then the geometric mean of the ratios per op, device and pass.
+with its fraction of the peak measured in the same run, and the floor: the work over that peak.
+The arithmetic peak is the float32 FMA loop's on a CPU (cnnext.cpu_fma_peak: what the cores can
+do at all), the float32 GEMM rate on a GPU (and in runs recorded before the loop existed); the
+memory peak is the copy rate. Then the geometric mean of the ratios per op, device and pass, and
+for the training steps each backend's best memory format against the other's.
 """
 
 import argparse
@@ -50,7 +53,8 @@ class Case:
     shape: str
     work: float  # FLOPs or bytes
     unit: str  # "GFLOP/s" or "GB/s"
-    peak: float  # in `unit`
+    peak: float  # in `unit`: the yardstick of "of peak" and the floor
+    peaks: dict = dataclasses.field(default_factory=dict)  # every peak measured beside it: name -> text
     times: dict = dataclasses.field(default_factory=dict)  # impl -> median seconds
 
     def rate(self, impl):
@@ -93,11 +97,13 @@ def load(paths):
             key = (info["op"], info["device"], info["direction"], info["shape"])
             if key not in cases:
                 flops = "flops" in info
+                arithmetic_peak = info.get("fma_peak_gflops") or info["peak_gflops"]
                 cases[key] = Case(
                     *key,
                     work=info["flops"] if flops else info["bytes"],
                     unit="GFLOP/s" if flops else "GB/s",
-                    peak=info["peak_gflops"] if flops else info["copy_gbps"],
+                    peak=arithmetic_peak if flops else info["copy_gbps"],
+                    peaks=measured_peaks(info),
                 )
             measured = (*key, info["impl"])
             if measured in seen and seen[measured] != path:
@@ -110,6 +116,16 @@ def load(paths):
             stacklevel=2,
         )
     return cases, runs
+
+
+def measured_peaks(info):
+    """The peaks a case was recorded with, as the report names them."""
+    peaks = {}
+    if info.get("fma_peak_gflops"):
+        peaks["FMA"] = f"float32 FMA loop {info['fma_peak_gflops']:.0f} GFLOP/s"
+    peaks["GEMM"] = f"float32 GEMM {info['peak_gflops']:.0f} GFLOP/s"
+    peaks["copy"] = f"copy {info['copy_gbps']:.1f} GB/s"
+    return peaks
 
 
 def baselines_of(cases):
@@ -235,11 +251,45 @@ def plot(cases, path):
     plt.close(fig)
 
 
+def best_layout_cases(cases):
+    """Training steps: per model, native's faster memory format against cnnext's faster one (shapes
+    measured in both, " NHWC" marking channels_last), as Cases for a table of their own."""
+    by_model = defaultdict(list)
+    for c in cases:
+        if c.op == "training" and {"native", "cnnext"} <= c.times.keys():
+            by_model[(c.device, c.direction, c.shape.removesuffix(" NHWC"))].append(c)
+    best = []
+    for (device, direction, model), measured in by_model.items():
+        if len(measured) < 2:
+            continue
+
+        def fastest(impl, measured=measured):
+            winner = min(measured, key=lambda c: c.times[impl])
+            return winner.times[impl], "channels_last" if winner.shape.endswith(" NHWC") else "NCHW"
+
+        (native_time, native_layout), (ours_time, our_layout) = fastest("native"), fastest("cnnext")
+        first = measured[0]
+        best.append(
+            Case(
+                first.op,
+                device,
+                direction,
+                f"{model}: native {native_layout}, cnnext {our_layout}",
+                first.work,
+                first.unit,
+                first.peak,
+                first.peaks,
+                {"native": native_time, "cnnext": ours_time},
+            )
+        )
+    return best
+
+
 def machine_lines(runs, cases):
     lines = []
     peaks = {}
     for c in cases:
-        peaks.setdefault(c.device, {})[c.unit] = c.peak
+        peaks.setdefault(c.device, {}).update(c.peaks)
     for run in runs:
         m = run.machine
         cpu = m.get("cpu", {})
@@ -249,12 +299,8 @@ def machine_lines(runs, cases):
             f"CPU {cpu.get('brand_raw', '?')} ({cpu.get('count', '?')} logical cores); "
             f"torch {extra.get('torch', '?')}, Python {m.get('python_version', '?')}"
         )
-    for device, by_unit in sorted(peaks.items()):
-        measured = ", ".join(
-            f"float32 GEMM {v:.0f} GFLOP/s" if unit == "GFLOP/s" else f"copy {v:.1f} GB/s"
-            for unit, v in by_unit.items()
-        )
-        lines.append(f"- measured peaks on {device}: {measured}")
+    for device, by_name in sorted(peaks.items()):
+        lines.append(f"- measured peaks on {device}: {', '.join(by_name.values())}")
     return lines
 
 
@@ -268,8 +314,9 @@ def results_markdown(cases, runs, chart_name):
         "",
         "Medians of each case, cnnext and its baselines interleaved in the same run; "
         "**native/cnnext** above 1 means cnnext is faster. Rates are the work (FLOPs of the "
-        'products, or bytes that must move) over the median; "of peak" divides by the float32 '
-        "GEMM rate or the copy rate measured in the same run, and the floor is the work at that peak.",
+        'products, or bytes that must move) over the median; "of peak" divides by the peak measured '
+        "in the same run (arithmetic: the float32 FMA loop on a CPU, the float32 GEMM rate on a GPU; "
+        "memory: the copy rate), and the floor is the work at that peak.",
         "",
         "Runs:",
         *machine_lines(runs, cases),
@@ -284,6 +331,14 @@ def results_markdown(cases, runs, chart_name):
         for device in sorted({c.device for c in cases if c.op == op}):
             mine = [c for c in cases if (c.op, c.device) == (op, device)]
             out += ["", f"## {title}, {device}", "", baseline_text + ".", "", op_table(mine)]
+            best = best_layout_cases(mine)
+            if best:
+                out += [
+                    "",
+                    f"Each backend in its faster memory format ({device}):",
+                    "",
+                    op_table(best),
+                ]
     return "\n".join(out) + "\n"
 
 

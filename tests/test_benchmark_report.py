@@ -71,6 +71,44 @@ def test_command_writes_results_chart_and_readme_block(tmp_path, monkeypatch):
     assert "| pool2d | cpu | forward+backward | 3.00 | 3.00-3.00 | 1 |" in text
 
 
+def test_the_fma_loop_is_the_cpu_yardstick_when_recorded(tmp_path):
+    """A case recorded with fma_peak_gflops is judged against it (rate, "of peak", floor); the
+    machine lines name every peak measured."""
+    measured = bench("conv2d", "a", "forward", "cnnext", 0.001, flops=1e8)
+    measured["extra_info"]["fma_peak_gflops"] = 400.0
+    old = bench("conv2d", "a", "forward", "native", 0.002, flops=1e8)
+    old["extra_info"]["fma_peak_gflops"] = 400.0
+    data = {"benchmarks": [measured, old], "datetime": "2026-12-01T10:00:00", "machine_info": {}}
+    (tmp_path / "cpu.json").write_text(json.dumps(data))
+    cases, runs = report.load([tmp_path / "cpu.json"])
+    case = cases[("conv2d", "cpu", "forward", "a")]
+    assert case.peak == 400.0 and case.floor == 1e8 / 400e9
+    text = report.results_markdown(list(cases.values()), runs, "chart.png")
+    assert "| forward | a | 2.000 | 1.000 | **2.00** | 100.0 | 25% | 50.0 | 12% | 0.250 |" in text
+    assert "float32 FMA loop 400 GFLOP/s, float32 GEMM 100 GFLOP/s, copy 20.0 GB/s" in text
+
+
+def test_training_steps_get_each_backends_best_layout_against_the_others(tmp_path):
+    """Native fastest in NCHW, cnnext in channels_last: the extra table sets those two side by side."""
+    benchmarks = [
+        bench("training", "Net", "training step", "native", 0.010, flops=1e9),
+        bench("training", "Net", "training step", "cnnext", 0.012, flops=1e9),
+        bench("training", "Net NHWC", "training step", "native", 0.011, flops=1e9),
+        bench("training", "Net NHWC", "training step", "cnnext", 0.008, flops=1e9),
+        bench("training", "Other", "training step", "native", 0.010, flops=1e9),  # one layout only
+        bench("training", "Other", "training step", "cnnext", 0.010, flops=1e9),
+    ]
+    data = {"benchmarks": benchmarks, "datetime": "2026-12-01T10:00:00", "machine_info": {}}
+    (tmp_path / "cpu.json").write_text(json.dumps(data))
+    cases, runs = report.load([tmp_path / "cpu.json"])
+    (best,) = report.best_layout_cases(list(cases.values()))
+    assert best.shape == "Net: native NCHW, cnnext channels_last"
+    assert best.times == {"native": 0.010, "cnnext": 0.008} and best.ratio("native") == 1.25
+    text = report.results_markdown(list(cases.values()), runs, "chart.png")
+    assert "Each backend in its faster memory format (cpu):" in text
+    assert "| training step | Net: native NCHW, cnnext channels_last | 10.000 | 8.000 | **1.25** |" in text
+
+
 # --- the CUDA resources table (benchmarks/cuda_resources.py, rendered by report.py) ---------------
 
 PTXAS_OUTPUT = """\

@@ -449,7 +449,7 @@ def test_max_pool2d_backward_rejects_out_of_range_indices():
 @pytest.mark.parametrize(
     "window, tap, message",
     [
-        ((2, 2, 0), 4, "window tap 4 .*is outside the"),  # NCHW: the 2x2 tiling path
+        ((2, 2, 0), 4, "window tap 4 .*is outside the"),  # the 2x2 tiling paths
         ((3, 2, 1), 9, "window tap 9 of the 3x3 window at .* is outside the kernel"),
         ((3, 2, 1), 0, r"tap 0 of the 3x3 window at \(-1, -1\) is outside the kernel or the 6x6 input"),
     ],

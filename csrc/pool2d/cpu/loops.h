@@ -86,6 +86,9 @@ void max_backward_loop(Pool2dCpuVariant variant, const at::Tensor& dy, const at:
       case V::kMaxBackwardNchwPositionScatter:
         if (!taps) return max_backward_nchw_scatter(src, positions, dst, g);
         break;
+      case V::kMaxBackwardChannelsLast2x2Tiling:
+        if (taps) return max_backward_channels_last_2x2_tiling(src, window_taps, dst, g);
+        break;
       case V::kMaxBackwardChannelsLastTapSelect:
         if (taps) return max_backward_channels_last_tap_select(src, window_taps, dst, g);
         break;

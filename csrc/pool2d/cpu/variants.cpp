@@ -19,8 +19,12 @@ CpuVariant table[] = {
     {"max_pool2d_backward", "nchw_tap_scatter",
      "NCHW, uint8 window taps, any other window: zero fill, then scatter"},
     {"max_pool2d_backward", "nchw_position_scatter", "NCHW, int64 plane positions: zero fill, then scatter"},
+    {"max_pool2d_backward", "channels_last_2x2_tiling",
+     "channels_last, uint8 window taps, 2x2 tiling windows: each pixel's channels to its four inputs in "
+     "one pass"},
     {"max_pool2d_backward", "channels_last_tap_select",
-     "channels_last, uint8 window taps: per window tap, a branch-free select over the channels"},
+     "channels_last, uint8 window taps, any other window: per window tap, a branch-free select over the "
+     "channels"},
     {"max_pool2d_backward", "channels_last_position_scatter",
      "channels_last, int64 plane positions: zero fill, then scatter per channel"},
     {"avg_pool2d_forward", "nchw_global", "NCHW, adaptive to 1x1: one sum per plane, four planes at a time"},
@@ -59,8 +63,11 @@ Pool2dCpuVariant choose_max_forward(const Pool2dGeometry& g, bool channels_last)
 
 Pool2dCpuVariant choose_max_backward(const Pool2dGeometry& g, bool channels_last, bool taps) {
   using V = Pool2dCpuVariant;
-  if (channels_last)
-    return counted(taps ? V::kMaxBackwardChannelsLastTapSelect : V::kMaxBackwardChannelsLastPositionScatter);
+  if (channels_last) {
+    if (!taps) return counted(V::kMaxBackwardChannelsLastPositionScatter);
+    return counted(is_2x2_tiling(g) ? V::kMaxBackwardChannelsLast2x2Tiling
+                                    : V::kMaxBackwardChannelsLastTapSelect);
+  }
   if (!taps) return counted(V::kMaxBackwardNchwPositionScatter);
   return counted(is_2x2_tiling(g) ? V::kMaxBackwardNchw2x2Tiling : V::kMaxBackwardNchwTapScatter);
 }

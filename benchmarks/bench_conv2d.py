@@ -18,7 +18,9 @@ from .conftest import DEVICE_PRECISIONS, DTYPES, precision_mode, record, record_
 # 32x32 / 16x16 / 8x8, strided downsampling and 1x1 projections; the bottleneck's 1x1 convolutions;
 # the MNIST CNN's three layers; the kernel-size study's 5x5 and 7x7; a ResNet-18 style last stage
 # at 4x4, whose rows are too narrow for the direct CPU kernels (the GEMM variants: tests/
-# test_cpu_variants.py checks that these shapes reach every CPU variant).
+# test_cpu_variants.py checks that these shapes reach every CPU variant). Then shapes no kernel was
+# tuned on: WRN-16-4's wide stages, channel counts that are not powers of two on small planes, and
+# a 64x64 map.
 SHAPES = [
     ("stem 3->16 32x32 k3", 64, 3, 16, 32, 3, 1),
     ("16->16 32x32 k3", 64, 16, 16, 32, 3, 1),
@@ -34,6 +36,12 @@ SHAPES = [
     ("MNIST 16->32 14x14 k3", 64, 16, 32, 14, 3, 1),
     ("MNIST 32->64 7x7 k3", 64, 32, 64, 7, 3, 1),
     ("128->128 4x4 k3", 64, 128, 128, 4, 3, 1),
+    ("WRN 64->64 32x32 k3 b32", 32, 64, 64, 32, 3, 1),
+    ("WRN 128->128 16x16 k3 b32", 32, 128, 128, 16, 3, 1),
+    ("WRN 256->256 8x8 k3 b32", 32, 256, 256, 8, 3, 1),
+    ("48->48 12x12 k3", 64, 48, 48, 12, 3, 1),
+    ("96->96 6x6 k3", 64, 96, 96, 6, 3, 1),
+    ("24->24 64x64 k3 b16", 16, 24, 24, 64, 3, 1),
 ]
 IMPLEMENTATIONS = {"native": F.conv2d, "cnnext": cnnext.ops.conv2d}
 
@@ -43,15 +51,16 @@ def conv_flops(batch, cin, cout, size, kernel, stride):
     return 2 * batch * cout * out * out * cin * kernel * kernel
 
 
-# (device, precision, (shape, memory format)): on CUDA the tensor-core precisions also run
-# channels_last, the layout cuDNN's tensor-core kernels prefer and cnnext's cp.async forward takes
-# (their shapes get " NHWC" in the report). The layout rides in the shape parameter: every suite
-# names its parameters alike (tests/test_benchmark_report.py).
+# (device, precision, (shape, memory format)): the CPU runs both layouts (native is fastest in
+# channels_last there, and a model in channels_last is what a user would compare); on CUDA the
+# tensor-core precisions also run channels_last, the layout cuDNN's tensor-core kernels prefer and
+# cnnext's cp.async forward takes. channels_last shapes get " NHWC" in the report. The layout rides
+# in the shape parameter: every suite names its parameters alike (tests/test_benchmark_report.py).
 CASES = [
     (device, precision, (shape, layout))
     for device, precision in DEVICE_PRECISIONS
     for layout in (
-        ["contiguous", "channels_last"] if device == "cuda" and precision != "float32" else ["contiguous"]
+        ["contiguous"] if device == "cuda" and precision == "float32" else ["contiguous", "channels_last"]
     )
     for shape in SHAPES
 ]

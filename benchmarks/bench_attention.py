@@ -3,7 +3,8 @@ forward and forward+backward, L from 64 to 4096 (batch shrinks as L grows to kee
 On CUDA also in float16 and bfloat16, where native is SDPA's FlashAttention backend (forced, so a
 fallback cannot hide), and on head dims 64 and 128.
 Each case records its FLOPs (4 * B * H * Lq * Lk * D forward, 2.5x that for backward) so the
-report shows GFLOP/s and the floor against the machine's measured GEMM rate. Peak memory: attention_memory.py.
+report shows GFLOP/s and the floor against the machine's measured peak (CPU: the FMA loop, GPU:
+the GEMM rate). Peak memory: attention_memory.py.
 """
 
 import pytest

@@ -3,7 +3,8 @@ on the shapes of the models in cnnext.models. Run with `make bench` (CPU) or
 benchmarks/device_check.sh (GPU); benchmarks/report.py turns the JSON into RESULTS.md.
 
 Each case records its FLOPs (forward+backward: 3x the forward's, two more products of the same
-size), so the report shows GFLOP/s and the floor (FLOPs over the measured GEMM rate).
+size), so the report shows GFLOP/s and the floor (FLOPs over the measured peak: the FMA loop on a
+CPU, the GEMM rate on a GPU).
 """
 
 import pytest

@@ -138,6 +138,10 @@ void avg_backward_loop(Pool2dCpuVariant variant, const at::Tensor& dy, const at:
     const scalar_t* src = dy.const_data_ptr<scalar_t>();
     scalar_t* dst = dx.mutable_data_ptr<scalar_t>();
     switch (variant) {
+      case V::kAvgBackwardNchwGlobal:
+        return avg_backward_nchw_global(src, dst, g, windows);
+      case V::kAvgBackwardChannelsLastGlobal:
+        return avg_backward_channels_last_global(src, dst, g, windows);
       case V::kAvgBackwardNchwGatherRows:
         return avg_backward_nchw_gather_rows(src, dst, g, windows);
       case V::kAvgBackwardNchw2x2Tiling:

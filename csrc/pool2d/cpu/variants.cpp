@@ -39,6 +39,9 @@ CpuVariant table[] = {
      "channels_last, 2x2 windows at stride 2 tiling the input"},
     {"avg_pool2d_forward", "channels_last_blocks",
      "channels_last, any other window (adaptive too): blocks of channels in registers per window"},
+    {"avg_pool2d_backward", "nchw_global", "NCHW, adaptive to 1x1: each plane filled with its share"},
+    {"avg_pool2d_backward", "channels_last_global",
+     "channels_last, adaptive to 1x1: every pixel of a sample gets the sample's shares"},
     {"avg_pool2d_backward", "nchw_gather_rows",
      "NCHW, fixed windows other than the 2x2 tiling: each input row gathered once, no zero fill"},
     {"avg_pool2d_backward", "nchw_2x2_tiling",
@@ -89,7 +92,10 @@ Pool2dCpuVariant choose_avg_forward(const Pool2dGeometry& g, bool channels_last)
 
 Pool2dCpuVariant choose_avg_backward(const Pool2dGeometry& g, bool channels_last) {
   using V = Pool2dCpuVariant;
-  if (channels_last) return counted(V::kAvgBackwardChannelsLastScatter);
+  const bool global = is_adaptive(g) && g.out_h == 1 && g.out_w == 1;
+  if (channels_last)
+    return counted(global ? V::kAvgBackwardChannelsLastGlobal : V::kAvgBackwardChannelsLastScatter);
+  if (global) return counted(V::kAvgBackwardNchwGlobal);
   if (is_adaptive(g)) return counted(V::kAvgBackwardNchwAdaptiveScatter);
   return counted(is_2x2_tiling(g) ? V::kAvgBackwardNchw2x2Tiling : V::kAvgBackwardNchwGatherRows);
 }

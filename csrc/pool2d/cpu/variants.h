@@ -10,7 +10,8 @@
 //                    channels_last_2x2_tiling, channels_last_tap_select, channels_last_position_scatter
 //   avg_forward.h    nchw_global, channels_last_global, nchw_2x2_tiling, nchw_separable,
 //                    nchw_adaptive, channels_last_2x2_tiling, channels_last_blocks
-//   avg_backward.h   nchw_gather_rows, nchw_2x2_tiling, nchw_adaptive_scatter, channels_last_scatter
+//   avg_backward.h   nchw_global, channels_last_global, nchw_gather_rows, nchw_2x2_tiling,
+//                    nchw_adaptive_scatter, channels_last_scatter
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -37,6 +38,8 @@ enum class Pool2dCpuVariant : int {
   kAvgForwardNchwAdaptive,
   kAvgForwardChannelsLast2x2Tiling,
   kAvgForwardChannelsLastBlocks,
+  kAvgBackwardNchwGlobal,
+  kAvgBackwardChannelsLastGlobal,
   kAvgBackwardNchwGatherRows,
   kAvgBackwardNchw2x2Tiling,
   kAvgBackwardNchwAdaptiveScatter,

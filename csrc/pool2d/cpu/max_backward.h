@@ -80,8 +80,7 @@ void scatter_2x2_row(const scalar_t* __restrict__ dy, const uint8_t* __restrict_
 // channels_last_tap_select, walks the window's taps with a loop and a match count per channel:
 // 3.7x native's time on 16-channel maps). Blocks of 16 channels of a length fixed at compile
 // time: a loop over C vectorises by the uint8 taps, 64 channels a step with AVX-512, and 16- or
-// 32-channel layers ran its scalar remainder. Returns the largest tap seen (checked by the caller:
-// anything above 3 did not come from forward).
+// 32-channel layers ran its scalar remainder. `worst` keeps the largest tap seen.
 template <int64_t kBlockLength, typename scalar_t>
 void select_2x2_block(const scalar_t* __restrict__ dy, const uint8_t* __restrict__ taps,
                       scalar_t* __restrict__ tap0, scalar_t* __restrict__ tap1, scalar_t* __restrict__ tap2,
@@ -98,6 +97,9 @@ void select_2x2_block(const scalar_t* __restrict__ dy, const uint8_t* __restrict
   for (int64_t ch = 0; ch < n; ++ch) worst = std::max(worst, taps[ch]);
 }
 
+// The pixel's channels in blocks of 16 (select_2x2_block), top and bottom the window's two input
+// rows at its left column. Returns the largest tap seen (checked by the caller: anything above 3
+// did not come from forward).
 template <typename scalar_t>
 uint8_t select_2x2_pixel(const scalar_t* dy, const uint8_t* taps, scalar_t* top, scalar_t* bottom,
                          int64_t C) {

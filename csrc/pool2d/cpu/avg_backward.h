@@ -19,7 +19,7 @@ namespace {
 
 // Global pooling (adaptive to 1x1, the head of every CNN here): every input of a plane gets the
 // plane's one share, written once. The adaptive scatter zero-filled the plane and then added the
-// share: two passes over grad_input, 0.69x native's time on 64x64x7x7. Same values: 0 + share is
+// share: two passes over grad_input (figures in benchmarks/NOTES.md). Same values: 0 + share is
 // the share.
 template <typename scalar_t>
 void avg_backward_nchw_global(const scalar_t* dy, scalar_t* dx, const Pool2dGeometry& g,

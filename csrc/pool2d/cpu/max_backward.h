@@ -77,10 +77,11 @@ void scatter_2x2_row(const scalar_t* __restrict__ dy, const uint8_t* __restrict_
 // One channels_last output pixel of a 2x2 tiling window: its C gradients go to the window's four
 // input pixels (taps 0-3, row-major), each channel's to the tap forward saved and zeros to the
 // other three, in one vectorised pass over the channels (the general select,
-// channels_last_tap_select, walks the window's taps with a loop and a match count per channel:
-// 3.7x native's time on 16-channel maps). Blocks of 16 channels of a length fixed at compile
-// time: a loop over C vectorises by the uint8 taps, 64 channels a step with AVX-512, and 16- or
-// 32-channel layers ran its scalar remainder. `worst` keeps the largest tap seen.
+// channels_last_tap_select, walks the window's taps with a loop and a match count per channel,
+// which left narrow layers far behind native; figures in benchmarks/NOTES.md). Blocks of 16
+// channels of a length fixed at compile time: a loop over C vectorises by the uint8 taps, 64
+// channels a step with AVX-512, and 16- or 32-channel layers ran its scalar remainder. `worst`
+// keeps the largest tap seen.
 template <int64_t kBlockLength, typename scalar_t>
 void select_2x2_block(const scalar_t* __restrict__ dy, const uint8_t* __restrict__ taps,
                       scalar_t* __restrict__ tap0, scalar_t* __restrict__ tap1, scalar_t* __restrict__ tap2,

@@ -77,7 +77,7 @@ Pool2dCpuVariant choose_max_backward(const Pool2dGeometry& g, bool channels_last
 
 Pool2dCpuVariant choose_avg_forward(const Pool2dGeometry& g, bool channels_last) {
   using V = Pool2dCpuVariant;
-  const bool global = is_adaptive(g) && g.out_h == 1 && g.out_w == 1;
+  const bool global = is_global(g);
   const bool tiling = !is_adaptive(g) && is_2x2_tiling(g);
   if (channels_last) {
     return counted(global   ? V::kAvgForwardChannelsLastGlobal
@@ -92,7 +92,7 @@ Pool2dCpuVariant choose_avg_forward(const Pool2dGeometry& g, bool channels_last)
 
 Pool2dCpuVariant choose_avg_backward(const Pool2dGeometry& g, bool channels_last) {
   using V = Pool2dCpuVariant;
-  const bool global = is_adaptive(g) && g.out_h == 1 && g.out_w == 1;
+  const bool global = is_global(g);
   if (channels_last)
     return counted(global ? V::kAvgBackwardChannelsLastGlobal : V::kAvgBackwardChannelsLastScatter);
   if (global) return counted(V::kAvgBackwardNchwGlobal);

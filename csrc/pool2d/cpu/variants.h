@@ -57,6 +57,9 @@ inline bool is_2x2_tiling(const Pool2dGeometry& g) {
 // Adaptive average pooling: its geometry has no kernel or stride (AvgAxis: kernel 0).
 inline bool is_adaptive(const Pool2dGeometry& g) { return g.kernel_h == 0; }
 
+// Global average pooling: adaptive to 1x1, one window per plane.
+inline bool is_global(const Pool2dGeometry& g) { return is_adaptive(g) && g.out_h == 1 && g.out_w == 1; }
+
 // The variant serving a call, counted as one call of it. `taps`: the argmax is recorded as uint8
 // window taps (Argmax::kWindowTap), else as int64 plane positions.
 Pool2dCpuVariant choose_max_forward(const Pool2dGeometry& g, bool channels_last);

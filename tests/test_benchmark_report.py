@@ -12,6 +12,12 @@ def bench(op, shape, direction, impl, median, **work):
     return {"extra_info": {**info, **work}, "stats": {"median": median}}
 
 
+def write_run(path, benchmarks, date="2026-11-28T10:00:00"):
+    """One pytest-benchmark JSON file holding `benchmarks` (entries from bench())."""
+    data = {"benchmarks": benchmarks, "datetime": date, "machine_info": {}, "commit_info": {}}
+    path.write_text(json.dumps(data))
+
+
 def write_json(path):
     benchmarks = [
         bench("conv2d", "a", "forward", "native", 0.002, flops=1e8),
@@ -21,13 +27,7 @@ def write_json(path):
         bench("pool2d", "p", "forward+backward", "native", 0.003, bytes=6e7),
         bench("pool2d", "p", "forward+backward", "cnnext", 0.001, bytes=6e7),
     ]
-    data = {
-        "benchmarks": benchmarks,
-        "datetime": "2026-11-28T10:00:00",
-        "machine_info": {},
-        "commit_info": {},
-    }
-    path.write_text(json.dumps(data))
+    write_run(path, benchmarks)
 
 
 def test_rates_ratios_and_floor(tmp_path):
@@ -74,12 +74,11 @@ def test_command_writes_results_chart_and_readme_block(tmp_path, monkeypatch):
 def test_the_fma_loop_is_the_cpu_yardstick_when_recorded(tmp_path):
     """A case recorded with fma_peak_gflops is judged against it (rate, "of peak", floor); the
     machine lines name every peak measured."""
-    measured = bench("conv2d", "a", "forward", "cnnext", 0.001, flops=1e8)
-    measured["extra_info"]["fma_peak_gflops"] = 400.0
-    old = bench("conv2d", "a", "forward", "native", 0.002, flops=1e8)
-    old["extra_info"]["fma_peak_gflops"] = 400.0
-    data = {"benchmarks": [measured, old], "datetime": "2026-12-01T10:00:00", "machine_info": {}}
-    (tmp_path / "cpu.json").write_text(json.dumps(data))
+    benchmarks = [
+        bench("conv2d", "a", "forward", "cnnext", 0.001, flops=1e8, fma_peak_gflops=400.0),
+        bench("conv2d", "a", "forward", "native", 0.002, flops=1e8, fma_peak_gflops=400.0),
+    ]
+    write_run(tmp_path / "cpu.json", benchmarks)
     cases, runs = report.load([tmp_path / "cpu.json"])
     case = cases[("conv2d", "cpu", "forward", "a")]
     assert case.peak == 400.0 and case.floor == 1e8 / 400e9
@@ -98,8 +97,7 @@ def test_training_steps_get_each_backends_best_layout_against_the_others(tmp_pat
         bench("training", "Other", "training step", "native", 0.010, flops=1e9),  # one layout only
         bench("training", "Other", "training step", "cnnext", 0.010, flops=1e9),
     ]
-    data = {"benchmarks": benchmarks, "datetime": "2026-12-01T10:00:00", "machine_info": {}}
-    (tmp_path / "cpu.json").write_text(json.dumps(data))
+    write_run(tmp_path / "cpu.json", benchmarks)
     cases, runs = report.load([tmp_path / "cpu.json"])
     (best,) = report.best_layout_cases(list(cases.values()))
     assert best.shape == "Net: native NCHW, cnnext channels_last"
@@ -215,7 +213,7 @@ def test_compare_judges_ratios_per_op_and_pass(tmp_path, capsys):
     def run(path, native, cnnext):
         benchmarks = [bench("conv2d", s, "forward", "native", native, flops=1e8) for s in "ab"]
         benchmarks += [bench("conv2d", s, "forward", "cnnext", cnnext, flops=1e8) for s in "ab"]
-        path.write_text(json.dumps({"benchmarks": benchmarks, "machine_info": {}, "commit_info": {}}))
+        write_run(path, benchmarks)
         return str(path)
 
     baseline = run(tmp_path / "base.json", 0.002, 0.001)

@@ -2,6 +2,8 @@
 reached by a case written for it, and each case's results match native PyTorch, so every variant
 is checked on its own rather than only where the op's grid happens to land on it."""
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,7 @@ OPS = {
     "attention_backward",
 }
 DIRECT_CONV = cnnext.build_info()["cpu_isa"] != "baseline"  # the direct kernels need AVX2 + FMA
+CHANNELS_LAST_CONV = cnnext.build_info()["cpu_isa"] == "avx512"  # the channels_last kernels: AVX-512
 
 
 def table():
@@ -145,39 +148,88 @@ GEMM = {
     "conv2d_input_grad": "col2im_gemm",
     "conv2d_weight_grad": "im2col_gemm",
 }
+CHANNELS_LAST_DIRECT = {
+    "conv2d_forward": "channels_last_direct",
+    "conv2d_input_grad": "channels_last_direct_phases",
+    "conv2d_weight_grad": "channels_last_direct",
+}
 CONV_CASES = [
-    # (case id, dtype, input shape, weight shape, conv2d arguments, the variants it must reach)
-    ("direct", torch.float32, (2, 3, 10, 12), (4, 3, 3, 3), dict(padding=1), DIRECT),
-    ("direct-strided", torch.float32, (2, 3, 15, 17), (4, 3, 3, 3), dict(stride=2, padding=1), DIRECT),
-    ("gemm-float64", torch.float64, (2, 3, 10, 12), (4, 3, 3, 3), dict(padding=1), GEMM),
-    ("gemm-groups", torch.float32, (2, 4, 10, 12), (6, 2, 3, 3), dict(padding=1, groups=2), GEMM),
-    ("gemm-narrow", torch.float32, (2, 3, 10, 5), (4, 3, 3, 3), dict(), GEMM),
+    # (case id, dtype, layout, input shape, weight shape, conv2d arguments, the variants it must
+    # reach on an AVX-512 CPU)
+    ("direct", torch.float32, "nchw", (2, 3, 10, 12), (4, 3, 3, 3), dict(padding=1), DIRECT),
+    (
+        "direct-strided",
+        torch.float32,
+        "nchw",
+        (2, 3, 15, 17),
+        (4, 3, 3, 3),
+        dict(stride=2, padding=1),
+        DIRECT,
+    ),
+    ("gemm-float64", torch.float64, "nchw", (2, 3, 10, 12), (4, 3, 3, 3), dict(padding=1), GEMM),
+    ("gemm-groups", torch.float32, "nchw", (2, 4, 10, 12), (6, 2, 3, 3), dict(padding=1, groups=2), GEMM),
+    ("gemm-narrow", torch.float32, "nchw", (2, 3, 10, 5), (4, 3, 3, 3), dict(), GEMM),
+    # Channels not whole vectors of 16 (21 outputs: one vector, masked), 70 outputs (five vectors:
+    # blocks of 3 + 2), row tiles of uneven width, a stride with dilation (phases whose taps skip)
+    # and a flattened 1x1.
+    (
+        "channels_last",
+        torch.float32,
+        CL,
+        (2, 19, 9, 11),
+        (21, 19, 3, 3),
+        dict(padding=1),
+        CHANNELS_LAST_DIRECT,
+    ),
+    (
+        "channels_last-strided-dilated",
+        torch.float32,
+        CL,
+        (2, 5, 15, 17),
+        (70, 5, 3, 3),
+        dict(stride=2, padding=2, dilation=2),
+        CHANNELS_LAST_DIRECT,
+    ),
+    ("channels_last-1x1", torch.float32, CL, (3, 40, 6, 7), (33, 40, 1, 1), dict(), CHANNELS_LAST_DIRECT),
 ]
+
+
+def conv_expected(case):
+    """The variants a case reaches on this CPU: a channels_last case below AVX-512 runs the NCHW
+    kernels (its input copied), DIRECT where those run."""
+    _, dtype, layout, _, _, _, expected = case
+    if expected is CHANNELS_LAST_DIRECT and not CHANNELS_LAST_CONV:
+        return DIRECT if DIRECT_CONV else GEMM
+    return expected
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
 def test_conv2d_variant(case):
-    _, dtype, x_shape, w_shape, kwargs, expected = case
+    _, dtype, layout, x_shape, w_shape, kwargs, _ = case
+    expected = conv_expected(case)
     if not DIRECT_CONV and "direct" in expected["conv2d_forward"]:
         pytest.skip("the direct conv2d kernels run only on AVX2 + FMA CPUs; this one runs the baseline build")
-    x = torch.randn(x_shape, dtype=torch.float64)
+    memory_format = torch.channels_last if layout == CL else torch.contiguous_format
+    x = torch.randn(x_shape, dtype=torch.float64).contiguous(memory_format=memory_format)
     w = torch.randn(w_shape, dtype=torch.float64)
-    xs, ws = x.to(dtype).requires_grad_(), w.to(dtype).requires_grad_()
+    b = torch.randn(w_shape[0], dtype=torch.float64)
+    xs, ws, bs = x.to(dtype).requires_grad_(), w.to(dtype).requires_grad_(), b.to(dtype).requires_grad_()
     with cnnext.cpu_variants_used() as used:
-        out = ops.conv2d(xs, ws, **kwargs)
+        out = ops.conv2d(xs, ws, bs, **kwargs)
         grad = torch.randn(out.shape, dtype=torch.float64)
-        dx, dw = torch.autograd.grad(out, (xs, ws), grad.to(dtype))
+        dx, dw, db = torch.autograd.grad(out, (xs, ws, bs), grad.to(dtype))
     assert set(used) == set(expected.items()), f"the case reached {used}"
-    x_native, w_native = x.clone().requires_grad_(), w.clone().requires_grad_()
-    out_native = F.conv2d(x_native, w_native, **kwargs)
-    dx_native, dw_native = torch.autograd.grad(out_native, (x_native, w_native), grad)
+    natives = [t.clone().requires_grad_() for t in (x, w, b)]
+    out_native = F.conv2d(*natives, **kwargs)
+    dx_native, dw_native, db_native = torch.autograd.grad(out_native, natives, grad)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
-    for ours, native in [(out, out_native), (dx, dx_native), (dw, dw_native)]:
+    for ours, native in [(out, out_native), (dx, dx_native), (dw, dw_native), (db, db_native)]:
         torch.testing.assert_close(ours.double(), native, **tol)
+    assert out.is_contiguous(memory_format=memory_format) and dx.is_contiguous(memory_format=memory_format)
 
 
 def test_conv2d_cases_cover_every_variant():
-    covered = {(op, variant) for case in CONV_CASES for op, variant in case[5].items()}
+    covered = {(op, variant) for case in CONV_CASES for op, variant in case[6].items()}
     assert covered == {key for key in table() if key[0].startswith("conv2d")}
 
 
@@ -281,18 +333,24 @@ print("ok")
 
 @pytest.mark.skipif(not DIRECT_CONV, reason="the direct conv2d kernels need an AVX2 + FMA CPU")
 def test_conv2d_benchmarks_reach_every_variant():
-    """benchmarks/bench_conv2d.py's shapes (batch 2 here) reach every conv2d CPU variant."""
+    """benchmarks/bench_conv2d.py's shapes (batch 2 here), in both memory formats, reach every conv2d CPU
+    variant (the channels_last ones on AVX-512 CPUs)."""
     from benchmarks.bench_conv2d import SHAPES
 
     reached = set()
-    for _, _, cin, cout, size, kernel, stride in SHAPES:
-        x = torch.randn(2, cin, size, size, requires_grad=True)
+    for (_, _, cin, cout, size, kernel, stride), memory_format in itertools.product(
+        SHAPES, (torch.contiguous_format, torch.channels_last)
+    ):
+        x = torch.randn(2, cin, size, size).contiguous(memory_format=memory_format).requires_grad_()
         w = torch.randn(cout, cin, kernel, kernel, requires_grad=True)
         with cnnext.cpu_variants_used() as used:
             out = ops.conv2d(x, w, stride=stride, padding=kernel // 2)
             torch.autograd.grad(out, (x, w), torch.ones_like(out))
         reached |= set(used)
-    assert reached == {key for key in table() if key[0].startswith("conv2d")}
+    listed = {key for key in table() if key[0].startswith("conv2d")}
+    if not CHANNELS_LAST_CONV:
+        listed -= set(CHANNELS_LAST_DIRECT.items())
+    assert reached == listed
 
 
 def test_attention_benchmarks_reach_every_variant_but_the_score_search():

@@ -35,6 +35,7 @@
 
 #include "common.h"
 #include "conv2d/conv2d.h"
+#include "conv2d/conv2d_cpu_channels_last.h"
 #include "conv2d/conv2d_cpu_direct.h"
 #include "conv2d/conv2d_cpu_variants.h"
 #include "cpu_cache.h"
@@ -191,8 +192,10 @@ struct InputGradPhase {
   Conv2dGeometry geometry;  // dy (N, Cout, Ho, Wo) -> phase of dx (N, C, out rows, out cols)
 };
 
-// Every phase of dx, or nothing where some phase with taps is not one the direct kernels run.
-std::optional<std::vector<InputGradPhase>> input_grad_phases(const Conv2dGeometry& g, at::ScalarType dtype) {
+// Every phase of dx, or nothing where some phase with taps is not one the direct kernels run (the
+// channels_last kernels run every phase).
+std::optional<std::vector<InputGradPhase>> input_grad_phases(const Conv2dGeometry& g, at::ScalarType dtype,
+                                                             bool channels_last) {
   if (g.groups != 1) return std::nullopt;
   std::vector<InputGradPhase> phases;
   for (int64_t rh = 0; rh < g.stride_h; ++rh) {
@@ -216,17 +219,19 @@ std::optional<std::vector<InputGradPhase>> input_grad_phases(const Conv2dGeometr
                              cols.dil,
                              1};
       const bool has_taps = !rows.taps.empty() && !cols.taps.empty() && t.out_h > 0 && t.out_w > 0;
-      if (has_taps && !conv2d_direct_applies(t, dtype)) return std::nullopt;
+      if (has_taps && !channels_last && !conv2d_direct_applies(t, dtype)) return std::nullopt;
       phases.push_back({rh, rw, rows, cols, t});
     }
   }
   return phases;
 }
 
-// dx (N, C, H, W), phase by phase: each phase's convolution into a dense buffer, then copied into
-// its strided slice of dx; a phase without taps gets zeros.
+// dx (N, C, H, W), phase by phase; a phase without taps gets zeros. In NCHW each phase's
+// convolution goes into a dense buffer, then is copied into its strided slice of dx; in
+// channels_last (dy and dx channels_last) the kernel writes the slice itself.
 void input_grad_by_phases(const at::Tensor& dy, const at::Tensor& weight, at::Tensor& dx,
-                          const std::vector<InputGradPhase>& phases, const Conv2dGeometry& g) {
+                          const std::vector<InputGradPhase>& phases, const Conv2dGeometry& g,
+                          bool channels_last) {
   for (const auto& phase : phases) {
     auto slice = dx.slice(2, phase.row, g.in_h, g.stride_h).slice(3, phase.col, g.in_w, g.stride_w);
     if (phase.rows.taps.empty() || phase.cols.taps.empty()) {
@@ -242,12 +247,58 @@ void input_grad_by_phases(const at::Tensor& dy, const at::Tensor& weight, at::Te
                                   .index_select(3, index(phase.cols.taps))
                                   .transpose(0, 1)
                                   .contiguous();
+    if (channels_last) {
+      const ChannelsLastOut out{
+          dx.mutable_data_ptr<float>() + phase.row * dx.stride(2) + phase.col * dx.stride(3), dx.stride(0),
+          g.stride_h * dx.stride(2), g.stride_w * dx.stride(3)};
+      conv2d_channels_last_forward(dy.const_data_ptr<float>(), phase_weight.const_data_ptr<float>(), nullptr,
+                                   out, phase.geometry);
+      continue;
+    }
     const bool whole = g.stride_h == 1 && g.stride_w == 1;  // one phase: dx itself
     auto out = whole ? dx : at::empty(slice.sizes(), dx.options());
     conv2d_direct_forward(dy.const_data_ptr<float>(), phase_weight.const_data_ptr<float>(), nullptr,
                           out.mutable_data_ptr<float>(), phase.geometry);
     if (!whole) slice.copy_(out);
   }
+}
+
+// Where the channels_last kernels take a call: a channels_last input they run.
+bool uses_channels_last_kernels(const at::Tensor& input, const Conv2dGeometry& g) {
+  return input.suggest_memory_format() == at::MemoryFormat::ChannelsLast &&
+         conv2d_channels_last_applies(g, input.scalar_type());
+}
+
+// A channels_last (N, C, H, W) tensor as the kernels address it.
+ChannelsLastOut channels_last_out(at::Tensor& t) {
+  return {t.mutable_data_ptr<float>(), t.stride(0), t.stride(2), t.stride(3)};
+}
+
+// Both gradients of a call the channels_last kernels take (see conv2d_cpu_channels_last.h).
+Conv2dGrads channels_last_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                   const at::Tensor& weight, const Conv2dGeometry& g,
+                                   std::array<bool, 3> output_mask) {
+  const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);         // (N, H, W, C)
+  const auto dy = grad_output.contiguous(at::MemoryFormat::ChannelsLast);  // (N, Ho, Wo, Cout)
+  at::Tensor dinput, dweight, dbias;
+  if (output_mask[0]) {
+    count_conv2d_cpu_variant(Conv2dCpuVariant::kInputGradChannelsLastPhases);
+    dinput = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
+    input_grad_by_phases(dy, weight, dinput,
+                         *input_grad_phases(g, input.scalar_type(), /*channels_last=*/true), g,
+                         /*channels_last=*/true);
+  }
+  if (output_mask[1]) {
+    count_conv2d_cpu_variant(Conv2dCpuVariant::kWeightGradChannelsLast);
+    dweight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
+  }
+  if (output_mask[2]) dbias = at::empty({g.out_channels}, weight.options());
+  if (output_mask[1] || output_mask[2]) {
+    conv2d_channels_last_weight_grad(dy.const_data_ptr<float>(), x.const_data_ptr<float>(),
+                                     output_mask[1] ? dweight.mutable_data_ptr<float>() : nullptr,
+                                     output_mask[2] ? dbias.mutable_data_ptr<float>() : nullptr, g);
+  }
+  return {dinput, in_layout_of_weight(dweight, weight), dbias};
 }
 
 }  // namespace
@@ -263,6 +314,15 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
 
   auto out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());  // (N, Cout, Ho, Wo)
   if (out.numel() == 0) return out.contiguous(conv2d_output_format(input));
+  if (uses_channels_last_kernels(input, g)) {
+    count_conv2d_cpu_variant(Conv2dCpuVariant::kForwardChannelsLast);
+    const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);  // (N, H, W, C)
+    out = at::empty(out.sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
+    conv2d_channels_last_forward(x.const_data_ptr<float>(), weight.contiguous().const_data_ptr<float>(),
+                                 has_bias ? bias->contiguous().const_data_ptr<float>() : nullptr,
+                                 channels_last_out(out), g);
+    return out;
+  }
   const auto x = input.contiguous();  // (N, C, H, W)
   const auto w = weight.contiguous().view({g.groups, g.out_per_group(), g.patch_size()});
   const auto b = has_bias ? bias->contiguous() : at::Tensor();
@@ -307,6 +367,8 @@ Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
   const auto g = conv2d_backward_geometry(grad_output, input, weight, stride, padding, dilation, groups);
   check_cpu(input, "_conv2d_backward: input");
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  if (uses_channels_last_kernels(input, g))
+    return channels_last_backward(grad_output, input, weight, g, output_mask);
   const bool need_bias = output_mask[2];
 
   const auto x = input.contiguous();         // (N, C, H, W)
@@ -318,7 +380,8 @@ Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
   // The direct kernels take what they can; the GEMM loop below does the rest. Plain names, not a
   // structured binding: the kernels' lambdas capture them (C++17 forbids that).
   const bool direct_weight = output_mask[1] && conv2d_direct_applies(g, input.scalar_type());
-  const auto input_phases = output_mask[0] ? input_grad_phases(g, input.scalar_type()) : std::nullopt;
+  const auto input_phases =
+      output_mask[0] ? input_grad_phases(g, input.scalar_type(), /*channels_last=*/false) : std::nullopt;
   const bool need_input = output_mask[0] && !input_phases, need_weight = output_mask[1] && !direct_weight;
   if (output_mask[0])
     count_conv2d_cpu_variant(input_phases ? Conv2dCpuVariant::kInputGradDirectPhases
@@ -331,7 +394,7 @@ Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
     conv2d_direct_weight_grad(dy.const_data_ptr<float>(), x.const_data_ptr<float>(),
                               dweight.mutable_data_ptr<float>(), g);
   }
-  if (input_phases) input_grad_by_phases(dy, weight, dinput, *input_phases, g);
+  if (input_phases) input_grad_by_phases(dy, weight, dinput, *input_phases, g, /*channels_last=*/false);
 
   const auto w = weight.contiguous().view({g.groups, g.out_per_group(), g.patch_size()});
   const auto w_t = w.transpose(1, 2);  // (groups, K, Cout/groups)
@@ -378,6 +441,10 @@ Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
     dweight = dweight.view(weight.sizes());
   }
   return {dinput, in_layout_of_weight(dweight, weight), dbias};
+}
+
+bool conv2d_channels_last_applies(const Conv2dGeometry& g, at::ScalarType dtype) {
+  return dtype == at::kFloat && g.groups == 1 && cpu_use_avx512();
 }
 
 bool conv2d_direct_applies(const Conv2dGeometry& g, at::ScalarType dtype) {

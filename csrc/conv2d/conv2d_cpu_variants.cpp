@@ -13,12 +13,21 @@ CpuVariant table[] = {
      "an AVX2 + FMA CPU: register-blocked direct convolution"},
     {"conv2d_forward", "im2col_gemm",
      "everything else (float64, groups, narrow outputs, other CPUs): im2col + BLAS"},
+    {"conv2d_forward", "channels_last_direct",
+     "a channels_last float32 input, one group, an AVX-512 CPU: direct convolution vectorised over output "
+     "channels, read and written in place"},
     {"conv2d_input_grad", "direct_phases",
      "one group, and every stride phase of the input a convolution the direct kernels run: one direct "
      "convolution of grad_output per phase"},
     {"conv2d_input_grad", "col2im_gemm", "everything else: BLAS into columns, then col2im"},
+    {"conv2d_input_grad", "channels_last_direct_phases",
+     "as the forward's channels_last variant: the channels_last forward kernel on grad_output, per stride "
+     "phase"},
     {"conv2d_weight_grad", "direct", "as the forward's direct variant: direct weight-gradient kernels"},
     {"conv2d_weight_grad", "im2col_gemm", "everything else: im2col + BLAS, a partial sum per thread"},
+    {"conv2d_weight_grad", "channels_last_direct",
+     "as the forward's channels_last variant: channel-vectorised weight-gradient tiles (and the bias "
+     "gradient)"},
 };
 
 }  // namespace

@@ -8,10 +8,13 @@ namespace cnnext {
 enum class Conv2dCpuVariant : int {
   kForwardDirect,
   kForwardIm2colGemm,
+  kForwardChannelsLast,
   kInputGradDirectPhases,
   kInputGradCol2imGemm,
+  kInputGradChannelsLastPhases,
   kWeightGradDirect,
   kWeightGradIm2colGemm,
+  kWeightGradChannelsLast,
   kCount,
 };
 

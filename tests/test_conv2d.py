@@ -99,6 +99,22 @@ def test_layouts_batches_and_bias(grouping, with_bias, batch, layout, device, dt
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels", [1, 5])
+def test_channels_last_weight_gives_channels_last_results(channels, device):
+    """Native's rule: a channels_last weight makes the result channels_last even where the input is
+    not (a model moved to channels_last gets one-channel images that are both formats at once)."""
+    x = torch.randn(2, channels, 9, 8, device=device)
+    # As Module.to(memory_format=torch.channels_last) makes it: for one channel, (9, 1, 3, 1).
+    w = torch.randn(6, channels, 3, 3, device=device).to(memory_format=torch.channels_last)
+    x.requires_grad_(), w.requires_grad_()
+    out, (grad_x, *_) = check_against_native(x, w, None, TOLERANCES[torch.float32], padding=1)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert grad_x.is_contiguous(memory_format=torch.channels_last)
+    native = F.conv2d(x, w, padding=1)
+    assert out.stride() == native.stride()
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kernel", [3, 1])  # 1x1: a channels_last weight is also "contiguous", strides differ
 @pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
 def test_weight_gradient_has_the_weights_strides(weight_layout, kernel, device, ops):

@@ -31,7 +31,8 @@ def conv2d(
 
     Args:
         input: (N, C, H, W) or unbatched (C, H, W); float32/float64 (plus float16/bfloat16 on CUDA),
-            any memory layout (channels_last in gives channels_last out).
+            any memory layout (channels_last in, or a channels_last weight, gives channels_last
+            out, as in F.conv2d).
         weight: (Cout, C / groups, kh, kw).
         bias: (Cout) or None.
         stride, dilation: int or (h, w), each >= 1.
@@ -87,13 +88,20 @@ def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
         lambda: "conv2d: kernel size (dilated) is larger than the padded input",
     )
     out = input.new_empty((input.shape[0], weight.shape[0], *out_hw))
-    return out.contiguous(memory_format=suggest_memory_format(input))
+    return out.contiguous(memory_format=_result_format(input, weight))
+
+
+def _result_format(input: Tensor, weight: Tensor) -> torch.memory_format:
+    """The kernels' rule (conv2d.h, conv2d_output_format), native's: channels_last where the input
+    or the weight is."""
+    formats = (suggest_memory_format(input), suggest_memory_format(weight))
+    return torch.channels_last if torch.channels_last in formats else torch.contiguous_format
 
 
 def _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
     check_same_device("_conv2d_backward", input=input, grad_output=grad_output, weight=weight)
     need_input, need_weight, need_bias = output_mask
-    grad_input = input.new_empty(input.shape).contiguous(memory_format=suggest_memory_format(input))
+    grad_input = input.new_empty(input.shape).contiguous(memory_format=_result_format(input, weight))
     return (
         grad_input if need_input else None,
         torch.empty_like(weight) if need_weight else None,  # the weight's layout (in_layout_of_weight)

@@ -40,9 +40,13 @@ Conv2dGeometry conv2d_backward_geometry(const at::Tensor& grad_output, const at:
                                         const at::Tensor& weight, at::IntArrayRef stride,
                                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
 
-// The memory format a user expects back: channels_last in, channels_last out.
-inline at::MemoryFormat conv2d_output_format(const at::Tensor& input) {
-  return input.suggest_memory_format();
+// The memory format a user expects back, native's rule: channels_last where the input or the
+// weight is (a model moved to channels_last has channels_last weights, and its one-channel input
+// images are both formats at once).
+inline at::MemoryFormat conv2d_output_format(const at::Tensor& input, const at::Tensor& weight) {
+  const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
+                             weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
 // The weight's gradient in the weight's own layout (empty_like's rule: the same strides when the

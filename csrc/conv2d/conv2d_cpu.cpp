@@ -263,9 +263,9 @@ void input_grad_by_phases(const at::Tensor& dy, const at::Tensor& weight, at::Te
   }
 }
 
-// Where the channels_last kernels take a call: a channels_last input they run.
-bool uses_channels_last_kernels(const at::Tensor& input, const Conv2dGeometry& g) {
-  return input.suggest_memory_format() == at::MemoryFormat::ChannelsLast &&
+// Where the channels_last kernels take a call: a channels_last result (conv2d_output_format) they run.
+bool uses_channels_last_kernels(const at::Tensor& input, const at::Tensor& weight, const Conv2dGeometry& g) {
+  return conv2d_output_format(input, weight) == at::MemoryFormat::ChannelsLast &&
          conv2d_channels_last_applies(g, input.scalar_type());
 }
 
@@ -313,8 +313,8 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   const bool has_bias = bias.has_value() && bias->defined();
 
   auto out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());  // (N, Cout, Ho, Wo)
-  if (out.numel() == 0) return out.contiguous(conv2d_output_format(input));
-  if (uses_channels_last_kernels(input, g)) {
+  if (out.numel() == 0) return out.contiguous(conv2d_output_format(input, weight));
+  if (uses_channels_last_kernels(input, weight, g)) {
     count_conv2d_cpu_variant(Conv2dCpuVariant::kForwardChannelsLast);
     const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);  // (N, H, W, C)
     out = at::empty(out.sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
@@ -331,7 +331,7 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   if (direct) {
     conv2d_direct_forward(x.const_data_ptr<float>(), w.const_data_ptr<float>(),
                           has_bias ? b.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(), g);
-    return out.contiguous(conv2d_output_format(input));
+    return out.contiguous(conv2d_output_format(input, weight));
   }
   const int64_t L = g.out_pixels(), in_sample = g.in_channels * g.in_h * g.in_w;
   const int64_t block_rows = rows_per_block(g, input.element_size());
@@ -358,7 +358,7 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
       }
     });
   });
-  return out.contiguous(conv2d_output_format(input));
+  return out.contiguous(conv2d_output_format(input, weight));
 }
 
 Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
@@ -367,7 +367,7 @@ Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
   const auto g = conv2d_backward_geometry(grad_output, input, weight, stride, padding, dilation, groups);
   check_cpu(input, "_conv2d_backward: input");
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  if (uses_channels_last_kernels(input, g))
+  if (uses_channels_last_kernels(input, weight, g))
     return channels_last_backward(grad_output, input, weight, g, output_mask);
   const bool need_bias = output_mask[2];
 
@@ -434,7 +434,7 @@ Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
       }
     });
   });
-  if (output_mask[0]) dinput = dinput.contiguous(conv2d_output_format(input));
+  if (output_mask[0]) dinput = dinput.contiguous(conv2d_output_format(input, weight));
   if (need_weight) {
     dweight = partial_dweight[0];
     for (int64_t t = 1; t < partial_count; ++t) dweight.add_(partial_dweight[t]);

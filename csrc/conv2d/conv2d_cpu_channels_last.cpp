@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <array>
+#include <limits>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -79,43 +80,92 @@ void even_pieces(int64_t length, int64_t most, const Fn& fn) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The padded sample: one sample's input with the zero rows and columns its windows reach, rows and
+// columns limited to those some window reads, so that every tap of every output pixel is an
+// offset from the pixel's base and no tile checks bounds. Element (r, j) is input (r - pad_h,
+// j - pad_w); negative padding (a phase of a strided input gradient) starts it inside the input.
+// Taps in the padding multiply zeros: a few percent of the FMAs at the borders of small planes.
+
+struct PaddedSample {
+  int64_t rows, columns, channels;               // Hp, Wp, C
+  int64_t row_lo, row_hi, column_lo, column_hi;  // the part that holds input values, [lo, hi)
+  bool in_place;  // the input itself has this shape (no padding, nothing past the last window)
+
+  explicit PaddedSample(const Conv2dGeometry& g)
+      : rows((g.out_h - 1) * g.stride_h + (g.kernel_h - 1) * g.dil_h + 1),
+        columns((g.out_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dil_w + 1),
+        channels(g.in_channels),
+        row_lo(std::clamp<int64_t>(g.pad_h, 0, rows)),
+        row_hi(std::clamp<int64_t>(g.in_h + g.pad_h, row_lo, rows)),
+        column_lo(std::clamp<int64_t>(g.pad_w, 0, columns)),
+        column_hi(std::clamp<int64_t>(g.in_w + g.pad_w, column_lo, columns)),
+        in_place(g.pad_h == 0 && g.pad_w == 0 && columns == g.in_w && rows <= g.in_h) {}
+
+  int64_t size() const { return rows * columns * channels; }
+
+  // A buffer for `count` padded samples, zero where no input value goes (written once: the
+  // copies below only overwrite the input part).
+  std::unique_ptr<float[]> buffer(int64_t count) const { return zeroed(in_place ? 0 : count * size()); }
+
+  // Sample x (H, W, C) as padded: the input itself, or its copy into dst.
+  const float* of(const float* x, float* dst, const Conv2dGeometry& g) const {
+    if (in_place) return x;
+    const int64_t run = (column_hi - column_lo) * channels;
+    for (int64_t r = row_lo; r < row_hi; ++r) {
+      const float* src = x + ((r - g.pad_h) * g.in_w + column_lo - g.pad_w) * channels;
+      std::copy(src, src + run, dst + (r * columns + column_lo) * channels);
+    }
+    return dst;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
 // Forward
 
 struct ForwardContext {
   const Conv2dGeometry& g;
-  const float* x;      // (N, H, W, C)
-  const float* zeros;  // C zeros: what a tap in the padding reads
-  const float* bias;   // (padded Cout): zeros past Cout, or all zeros without a bias
+  const float* bias;  // (padded Cout): zeros past Cout, or all zeros without a bias
   ChannelsLastOut out;
+  int64_t pixel_row_step, pixel_column_step;  // padded-sample offsets of output rows and columns
+  int64_t tap_row_step;                       // offset between the kernel's rows of taps
+  // One kernel row's taps as runs of consecutive floats: with dil_w == 1 one run of kw * C
+  // (neighbouring taps read neighbouring pixels), else kw runs of C, span_step apart.
+  int64_t span_count, span_length, span_step;
 };
 
-// w (Cout, C, kh, kw) -> per block (kh, kw, C, V * 16), channels past Cout zero. Returns the
-// packed weights; block b starts at its first channel * taps (blocks are consecutive).
+// w (Cout, C, kh, kw) -> per block (kh, kw, C, V * 16), channels past Cout zero; block b starts at
+// its first channel * C * taps (blocks are consecutive).
 std::unique_ptr<float[]> pack_forward_weights(const float* w, const Conv2dGeometry& g,
                                               const std::vector<ChannelBlock>& blocks) {
-  const int64_t C = g.in_channels, taps = g.kernel_h * g.kernel_w,
-                padded = ceil_div(g.out_channels, kLanes) * kLanes;
-  auto packed = zeroed(padded * C * taps);
+  const int64_t C = g.in_channels, taps = g.kernel_h * g.kernel_w;
+  auto packed = zeroed(ceil_div(g.out_channels, kLanes) * kLanes * C * taps);
   for (const auto& block : blocks) {
     const int64_t width = block.vectors * kLanes;
     float* dst = packed.get() + block.first_channel * C * taps;
     for (int64_t t = 0; t < taps; ++t)
       for (int64_t c = 0; c < C; ++c)
-        for (int64_t j = 0; j < width; ++j) {
-          const int64_t co = block.first_channel + j;
-          if (co < g.out_channels) dst[(t * C + c) * width + j] = w[(co * C + c) * taps + t];
-        }
+        for (int64_t j = 0; j < width && block.first_channel + j < g.out_channels; ++j)
+          dst[(t * C + c) * width + j] = w[((block.first_channel + j) * C + c) * taps + t];
   }
   return packed;
 }
 
-// One register tile: output pixels [ow0, ow0 + P) of row (n, oh), channels [co0, co0 + 16 V).
+// One register tile: output pixels [q0, q0 + P) of sample n (q = oh * Wo + ow: a tile may span
+// rows) x channels [co0, co0 + 16 V), from the sample's padded input.
 template <int P, int V>
 struct ForwardTile {
-  static void run(const ForwardContext& c, const float* w_block, int64_t n, int64_t oh, int64_t ow0,
+  static void run(const ForwardContext& c, const float* padded, const float* w_block, int64_t n, int64_t q0,
                   int64_t co0) {
     const Conv2dGeometry& g = c.g;
-    const int64_t C = g.in_channels;
+    const float* base[P];
+    float* dst[P];
+    int64_t oh = q0 / g.out_w, ow = q0 % g.out_w;
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) {
+      base[p] = padded + oh * c.pixel_row_step + ow * c.pixel_column_step;
+      dst[p] = c.out.data + n * c.out.sample + oh * c.out.row_step + ow * c.out.column_step + co0;
+      if (++ow == g.out_w) ow = 0, ++oh;
+    }
     __m512 acc[P][V];
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) {
@@ -123,42 +173,36 @@ struct ForwardTile {
 #pragma GCC unroll 16
       for (int p = 0; p < P; ++p) acc[p][v] = b;
     }
+    const int64_t C = g.in_channels;
     for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-      const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dil_h;
-      if (ih < 0 || ih >= g.in_h) continue;
-      const float* row = c.x + (n * g.in_h + ih) * g.in_w * C;
-      for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+      for (int64_t span = 0; span < c.span_count; ++span) {
+        const int64_t offset = ki * c.tap_row_step + span * c.span_step;
         const float* px[P];
 #pragma GCC unroll 16
-        for (int p = 0; p < P; ++p) {
-          const int64_t iw = (ow0 + p) * g.stride_w - g.pad_w + kj * g.dil_w;
-          px[p] = iw >= 0 && iw < g.in_w ? row + iw * C : c.zeros;
-        }
-        const float* wk = w_block + (ki * g.kernel_w + kj) * C * V * kLanes;
-        for (int64_t ci = 0; ci < C; ++ci) {
+        for (int p = 0; p < P; ++p) px[p] = base[p] + offset;
+        const float* wk = w_block + (ki * g.kernel_w * C + span * c.span_length) * V * kLanes;
+        for (int64_t j = 0; j < c.span_length; ++j) {
           __m512 wv[V];
 #pragma GCC unroll 4
-          for (int v = 0; v < V; ++v) wv[v] = _mm512_loadu_ps(wk + (ci * V + v) * kLanes);
+          for (int v = 0; v < V; ++v) wv[v] = _mm512_loadu_ps(wk + (j * V + v) * kLanes);
 #pragma GCC unroll 16
           for (int p = 0; p < P; ++p) {
-            const __m512 xv = _mm512_set1_ps(px[p][ci]);
+            const __m512 xv = _mm512_set1_ps(px[p][j]);
 #pragma GCC unroll 4
             for (int v = 0; v < V; ++v) acc[p][v] = _mm512_fmadd_ps(xv, wv[v], acc[p][v]);
           }
         }
       }
     }
-    float* dst = c.out.data + n * c.out.sample + oh * c.out.row_step + ow0 * c.out.column_step + co0;
 #pragma GCC unroll 16
     for (int p = 0; p < P; ++p)
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v)
-        _mm512_mask_storeu_ps(dst + p * c.out.column_step + v * kLanes,
-                              channel_mask(co0 + v * kLanes, g.out_channels), acc[p][v]);
+        _mm512_mask_storeu_ps(dst[p] + v * kLanes, channel_mask(co0 + v * kLanes, g.out_channels), acc[p][v]);
   }
 };
 
-using ForwardTileFn = void (*)(const ForwardContext&, const float*, int64_t, int64_t, int64_t, int64_t);
+using ForwardTileFn = void (*)(const ForwardContext&, const float*, const float*, int64_t, int64_t, int64_t);
 
 template <int V>
 constexpr auto forward_tiles() {
@@ -189,22 +233,20 @@ ForwardTileFn forward_tile(int vectors, int64_t pixels) {
 
 struct WeightGradContext {
   const Conv2dGeometry& g;
-  const float* dy;          // (N, Ho, Wo, Cout)
-  const float* x;           // (N, H, W, C)
+  const PaddedSample& padded;
   int64_t padded_channels;  // Cout rounded up to whole vectors: the row length of a partial sum
 };
 
 // One register tile: input channels [ci0, ci0 + R) x output channels [co0, co0 + 16 V) of tap
-// (ki, kj), summed over output rows [row_begin, row_end) (rows of all samples, n * Ho + oh) and
-// added into `partial` ((kh, kw, C, padded_channels)).
+// (ki, kj), summed over every output pixel of `count` samples (padded inputs consecutive in
+// `padded`, output gradients in `dy`) and added into `partial` ((kh, kw, C, padded_channels)).
 template <int R, int V>
 struct WeightGradTile {
-  static void run(const WeightGradContext& c, int64_t row_begin, int64_t row_end, int64_t ki, int64_t kj,
-                  int64_t ci0, int64_t co0, float* partial) {
+  static void run(const WeightGradContext& c, const float* padded, const float* dy, int64_t count, int64_t ki,
+                  int64_t kj, int64_t ci0, int64_t co0, float* partial) {
     const Conv2dGeometry& g = c.g;
     const int64_t C = g.in_channels, Cout = g.out_channels, x_step = g.stride_w * C;
-    const auto [ow_lo, ow_hi] = tap_output_range(g.out_w, g.in_w, g.stride_w, g.pad_w, kj * g.dil_w);
-    if (ow_lo >= ow_hi) return;
+    const int64_t x_row_step = g.stride_h * c.padded.columns * C;
     __mmask16 mask[V];
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) mask[v] = channel_mask(co0 + v * kLanes, Cout);
@@ -213,22 +255,21 @@ struct WeightGradTile {
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
-    for (int64_t row = row_begin; row < row_end; ++row) {
-      const int64_t n = row / g.out_h, oh = row % g.out_h;
-      const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dil_h;
-      if (ih < 0 || ih >= g.in_h) continue;
-      const float* xp =
-          c.x + ((n * g.in_h + ih) * g.in_w + ow_lo * g.stride_w - g.pad_w + kj * g.dil_w) * C + ci0;
-      const float* yp = c.dy + (row * g.out_w + ow_lo) * Cout + co0;
-      for (int64_t ow = ow_lo; ow < ow_hi; ++ow, xp += x_step, yp += Cout) {
-        __m512 yv[V];
+    const float* xs = padded + (ki * g.dil_h * c.padded.columns + kj * g.dil_w) * C + ci0;
+    const float* yp = dy + co0;  // output pixels are consecutive: no row steps
+    for (int64_t n = 0; n < count; ++n, xs += c.padded.size()) {
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        const float* xp = xs + oh * x_row_step;
+        for (int64_t ow = 0; ow < g.out_w; ++ow, xp += x_step, yp += Cout) {
+          __m512 yv[V];
 #pragma GCC unroll 4
-        for (int v = 0; v < V; ++v) yv[v] = _mm512_maskz_loadu_ps(mask[v], yp + v * kLanes);
+          for (int v = 0; v < V; ++v) yv[v] = _mm512_maskz_loadu_ps(mask[v], yp + v * kLanes);
 #pragma GCC unroll 16
-        for (int r = 0; r < R; ++r) {
-          const __m512 xv = _mm512_set1_ps(xp[r]);
+          for (int r = 0; r < R; ++r) {
+            const __m512 xv = _mm512_set1_ps(xp[r]);
 #pragma GCC unroll 4
-          for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(xv, yv[v], acc[r][v]);
+            for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(xv, yv[v], acc[r][v]);
+          }
         }
       }
     }
@@ -243,8 +284,8 @@ struct WeightGradTile {
   }
 };
 
-using WeightGradTileFn = void (*)(const WeightGradContext&, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                  int64_t, float*);
+using WeightGradTileFn = void (*)(const WeightGradContext&, const float*, const float*, int64_t, int64_t,
+                                  int64_t, int64_t, int64_t, float*);
 
 template <int V>
 constexpr auto weight_grad_tiles() {
@@ -270,13 +311,12 @@ WeightGradTileFn weight_grad_tile(int vectors, int64_t channels) {
   }
 }
 
-// Adds the sum over rows [row_begin, row_end) of dy into sum (Cout), each row summed in float
-// vectors first (at most one row of pixels per float sum).
-void add_bias_grad(const Conv2dGeometry& g, const float* dy, int64_t row_begin, int64_t row_end,
-                   double* sum) {
+// Adds the sum over samples [n0, n1) of dy into sum (Cout), one output row at a time in float
+// vectors (at most Wo values per float sum), the rows' sums in double.
+void add_bias_grad(const Conv2dGeometry& g, const float* dy, int64_t n0, int64_t n1, double* sum) {
   const int64_t Cout = g.out_channels;
   alignas(64) float lanes[kLanes];
-  for (int64_t row = row_begin; row < row_end; ++row) {
+  for (int64_t row = n0 * g.out_h; row < n1 * g.out_h; ++row) {
     for (int64_t co0 = 0; co0 < Cout; co0 += kLanes) {
       const __mmask16 mask = channel_mask(co0, Cout);
       const float* yp = dy + row * g.out_w * Cout + co0;
@@ -289,11 +329,10 @@ void add_bias_grad(const Conv2dGeometry& g, const float* dy, int64_t row_begin, 
   }
 }
 
-// The pixel rows of one L2-sized block of output rows: dy's rows and the input rows they read.
-int64_t rows_per_block(const Conv2dGeometry& g) {
-  const int64_t row_bytes =
-      (g.out_w * g.out_channels + g.stride_h * g.in_w * g.in_channels) * int64_t(sizeof(float));
-  return std::max<int64_t>(1, cpu_l2_cache_bytes() / 2 / std::max<int64_t>(row_bytes, 1));
+// Samples per weight-gradient group: the group's padded inputs and output gradients in half of L2.
+int64_t samples_per_group(const Conv2dGeometry& g, const PaddedSample& padded) {
+  const int64_t sample_bytes = (padded.size() + g.out_pixels() * g.out_channels) * int64_t(sizeof(float));
+  return std::max<int64_t>(1, cpu_l2_cache_bytes() / 2 / std::max<int64_t>(sample_bytes, 1));
 }
 
 // Whether a geometry may be computed as a 1x1 convolution over one long row: the direct
@@ -308,65 +347,131 @@ Conv2dGeometry flattened(const Conv2dGeometry& g, const ChannelsLastOut& out) {
 void conv2d_channels_last_forward(const float* x, const float* w, const float* bias,
                                   const ChannelsLastOut& out, const Conv2dGeometry& geometry) {
   const Conv2dGeometry g = flattened(geometry, out);
+  const PaddedSample padded(g);
   const auto blocks = channel_blocks(g.out_channels);
-  const int64_t padded = ceil_div(g.out_channels, kLanes) * kLanes;
   const auto packed = pack_forward_weights(w, g, blocks);
-  auto padded_bias = zeroed(padded);
+  auto padded_bias = zeroed(ceil_div(g.out_channels, kLanes) * kLanes);
   if (bias != nullptr) std::copy(bias, bias + g.out_channels, padded_bias.get());
-  const auto zeros = zeroed(g.in_channels);
-  const ForwardContext context{g, x, zeros.get(), padded_bias.get(), out};
-  const int64_t taps = g.kernel_h * g.kernel_w, block_count = static_cast<int64_t>(blocks.size());
-  // Work items: (output row, channel block), blocks innermost so a thread's blocks share input rows.
-  at::parallel_for(0, g.batch * g.out_h * block_count, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t row = item / block_count;
-      const ChannelBlock& block = blocks[item % block_count];
-      const float* w_block = packed.get() + block.first_channel * g.in_channels * taps;
-      even_pieces(g.out_w, kForwardPixels[block.vectors - 1], [&](int64_t ow0, int64_t pixels) {
-        forward_tile(block.vectors, pixels)(context, w_block, row / g.out_h, row % g.out_h, ow0,
-                                            block.first_channel);
+  const int64_t C = g.in_channels, taps = g.kernel_h * g.kernel_w, in_sample = g.in_h * g.in_w * C;
+  const bool one_span = g.dil_w == 1;
+  const ForwardContext context{g,
+                               padded_bias.get(),
+                               out,
+                               g.stride_h * padded.columns * C,
+                               g.stride_w * C,
+                               g.dil_h * padded.columns * C,
+                               one_span ? 1 : g.kernel_w,
+                               one_span ? g.kernel_w * C : C,
+                               g.dil_w * C};
+  // Every tile of sample n for channel blocks [block_begin, block_end) (or tiles [tile_begin,
+  // tile_end) of each), from its padded input.
+  const int64_t pixels = g.out_pixels();
+  const auto sample = [&](const float* padded_x, int64_t n, int64_t tile_begin, int64_t tile_end) {
+    for (const auto& block : blocks) {
+      const int most = kForwardPixels[block.vectors - 1];
+      const float* w_block = packed.get() + block.first_channel * C * taps;
+      int64_t tile = 0;
+      even_pieces(pixels, most, [&](int64_t q0, int64_t size) {
+        if (tile >= tile_begin && tile < tile_end)
+          forward_tile(block.vectors, size)(context, padded_x, w_block, n, q0, block.first_channel);
+        ++tile;
       });
     }
-  });
+  };
+  if (g.batch >= at::get_num_threads()) {  // whole samples per thread
+    at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
+      const auto buffer = padded.buffer(1);
+      for (int64_t n = begin; n < end; ++n)
+        sample(padded.of(x + n * in_sample, buffer.get(), g), n, 0, std::numeric_limits<int64_t>::max());
+    });
+    return;
+  }
+  // Fewer samples than threads (small batches, inference): the threads split each sample's tiles.
+  const auto buffer = padded.buffer(1);
+  const int64_t tiles = ceil_div(pixels, int64_t{kForwardPixels[kMaxBlockVectors - 1]});
+  for (int64_t n = 0; n < g.batch; ++n) {
+    const float* padded_x = padded.of(x + n * in_sample, buffer.get(), g);
+    at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) { sample(padded_x, n, begin, end); });
+  }
 }
 
 void conv2d_channels_last_weight_grad(const float* dy, const float* x, float* dw, float* dbias,
                                       const Conv2dGeometry& geometry) {
   const int64_t Cout = geometry.out_channels;
   const Conv2dGeometry g = flattened(geometry, {nullptr, 0, geometry.out_w * Cout, Cout});
-  const int64_t C = g.in_channels, taps = g.kernel_h * g.kernel_w, rows = g.batch * g.out_h;
-  const int64_t padded = ceil_div(Cout, kLanes) * kLanes, block_rows = rows_per_block(g);
+  const PaddedSample padded(g);
+  const int64_t C = g.in_channels, taps = g.kernel_h * g.kernel_w, in_sample = g.in_h * g.in_w * C;
+  const int64_t out_sample = g.out_pixels() * Cout, padded_channels = ceil_div(Cout, kLanes) * kLanes;
+  const int64_t group = samples_per_group(g, padded);
   const auto blocks = channel_blocks(Cout);
-  const WeightGradContext context{g, dy, x, padded};
-  const int64_t threads = at::get_num_threads(), weight_size = dw != nullptr ? taps * C * padded : 0;
+  const WeightGradContext context{g, padded, padded_channels};
+  // The work of one group of samples: (block, ki, kj, input-channel tile) items, each a register
+  // tile summed over the group; items [item_begin, item_end) of them.
+  struct Item {
+    int vectors;
+    int64_t co0, ki, kj, ci0, channels;
+  };
+  std::vector<Item> items;
+  for (const auto& block : blocks)
+    for (int64_t ki = 0; ki < g.kernel_h; ++ki)
+      for (int64_t kj = 0; kj < g.kernel_w; ++kj)
+        even_pieces(C, kGradChannels[block.vectors - 1], [&](int64_t ci0, int64_t channels) {
+          items.push_back({block.vectors, block.first_channel, ki, kj, ci0, channels});
+        });
+  const auto add_items = [&](const float* padded_x, int64_t n0, int64_t n1, int64_t item_begin,
+                             int64_t item_end, float* sum) {
+    for (int64_t i = item_begin; i < item_end; ++i) {
+      const Item& it = items[i];
+      weight_grad_tile(it.vectors, it.channels)(context, padded_x, dy + n0 * out_sample, n1 - n0, it.ki,
+                                                it.kj, it.ci0, it.co0, sum);
+    }
+  };
+  // Samples [n0, n1) as padded: the input itself where it has that shape, else copied into buffer.
+  const auto pad_group = [&](float* buffer, int64_t n0, int64_t n1) -> const float* {
+    if (padded.in_place) return x + n0 * in_sample;
+    for (int64_t n = n0; n < n1; ++n) padded.of(x + n * in_sample, buffer + (n - n0) * padded.size(), g);
+    return buffer;
+  };
+  const int64_t weight_size = dw != nullptr ? taps * C * padded_channels : 0;
+  const int64_t item_count = dw != nullptr ? static_cast<int64_t>(items.size()) : 0;
+  const int64_t threads = at::get_num_threads();
   std::vector<std::unique_ptr<float[]>> partial(threads);
   std::vector<std::vector<double>> partial_bias(threads);
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    const int64_t t = at::get_thread_num();
-    if (!partial[t]) partial[t] = zeroed(weight_size);
-    if (dbias != nullptr && partial_bias[t].empty()) partial_bias[t].assign(Cout, 0.0);
-    for (int64_t r0 = begin; r0 < end; r0 += block_rows) {
-      const int64_t r1 = std::min(end, r0 + block_rows);
-      if (dbias != nullptr) add_bias_grad(g, dy, r0, r1, partial_bias[t].data());
-      if (dw == nullptr) continue;
-      for (const auto& block : blocks) {
-        for (int64_t ki = 0; ki < g.kernel_h; ++ki)
-          for (int64_t kj = 0; kj < g.kernel_w; ++kj)
-            even_pieces(C, kGradChannels[block.vectors - 1], [&](int64_t ci0, int64_t channels) {
-              weight_grad_tile(block.vectors, channels)(context, r0, r1, ki, kj, ci0, block.first_channel,
-                                                        partial[t].get());
-            });
+  if (g.batch >= threads) {  // whole samples per thread, a partial sum per thread
+    at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
+      const int64_t t = at::get_thread_num();
+      if (!partial[t]) partial[t] = zeroed(weight_size);
+      if (dbias != nullptr && partial_bias[t].empty()) partial_bias[t].assign(Cout, 0.0);
+      const auto buffer = padded.buffer(std::min(group, end - begin));
+      for (int64_t n0 = begin; n0 < end; n0 += group) {
+        const int64_t n1 = std::min(end, n0 + group);
+        if (dbias != nullptr) add_bias_grad(g, dy, n0, n1, partial_bias[t].data());
+        if (item_count > 0)
+          add_items(pad_group(buffer.get(), n0, n1), n0, n1, 0, item_count, partial[t].get());
       }
+    });
+  } else {  // fewer samples than threads: the threads split the items (each owns its part of one sum)
+    partial[0] = zeroed(weight_size);
+    partial_bias[0].assign(dbias != nullptr ? Cout : 0, 0.0);
+    const auto buffer = padded.buffer(std::min(group, g.batch));
+    for (int64_t n0 = 0; n0 < g.batch; n0 += group) {
+      const int64_t n1 = std::min(g.batch, n0 + group);
+      if (dbias != nullptr) add_bias_grad(g, dy, n0, n1, partial_bias[0].data());
+      const float* padded_x = pad_group(buffer.get(), n0, n1);
+      at::parallel_for(0, item_count, 1, [&](int64_t begin, int64_t end) {
+        add_items(padded_x, n0, n1, begin, end, partial[0].get());
+      });
     }
-  });
+  }
   if (dw != nullptr) {
-    // (kh, kw, C, padded) partial sums -> dw (Cout, C, kh, kw), threads added in order.
+    // (kh, kw, C, padded Cout) partial sums -> dw (Cout, C, kh, kw), threads added in order.
     std::fill(dw, dw + Cout * C * taps, 0.f);
     for (const auto& sum : partial) {
       if (!sum) continue;
       for (int64_t t = 0; t < taps; ++t)
         for (int64_t c = 0; c < C; ++c)
-          for (int64_t co = 0; co < Cout; ++co) dw[(co * C + c) * taps + t] += sum[(t * C + c) * padded + co];
+          for (int64_t co = 0; co < Cout; ++co)
+            dw[(co * C + c) * taps + t] += sum[(t * C + c) * padded_channels + co];
     }
   }
   if (dbias != nullptr) {

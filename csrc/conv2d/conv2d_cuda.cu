@@ -901,7 +901,7 @@ at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight
   const cuda::DeviceGuard guard(input.device());
   const bool has_bias = bias.has_value() && bias->defined();
   auto out = cuda::empty({geometry.batch, geometry.out_channels, geometry.out_h, geometry.out_w},
-                         input.options().memory_format(conv2d_output_format(input)));
+                         input.options().memory_format(conv2d_output_format(input, weight)));
   if (out.numel() == 0) return out;
   const auto p = kernel_geometry(geometry);
   check_indexable(p);
@@ -949,7 +949,7 @@ Conv2dGrads conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor
   CNNEXT_DISPATCH_CUDA_TYPES(input.scalar_type(), "conv2d_backward_cuda", [&] {
     using acc_t = cuda::acc_t<scalar_t>;
     if (need_input) {
-      dinput = cuda::empty(input.sizes(), input.options().memory_format(conv2d_output_format(input)));
+      dinput = cuda::empty(input.sizes(), input.options().memory_format(conv2d_output_format(input, weight)));
       if (dinput.numel() > 0) {
         for (int64_t rh = 0; rh < p.sh; ++rh) {
           for (int64_t rw = 0; rw < p.sw; ++rw) {

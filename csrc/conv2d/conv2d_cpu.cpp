@@ -263,10 +263,15 @@ void input_grad_by_phases(const at::Tensor& dy, const at::Tensor& weight, at::Te
   }
 }
 
-// Where the channels_last kernels take a call: a channels_last result (conv2d_output_format) they run.
+// Where the channels_last kernels take a call: every call they run with a channels_last result
+// (conv2d_output_format), and NCHW ones where they pay for copying the tensors to channels_last
+// and back: kernels larger than 1x1 with at least 16 input and 32 output channels. There the NCHW
+// kernels, vectorised over output columns, run at 0.3-0.6x native on planes of 16x16 and smaller
+// and the copies cost less than they lose (benchmarks/NOTES.md, "channels_last kernels").
 bool uses_channels_last_kernels(const at::Tensor& input, const at::Tensor& weight, const Conv2dGeometry& g) {
-  return conv2d_output_format(input, weight) == at::MemoryFormat::ChannelsLast &&
-         conv2d_channels_last_applies(g, input.scalar_type());
+  if (!conv2d_channels_last_applies(g, input.scalar_type())) return false;
+  if (conv2d_output_format(input, weight) == at::MemoryFormat::ChannelsLast) return true;
+  return g.kernel_h * g.kernel_w > 1 && g.in_channels >= 16 && g.out_channels >= 32;
 }
 
 // A channels_last (N, C, H, W) tensor as the kernels address it.
@@ -274,7 +279,8 @@ ChannelsLastOut channels_last_out(at::Tensor& t) {
   return {t.mutable_data_ptr<float>(), t.stride(0), t.stride(2), t.stride(3)};
 }
 
-// Both gradients of a call the channels_last kernels take (see conv2d_cpu_channels_last.h).
+// Both gradients of a call the channels_last kernels take (see conv2d_cpu_channels_last.h), dx in
+// the result's format.
 Conv2dGrads channels_last_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                    const at::Tensor& weight, const Conv2dGeometry& g,
                                    std::array<bool, 3> output_mask) {
@@ -298,6 +304,7 @@ Conv2dGrads channels_last_backward(const at::Tensor& grad_output, const at::Tens
                                      output_mask[1] ? dweight.mutable_data_ptr<float>() : nullptr,
                                      output_mask[2] ? dbias.mutable_data_ptr<float>() : nullptr, g);
   }
+  if (dinput.defined()) dinput = dinput.contiguous(conv2d_output_format(input, weight));
   return {dinput, in_layout_of_weight(dweight, weight), dbias};
 }
 
@@ -321,7 +328,7 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
     conv2d_channels_last_forward(x.const_data_ptr<float>(), weight.contiguous().const_data_ptr<float>(),
                                  has_bias ? bias->contiguous().const_data_ptr<float>() : nullptr,
                                  channels_last_out(out), g);
-    return out;
+    return out.contiguous(conv2d_output_format(input, weight));
   }
   const auto x = input.contiguous();  // (N, C, H, W)
   const auto w = weight.contiguous().view({g.groups, g.out_per_group(), g.patch_size()});

@@ -14,8 +14,9 @@ CpuVariant table[] = {
     {"conv2d_forward", "im2col_gemm",
      "everything else (float64, groups, narrow outputs, other CPUs): im2col + BLAS"},
     {"conv2d_forward", "channels_last_direct",
-     "a channels_last float32 input, one group, an AVX-512 CPU: direct convolution vectorised over output "
-     "channels, read and written in place"},
+     "float32, one group, an AVX-512 CPU, and a channels_last result (read and written in place) or an NCHW "
+     "kernel larger than 1x1 with >= 16 input and >= 32 output channels (copied to channels_last and back): "
+     "direct convolution vectorised over output channels"},
     {"conv2d_input_grad", "direct_phases",
      "one group, and every stride phase of the input a convolution the direct kernels run: one direct "
      "convolution of grad_output per phase"},

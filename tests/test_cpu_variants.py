@@ -191,6 +191,18 @@ CONV_CASES = [
         CHANNELS_LAST_DIRECT,
     ),
     ("channels_last-1x1", torch.float32, CL, (3, 40, 6, 7), (33, 40, 1, 1), dict(), CHANNELS_LAST_DIRECT),
+    # At most 16 output channels, 3 wide, stride and dilation 1 along rows (strided and dilated
+    # along columns): the row tiles; 19 input channels over 21 columns leave tails after the 16 x 16
+    # blocks of the planar copy in both directions.
+    (
+        "channels_last-rows",
+        torch.float32,
+        CL,
+        (2, 19, 11, 21),
+        (13, 19, 3, 3),
+        dict(stride=(2, 1), padding=1, dilation=(2, 1)),
+        {**CHANNELS_LAST_DIRECT, "conv2d_forward": "channels_last_rows"},
+    ),
     # NCHW with enough channels: copied to channels_last and back (results NCHW).
     (
         "channels_last-from-nchw",
@@ -208,7 +220,7 @@ def conv_expected(case):
     """The variants a case reaches on this CPU: a channels_last case below AVX-512 runs the NCHW
     kernels (its input copied), DIRECT where those run."""
     _, dtype, layout, _, _, _, expected = case
-    if expected is CHANNELS_LAST_DIRECT and not CHANNELS_LAST_CONV:
+    if expected["conv2d_weight_grad"] == "channels_last_direct" and not CHANNELS_LAST_CONV:
         return DIRECT if DIRECT_CONV else GEMM
     return expected
 

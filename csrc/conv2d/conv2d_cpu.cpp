@@ -322,7 +322,9 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   auto out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());  // (N, Cout, Ho, Wo)
   if (out.numel() == 0) return out.contiguous(conv2d_output_format(input, weight));
   if (uses_channels_last_kernels(input, weight, g)) {
-    count_conv2d_cpu_variant(Conv2dCpuVariant::kForwardChannelsLast);
+    count_conv2d_cpu_variant(conv2d_channels_last_row_tiles_apply(g)
+                                 ? Conv2dCpuVariant::kForwardChannelsLastRows
+                                 : Conv2dCpuVariant::kForwardChannelsLast);
     const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);  // (N, H, W, C)
     out = at::empty(out.sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
     conv2d_channels_last_forward(x.const_data_ptr<float>(), weight.contiguous().const_data_ptr<float>(),
@@ -452,6 +454,10 @@ Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
 
 bool conv2d_channels_last_applies(const Conv2dGeometry& g, at::ScalarType dtype) {
   return dtype == at::kFloat && g.groups == 1 && cpu_use_avx512();
+}
+
+bool conv2d_channels_last_row_tiles_apply(const Conv2dGeometry& g) {
+  return g.out_channels <= 16 && g.kernel_w == 3 && g.stride_w == 1 && g.dil_w == 1;
 }
 
 bool conv2d_direct_applies(const Conv2dGeometry& g, at::ScalarType dtype) {

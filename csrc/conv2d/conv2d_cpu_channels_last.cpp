@@ -104,8 +104,11 @@ struct PaddedSample {
   int64_t size() const { return rows * columns * channels; }
 
   // A buffer for `count` padded samples, zero where no input value goes (written once: the
-  // copies below only overwrite the input part).
-  std::unique_ptr<float[]> buffer(int64_t count) const { return zeroed(in_place ? 0 : count * size()); }
+  // copies only overwrite the input part); none where the input is read in place, unless the copy
+  // is one of another layout (`relaid`: the row tiles' planar rows).
+  std::unique_ptr<float[]> buffer(int64_t count, bool relaid = false) const {
+    return zeroed(in_place && !relaid ? 0 : count * size());
+  }
 
   // Sample x (H, W, C) as padded: the input itself, or its copy into dst.
   const float* of(const float* x, float* dst, const Conv2dGeometry& g) const {
@@ -128,9 +131,6 @@ struct ForwardContext {
   ChannelsLastOut out;
   int64_t pixel_row_step, pixel_column_step;  // padded-sample offsets of output rows and columns
   int64_t tap_row_step;                       // offset between the kernel's rows of taps
-  // One kernel row's taps as runs of consecutive floats: with dil_w == 1 one run of kw * C
-  // (neighbouring taps read neighbouring pixels), else kw runs of C, span_step apart.
-  int64_t span_count, span_length, span_step;
 };
 
 // w (Cout, C, kh, kw) -> per block (kh, kw, C, V * 16), channels past Cout zero; block b starts at
@@ -173,15 +173,19 @@ struct ForwardTile {
 #pragma GCC unroll 16
       for (int p = 0; p < P; ++p) acc[p][v] = b;
     }
+    // A kernel row's taps as runs of consecutive floats: with dil_w == 1 the whole row in one run
+    // of kw * C (neighbouring taps read neighbouring pixels), else one run of C per tap.
     const int64_t C = g.in_channels;
+    const bool one_run = g.dil_w == 1;
+    const int64_t runs = one_run ? 1 : g.kernel_w, run_length = one_run ? g.kernel_w * C : C;
     for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-      for (int64_t span = 0; span < c.span_count; ++span) {
-        const int64_t offset = ki * c.tap_row_step + span * c.span_step;
+      for (int64_t kj = 0; kj < runs; ++kj) {
+        const int64_t offset = ki * c.tap_row_step + kj * g.dil_w * C;
         const float* px[P];
 #pragma GCC unroll 16
         for (int p = 0; p < P; ++p) px[p] = base[p] + offset;
-        const float* wk = w_block + (ki * g.kernel_w * C + span * c.span_length) * V * kLanes;
-        for (int64_t j = 0; j < c.span_length; ++j) {
+        const float* wk = w_block + (ki * g.kernel_w + kj) * C * V * kLanes;
+        for (int64_t j = 0; j < run_length; ++j) {
           __m512 wv[V];
 #pragma GCC unroll 4
           for (int v = 0; v < V; ++v) wv[v] = _mm512_loadu_ps(wk + (j * V + v) * kLanes);
@@ -227,6 +231,129 @@ ForwardTileFn forward_tile(int vectors, int64_t pixels) {
       return forward_tile_4[pixels - 1];
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Forward with at most 16 output channels, 3 taps wide, stride and dilation 1 along rows
+//
+// With one vector of output channels, each broadcast input value feeds one FMA per tap in the
+// tiles above: 13 loads per 12 FMAs, and the loads bound them at ~60% of the FMA peak. Along a row
+// a stride-1 window of 3 taps reads each input value for 3 neighbouring outputs: broadcast once,
+// it feeds all 3 (output p with tap kj reads column p + kj). From a row-planar padded copy
+// ((Hp, C, Wp): one channel's columns consecutive), a tile of P outputs reads P + 2 broadcasts
+// and 3 weight vectors per input channel for 3 P FMAs, all at fixed offsets from one pointer.
+
+constexpr int kRowTilePixels = 16;
+
+// rows[i] (16 floats each, `stride` apart) -> their transpose into out[j * out_stride + i].
+void transpose_16x16(const float* in, int64_t stride, float* out, int64_t out_stride) {
+  __m512 r[16], t[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(in + i * stride);
+    // Interleave 32-bit elements of row pairs, then 64-bit pairs of those, then 128-bit quarters.
+#pragma GCC unroll 8
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+  }
+  // r[4q + k] holds, in 128-bit quarter l, element 4l + k of rows 4q .. 4q + 3; gather quarter l of
+  // the four r[4q + k] (q = 0..3) into output row 4l + k.
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) {
+    const __m512 a = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88),
+                 b = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xDD);
+    const __m512 c = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88),
+                 d = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xDD);
+    t[k] = _mm512_shuffle_f32x4(a, c, 0x88);       // quarter 0
+    t[8 + k] = _mm512_shuffle_f32x4(a, c, 0xDD);   // quarter 2
+    t[4 + k] = _mm512_shuffle_f32x4(b, d, 0x88);   // quarter 1
+    t[12 + k] = _mm512_shuffle_f32x4(b, d, 0xDD);  // quarter 3
+  }
+#pragma GCC unroll 16
+  for (int j = 0; j < 16; ++j) _mm512_storeu_ps(out + j * out_stride, t[j]);
+}
+
+// Sample x (H, W, C) -> its padded copy with each row planar: (Hp, C, Wp), zeros where the buffer
+// was zero (PaddedSample::buffer). Blocks of 16 columns x 16 channels are transposed in registers.
+const float* planar_rows_of(const float* x, float* dst, const PaddedSample& p, const Conv2dGeometry& g) {
+  const int64_t C = p.channels, whole_c = C / kLanes * kLanes;
+  for (int64_t r = p.row_lo; r < p.row_hi; ++r) {
+    const float* src = x + ((r - g.pad_h) * g.in_w - g.pad_w) * C;  // padded column j at src + j * C
+    float* row = dst + r * C * p.columns;
+    int64_t j = p.column_lo;
+    for (; j + kLanes <= p.column_hi; j += kLanes)
+      for (int64_t c = 0; c < whole_c; c += kLanes)
+        transpose_16x16(src + j * C + c, C, row + c * p.columns + j, p.columns);
+    for (int64_t jj = p.column_lo; jj < p.column_hi;
+         ++jj) {  // what the blocks left: columns past j, channels past whole_c
+      const int64_t c0 = jj < j ? whole_c : 0;
+      for (int64_t c = c0; c < C; ++c) row[c * p.columns + jj] = src[jj * C + c];
+    }
+  }
+  return dst;
+}
+
+// w (Cout, C, kh, 3) -> (kh, C, 3, 16), channels past Cout zero: one input channel's three tap
+// vectors adjacent.
+std::unique_ptr<float[]> pack_row_tile_weights(const float* w, const Conv2dGeometry& g) {
+  const int64_t C = g.in_channels, KH = g.kernel_h;
+  auto packed = zeroed(KH * C * 3 * kLanes);
+  for (int64_t ki = 0; ki < KH; ++ki)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t kj = 0; kj < 3; ++kj)
+        for (int64_t co = 0; co < g.out_channels; ++co)
+          packed[((ki * C + c) * 3 + kj) * kLanes + co] = w[((co * C + c) * KH + ki) * 3 + kj];
+  return packed;
+}
+
+// Output pixels [ow0, ow0 + P) of row (n, oh), all Cout channels, from the row-planar padded sample.
+template <int P>
+struct RowTile {
+  static void run(const ForwardContext& c, const float* planar, const float* packed_w, int64_t n, int64_t oh,
+                  int64_t ow0, int64_t columns) {
+    const Conv2dGeometry& g = c.g;
+    const int64_t C = g.in_channels;
+    const __m512 b = _mm512_loadu_ps(c.bias);
+    __m512 acc[P];
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) acc[p] = b;
+    for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+      const float* src = planar + (oh * g.stride_h + ki * g.dil_h) * C * columns + ow0;
+      const float* wk = packed_w + ki * C * 3 * kLanes;
+      for (int64_t ci = 0; ci < C; ++ci, src += columns, wk += 3 * kLanes) {
+        const __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + kLanes),
+                     w2 = _mm512_loadu_ps(wk + 2 * kLanes);
+#pragma GCC unroll 18
+        for (int j = 0; j < P + 2; ++j) {  // input column ow0 + j serves outputs j, j - 1, j - 2
+          const __m512 xv = _mm512_set1_ps(src[j]);
+          if (j < P) acc[j] = _mm512_fmadd_ps(xv, w0, acc[j]);
+          if (j >= 1 && j - 1 < P) acc[j - 1] = _mm512_fmadd_ps(xv, w1, acc[j - 1]);
+          if (j >= 2) acc[j - 2] = _mm512_fmadd_ps(xv, w2, acc[j - 2]);
+        }
+      }
+    }
+    const __mmask16 mask = channel_mask(0, g.out_channels);
+    float* dst = c.out.data + n * c.out.sample + oh * c.out.row_step + ow0 * c.out.column_step;
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) _mm512_mask_storeu_ps(dst + p * c.out.column_step, mask, acc[p]);
+  }
+};
+
+using RowTileFn = void (*)(const ForwardContext&, const float*, const float*, int64_t, int64_t, int64_t,
+                           int64_t);
+
+template <int... I>
+constexpr std::array<RowTileFn, sizeof...(I)> row_tile_table(std::integer_sequence<int, I...>) {
+  return {&RowTile<I + 1>::run...};
+}
+const std::array<RowTileFn, kRowTilePixels> row_tiles =
+    row_tile_table(std::make_integer_sequence<int, kRowTilePixels>());
 
 // ---------------------------------------------------------------------------------------------
 // Weight gradient
@@ -353,20 +480,32 @@ void conv2d_channels_last_forward(const float* x, const float* w, const float* b
   auto padded_bias = zeroed(ceil_div(g.out_channels, kLanes) * kLanes);
   if (bias != nullptr) std::copy(bias, bias + g.out_channels, padded_bias.get());
   const int64_t C = g.in_channels, taps = g.kernel_h * g.kernel_w, in_sample = g.in_h * g.in_w * C;
-  const bool one_span = g.dil_w == 1;
   const ForwardContext context{g,
                                padded_bias.get(),
                                out,
                                g.stride_h * padded.columns * C,
                                g.stride_w * C,
-                               g.dil_h * padded.columns * C,
-                               one_span ? 1 : g.kernel_w,
-                               one_span ? g.kernel_w * C : C,
-                               g.dil_w * C};
-  // Every tile of sample n for channel blocks [block_begin, block_end) (or tiles [tile_begin,
-  // tile_end) of each), from its padded input.
+                               g.dil_h * padded.columns * C};
   const int64_t pixels = g.out_pixels();
+  const bool rows = conv2d_channels_last_row_tiles_apply(g);
+  const auto packed_rows = rows ? pack_row_tile_weights(w, g) : nullptr;
+  // Sample n's padded input: the input itself, or its copy (row-planar for the row tiles).
+  const auto pad = [&](int64_t n, float* buffer) {
+    return rows ? planar_rows_of(x + n * in_sample, buffer, padded, g)
+                : padded.of(x + n * in_sample, buffer, g);
+  };
+  // Tiles [tile_begin, tile_end) of sample n (of each channel block), from its padded input.
   const auto sample = [&](const float* padded_x, int64_t n, int64_t tile_begin, int64_t tile_end) {
+    if (rows) {
+      int64_t tile = 0;
+      for (int64_t oh = 0; oh < g.out_h; ++oh)
+        even_pieces(g.out_w, kRowTilePixels, [&](int64_t ow0, int64_t size) {
+          if (tile >= tile_begin && tile < tile_end)
+            row_tiles[size - 1](context, padded_x, packed_rows.get(), n, oh, ow0, padded.columns);
+          ++tile;
+        });
+      return;
+    }
     for (const auto& block : blocks) {
       const int most = kForwardPixels[block.vectors - 1];
       const float* w_block = packed.get() + block.first_channel * C * taps;
@@ -380,17 +519,18 @@ void conv2d_channels_last_forward(const float* x, const float* w, const float* b
   };
   if (g.batch >= at::get_num_threads()) {  // whole samples per thread
     at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
-      const auto buffer = padded.buffer(1);
+      const auto buffer = padded.buffer(1, rows);
       for (int64_t n = begin; n < end; ++n)
-        sample(padded.of(x + n * in_sample, buffer.get(), g), n, 0, std::numeric_limits<int64_t>::max());
+        sample(pad(n, buffer.get()), n, 0, std::numeric_limits<int64_t>::max());
     });
     return;
   }
   // Fewer samples than threads (small batches, inference): the threads split each sample's tiles.
-  const auto buffer = padded.buffer(1);
-  const int64_t tiles = ceil_div(pixels, int64_t{kForwardPixels[kMaxBlockVectors - 1]});
+  const auto buffer = padded.buffer(1, rows);
+  const int64_t tiles = rows ? g.out_h * ceil_div(g.out_w, int64_t{kRowTilePixels})
+                             : ceil_div(pixels, int64_t{kForwardPixels[kMaxBlockVectors - 1]});
   for (int64_t n = 0; n < g.batch; ++n) {
-    const float* padded_x = padded.of(x + n * in_sample, buffer.get(), g);
+    const float* padded_x = pad(n, buffer.get());
     at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) { sample(padded_x, n, begin, end); });
   }
 }

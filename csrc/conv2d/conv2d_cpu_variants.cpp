@@ -17,6 +17,9 @@ CpuVariant table[] = {
      "float32, one group, an AVX-512 CPU, and a channels_last result (read and written in place) or an NCHW "
      "kernel larger than 1x1 with >= 16 input and >= 32 output channels (copied to channels_last and back): "
      "direct convolution vectorised over output channels"},
+    {"conv2d_forward", "channels_last_rows",
+     "as channels_last_direct, with at most 16 output channels and a kernel 3 wide, stride and dilation 1 "
+     "along rows: row tiles over a row-planar copy, each broadcast input value serving 3 taps"},
     {"conv2d_input_grad", "direct_phases",
      "one group, and every stride phase of the input a convolution the direct kernels run: one direct "
      "convolution of grad_output per phase"},

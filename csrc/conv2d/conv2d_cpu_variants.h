@@ -9,6 +9,7 @@ enum class Conv2dCpuVariant : int {
   kForwardDirect,
   kForwardIm2colGemm,
   kForwardChannelsLast,
+  kForwardChannelsLastRows,
   kInputGradDirectPhases,
   kInputGradCol2imGemm,
   kInputGradChannelsLastPhases,

@@ -319,20 +319,25 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const bool has_bias = bias.has_value() && bias->defined();
 
-  auto out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());  // (N, Cout, Ho, Wo)
-  if (out.numel() == 0) return out.contiguous(conv2d_output_format(input, weight));
+  // One allocation of the result per path: a second one of the same size alive at the same time
+  // kept glibc from reusing freed blocks, and every call paid the page faults of a fresh mapping.
+  const std::array<int64_t, 4> sizes{g.batch, g.out_channels, g.out_h, g.out_w};  // (N, Cout, Ho, Wo)
+  const auto format = conv2d_output_format(input, weight);
+  if (g.batch * g.out_channels * g.out_h * g.out_w == 0)
+    return at::empty(sizes, input.options().memory_format(format));
   if (uses_channels_last_kernels(input, weight, g)) {
     count_conv2d_cpu_variant(conv2d_channels_last_row_tiles_apply(g)
                                  ? Conv2dCpuVariant::kForwardChannelsLastRows
                                  : Conv2dCpuVariant::kForwardChannelsLast);
     const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);  // (N, H, W, C)
-    out = at::empty(out.sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
+    auto out = at::empty(sizes, input.options().memory_format(at::MemoryFormat::ChannelsLast));
     conv2d_channels_last_forward(x.const_data_ptr<float>(), weight.contiguous().const_data_ptr<float>(),
                                  has_bias ? bias->contiguous().const_data_ptr<float>() : nullptr,
                                  channels_last_out(out), g);
-    return out.contiguous(conv2d_output_format(input, weight));
+    return out.contiguous(format);
   }
-  const auto x = input.contiguous();  // (N, C, H, W)
+  auto out = at::empty(sizes, input.options());  // the NCHW kernels'
+  const auto x = input.contiguous();             // (N, C, H, W)
   const auto w = weight.contiguous().view({g.groups, g.out_per_group(), g.patch_size()});
   const auto b = has_bias ? bias->contiguous() : at::Tensor();
   const bool direct = conv2d_direct_applies(g, input.scalar_type());

@@ -2,7 +2,7 @@
 //
 // Register tiles: 32 vector registers hold P x V accumulators, the V weight (or dy) vectors of one
 // input channel and nothing else: the other operand is an embedded broadcast from memory. The
-// shapes per V (forward P pixels, weight gradient R input channels) keep 20-24 accumulators, enough
+// shapes per V (forward P pixels, weight gradient R input channels) keep 12-24 accumulators, enough
 // independent FMAs to cover the FMA latency on two pipes; the last tile of a row (or of the
 // channels) uses a smaller instantiation of the same template instead of idle slots.
 #if defined(__x86_64__)
@@ -28,11 +28,18 @@
 namespace cnnext {
 namespace {
 
-constexpr int64_t kLanes = 16;       // channels per vector
-constexpr int kMaxBlockVectors = 4;  // vectors of output channels in one register tile
-// Forward tile widths (output pixels) and weight-gradient tile heights (input channels) by V.
-constexpr int kForwardPixels[kMaxBlockVectors] = {12, 10, 8, 6};
+constexpr int64_t kLanes = 16;         // channels per vector
+constexpr int kMaxBlockVectors = 4;    // vectors of output channels in one register tile
+constexpr int kMaxForwardVectors = 2;  // ... in the forward's (see kForwardPixels)
+// Forward tile widths (output pixels) and weight-gradient tile heights (input channels) by V. The
+// forward's 12 x 2 tiles read each weight vector for 12 pixels: 3-10% faster than 6 x 4 tiles
+// (which read them for 6) where the weights stream from L2; 14 x 2 spills (benchmarks/NOTES.md).
+constexpr int kForwardPixels[kMaxForwardVectors] = {12, 12};
 constexpr int kGradChannels[kMaxBlockVectors] = {16, 12, 8, 6};
+// The forward's weights per channel block, above which its tiles prefetch them kPrefetchChannels
+// input channels ahead (prefetches past the block's end are harmless: they do not fault).
+constexpr int64_t kL1WeightBytes = 32 * 1024;
+constexpr int64_t kPrefetchChannels = 8;
 
 // Output channels in blocks of at most kMaxBlockVectors vectors, as even as possible (80 channels,
 // five vectors, are blocks of 3 + 2, not 4 + 1, so no tile is mostly idle).
@@ -41,8 +48,8 @@ struct ChannelBlock {
   int vectors;
 };
 
-std::vector<ChannelBlock> channel_blocks(int64_t channels) {
-  const int64_t vectors = ceil_div(channels, kLanes), count = ceil_div(vectors, int64_t{kMaxBlockVectors});
+std::vector<ChannelBlock> channel_blocks(int64_t channels, int64_t most = kMaxBlockVectors) {
+  const int64_t vectors = ceil_div(channels, kLanes), count = ceil_div(vectors, most);
   std::vector<ChannelBlock> blocks;
   int64_t first_vector = 0;
   for (int64_t b = 0; b < count; ++b) {
@@ -176,6 +183,9 @@ struct ForwardTile {
     // A kernel row's taps as runs of consecutive floats: with dil_w == 1 the whole row in one run
     // of kw * C (neighbouring taps read neighbouring pixels), else one run of C per tap.
     const int64_t C = g.in_channels;
+    // Weights past L1 stream from L2 for every tile; fetched 8 input channels ahead, the big
+    // channel counts run 8-13% faster (benchmarks/NOTES.md), the small ones lose the extra loads.
+    const bool prefetch = g.kernel_h * g.kernel_w * C * V * kLanes * int64_t(sizeof(float)) > kL1WeightBytes;
     const bool one_run = g.dil_w == 1;
     const int64_t runs = one_run ? 1 : g.kernel_w, run_length = one_run ? g.kernel_w * C : C;
     for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
@@ -189,6 +199,12 @@ struct ForwardTile {
           __m512 wv[V];
 #pragma GCC unroll 4
           for (int v = 0; v < V; ++v) wv[v] = _mm512_loadu_ps(wk + (j * V + v) * kLanes);
+          if (prefetch) {
+#pragma GCC unroll 4
+            for (int v = 0; v < V; ++v)
+              _mm_prefetch(reinterpret_cast<const char*>(wk + ((j + kPrefetchChannels) * V + v) * kLanes),
+                           _MM_HINT_T0);
+          }
 #pragma GCC unroll 16
           for (int p = 0; p < P; ++p) {
             const __m512 xv = _mm512_set1_ps(px[p][j]);
@@ -216,20 +232,9 @@ constexpr auto forward_tiles() {
 // [V - 1][P - 1] -> ForwardTile<P, V>::run.
 const std::array<ForwardTileFn, kForwardPixels[0]> forward_tile_1 = forward_tiles<1>();
 const std::array<ForwardTileFn, kForwardPixels[1]> forward_tile_2 = forward_tiles<2>();
-const std::array<ForwardTileFn, kForwardPixels[2]> forward_tile_3 = forward_tiles<3>();
-const std::array<ForwardTileFn, kForwardPixels[3]> forward_tile_4 = forward_tiles<4>();
 
 ForwardTileFn forward_tile(int vectors, int64_t pixels) {
-  switch (vectors) {
-    case 1:
-      return forward_tile_1[pixels - 1];
-    case 2:
-      return forward_tile_2[pixels - 1];
-    case 3:
-      return forward_tile_3[pixels - 1];
-    default:
-      return forward_tile_4[pixels - 1];
-  }
+  return vectors == 1 ? forward_tile_1[pixels - 1] : forward_tile_2[pixels - 1];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -475,7 +480,7 @@ void conv2d_channels_last_forward(const float* x, const float* w, const float* b
                                   const ChannelsLastOut& out, const Conv2dGeometry& geometry) {
   const Conv2dGeometry g = flattened(geometry, out);
   const PaddedSample padded(g);
-  const auto blocks = channel_blocks(g.out_channels);
+  const auto blocks = channel_blocks(g.out_channels, kMaxForwardVectors);
   const auto packed = pack_forward_weights(w, g, blocks);
   auto padded_bias = zeroed(ceil_div(g.out_channels, kLanes) * kLanes);
   if (bias != nullptr) std::copy(bias, bias + g.out_channels, padded_bias.get());
@@ -528,7 +533,7 @@ void conv2d_channels_last_forward(const float* x, const float* w, const float* b
   // Fewer samples than threads (small batches, inference): the threads split each sample's tiles.
   const auto buffer = padded.buffer(1, rows);
   const int64_t tiles = rows ? g.out_h * ceil_div(g.out_w, int64_t{kRowTilePixels})
-                             : ceil_div(pixels, int64_t{kForwardPixels[kMaxBlockVectors - 1]});
+                             : ceil_div(pixels, int64_t{kForwardPixels[kMaxForwardVectors - 1]});
   for (int64_t n = 0; n < g.batch; ++n) {
     const float* padded_x = pad(n, buffer.get());
     at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) { sample(padded_x, n, begin, end); });
@@ -543,7 +548,7 @@ void conv2d_channels_last_weight_grad(const float* dy, const float* x, float* dw
   const int64_t C = g.in_channels, taps = g.kernel_h * g.kernel_w, in_sample = g.in_h * g.in_w * C;
   const int64_t out_sample = g.out_pixels() * Cout, padded_channels = ceil_div(Cout, kLanes) * kLanes;
   const int64_t group = samples_per_group(g, padded);
-  const auto blocks = channel_blocks(Cout);
+  const auto blocks = channel_blocks(Cout, std::getenv("DWV") ? std::atoi(std::getenv("DWV")) : 4);
   const WeightGradContext context{g, padded, padded_channels};
   // The work of one group of samples: (block, ki, kj, input-channel tile) items, each a register
   // tile summed over the group; items [item_begin, item_end) of them.

@@ -4,7 +4,7 @@
 // 8-wide output row cannot fill, and a channels_last tensor had to be copied to NCHW and back
 // around them (four layout copies per convolution). These read and write channels_last in place:
 // a vector holds 16 output channels, and a register tile is P neighbouring output pixels x V
-// vectors (up to 64 channels), accumulated over every (ki, kj, input channel) with one broadcast
+// vectors (up to 32 channels), accumulated over every (ki, kj, input channel) with one broadcast
 // input value per pixel and V weight vectors per input channel. Taps that fall in the padding read
 // a row of zeros; nothing is copied.
 //

@@ -370,8 +370,9 @@ struct WeightGradContext {
 };
 
 // One register tile: input channels [ci0, ci0 + R) x output channels [co0, co0 + 16 V) of tap
-// (ki, kj), summed over every output pixel of `count` samples (padded inputs consecutive in
-// `padded`, output gradients in `dy`) and added into `partial` ((kh, kw, C, padded_channels)).
+// (ki, kj) (or, where a kernel row is one run, channels ci0 .. of that run), summed over every output pixel
+// of `count` samples (padded inputs consecutive in `padded`, output gradients in `dy`) and added into
+// `partial` ((kh, kw, C, padded_channels)).
 template <int R, int V>
 struct WeightGradTile {
   static void run(const WeightGradContext& c, const float* padded, const float* dy, int64_t count, int64_t ki,
@@ -552,17 +553,22 @@ void conv2d_channels_last_weight_grad(const float* dy, const float* x, float* dw
   const WeightGradContext context{g, padded, padded_channels};
   // The work of one group of samples: (block, ki, kj, input-channel tile) items, each a register
   // tile summed over the group; items [item_begin, item_end) of them.
+  // With dil_w == 1 a kernel row's (kj, c) pairs are one run of kw * C consecutive floats, in x
+  // and in the partial sums alike, cut into tiles as if it were kw * C channels of tap kj = 0: 3
+  // input channels (a stem) make tiles of 9, not 3 (3 accumulators leave the FMAs waiting).
   struct Item {
     int vectors;
     int64_t co0, ki, kj, ci0, channels;
   };
   std::vector<Item> items;
+  const bool one_run = g.dil_w == 1;
   for (const auto& block : blocks)
     for (int64_t ki = 0; ki < g.kernel_h; ++ki)
-      for (int64_t kj = 0; kj < g.kernel_w; ++kj)
-        even_pieces(C, kGradChannels[block.vectors - 1], [&](int64_t ci0, int64_t channels) {
-          items.push_back({block.vectors, block.first_channel, ki, kj, ci0, channels});
-        });
+      for (int64_t kj = 0; kj < (one_run ? 1 : g.kernel_w); ++kj)
+        even_pieces(one_run ? g.kernel_w * C : C, kGradChannels[block.vectors - 1],
+                    [&](int64_t ci0, int64_t channels) {
+                      items.push_back({block.vectors, block.first_channel, ki, kj, ci0, channels});
+                    });
   const auto add_items = [&](const float* padded_x, int64_t n0, int64_t n1, int64_t item_begin,
                              int64_t item_end, float* sum) {
     for (int64_t i = item_begin; i < item_end; ++i) {

@@ -86,6 +86,37 @@ void even_pieces(int64_t length, int64_t most, const Fn& fn) {
   }
 }
 
+// The kernel rows [lo, hi) whose input row for output row oh is inside the input; the others
+// read padding, and the tiles skip them (on 8x8 maps a sixth of a 3x3 convolution's taps).
+std::pair<int64_t, int64_t> kernel_rows_inside(const Conv2dGeometry& g, int64_t oh) {
+  const int64_t first = oh * g.stride_h - g.pad_h;  // input row of kernel row 0
+  const int64_t lo = std::min(first >= 0 ? 0 : ceil_div(-first, g.dil_h), g.kernel_h);
+  const int64_t hi = first > g.in_h - 1 ? 0 : (g.in_h - 1 - first) / g.dil_h + 1;
+  return {lo, std::clamp(hi, lo, g.kernel_h)};
+}
+
+// A forward tile: output pixels [q0, q0 + size) of a sample (q = oh * Wo + ow), all of whose rows
+// read the kernel rows [ki_lo, ki_hi) inside the input.
+struct PixelTile {
+  int64_t q0, size, ki_lo, ki_hi;
+};
+
+// A sample's pixels in tiles of at most `most`: consecutive output rows that read the same kernel
+// rows are tiled together (a tile may span rows), each such group on its own.
+std::vector<PixelTile> pixel_tiles(const Conv2dGeometry& g, int64_t most) {
+  std::vector<PixelTile> tiles;
+  for (int64_t oh = 0; oh < g.out_h;) {
+    const auto rows = kernel_rows_inside(g, oh);
+    int64_t end = oh + 1;
+    while (end < g.out_h && kernel_rows_inside(g, end) == rows) ++end;
+    even_pieces((end - oh) * g.out_w, most, [&](int64_t q, int64_t size) {
+      tiles.push_back({oh * g.out_w + q, size, rows.first, rows.second});
+    });
+    oh = end;
+  }
+  return tiles;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The padded sample: one sample's input with the zero rows and columns its windows reach, rows and
 // columns limited to those some window reads, so that every tap of every output pixel is an
@@ -161,12 +192,12 @@ std::unique_ptr<float[]> pack_forward_weights(const float* w, const Conv2dGeomet
 // rows) x channels [co0, co0 + 16 V), from the sample's padded input.
 template <int P, int V>
 struct ForwardTile {
-  static void run(const ForwardContext& c, const float* padded, const float* w_block, int64_t n, int64_t q0,
-                  int64_t co0) {
+  static void run(const ForwardContext& c, const float* padded, const float* w_block, int64_t n,
+                  const PixelTile& tile, int64_t co0) {
     const Conv2dGeometry& g = c.g;
     const float* base[P];
     float* dst[P];
-    int64_t oh = q0 / g.out_w, ow = q0 % g.out_w;
+    int64_t oh = tile.q0 / g.out_w, ow = tile.q0 % g.out_w;
 #pragma GCC unroll 16
     for (int p = 0; p < P; ++p) {
       base[p] = padded + oh * c.pixel_row_step + ow * c.pixel_column_step;
@@ -188,7 +219,7 @@ struct ForwardTile {
     const bool prefetch = g.kernel_h * g.kernel_w * C * V * kLanes * int64_t(sizeof(float)) > kL1WeightBytes;
     const bool one_run = g.dil_w == 1;
     const int64_t runs = one_run ? 1 : g.kernel_w, run_length = one_run ? g.kernel_w * C : C;
-    for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+    for (int64_t ki = tile.ki_lo; ki < tile.ki_hi; ++ki) {
       for (int64_t kj = 0; kj < runs; ++kj) {
         const int64_t offset = ki * c.tap_row_step + kj * g.dil_w * C;
         const float* px[P];
@@ -222,7 +253,8 @@ struct ForwardTile {
   }
 };
 
-using ForwardTileFn = void (*)(const ForwardContext&, const float*, const float*, int64_t, int64_t, int64_t);
+using ForwardTileFn = void (*)(const ForwardContext&, const float*, const float*, int64_t, const PixelTile&,
+                               int64_t);
 
 template <int V>
 constexpr auto forward_tiles() {
@@ -250,6 +282,10 @@ ForwardTileFn forward_tile(int vectors, int64_t pixels) {
 constexpr int kRowTilePixels = 16;
 
 // rows[i] (16 floats each, `stride` apart) -> their transpose into out[j * out_stride + i].
+// (GCC 12's unpack intrinsics pass _mm512_undefined_ps() as their unused merge source, which its
+// own -Wuninitialized then reports: a false positive, silenced for this function only.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
 void transpose_16x16(const float* in, int64_t stride, float* out, int64_t out_stride) {
   __m512 r[16], t[16];
 #pragma GCC unroll 16
@@ -283,6 +319,7 @@ void transpose_16x16(const float* in, int64_t stride, float* out, int64_t out_st
 #pragma GCC unroll 16
   for (int j = 0; j < 16; ++j) _mm512_storeu_ps(out + j * out_stride, t[j]);
 }
+#pragma GCC diagnostic pop
 
 // Sample x (H, W, C) -> its padded copy with each row planar: (Hp, C, Wp), zeros where the buffer
 // was zero (PaddedSample::buffer). Blocks of 16 columns x 16 channels are transposed in registers.
@@ -321,14 +358,14 @@ std::unique_ptr<float[]> pack_row_tile_weights(const float* w, const Conv2dGeome
 template <int P>
 struct RowTile {
   static void run(const ForwardContext& c, const float* planar, const float* packed_w, int64_t n, int64_t oh,
-                  int64_t ow0, int64_t columns) {
+                  int64_t ow0, int64_t columns, std::pair<int64_t, int64_t> kernel_rows) {
     const Conv2dGeometry& g = c.g;
     const int64_t C = g.in_channels;
     const __m512 b = _mm512_loadu_ps(c.bias);
     __m512 acc[P];
 #pragma GCC unroll 16
     for (int p = 0; p < P; ++p) acc[p] = b;
-    for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+    for (int64_t ki = kernel_rows.first; ki < kernel_rows.second; ++ki) {
       const float* src = planar + (oh * g.stride_h + ki * g.dil_h) * C * columns + ow0;
       const float* wk = packed_w + ki * C * 3 * kLanes;
       for (int64_t ci = 0; ci < C; ++ci, src += columns, wk += 3 * kLanes) {
@@ -351,7 +388,7 @@ struct RowTile {
 };
 
 using RowTileFn = void (*)(const ForwardContext&, const float*, const float*, int64_t, int64_t, int64_t,
-                           int64_t);
+                           int64_t, std::pair<int64_t, int64_t>);
 
 template <int... I>
 constexpr std::array<RowTileFn, sizeof...(I)> row_tile_table(std::integer_sequence<int, I...>) {
@@ -389,10 +426,13 @@ struct WeightGradTile {
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
     const float* xs = padded + (ki * g.dil_h * c.padded.columns + kj * g.dil_w) * C + ci0;
-    const float* yp = dy + co0;  // output pixels are consecutive: no row steps
+    const int64_t y_sample = g.out_pixels() * Cout;
+    // Output rows whose input row for kernel row ki is padding add nothing: skipped.
+    const auto [oh_lo, oh_hi] = tap_output_range(g.out_h, g.in_h, g.stride_h, g.pad_h, ki * g.dil_h);
     for (int64_t n = 0; n < count; ++n, xs += c.padded.size()) {
-      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
         const float* xp = xs + oh * x_row_step;
+        const float* yp = dy + n * y_sample + oh * g.out_w * Cout + co0;
         for (int64_t ow = 0; ow < g.out_w; ++ow, xp += x_step, yp += Cout) {
           __m512 yv[V];
 #pragma GCC unroll 4
@@ -492,7 +532,6 @@ void conv2d_channels_last_forward(const float* x, const float* w, const float* b
                                g.stride_h * padded.columns * C,
                                g.stride_w * C,
                                g.dil_h * padded.columns * C};
-  const int64_t pixels = g.out_pixels();
   const bool rows = conv2d_channels_last_row_tiles_apply(g);
   const auto packed_rows = rows ? pack_row_tile_weights(w, g) : nullptr;
   // Sample n's padded input: the input itself, or its copy (row-planar for the row tiles).
@@ -501,26 +540,25 @@ void conv2d_channels_last_forward(const float* x, const float* w, const float* b
                 : padded.of(x + n * in_sample, buffer, g);
   };
   // Tiles [tile_begin, tile_end) of sample n (of each channel block), from its padded input.
+  static_assert(kForwardPixels[0] == kForwardPixels[1], "one tiling serves every channel block");
+  const auto tiles = pixel_tiles(g, kForwardPixels[0]);
   const auto sample = [&](const float* padded_x, int64_t n, int64_t tile_begin, int64_t tile_end) {
     if (rows) {
       int64_t tile = 0;
       for (int64_t oh = 0; oh < g.out_h; ++oh)
         even_pieces(g.out_w, kRowTilePixels, [&](int64_t ow0, int64_t size) {
           if (tile >= tile_begin && tile < tile_end)
-            row_tiles[size - 1](context, padded_x, packed_rows.get(), n, oh, ow0, padded.columns);
+            row_tiles[size - 1](context, padded_x, packed_rows.get(), n, oh, ow0, padded.columns,
+                                kernel_rows_inside(g, oh));
           ++tile;
         });
       return;
     }
     for (const auto& block : blocks) {
-      const int most = kForwardPixels[block.vectors - 1];
       const float* w_block = packed.get() + block.first_channel * C * taps;
-      int64_t tile = 0;
-      even_pieces(pixels, most, [&](int64_t q0, int64_t size) {
-        if (tile >= tile_begin && tile < tile_end)
-          forward_tile(block.vectors, size)(context, padded_x, w_block, n, q0, block.first_channel);
-        ++tile;
-      });
+      for (int64_t t = tile_begin; t < std::min<int64_t>(tile_end, tiles.size()); ++t)
+        forward_tile(block.vectors, tiles[t].size)(context, padded_x, w_block, n, tiles[t],
+                                                   block.first_channel);
     }
   };
   if (g.batch >= at::get_num_threads()) {  // whole samples per thread
@@ -533,11 +571,11 @@ void conv2d_channels_last_forward(const float* x, const float* w, const float* b
   }
   // Fewer samples than threads (small batches, inference): the threads split each sample's tiles.
   const auto buffer = padded.buffer(1, rows);
-  const int64_t tiles = rows ? g.out_h * ceil_div(g.out_w, int64_t{kRowTilePixels})
-                             : ceil_div(pixels, int64_t{kForwardPixels[kMaxForwardVectors - 1]});
+  const int64_t tile_count =
+      rows ? g.out_h * ceil_div(g.out_w, int64_t{kRowTilePixels}) : static_cast<int64_t>(tiles.size());
   for (int64_t n = 0; n < g.batch; ++n) {
     const float* padded_x = pad(n, buffer.get());
-    at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) { sample(padded_x, n, begin, end); });
+    at::parallel_for(0, tile_count, 1, [&](int64_t begin, int64_t end) { sample(padded_x, n, begin, end); });
   }
 }
 

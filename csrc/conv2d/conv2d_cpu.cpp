@@ -265,13 +265,13 @@ void input_grad_by_phases(const at::Tensor& dy, const at::Tensor& weight, at::Te
 
 // Where the channels_last kernels take a call: every call they run with a channels_last result
 // (conv2d_output_format), and NCHW ones where they pay for copying the tensors to channels_last
-// and back: kernels larger than 1x1 with at least 16 input and 32 output channels. There the NCHW
-// kernels, vectorised over output columns, run at 0.3-0.6x native on planes of 16x16 and smaller
-// and the copies cost less than they lose (benchmarks/NOTES.md, "channels_last kernels").
+// and back: kernels larger than 1x1 with at least 16 input and output channels. There the NCHW
+// kernels, vectorised over output columns, run at 0.3-0.8x native; 1x1 convolutions and the
+// few-channel stems stay with them (benchmarks/NOTES.md, "channels_last kernels").
 bool uses_channels_last_kernels(const at::Tensor& input, const at::Tensor& weight, const Conv2dGeometry& g) {
   if (!conv2d_channels_last_applies(g, input.scalar_type())) return false;
   if (conv2d_output_format(input, weight) == at::MemoryFormat::ChannelsLast) return true;
-  return g.kernel_h * g.kernel_w > 1 && g.in_channels >= 16 && g.out_channels >= 32;
+  return g.kernel_h * g.kernel_w > 1 && g.in_channels >= 16 && g.out_channels >= 16;
 }
 
 // A channels_last (N, C, H, W) tensor as the kernels address it.

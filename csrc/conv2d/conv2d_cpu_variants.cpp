@@ -15,7 +15,7 @@ CpuVariant table[] = {
      "everything else (float64, groups, narrow outputs, other CPUs): im2col + BLAS"},
     {"conv2d_forward", "channels_last_direct",
      "float32, one group, an AVX-512 CPU, and a channels_last result (read and written in place) or an NCHW "
-     "kernel larger than 1x1 with >= 16 input and >= 32 output channels (copied to channels_last and back): "
+     "kernel larger than 1x1 with >= 16 input and output channels (copied to channels_last and back): "
      "direct convolution vectorised over output channels"},
     {"conv2d_forward", "channels_last_rows",
      "as channels_last_direct, with at most 16 output channels and a kernel 3 wide, stride and dilation 1 "

@@ -587,7 +587,7 @@ void conv2d_channels_last_weight_grad(const float* dy, const float* x, float* dw
   const int64_t C = g.in_channels, taps = g.kernel_h * g.kernel_w, in_sample = g.in_h * g.in_w * C;
   const int64_t out_sample = g.out_pixels() * Cout, padded_channels = ceil_div(Cout, kLanes) * kLanes;
   const int64_t group = samples_per_group(g, padded);
-  const auto blocks = channel_blocks(Cout, std::getenv("DWV") ? std::atoi(std::getenv("DWV")) : 4);
+  const auto blocks = channel_blocks(Cout);
   const WeightGradContext context{g, padded, padded_channels};
   // The work of one group of samples: (block, ki, kj, input-channel tile) items, each a register
   // tile summed over the group; items [item_begin, item_end) of them.
@@ -653,15 +653,23 @@ void conv2d_channels_last_weight_grad(const float* dy, const float* x, float* dw
     }
   }
   if (dw != nullptr) {
-    // (kh, kw, C, padded Cout) partial sums -> dw (Cout, C, kh, kw), threads added in order.
-    std::fill(dw, dw + Cout * C * taps, 0.f);
-    for (const auto& sum : partial) {
-      if (!sum) continue;
-      for (int64_t t = 0; t < taps; ++t)
-        for (int64_t c = 0; c < C; ++c)
-          for (int64_t co = 0; co < Cout; ++co)
-            dw[(co * C + c) * taps + t] += sum[(t * C + c) * padded_channels + co];
-    }
+    // (kh, kw, C, padded Cout) partial sums -> dw (Cout, C, kh, kw), threads added in order, the
+    // input channels split across threads (for 256 x 256 channels a single-threaded scalar pass
+    // took a fifth of the kernel's time).
+    at::parallel_for(0, C, 1, [&](int64_t c_begin, int64_t c_end) {
+      alignas(64) float lanes[kLanes];
+      for (int64_t c = c_begin; c < c_end; ++c)
+        for (int64_t t = 0; t < taps; ++t)
+          for (int64_t co0 = 0; co0 < Cout; co0 += kLanes) {
+            __m512 sum = _mm512_setzero_ps();
+            for (const auto& part : partial)
+              if (part)
+                sum = _mm512_add_ps(sum, _mm512_loadu_ps(part.get() + (t * C + c) * padded_channels + co0));
+            _mm512_store_ps(lanes, sum);
+            for (int64_t j = 0; j < kLanes && co0 + j < Cout; ++j)
+              dw[((co0 + j) * C + c) * taps + t] = lanes[j];
+          }
+    });
   }
   if (dbias != nullptr) {
     std::vector<double> total(Cout, 0.0);

@@ -1,7 +1,8 @@
 // Which build of the CPU loops to run. The kernels with hand-vectorisable loops are compiled more
 // than once, each build a translation unit for one level (cpu_isa_target.h says how): for the
 // x86-64 baseline, for AVX2 (pooling; attention and conv2d's direct kernels with FMA) and for
-// AVX-512 (attention, whose exp loop runs twice as wide there). cpu_isa() is the
+// AVX-512 (pooling, attention, whose exp loop runs twice as wide there, and conv2d's channels_last
+// kernels, which exist only there). cpu_isa() is the
 // best level the CPU supports, decided once per process; CNNEXT_CPU_ISA=baseline|avx2|avx512
 // lowers it (tests use that to cover every build), and asking for a level the CPU lacks, or an
 // unknown name, is an error.

@@ -41,7 +41,7 @@ constexpr int kGradChannels[kMaxBlockVectors] = {16, 12, 8, 6};
 constexpr int64_t kL1WeightBytes = 32 * 1024;
 constexpr int64_t kPrefetchChannels = 8;
 
-// Output channels in blocks of at most kMaxBlockVectors vectors, as even as possible (80 channels,
+// Output channels in blocks of at most `most` vectors, as even as possible (with 4: 80 channels,
 // five vectors, are blocks of 3 + 2, not 4 + 1, so no tile is mostly idle).
 struct ChannelBlock {
   int64_t first_channel;
@@ -122,7 +122,8 @@ std::vector<PixelTile> pixel_tiles(const Conv2dGeometry& g, int64_t most) {
 // columns limited to those some window reads, so that every tap of every output pixel is an
 // offset from the pixel's base and no tile checks bounds. Element (r, j) is input (r - pad_h,
 // j - pad_w); negative padding (a phase of a strided input gradient) starts it inside the input.
-// Taps in the padding multiply zeros: a few percent of the FMAs at the borders of small planes.
+// Tiles skip the kernel rows that fall in padding rows; taps in padding columns multiply zeros
+// (on 8x8 maps a 3x3 kernel sends 1 tap in 12 there).
 
 struct PaddedSample {
   int64_t rows, columns, channels;               // Hp, Wp, C
@@ -211,12 +212,12 @@ struct ForwardTile {
 #pragma GCC unroll 16
       for (int p = 0; p < P; ++p) acc[p][v] = b;
     }
-    // A kernel row's taps as runs of consecutive floats: with dil_w == 1 the whole row in one run
-    // of kw * C (neighbouring taps read neighbouring pixels), else one run of C per tap.
     const int64_t C = g.in_channels;
     // Weights past L1 stream from L2 for every tile; fetched 8 input channels ahead, the big
     // channel counts run 8-13% faster (benchmarks/NOTES.md), the small ones lose the extra loads.
     const bool prefetch = g.kernel_h * g.kernel_w * C * V * kLanes * int64_t(sizeof(float)) > kL1WeightBytes;
+    // A kernel row's taps as runs of consecutive floats: with dil_w == 1 the whole row in one run
+    // of kw * C (neighbouring taps read neighbouring pixels), else one run of C per tap.
     const bool one_run = g.dil_w == 1;
     const int64_t runs = one_run ? 1 : g.kernel_w, run_length = one_run ? g.kernel_w * C : C;
     for (int64_t ki = tile.ki_lo; ki < tile.ki_hi; ++ki) {
@@ -287,10 +288,10 @@ constexpr int kRowTilePixels = 16;
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 void transpose_16x16(const float* in, int64_t stride, float* out, int64_t out_stride) {
+  // Interleave 32-bit elements of row pairs, then 64-bit pairs of those, then 128-bit quarters.
   __m512 r[16], t[16];
 #pragma GCC unroll 16
   for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(in + i * stride);
-    // Interleave 32-bit elements of row pairs, then 64-bit pairs of those, then 128-bit quarters.
 #pragma GCC unroll 8
   for (int i = 0; i < 16; i += 2) {
     t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
@@ -332,8 +333,8 @@ const float* planar_rows_of(const float* x, float* dst, const PaddedSample& p, c
     for (; j + kLanes <= p.column_hi; j += kLanes)
       for (int64_t c = 0; c < whole_c; c += kLanes)
         transpose_16x16(src + j * C + c, C, row + c * p.columns + j, p.columns);
-    for (int64_t jj = p.column_lo; jj < p.column_hi;
-         ++jj) {  // what the blocks left: columns past j, channels past whole_c
+    // What the blocks left: every channel of the columns past j, the channels past whole_c of the others.
+    for (int64_t jj = p.column_lo; jj < p.column_hi; ++jj) {
       const int64_t c0 = jj < j ? whole_c : 0;
       for (int64_t c = c0; c < C; ++c) row[c * p.columns + jj] = src[jj * C + c];
     }
@@ -407,9 +408,9 @@ struct WeightGradContext {
 };
 
 // One register tile: input channels [ci0, ci0 + R) x output channels [co0, co0 + 16 V) of tap
-// (ki, kj) (or, where a kernel row is one run, channels ci0 .. of that run), summed over every output pixel
-// of `count` samples (padded inputs consecutive in `padded`, output gradients in `dy`) and added into
-// `partial` ((kh, kw, C, padded_channels)).
+// (ki, kj) (where a kernel row is one run: positions ci0 .. of that run, kj = 0), summed over every
+// output pixel of `count` samples (padded inputs consecutive in `padded`, output gradients in
+// `dy`) and added into `partial` ((kh, kw, C, padded_channels)).
 template <int R, int V>
 struct WeightGradTile {
   static void run(const WeightGradContext& c, const float* padded, const float* dy, int64_t count, int64_t ki,

@@ -153,6 +153,7 @@ CHANNELS_LAST_DIRECT = {
     "conv2d_input_grad": "channels_last_direct_phases",
     "conv2d_weight_grad": "channels_last_direct",
 }
+ROWS = {**CHANNELS_LAST_DIRECT, "conv2d_forward": "channels_last_rows"}
 CONV_CASES = [
     # (case id, dtype, layout, input shape, weight shape, conv2d arguments, the variants it must
     # reach on an AVX-512 CPU)
@@ -201,8 +202,11 @@ CONV_CASES = [
         (2, 19, 11, 21),
         (13, 19, 3, 3),
         dict(stride=(2, 1), padding=1, dilation=(2, 1)),
-        {**CHANNELS_LAST_DIRECT, "conv2d_forward": "channels_last_rows"},
+        ROWS,
     ),
+    # The row tiles for 5- and 7-wide kernels (non-square: 3 x 7).
+    ("channels_last-rows-5", torch.float32, CL, (2, 6, 8, 19), (16, 6, 5, 5), dict(padding=2), ROWS),
+    ("channels_last-rows-3x7", torch.float32, CL, (2, 17, 7, 26), (9, 17, 3, 7), dict(padding=(1, 2)), ROWS),
     # NCHW with enough channels: copied to channels_last and back (results NCHW).
     (
         "channels_last-from-nchw",

@@ -462,7 +462,8 @@ bool conv2d_channels_last_applies(const Conv2dGeometry& g, at::ScalarType dtype)
 }
 
 bool conv2d_channels_last_row_tiles_apply(const Conv2dGeometry& g) {
-  return g.out_channels <= 16 && g.kernel_w == 3 && g.stride_w == 1 && g.dil_w == 1;
+  const bool width = g.kernel_w == 3 || g.kernel_w == 5 || g.kernel_w == 7;
+  return g.out_channels <= 16 && width && g.stride_w == 1 && g.dil_w == 1;
 }
 
 bool conv2d_direct_applies(const Conv2dGeometry& g, at::ScalarType dtype) {

@@ -271,14 +271,15 @@ ForwardTileFn forward_tile(int vectors, int64_t pixels) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Forward with at most 16 output channels, 3 taps wide, stride and dilation 1 along rows
+// Forward with at most 16 output channels, 3, 5 or 7 taps wide, stride and dilation 1 along rows
 //
 // With one vector of output channels, each broadcast input value feeds one FMA per tap in the
 // tiles above: 13 loads per 12 FMAs, and the loads bound them at ~60% of the FMA peak. Along a row
-// a stride-1 window of 3 taps reads each input value for 3 neighbouring outputs: broadcast once,
-// it feeds all 3 (output p with tap kj reads column p + kj). From a row-planar padded copy
-// ((Hp, C, Wp): one channel's columns consecutive), a tile of P outputs reads P + 2 broadcasts
-// and 3 weight vectors per input channel for 3 P FMAs, all at fixed offsets from one pointer.
+// a stride-1 window of K taps reads each input value for K neighbouring outputs: broadcast once,
+// it feeds all K (output p with tap kj reads column p + kj). From a row-planar padded copy
+// ((Hp, C, Wp): one channel's columns consecutive), a tile of P outputs reads P + K - 1
+// broadcasts and K weight vectors per input channel for K P FMAs, all at fixed offsets from one
+// pointer.
 
 constexpr int kRowTilePixels = 16;
 
@@ -342,21 +343,22 @@ const float* planar_rows_of(const float* x, float* dst, const PaddedSample& p, c
   return dst;
 }
 
-// w (Cout, C, kh, 3) -> (kh, C, 3, 16), channels past Cout zero: one input channel's three tap
-// vectors adjacent.
+// w (Cout, C, kh, K) -> (kh, C, K, 16), channels past Cout zero: one input channel's K tap vectors
+// adjacent.
 std::unique_ptr<float[]> pack_row_tile_weights(const float* w, const Conv2dGeometry& g) {
-  const int64_t C = g.in_channels, KH = g.kernel_h;
-  auto packed = zeroed(KH * C * 3 * kLanes);
+  const int64_t C = g.in_channels, KH = g.kernel_h, K = g.kernel_w;
+  auto packed = zeroed(KH * C * K * kLanes);
   for (int64_t ki = 0; ki < KH; ++ki)
     for (int64_t c = 0; c < C; ++c)
-      for (int64_t kj = 0; kj < 3; ++kj)
+      for (int64_t kj = 0; kj < K; ++kj)
         for (int64_t co = 0; co < g.out_channels; ++co)
-          packed[((ki * C + c) * 3 + kj) * kLanes + co] = w[((co * C + c) * KH + ki) * 3 + kj];
+          packed[((ki * C + c) * K + kj) * kLanes + co] = w[((co * C + c) * KH + ki) * K + kj];
   return packed;
 }
 
-// Output pixels [ow0, ow0 + P) of row (n, oh), all Cout channels, from the row-planar padded sample.
-template <int P>
+// Output pixels [ow0, ow0 + P) of row (n, oh), all Cout channels, from the row-planar padded sample;
+// a kernel K taps wide.
+template <int P, int K>
 struct RowTile {
   static void run(const ForwardContext& c, const float* planar, const float* packed_w, int64_t n, int64_t oh,
                   int64_t ow0, int64_t columns, std::pair<int64_t, int64_t> kernel_rows) {
@@ -368,16 +370,17 @@ struct RowTile {
     for (int p = 0; p < P; ++p) acc[p] = b;
     for (int64_t ki = kernel_rows.first; ki < kernel_rows.second; ++ki) {
       const float* src = planar + (oh * g.stride_h + ki * g.dil_h) * C * columns + ow0;
-      const float* wk = packed_w + ki * C * 3 * kLanes;
-      for (int64_t ci = 0; ci < C; ++ci, src += columns, wk += 3 * kLanes) {
-        const __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + kLanes),
-                     w2 = _mm512_loadu_ps(wk + 2 * kLanes);
-#pragma GCC unroll 18
-        for (int j = 0; j < P + 2; ++j) {  // input column ow0 + j serves outputs j, j - 1, j - 2
+      const float* wk = packed_w + ki * C * K * kLanes;
+      for (int64_t ci = 0; ci < C; ++ci, src += columns, wk += K * kLanes) {
+        __m512 wv[K];
+#pragma GCC unroll 7
+        for (int kj = 0; kj < K; ++kj) wv[kj] = _mm512_loadu_ps(wk + kj * kLanes);
+#pragma GCC unroll 22
+        for (int j = 0; j < P + K - 1; ++j) {  // input column ow0 + j serves outputs j - kj, kj < K
           const __m512 xv = _mm512_set1_ps(src[j]);
-          if (j < P) acc[j] = _mm512_fmadd_ps(xv, w0, acc[j]);
-          if (j >= 1 && j - 1 < P) acc[j - 1] = _mm512_fmadd_ps(xv, w1, acc[j - 1]);
-          if (j >= 2) acc[j - 2] = _mm512_fmadd_ps(xv, w2, acc[j - 2]);
+#pragma GCC unroll 7
+          for (int kj = 0; kj < K; ++kj)
+            if (j - kj >= 0 && j - kj < P) acc[j - kj] = _mm512_fmadd_ps(xv, wv[kj], acc[j - kj]);
         }
       }
     }
@@ -391,12 +394,28 @@ struct RowTile {
 using RowTileFn = void (*)(const ForwardContext&, const float*, const float*, int64_t, int64_t, int64_t,
                            int64_t, std::pair<int64_t, int64_t>);
 
-template <int... I>
+template <int K, int... I>
 constexpr std::array<RowTileFn, sizeof...(I)> row_tile_table(std::integer_sequence<int, I...>) {
-  return {&RowTile<I + 1>::run...};
+  return {&RowTile<I + 1, K>::run...};
 }
-const std::array<RowTileFn, kRowTilePixels> row_tiles =
-    row_tile_table(std::make_integer_sequence<int, kRowTilePixels>());
+// [P - 1] -> RowTile<P, K>::run, one table per kernel width.
+const std::array<RowTileFn, kRowTilePixels> row_tiles_3 =
+    row_tile_table<3>(std::make_integer_sequence<int, kRowTilePixels>());
+const std::array<RowTileFn, kRowTilePixels> row_tiles_5 =
+    row_tile_table<5>(std::make_integer_sequence<int, kRowTilePixels>());
+const std::array<RowTileFn, kRowTilePixels> row_tiles_7 =
+    row_tile_table<7>(std::make_integer_sequence<int, kRowTilePixels>());
+
+RowTileFn row_tile(int64_t kernel_w, int64_t pixels) {
+  switch (kernel_w) {
+    case 3:
+      return row_tiles_3[pixels - 1];
+    case 5:
+      return row_tiles_5[pixels - 1];
+    default:
+      return row_tiles_7[pixels - 1];
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Weight gradient
@@ -549,8 +568,8 @@ void conv2d_channels_last_forward(const float* x, const float* w, const float* b
       for (int64_t oh = 0; oh < g.out_h; ++oh)
         even_pieces(g.out_w, kRowTilePixels, [&](int64_t ow0, int64_t size) {
           if (tile >= tile_begin && tile < tile_end)
-            row_tiles[size - 1](context, padded_x, packed_rows.get(), n, oh, ow0, padded.columns,
-                                kernel_rows_inside(g, oh));
+            row_tile(g.kernel_w, size)(context, padded_x, packed_rows.get(), n, oh, ow0, padded.columns,
+                                       kernel_rows_inside(g, oh));
           ++tile;
         });
       return;

@@ -10,8 +10,8 @@
 //
 //   forward:      out[n, oh, ow, co] = bias[co] + sum over (ki, kj, c) of
 //                                      x[n, oh*s - pad + ki*dil, ow*s - pad + kj*dil, c] * w[co, c, ki, kj]
-//                 (with at most 16 output channels and 3-wide windows along rows, row tiles that
-//                 reuse each input value for the 3 taps reading it; see the .cpp)
+//                 (with at most 16 output channels and 3-, 5- or 7-wide windows along rows, row
+//                 tiles that reuse each input value for every tap reading it; see the .cpp)
 //   input grad:   the forward kernel on dy with w flipped and transposed, once per stride phase of
 //                 dx (conv2d_cpu.cpp's phases), each phase written into its strided slice of dx.
 //   weight grad:  dw[co, c, ki, kj] = sum over (n, oh, ow) of dy[n, oh, ow, co] * x[...]: a register
@@ -27,8 +27,9 @@ namespace cnnext {
 // for the baseline ISA (conv2d_cpu.cpp), which keeps other CPUs out of the AVX-512 unit.
 bool conv2d_channels_last_applies(const Conv2dGeometry& g, at::ScalarType dtype);
 
-// Where the forward runs its row tiles (one vector of output channels, a kernel 3 wide, stride and
-// dilation 1 along rows: each broadcast input value serves 3 taps); baseline build (conv2d_cpu.cpp).
+// Where the forward runs its row tiles (one vector of output channels, a kernel 3, 5 or 7 wide,
+// stride and dilation 1 along rows: each broadcast input value serves every tap of a kernel row);
+// baseline build (conv2d_cpu.cpp).
 bool conv2d_channels_last_row_tiles_apply(const Conv2dGeometry& g);
 
 // Where a result with channels innermost goes: element (n, row, column, channel) at

@@ -18,8 +18,9 @@ CpuVariant table[] = {
      "kernel larger than 1x1 with >= 16 input and output channels (copied to channels_last and back): "
      "direct convolution vectorised over output channels"},
     {"conv2d_forward", "channels_last_rows",
-     "as channels_last_direct, with at most 16 output channels and a kernel 3 wide, stride and dilation 1 "
-     "along rows: row tiles over a row-planar copy, each broadcast input value serving 3 taps"},
+     "as channels_last_direct, with at most 16 output channels and a kernel 3, 5 or 7 wide, stride and "
+     "dilation 1 along rows: row tiles over a row-planar copy, each broadcast input value serving a kernel "
+     "row's taps"},
     {"conv2d_input_grad", "direct_phases",
      "one group, and every stride phase of the input a convolution the direct kernels run: one direct "
      "convolution of grad_output per phase"},

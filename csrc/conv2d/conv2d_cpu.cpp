@@ -284,7 +284,6 @@ ChannelsLastOut channels_last_out(at::Tensor& t) {
 Conv2dGrads channels_last_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                    const at::Tensor& weight, const Conv2dGeometry& g,
                                    std::array<bool, 3> output_mask) {
-  const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);         // (N, H, W, C)
   const auto dy = grad_output.contiguous(at::MemoryFormat::ChannelsLast);  // (N, Ho, Wo, Cout)
   at::Tensor dinput, dweight, dbias;
   if (output_mask[0]) {
@@ -300,7 +299,11 @@ Conv2dGrads channels_last_backward(const at::Tensor& grad_output, const at::Tens
   }
   if (output_mask[2]) dbias = at::empty({g.out_channels}, weight.options());
   if (output_mask[1] || output_mask[2]) {
-    conv2d_channels_last_weight_grad(dy.const_data_ptr<float>(), x.const_data_ptr<float>(),
+    // x only for dw: an NCHW input is not copied for dx or dbias alone.
+    const auto x =
+        output_mask[1] ? input.contiguous(at::MemoryFormat::ChannelsLast) : at::Tensor();  // (N, H, W, C)
+    conv2d_channels_last_weight_grad(dy.const_data_ptr<float>(),
+                                     output_mask[1] ? x.const_data_ptr<float>() : nullptr,
                                      output_mask[1] ? dweight.mutable_data_ptr<float>() : nullptr,
                                      output_mask[2] ? dbias.mutable_data_ptr<float>() : nullptr, g);
   }

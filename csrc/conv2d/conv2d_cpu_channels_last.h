@@ -46,9 +46,9 @@ struct ChannelsLastOut {
 void conv2d_channels_last_forward(const float* x, const float* w, const float* bias,
                                   const ChannelsLastOut& out, const Conv2dGeometry& g);
 
-// dw (Cout, C, kh, kw) and, where dbias is not null, dbias (Cout) for dy (N, Ho, Wo, Cout) and
-// x (N, H, W, C); both written, not accumulated. Threads sum their own rows of output pixels into
-// private partial sums, added in thread order (deterministic for a given thread count).
+// dw (Cout, C, kh, kw) unless null and dbias (Cout) unless null, for dy (N, Ho, Wo, Cout) and
+// x (N, H, W, C; may be null where dw is); both written, not accumulated. Threads sum their own
+// samples into private partial sums, added in thread order (deterministic for a thread count).
 void conv2d_channels_last_weight_grad(const float* dy, const float* x, float* dw, float* dbias,
                                       const Conv2dGeometry& g);
 

@@ -1,8 +1,10 @@
-// conv2d on the CPU. Float32 convolutions without groups on AVX2 + FMA CPUs run the direct kernels
-// of conv2d_cpu_direct.cpp (forward, weight gradient, and the input gradient as stride-1
-// convolutions of dy, one per stride phase); everything else (float64, groups, output rows
-// narrower than 6, other CPUs) is lowered to GEMM (im2col / col2im) with the GEMMs in BLAS
-// (at::mm / at::bmm), as follows.
+// conv2d on the CPU. Float32 convolutions without groups run direct kernels: on AVX-512 CPUs those
+// of conv2d_cpu_channels_last.cpp for every channels_last result and for NCHW ones where they pay
+// for the copies (uses_channels_last_kernels); else, on AVX2 + FMA CPUs, those of
+// conv2d_cpu_direct.cpp on NCHW (forward, weight gradient, and the input gradient as stride-1
+// convolutions of dy, one per stride phase, in both families). Everything else (float64, groups,
+// output rows narrower than 6, other CPUs) is lowered to GEMM (im2col / col2im) with the GEMMs in
+// BLAS (at::mm / at::bmm), as follows.
 //
 // Work is split by sample, and each sample into blocks of output rows: a thread builds the column
 // matrix of one block in a private buffer small enough to stay in L2 (column_block_bytes) and
@@ -19,7 +21,8 @@
 //   dinput:  dcols[g]           = W[g]^T @ dY[n, g, block]; col2im adds dcols into dinput[n],
 //                                 which is zeroed per sample first (so dinput is written, not +=)
 //   dbias:   sum of dY over (N, Ho, Wo)                                                 (written =)
-// Tensors are computed in NCHW; channels_last inputs get channels_last results.
+// The GEMM path computes in NCHW; results come back in conv2d_output_format (channels_last where
+// the input or the weight is).
 #include <ATen/AccumulateType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>

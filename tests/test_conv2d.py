@@ -232,12 +232,32 @@ def test_non_finite_inputs_reach_the_gradients_native_puts_them_in(size, kernel,
 def test_cpu_direct_weight_gradient_over_several_sample_groups(l2):
     """The direct weight gradient groups samples to fit half the L2 (CNNEXT_L2_CACHE_BYTES sets it
     here). 32x32 maps with 16 channels take ~150 KB a sample: 256K groups one sample, 1M about 3
-    (11 samples: several groups per thread, the last one short), 4M all of a thread's samples."""
+    (11 samples: several groups per thread, the last one short), 4M all of a thread's samples.
+
+    Each weight-gradient element sums 11 x 32 x 32 products: in float32 that sum is off the float64
+    reference by up to ~2e-4 where it nearly cancels, for native and for us, so a fixed 1e-4 failed
+    now and then (twice seen: 1.1e-4 and 1.7e-4 off). dw is held to native's own
+    float32 error on the same inputs instead (ours measured at 0.1-0.35x of it over 90 draws);
+    forward and dx keep the fixed tolerance."""
     script = """
 import torch
-from tests.test_conv2d import TOLERANCES, check_against_native
+import torch.nn.functional as F
+import cnnext
+from tests.test_conv2d import TOLERANCES
 x, w, b = torch.randn(11, 16, 32, 32), torch.randn(12, 16, 3, 3), torch.randn(12)
-check_against_native(x, w, b, TOLERANCES[torch.float32], padding=1)
+xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+out = cnnext.ops.conv2d(xs, ws, b, padding=1)
+grad = torch.randn_like(out)
+dx, dw = torch.autograd.grad(out, (xs, ws), grad)
+xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
+ref = F.conv2d(xd, wd, b.double(), padding=1)
+ref_dx, ref_dw = torch.autograd.grad(ref, (xd, wd), grad.double())
+torch.testing.assert_close(out.double(), ref, **TOLERANCES[torch.float32])
+torch.testing.assert_close(dx.double(), ref_dx, **TOLERANCES[torch.float32])
+wn = w.clone().requires_grad_()
+native_dw = torch.autograd.grad(F.conv2d(x, wn, b, padding=1), wn, grad)[0]
+ours, native = ((t.double() - ref_dw).abs().max().item() for t in (dw, native_dw))
+assert ours <= max(native, 1e-5), f"dw off the float64 reference by {ours}, native float32 by {native}"
 print("ok")
 """
     run_with_cpu_isa(script, cnnext.build_info()["cpu_isa"], env={"CNNEXT_L2_CACHE_BYTES": l2})

@@ -68,7 +68,7 @@ __mmask16 channel_mask(int64_t channel, int64_t channels) {
 
 std::unique_ptr<float[]> zeroed(int64_t count) { return std::unique_ptr<float[]>(new float[count]()); }
 
-// Calls table[i] = &Fn<i + 1, V>... : the instantiations for every tile size up to Max.
+// {&Tile<1, V>::run, &Tile<2, V>::run, ...}: one instantiation per tile size, indexed by size - 1.
 template <typename Fn, template <int, int> class Tile, int V, int... I>
 constexpr auto tile_table(std::integer_sequence<int, I...>) {
   return std::array<Fn, sizeof...(I)>{&Tile<I + 1, V>::run...};
@@ -394,17 +394,14 @@ struct RowTile {
 using RowTileFn = void (*)(const ForwardContext&, const float*, const float*, int64_t, int64_t, int64_t,
                            int64_t, std::pair<int64_t, int64_t>);
 
-template <int K, int... I>
-constexpr std::array<RowTileFn, sizeof...(I)> row_tile_table(std::integer_sequence<int, I...>) {
-  return {&RowTile<I + 1, K>::run...};
+template <int K>
+constexpr auto row_tiles() {
+  return tile_table<RowTileFn, RowTile, K>(std::make_integer_sequence<int, kRowTilePixels>());
 }
 // [P - 1] -> RowTile<P, K>::run, one table per kernel width.
-const std::array<RowTileFn, kRowTilePixels> row_tiles_3 =
-    row_tile_table<3>(std::make_integer_sequence<int, kRowTilePixels>());
-const std::array<RowTileFn, kRowTilePixels> row_tiles_5 =
-    row_tile_table<5>(std::make_integer_sequence<int, kRowTilePixels>());
-const std::array<RowTileFn, kRowTilePixels> row_tiles_7 =
-    row_tile_table<7>(std::make_integer_sequence<int, kRowTilePixels>());
+const std::array<RowTileFn, kRowTilePixels> row_tiles_3 = row_tiles<3>();
+const std::array<RowTileFn, kRowTilePixels> row_tiles_5 = row_tiles<5>();
+const std::array<RowTileFn, kRowTilePixels> row_tiles_7 = row_tiles<7>();
 
 RowTileFn row_tile(int64_t kernel_w, int64_t pixels) {
   switch (kernel_w) {
@@ -541,8 +538,10 @@ void conv2d_channels_last_forward(const float* x, const float* w, const float* b
                                   const ChannelsLastOut& out, const Conv2dGeometry& geometry) {
   const Conv2dGeometry g = flattened(geometry, out);
   const PaddedSample padded(g);
+  const bool rows = conv2d_channels_last_row_tiles_apply(g);
   const auto blocks = channel_blocks(g.out_channels, kMaxForwardVectors);
-  const auto packed = pack_forward_weights(w, g, blocks);
+  // Each path packs the weights and lists its tiles its own way; only the one that runs does.
+  const auto packed = rows ? pack_row_tile_weights(w, g) : pack_forward_weights(w, g, blocks);
   auto padded_bias = zeroed(ceil_div(g.out_channels, kLanes) * kLanes);
   if (bias != nullptr) std::copy(bias, bias + g.out_channels, padded_bias.get());
   const int64_t C = g.in_channels, taps = g.kernel_h * g.kernel_w, in_sample = g.in_h * g.in_w * C;
@@ -552,8 +551,6 @@ void conv2d_channels_last_forward(const float* x, const float* w, const float* b
                                g.stride_h * padded.columns * C,
                                g.stride_w * C,
                                g.dil_h * padded.columns * C};
-  const bool rows = conv2d_channels_last_row_tiles_apply(g);
-  const auto packed_rows = rows ? pack_row_tile_weights(w, g) : nullptr;
   // Sample n's padded input: the input itself, or its copy (row-planar for the row tiles).
   const auto pad = [&](int64_t n, float* buffer) {
     return rows ? planar_rows_of(x + n * in_sample, buffer, padded, g)
@@ -561,14 +558,14 @@ void conv2d_channels_last_forward(const float* x, const float* w, const float* b
   };
   // Tiles [tile_begin, tile_end) of sample n (of each channel block), from its padded input.
   static_assert(kForwardPixels[0] == kForwardPixels[1], "one tiling serves every channel block");
-  const auto tiles = pixel_tiles(g, kForwardPixels[0]);
+  const auto tiles = rows ? std::vector<PixelTile>() : pixel_tiles(g, kForwardPixels[0]);
   const auto sample = [&](const float* padded_x, int64_t n, int64_t tile_begin, int64_t tile_end) {
     if (rows) {
       int64_t tile = 0;
       for (int64_t oh = 0; oh < g.out_h; ++oh)
         even_pieces(g.out_w, kRowTilePixels, [&](int64_t ow0, int64_t size) {
           if (tile >= tile_begin && tile < tile_end)
-            row_tile(g.kernel_w, size)(context, padded_x, packed_rows.get(), n, oh, ow0, padded.columns,
+            row_tile(g.kernel_w, size)(context, padded_x, packed.get(), n, oh, ow0, padded.columns,
                                        kernel_rows_inside(g, oh));
           ++tile;
         });

@@ -4,7 +4,8 @@
 //   nchw_gather_rows        fixed windows other than the 2x2 tiling: each grad_input row gathered
 //   nchw_2x2_tiling         each share written to the four inputs of its window
 //   nchw_adaptive_scatter   adaptive windows: zero fill, then each share added over its window
-//   channels_last_scatter   any window: zero fill, then each share added over its window's pixels
+//   channels_last_gather    any window but global: each input pixel sums the shares of the
+//                           windows covering it, written once
 // A share is an output's gradient times 1 / divisor (AvgWindows::scale). Each task owns a
 // grad_input slice, so no two tasks write one element.
 // Part of one instruction-set build (loops.h), included after cpu_isa_target.h.
@@ -133,24 +134,59 @@ void avg_backward_nchw_scatter(const scalar_t* dy, scalar_t* dx, const Pool2dGeo
   });
 }
 
+// One block of a channels_last grad_input pixel: the shares of the windows covering it, summed in
+// registers in output order and stored once (kBlockLength as in gather_taps_block).
+template <int64_t kBlockLength, typename scalar_t>
+CNNEXT_NO_MEMSET_IDIOM void gather_shares_block(const scalar_t* __restrict__ dy, const scalar_t* scale,
+                                                const Cover* rows, const Cover* rows_end, const Cover* cols,
+                                                const Cover* cols_end, int64_t OW, int64_t C,
+                                                scalar_t* __restrict__ pixel, int64_t len) {
+  const int64_t n = kBlockLength ? kBlockLength : len;
+  scalar_t sum[kBlockLength ? kBlockLength : kChannelBlock];
+  for (int64_t ch = 0; ch < n; ++ch) sum[ch] = scalar_t(0);
+  for (const Cover* r = rows; r != rows_end; ++r) {
+    for (const Cover* c = cols; c != cols_end; ++c) {
+      const int64_t o = r->out * OW + c->out;
+      const scalar_t inv = scale[o];
+      const scalar_t* __restrict__ src = dy + o * C;
+      for (int64_t ch = 0; ch < n; ++ch) sum[ch] += src[ch] * inv;
+    }
+  }
+  for (int64_t ch = 0; ch < n; ++ch) pixel[ch] = sum[ch];
+}
+
+// Any window but global (tiling 2x2 and adaptive ones too): tasks own grad_input rows of a sample,
+// each pixel gathers the shares of the windows covering it (AxisCovers) and is written once,
+// inside the parallel loop (the scatter it replaced zero-filled its slice, then added each share
+// over its window's pixels).
 template <typename scalar_t>
-void avg_backward_channels_last_scatter(const scalar_t* dy, scalar_t* dx, const Pool2dGeometry& g,
-                                        const AvgWindows<scalar_t>& windows) {
+void avg_backward_channels_last_gather(const scalar_t* dy, scalar_t* dx, const Pool2dGeometry& g,
+                                       const AvgWindows<scalar_t>& windows) {
   const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, C = g.channels;
-  for_channel_slices(g.batch, C, [&](int64_t n, int64_t c0, int64_t c1) {
-    scalar_t* dst = dx + n * H * W * C;  // (H, W, C)
-    for (int64_t i = 0; i < H * W; ++i) std::fill(dst + i * C + c0, dst + i * C + c1, scalar_t(0));
-    for (int64_t oh = 0; oh < OH; ++oh) {
-      const Span r = windows.rows[oh];
-      for (int64_t ow = 0; ow < OW; ++ow) {
-        const Span c = windows.cols[ow];
-        const scalar_t inv = windows.scale[oh * OW + ow];
-        const scalar_t* __restrict__ src = dy + ((n * OH + oh) * OW + ow) * C;
-        for (int64_t ih = r.lo; ih < r.hi; ++ih)
-          for (int64_t iw = c.lo; iw < c.hi; ++iw) {
-            scalar_t* __restrict__ pixel = dst + (ih * W + iw) * C;
-            for (int64_t ch = c0; ch < c1; ++ch) pixel[ch] += src[ch] * inv;
-          }
+  const auto covers_of = [](int64_t in_size, const std::vector<AvgWindow>& spans) {
+    return AxisCovers(in_size, static_cast<int64_t>(spans.size()), [&](int64_t o, const auto& emit) {
+      for (int64_t i = spans[o].lo; i < spans[o].hi; ++i) emit(i, i - spans[o].lo);
+    });
+  };
+  const AxisCovers rows = covers_of(H, windows.rows), cols = covers_of(W, windows.cols);
+  at::parallel_for(0, g.batch * H, grain_for(W * C), [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / H, ih = task % H;
+      const scalar_t* sample_dy = dy + n * OH * OW * C;
+      scalar_t* line = dx + (n * H + ih) * W * C;  // (W, C)
+      for (int64_t iw = 0; iw < W; ++iw) {
+        scalar_t* pixel = line + iw * C;
+        for_channel_blocks(
+            C,
+            [&](int64_t c0) {
+              gather_shares_block<kChannelBlock>(sample_dy + c0, windows.scale.data(), rows.begin(ih),
+                                                 rows.end(ih), cols.begin(iw), cols.end(iw), OW, C,
+                                                 pixel + c0, 0);
+            },
+            [&](int64_t c0, int64_t len) {
+              gather_shares_block<0>(sample_dy + c0, windows.scale.data(), rows.begin(ih), rows.end(ih),
+                                     cols.begin(iw), cols.end(iw), OW, C, pixel + c0, len);
+            });
       }
     }
   });

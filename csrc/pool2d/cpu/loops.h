@@ -89,8 +89,8 @@ void max_backward_loop(Pool2dCpuVariant variant, const at::Tensor& dy, const at:
       case V::kMaxBackwardChannelsLast2x2Tiling:
         if (taps) return max_backward_channels_last_2x2_tiling(src, window_taps, dst, g);
         break;
-      case V::kMaxBackwardChannelsLastTapSelect:
-        if (taps) return max_backward_channels_last_tap_select(src, window_taps, dst, g);
+      case V::kMaxBackwardChannelsLastTapGather:
+        if (taps) return max_backward_channels_last_tap_gather(src, window_taps, dst, g);
         break;
       case V::kMaxBackwardChannelsLastPositionScatter:
         if (!taps) return max_backward_channels_last_position_scatter(src, positions, dst, g);
@@ -148,8 +148,8 @@ void avg_backward_loop(Pool2dCpuVariant variant, const at::Tensor& dy, const at:
         return avg_backward_nchw_scatter<true>(src, dst, g, windows);
       case V::kAvgBackwardNchwAdaptiveScatter:
         return avg_backward_nchw_scatter<false>(src, dst, g, windows);
-      case V::kAvgBackwardChannelsLastScatter:
-        return avg_backward_channels_last_scatter(src, dst, g, windows);
+      case V::kAvgBackwardChannelsLastGather:
+        return avg_backward_channels_last_gather(src, dst, g, windows);
       default:
         wrong_variant(variant, "avg_pool2d backward");
     }

@@ -173,6 +173,33 @@ void for_channel_blocks(int64_t C, const Block& block, const Tail& tail) {
   if (c0 < C) tail(c0, C - c0);
 }
 
+// The windows that read each input position along one axis, as (output, window tap) pairs in
+// output order: the gather-style channels_last backwards walk them so that each grad_input
+// element is summed in registers and written once (a zero fill followed by one read-modify-write
+// per covering window had left their first touch of a fresh gradient outside the sums).
+struct Cover {
+  int64_t out, tap;
+};
+class AxisCovers {
+ public:
+  // reads(o, emit) calls emit(i, t) for every input i that output o's window reads, at tap t.
+  template <typename Reads>
+  AxisCovers(int64_t in_size, int64_t out_size, const Reads& reads) : first_(in_size + 1, 0) {
+    for (int64_t o = 0; o < out_size; ++o) reads(o, [&](int64_t i, int64_t) { ++first_[i + 1]; });
+    for (int64_t i = 0; i < in_size; ++i) first_[i + 1] += first_[i];
+    covers_.resize(first_[in_size]);
+    std::vector<int64_t> next(first_.begin(), first_.end() - 1);
+    for (int64_t o = 0; o < out_size; ++o)
+      reads(o, [&](int64_t i, int64_t t) { covers_[next[i]++] = {o, t}; });
+  }
+  const Cover* begin(int64_t i) const { return covers_.data() + first_[i]; }
+  const Cover* end(int64_t i) const { return covers_.data() + first_[i + 1]; }
+
+ private:
+  std::vector<int64_t> first_;  // input i's covers are covers_[first_[i], first_[i + 1])
+  std::vector<Cover> covers_;
+};
+
 // v where `keep`, else +0, without a branch (argmax taps are random: branches mispredict) and
 // without v * 0 (NaN for an infinite v).
 template <typename scalar_t>

@@ -3,10 +3,10 @@
 //   nchw_tap_scatter                 uint8 taps, other windows: zero fill, then one add per output
 //   nchw_position_scatter            int64 positions: zero fill, then one add per output
 //   channels_last_2x2_tiling         uint8 taps, 2x2 tiling: every input written once (select_2x2_pixel)
-//   channels_last_tap_select         uint8 taps, other windows: per window tap, a branch-free select
-//                                    over channels
+//   channels_last_tap_gather         uint8 taps, other windows: each input pixel gathered once from the
+//                                    windows covering it, a branch-free select over channels
 //   channels_last_position_scatter   int64 positions: zero fill, then one add per channel
-// Each task owns a grad_input slice (planes, or channel blocks of a sample), so no two tasks write
+// Each task owns a grad_input slice (planes, rows or channel blocks of a sample), so no two tasks write
 // one element and the result does not depend on threads. Saved indices that did not come from
 // forward (outside the window or the input) are an error, not a stray write.
 // Part of one instruction-set build (loops.h), included after cpu_isa_target.h.
@@ -76,9 +76,9 @@ void scatter_2x2_row(const scalar_t* __restrict__ dy, const uint8_t* __restrict_
 
 // One channels_last output pixel of a 2x2 tiling window: its C gradients go to the window's four
 // input pixels (taps 0-3, row-major), each channel's to the tap forward saved and zeros to the
-// other three, in one vectorised pass over the channels (the general select,
-// channels_last_tap_select, walks the window's taps with a loop and a match count per channel,
-// which left narrow layers far behind native; figures in benchmarks/NOTES.md). Blocks of 16
+// other three, in one vectorised pass over the channels (the general select this file once had,
+// which walked the window's taps with a loop and a match count per channel, left narrow layers
+// far behind native; figures in benchmarks/NOTES.md). Blocks of 16
 // channels of a length fixed at compile time: a loop over C vectorises by the uint8 taps, 64
 // channels a step with AVX-512, and 16- or 32-channel layers ran its scalar remainder. `worst`
 // keeps the largest tap seen.
@@ -189,51 +189,102 @@ void max_backward_nchw_scatter(const scalar_t* dy, const index_t* indices, scala
   });
 }
 
-// Vectorised over the contiguous channels: each tap k of a window that lands in the input takes,
-// channel by channel, the gradient where the saved tap is k and +0 elsewhere, a branch-free select
-// the compiler vectorises (a scattered write per channel stays scalar), added into a zeroed slice
-// (windows may overlap; tiling 2x2 ones take channels_last_2x2_tiling). `hits` counts the taps
-// that matched per channel: anything but one means the taps did not come from forward, reported
-// as the decoder words it.
+// One block of a channels_last grad_input pixel, gathered: each window covering the pixel
+// contributes, channel by channel, its gradient where its saved tap is the one reading this pixel
+// and +0 elsewhere (a branch-free select the compiler vectorises), summed in registers over the
+// covering windows in output order and stored once. kBlockLength fixed at compile time keeps the
+// sums in registers; 0: a short last block of `len` channels.
+template <int64_t kBlockLength, typename scalar_t>
+CNNEXT_NO_MEMSET_IDIOM void gather_taps_block(const scalar_t* __restrict__ dy,
+                                              const uint8_t* __restrict__ taps, const Cover* rows,
+                                              const Cover* rows_end, const Cover* cols, const Cover* cols_end,
+                                              int64_t OW, int64_t C, int64_t kernel_w,
+                                              scalar_t* __restrict__ pixel, int64_t len) {
+  const int64_t n = kBlockLength ? kBlockLength : len;
+  scalar_t sum[kBlockLength ? kBlockLength : kChannelBlock];
+  for (int64_t ch = 0; ch < n; ++ch) sum[ch] = scalar_t(0);
+  for (const Cover* r = rows; r != rows_end; ++r) {
+    for (const Cover* c = cols; c != cols_end; ++c) {
+      const int64_t o = (r->out * OW + c->out) * C;
+      const uint8_t k = static_cast<uint8_t>(r->tap * kernel_w + c->tap);
+      const scalar_t* __restrict__ src = dy + o;
+      const uint8_t* __restrict__ tap = taps + o;
+      for (int64_t ch = 0; ch < n; ++ch) sum[ch] += keep_if(src[ch], tap[ch] == k);
+    }
+  }
+  for (int64_t ch = 0; ch < n; ++ch) pixel[ch] = sum[ch];
+}
+
+// Whether every channel's saved tap of one window names a tap inside the input: the window's taps
+// [r.lo, r.hi) x [c.lo, c.hi) (interior windows: any tap below kernel_h * kernel_w).
+bool window_taps_inside(const uint8_t* __restrict__ taps, int64_t C, Span r, Span c,
+                        const Pool2dGeometry& g) {
+  uint8_t outside = 0;
+  if (r.lo == 0 && r.hi == g.kernel_h && c.lo == 0 && c.hi == g.kernel_w) {
+    const int64_t count = g.kernel_h * g.kernel_w;  // at most 256: uint8 taps
+    uint8_t worst = 0;
+    for (int64_t ch = 0; ch < C; ++ch) worst = std::max(worst, taps[ch]);
+    return worst < count;
+  }
+  const uint32_t width = static_cast<uint32_t>(c.hi - c.lo);
+  for (int64_t ch = 0; ch < C; ++ch) {
+    uint8_t inside = 0;
+    for (int64_t t = r.lo; t < r.hi; ++t)
+      inside |= static_cast<uint32_t>(int32_t(taps[ch]) - int32_t(t * g.kernel_w + c.lo)) < width;
+    outside |= inside ^ 1;
+  }
+  return outside == 0;
+}
+
+// Any window (overlapping ones too; tiling 2x2 ones take channels_last_2x2_tiling): tasks own
+// grad_input rows of a sample, and each pixel gathers from the windows covering it (AxisCovers),
+// so every element is written once, inside the parallel loop. The task owning a window's first
+// input row checks that window's taps first (taps that did not come from forward are an error,
+// worded by the decoder; each window is checked once).
 template <typename scalar_t>
-void max_backward_channels_last_tap_select(const scalar_t* dy, const uint8_t* taps, scalar_t* dx,
+void max_backward_channels_last_tap_gather(const scalar_t* dy, const uint8_t* taps, scalar_t* dx,
                                            const Pool2dGeometry& g) {
-  const MaxAxis rows = max_rows(g), cols = max_cols(g);
-  const auto inside_rows = spans_of(g.out_h, [&](int64_t o) { return rows.taps(o); });
-  const auto inside_cols = spans_of(g.out_w, [&](int64_t o) { return cols.taps(o); });
+  const MaxAxis row_axis = max_rows(g), col_axis = max_cols(g);
   const int64_t H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, C = g.channels;
+  const auto covers_of = [](const MaxAxis& axis) {
+    return AxisCovers(axis.size, axis.out_size, [&](int64_t o, const auto& emit) {
+      const Span taps_inside = axis.taps(o);
+      for (int64_t t = taps_inside.lo; t < taps_inside.hi; ++t) emit(axis.position(o, t), t);
+    });
+  };
+  const AxisCovers rows = covers_of(row_axis), cols = covers_of(col_axis);
+  const auto inside_rows = spans_of(OH, [&](int64_t o) { return row_axis.taps(o); });
+  const auto inside_cols = spans_of(OW, [&](int64_t o) { return col_axis.taps(o); });
   const TapDecoder decoder(g);
-  for_channel_slices(g.batch, C, [&](int64_t n, int64_t c0, int64_t c1) {
-    const int64_t len = c1 - c0;
-    std::vector<uint8_t> hit_counts(len);
-    scalar_t* dst = dx + n * H * W * C + c0;  // (H, W, C), from channel c0
-    for (int64_t i = 0; i < H * W; ++i) std::fill(dst + i * C, dst + i * C + len, scalar_t(0));
-    for (int64_t oh = 0; oh < OH; ++oh) {
-      const Span r = inside_rows[oh];
-      for (int64_t ow = 0; ow < OW; ++ow) {
-        const Span c = inside_cols[ow];
-        const int64_t o = (n * OH + oh) * OW + ow;
-        const scalar_t* __restrict__ src = dy + o * C + c0;
-        const uint8_t* __restrict__ tap = taps + o * C + c0;
-        uint8_t* __restrict__ hits = hit_counts.data();
-        std::fill(hits, hits + len, uint8_t(0));
-        for (int64_t t = r.lo; t < r.hi; ++t) {
-          for (int64_t u = c.lo; u < c.hi; ++u) {
-            const uint8_t k = static_cast<uint8_t>(t * g.kernel_w + u);
-            scalar_t* __restrict__ pixel = dst + (rows.position(oh, t) * W + cols.position(ow, u)) * C;
-            for (int64_t ch = 0; ch < len; ++ch) {
-              pixel[ch] += keep_if(src[ch], tap[ch] == k);
-              hits[ch] += tap[ch] == k;
-            }
-          }
+  at::parallel_for(0, g.batch * H, grain_for(W * C), [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / H, ih = task % H;
+      const scalar_t* sample_dy = dy + n * OH * OW * C;
+      const uint8_t* sample_taps = taps + n * OH * OW * C;
+      for (const Cover* r = rows.begin(ih); r != rows.end(ih); ++r) {
+        if (r->tap != inside_rows[r->out].lo) continue;  // not this window row's first input row
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          const uint8_t* window = sample_taps + (r->out * OW + ow) * C;
+          if (window_taps_inside(window, C, inside_rows[r->out], inside_cols[ow], g)) continue;
+          for (int64_t ch = 0; ch < C; ++ch)  // throws at the first channel outside
+            decoder.position(decoder.row0(r->out), decoder.col0(ow), window[ch]);
+          TORCH_CHECK(false, "_max_pool2d_backward: window taps outside the input");  // unreachable
         }
-        uint8_t stray = 0;
-        for (int64_t ch = 0; ch < len; ++ch) stray |= hits[ch] ^ 1;
-        if (stray != 0) {
-          for (int64_t ch = 0; ch < len; ++ch)
-            if (hits[ch] != 1) decoder.position(decoder.row0(oh), decoder.col0(ow), tap[ch]);  // throws
-          TORCH_CHECK(false, "_max_pool2d_backward: window taps matched no input");            // unreachable
-        }
+      }
+      scalar_t* line = dx + (n * H + ih) * W * C;  // (W, C)
+      for (int64_t iw = 0; iw < W; ++iw) {
+        scalar_t* pixel = line + iw * C;
+        for_channel_blocks(
+            C,
+            [&](int64_t c0) {
+              gather_taps_block<kChannelBlock>(sample_dy + c0, sample_taps + c0, rows.begin(ih), rows.end(ih),
+                                               cols.begin(iw), cols.end(iw), OW, C, g.kernel_w, pixel + c0,
+                                               0);
+            },
+            [&](int64_t c0, int64_t len) {
+              gather_taps_block<0>(sample_dy + c0, sample_taps + c0, rows.begin(ih), rows.end(ih),
+                                   cols.begin(iw), cols.end(iw), OW, C, g.kernel_w, pixel + c0, len);
+            });
       }
     }
   });

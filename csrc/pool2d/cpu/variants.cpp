@@ -22,9 +22,9 @@ CpuVariant table[] = {
     {"max_pool2d_backward", "channels_last_2x2_tiling",
      "channels_last, uint8 window taps, 2x2 tiling windows: each pixel's channels to its four inputs in "
      "one pass"},
-    {"max_pool2d_backward", "channels_last_tap_select",
-     "channels_last, uint8 window taps, any other window: per window tap, a branch-free select over the "
-     "channels"},
+    {"max_pool2d_backward", "channels_last_tap_gather",
+     "channels_last, uint8 window taps, any other window: each input pixel gathered once from the windows "
+     "covering it"},
     {"max_pool2d_backward", "channels_last_position_scatter",
      "channels_last, int64 plane positions: zero fill, then scatter per channel"},
     {"avg_pool2d_forward", "nchw_global", "NCHW, adaptive to 1x1: one sum per plane, four planes at a time"},
@@ -48,8 +48,8 @@ CpuVariant table[] = {
      "NCHW, 2x2 tiling windows: each share written to its four inputs"},
     {"avg_pool2d_backward", "nchw_adaptive_scatter",
      "NCHW, adaptive windows: zero fill, then scatter row by row"},
-    {"avg_pool2d_backward", "channels_last_scatter",
-     "channels_last, any window: zero fill, then scatter per pixel"},
+    {"avg_pool2d_backward", "channels_last_gather",
+     "channels_last, any window but global: each input pixel gathered once from the windows covering it"},
 };
 Pool2dCpuVariant counted(Pool2dCpuVariant v) {
   count_variant(table, v);
@@ -69,7 +69,7 @@ Pool2dCpuVariant choose_max_backward(const Pool2dGeometry& g, bool channels_last
   if (channels_last) {
     if (!taps) return counted(V::kMaxBackwardChannelsLastPositionScatter);
     return counted(is_2x2_tiling(g) ? V::kMaxBackwardChannelsLast2x2Tiling
-                                    : V::kMaxBackwardChannelsLastTapSelect);
+                                    : V::kMaxBackwardChannelsLastTapGather);
   }
   if (!taps) return counted(V::kMaxBackwardNchwPositionScatter);
   return counted(is_2x2_tiling(g) ? V::kMaxBackwardNchw2x2Tiling : V::kMaxBackwardNchwTapScatter);
@@ -94,7 +94,7 @@ Pool2dCpuVariant choose_avg_backward(const Pool2dGeometry& g, bool channels_last
   using V = Pool2dCpuVariant;
   const bool global = is_global(g);
   if (channels_last)
-    return counted(global ? V::kAvgBackwardChannelsLastGlobal : V::kAvgBackwardChannelsLastScatter);
+    return counted(global ? V::kAvgBackwardChannelsLastGlobal : V::kAvgBackwardChannelsLastGather);
   if (global) return counted(V::kAvgBackwardNchwGlobal);
   if (is_adaptive(g)) return counted(V::kAvgBackwardNchwAdaptiveScatter);
   return counted(is_2x2_tiling(g) ? V::kAvgBackwardNchw2x2Tiling : V::kAvgBackwardNchwGatherRows);

@@ -7,11 +7,11 @@
 //
 //   max_forward.h    nchw_2x2_tiling, nchw_plane_fold, channels_last_blocks
 //   max_backward.h   nchw_2x2_tiling, nchw_tap_scatter, nchw_position_scatter,
-//                    channels_last_2x2_tiling, channels_last_tap_select, channels_last_position_scatter
+//                    channels_last_2x2_tiling, channels_last_tap_gather, channels_last_position_scatter
 //   avg_forward.h    nchw_global, channels_last_global, nchw_2x2_tiling, nchw_separable,
 //                    nchw_adaptive, channels_last_2x2_tiling, channels_last_blocks
 //   avg_backward.h   nchw_global, channels_last_global, nchw_gather_rows, nchw_2x2_tiling,
-//                    nchw_adaptive_scatter, channels_last_scatter
+//                    nchw_adaptive_scatter, channels_last_gather
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -29,7 +29,7 @@ enum class Pool2dCpuVariant : int {
   kMaxBackwardNchwTapScatter,
   kMaxBackwardNchwPositionScatter,
   kMaxBackwardChannelsLast2x2Tiling,
-  kMaxBackwardChannelsLastTapSelect,
+  kMaxBackwardChannelsLastTapGather,
   kMaxBackwardChannelsLastPositionScatter,
   kAvgForwardNchwGlobal,
   kAvgForwardChannelsLastGlobal,
@@ -43,7 +43,7 @@ enum class Pool2dCpuVariant : int {
   kAvgBackwardNchwGatherRows,
   kAvgBackwardNchw2x2Tiling,
   kAvgBackwardNchwAdaptiveScatter,
-  kAvgBackwardChannelsLastScatter,
+  kAvgBackwardChannelsLastGather,
   kCount,
 };
 

@@ -23,7 +23,18 @@ from . import nn, ops  # noqa: E402  (the operators must be registered first)
 from .runs import load_run  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["build_info", "cpu_fma_peak", "cpu_variants", "cpu_variants_used", "load_run", "nn", "ops"]
+__all__ = [
+    "build_info",
+    "cpu_fma_peak",
+    "cpu_output_cache",
+    "cpu_variants",
+    "cpu_variants_used",
+    "empty_cpu_output_cache",
+    "load_run",
+    "nn",
+    "ops",
+    "set_cpu_output_cache_limit",
+]
 
 
 def build_info() -> dict:
@@ -36,10 +47,9 @@ def build_info() -> dict:
     ``"avx512"``, the best this CPU supports unless ``CNNEXT_CPU_ISA`` asks for a lower one),
     ``cpu_isa_supported`` (the best this CPU supports), ``l2_cache_bytes`` (one core's L2 as
     the OS reports it, which sizes the conv2d CPU kernels' blocks; ``CNNEXT_L2_CACHE_BYTES``
-    overrides it, e.g. ``1M``), ``huge_page_advice`` (whether large fresh
-    CPU gradients are given Linux's transparent huge pages; ``CNNEXT_HUGE_PAGES=0`` turns it
-    off), ``torch_runtime_version`` (torch imported now) and ``cuda_available`` (a GPU is visible
-    now).
+    overrides it, e.g. ``1M``), ``huge_page_advice`` (whether the memory of large CPU outputs
+    is given Linux's transparent huge pages; ``CNNEXT_HUGE_PAGES=0`` turns it off),
+    ``torch_runtime_version`` (torch imported now) and ``cuda_available`` (a GPU is visible now).
     """
     info = dict(_C.build_info())
     info["torch_runtime_version"] = torch.__version__
@@ -60,6 +70,34 @@ def cpu_fma_peak(isa: str | None = None, trials: int = 5, trial_seconds: float =
     ``isa``, ``trials`` outside [1, 100] or ``trial_seconds`` outside [0.001, 10].
     """
     return dict(_C.fma_peak(isa, trials, trial_seconds))
+
+
+def cpu_output_cache() -> dict:
+    """What cnnext keeps of the memory of its large CPU outputs.
+
+    The CPU operators take outputs and gradients of 4 MiB or more from blocks that are kept when
+    the tensor is freed and handed to the next output of the same size (rounded up to 2 MiB), so
+    a training loop stops paying the page faults of fresh memory every step (torch's allocator
+    returns such blocks to the OS on free). Returns a dict with ``cached_bytes`` (kept now, not in
+    use), ``limit_bytes`` (the most kept; ``CNNEXT_CPU_CACHE_MB`` sets it at start, default
+    1024 MiB, 0 keeps none; :func:`set_cpu_output_cache_limit` changes it), ``reused`` and
+    ``fresh`` (large outputs served from a kept block / from new memory, since import).
+    """
+    return dict(_C.cpu_output_cache())
+
+
+def set_cpu_output_cache_limit(limit_bytes: int) -> None:
+    """Keep at most ``limit_bytes`` of freed CPU output memory for reuse (0: keep none); kept
+    blocks beyond the new limit are freed now, the least recently freed first."""
+    if not isinstance(limit_bytes, int) or isinstance(limit_bytes, bool):
+        kind = type(limit_bytes).__name__
+        raise TypeError(f"set_cpu_output_cache_limit: limit_bytes must be an int, got {kind}")
+    _C.set_cpu_output_cache_limit(limit_bytes)
+
+
+def empty_cpu_output_cache() -> None:
+    """Free every kept block of CPU output memory (tensors in use are not affected)."""
+    _C.empty_cpu_output_cache()
 
 
 def cpu_variants() -> list[dict]:

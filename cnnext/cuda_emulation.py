@@ -103,7 +103,7 @@ def _load() -> None:
         )
     sources = sorted(str(p) for p in (csrc / "cuda_emulation").glob("*.cpp"))
     # The host-side code the .cu files call (argument checks, geometry), compiled in again here.
-    sources += sorted(str(p) for p in csrc.glob("*/*_geometry.cpp")) + [str(csrc / "common.cpp")]
+    sources += sorted(str(p) for p in csrc.glob("*/*_geometry.cpp"))
     flags = _SANITIZERS[_sanitizer()]
     build = build_directory()
     build.mkdir(parents=True, exist_ok=True)

@@ -60,16 +60,6 @@ inline Strides4 strides_of(const at::Tensor& t) {
   return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
-// Ask Linux to back a freshly allocated CPU tensor with transparent huge pages before anything
-// touches it. A new tensor of tens of MB comes from a fresh mmap whose first write faults in every
-// 4 KB page, which can cost more than the pooling itself; with 2 MB pages it is a few hundred
-// faults. Only the 2 MB-aligned interior
-// can use huge pages; small tensors, other devices and other systems are left alone.
-// CNNEXT_HUGE_PAGES=0 turns the advice off (its measured effect: benchmarks/NOTES.md, "Benchmark
-// workflow and run-to-run noise" and the pooling A/B).
-void advise_huge_pages(const at::Tensor& fresh);
-bool huge_page_advice_enabled();  // false when CNNEXT_HUGE_PAGES=0; decided once per process
-
 // One requirement per check; every message names the argument.
 inline void check_ndim(const at::Tensor& t, const char* name, int64_t ndim) {
   TORCH_CHECK(t.dim() == ndim, name, " must be a ", ndim, "-D tensor, got ", t.dim(), "-D with shape ",

@@ -2,8 +2,9 @@
 // registrations (the operators are reached through torch.ops.cnnext). Its only Python function,
 // build_info(), says what this binary was built with and which CPU loop build it runs;
 // cpu_variants() lists the CPU kernel variants with their call counts (cpu_variants.h);
-// fma_peak() measures the CPU's float32 arithmetic peak (fma_peak/fma_peak.h). Plain CPython
-// API: no pybind11 needed.
+// fma_peak() measures the CPU's float32 arithmetic peak (fma_peak/fma_peak.h); cpu_output_cache(),
+// set_cpu_output_cache_limit() and empty_cpu_output_cache() show and bound the reused memory of
+// large CPU outputs (cpu_output_memory.h). Plain CPython API: no pybind11 needed.
 #include <Python.h>
 #include <c10/util/Exception.h>
 #include <torch/version.h>
@@ -14,6 +15,7 @@
 #include "common.h"
 #include "cpu_cache.h"
 #include "cpu_isa.h"
+#include "cpu_output_memory.h"
 #include "cpu_variants.h"
 #include "fma_peak/fma_peak.h"
 
@@ -126,11 +128,52 @@ PyObject* fma_peak(PyObject*, PyObject* args, PyObject* kwargs) {
                        peak.chains);
 }
 
+// cpu_output_cache() -> {"cached_bytes", "limit_bytes", "reused", "fresh"} (cpu_output_memory.h).
+PyObject* cpu_output_cache(PyObject*, PyObject*) {
+  cnnext::CpuOutputCacheStats s{};
+  try {
+    s = cnnext::cpu_output_cache_stats();  // raises on a bad CNNEXT_CPU_CACHE_MB
+  } catch (const std::exception& e) {
+    set_error(PyExc_RuntimeError, e);
+    return nullptr;
+  }
+  return Py_BuildValue("{s:L,s:L,s:L,s:L}", "cached_bytes", static_cast<long long>(s.cached_bytes),
+                       "limit_bytes", static_cast<long long>(s.limit_bytes), "reused",
+                       static_cast<long long>(s.reused), "fresh", static_cast<long long>(s.fresh));
+}
+
+// set_cpu_output_cache_limit(bytes): keeps at most `bytes` of freed blocks from now on.
+PyObject* set_cpu_output_cache_limit(PyObject*, PyObject* arg) {
+  const long long bytes = PyLong_AsLongLong(arg);
+  if (bytes == -1 && PyErr_Occurred()) return nullptr;
+  try {
+    cnnext::set_cpu_output_cache_limit(bytes);
+  } catch (const std::exception& e) {
+    set_error(PyExc_ValueError, e);
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* empty_cpu_output_cache(PyObject*, PyObject*) {
+  try {
+    cnnext::empty_cpu_output_cache();
+  } catch (const std::exception& e) {
+    set_error(PyExc_RuntimeError, e);
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
 PyMethodDef methods[] = {
     {"build_info", build_info, METH_NOARGS, "What this extension was compiled with."},
     {"cpu_variants", cpu_variants, METH_NOARGS, "The CPU kernel variants and their call counts."},
     {"fma_peak", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(fma_peak)),
      METH_VARARGS | METH_KEYWORDS, "The CPU's measured float32 multiply-add peak (GFLOP/s)."},
+    {"cpu_output_cache", cpu_output_cache, METH_NOARGS, "What the reused CPU output memory holds."},
+    {"set_cpu_output_cache_limit", set_cpu_output_cache_limit, METH_O,
+     "Keep at most this many bytes of freed CPU output blocks."},
+    {"empty_cpu_output_cache", empty_cpu_output_cache, METH_NOARGS, "Free every kept CPU output block."},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -510,15 +510,3 @@ for layout in ["contiguous", "channels_last"]:
 print("ok")
 """
     run_with_cpu_isa(script)
-
-
-@pytest.mark.parametrize("setting, enabled", [(None, True), ("1", True), ("0", False)])
-def test_huge_page_advice_follows_its_switch(setting, enabled, monkeypatch):
-    """The backward's huge-page advice for fresh gradients (on by default) and CNNEXT_HUGE_PAGES=0."""
-    if setting is None:
-        monkeypatch.delenv("CNNEXT_HUGE_PAGES", raising=False)
-    else:
-        monkeypatch.setenv("CNNEXT_HUGE_PAGES", setting)
-    run_with_cpu_isa(
-        f"import cnnext; assert cnnext.build_info()['huge_page_advice'] is {enabled}; print('ok')"
-    )

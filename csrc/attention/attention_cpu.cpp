@@ -9,6 +9,7 @@
 #include "attention/attention_cpu_loops_table.h"
 #include "common.h"
 #include "cpu_isa.h"
+#include "cpu_output_memory.h"
 
 namespace cnnext {
 namespace {
@@ -56,8 +57,8 @@ AttentionOutputs attention_forward_cpu(const at::Tensor& q, const at::Tensor& k,
   const auto g = attention_geometry(q, k, v, scale, causal, options);
   check_cpu(q, "attention: q");
   options.bias_has_nan_or_inf = has_nan_or_inf(options.bias);
-  auto out = at::empty({g.batch, g.heads, g.q_len, g.v_dim}, q.options());
-  auto lse = at::empty({g.batch, g.heads, g.q_len}, q.options());
+  auto out = empty_cpu_output({g.batch, g.heads, g.q_len, g.v_dim}, q.options());
+  auto lse = empty_cpu_output({g.batch, g.heads, g.q_len}, q.options());
   if (out.numel() == 0) return {out, lse};
   loops().forward(with_contiguous_rows(q), with_contiguous_rows(k), with_contiguous_rows(v), out, lse, g,
                   options);
@@ -73,9 +74,9 @@ AttentionGrads attention_backward_cpu(const at::Tensor& grad_out, const at::Tens
   const auto options = attention_options(bias, dropout_p, dropout_rng, gqa);
   const auto g = attention_backward_geometry(grad_out, q, k, v, out, lse, scale, causal, options);
   check_cpu(q, "_attention_backward: q");
-  auto dq = at::empty({g.batch, g.heads, g.q_len, g.head_dim}, q.options());
-  auto dk = at::empty({g.batch, g.kv_heads, g.k_len, g.head_dim}, q.options());
-  auto dv = at::empty({g.batch, g.kv_heads, g.k_len, g.v_dim}, q.options());
+  auto dq = empty_cpu_output({g.batch, g.heads, g.q_len, g.head_dim}, q.options());
+  auto dk = empty_cpu_output({g.batch, g.kv_heads, g.k_len, g.head_dim}, q.options());
+  auto dv = empty_cpu_output({g.batch, g.kv_heads, g.k_len, g.v_dim}, q.options());
   // Zero: causal blocks the backward never visits keep their zero gradient.
   auto dbias =
       bias_grad ? at::zeros({g.batch, g.heads, g.q_len, g.k_len}, q.options()) : at::empty({0}, q.options());

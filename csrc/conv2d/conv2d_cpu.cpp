@@ -43,6 +43,7 @@
 #include "conv2d/conv2d_cpu_variants.h"
 #include "cpu_cache.h"
 #include "cpu_isa.h"
+#include "cpu_output_memory.h"
 
 namespace cnnext {
 namespace {
@@ -287,11 +288,11 @@ ChannelsLastOut channels_last_out(at::Tensor& t) {
 Conv2dGrads channels_last_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                    const at::Tensor& weight, const Conv2dGeometry& g,
                                    std::array<bool, 3> output_mask) {
-  const auto dy = grad_output.contiguous(at::MemoryFormat::ChannelsLast);  // (N, Ho, Wo, Cout)
+  const auto dy = contiguous_cpu_output(grad_output, at::MemoryFormat::ChannelsLast);  // (N, Ho, Wo, Cout)
   at::Tensor dinput, dweight, dbias;
   if (output_mask[0]) {
     count_conv2d_cpu_variant(Conv2dCpuVariant::kInputGradChannelsLastPhases);
-    dinput = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
+    dinput = empty_cpu_output(input.sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
     input_grad_by_phases(dy, weight, dinput,
                          *input_grad_phases(g, input.scalar_type(), /*channels_last=*/true), g,
                          /*channels_last=*/true);
@@ -303,14 +304,14 @@ Conv2dGrads channels_last_backward(const at::Tensor& grad_output, const at::Tens
   if (output_mask[2]) dbias = at::empty({g.out_channels}, weight.options());
   if (output_mask[1] || output_mask[2]) {
     // x only for dw: an NCHW input is not copied for dx or dbias alone.
-    const auto x =
-        output_mask[1] ? input.contiguous(at::MemoryFormat::ChannelsLast) : at::Tensor();  // (N, H, W, C)
+    const auto x = output_mask[1] ? contiguous_cpu_output(input, at::MemoryFormat::ChannelsLast)
+                                  : at::Tensor();  // (N, H, W, C)
     conv2d_channels_last_weight_grad(dy.const_data_ptr<float>(),
                                      output_mask[1] ? x.const_data_ptr<float>() : nullptr,
                                      output_mask[1] ? dweight.mutable_data_ptr<float>() : nullptr,
                                      output_mask[2] ? dbias.mutable_data_ptr<float>() : nullptr, g);
   }
-  if (dinput.defined()) dinput = dinput.contiguous(conv2d_output_format(input, weight));
+  if (dinput.defined()) dinput = contiguous_cpu_output(dinput, conv2d_output_format(input, weight));
   return {dinput, in_layout_of_weight(dweight, weight), dbias};
 }
 
@@ -330,20 +331,20 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   const std::array<int64_t, 4> sizes{g.batch, g.out_channels, g.out_h, g.out_w};  // (N, Cout, Ho, Wo)
   const auto format = conv2d_output_format(input, weight);
   if (g.batch * g.out_channels * g.out_h * g.out_w == 0)
-    return at::empty(sizes, input.options().memory_format(format));
+    return empty_cpu_output(sizes, input.options().memory_format(format));
   if (uses_channels_last_kernels(input, weight, g)) {
     count_conv2d_cpu_variant(conv2d_channels_last_row_tiles_apply(g)
                                  ? Conv2dCpuVariant::kForwardChannelsLastRows
                                  : Conv2dCpuVariant::kForwardChannelsLast);
-    const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);  // (N, H, W, C)
-    auto out = at::empty(sizes, input.options().memory_format(at::MemoryFormat::ChannelsLast));
+    const auto x = contiguous_cpu_output(input, at::MemoryFormat::ChannelsLast);  // (N, H, W, C)
+    auto out = empty_cpu_output(sizes, input.options().memory_format(at::MemoryFormat::ChannelsLast));
     conv2d_channels_last_forward(x.const_data_ptr<float>(), weight.contiguous().const_data_ptr<float>(),
                                  has_bias ? bias->contiguous().const_data_ptr<float>() : nullptr,
                                  channels_last_out(out), g);
-    return out.contiguous(format);
+    return contiguous_cpu_output(out, format);
   }
-  auto out = at::empty(sizes, input.options());  // the NCHW kernels'
-  const auto x = input.contiguous();             // (N, C, H, W)
+  auto out = empty_cpu_output(sizes, input.options());  // the NCHW kernels'
+  const auto x = input.contiguous();                    // (N, C, H, W)
   const auto w = weight.contiguous().view({g.groups, g.out_per_group(), g.patch_size()});
   const auto b = has_bias ? bias->contiguous() : at::Tensor();
   const bool direct = conv2d_direct_applies(g, input.scalar_type());
@@ -351,7 +352,7 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   if (direct) {
     conv2d_direct_forward(x.const_data_ptr<float>(), w.const_data_ptr<float>(),
                           has_bias ? b.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(), g);
-    return out.contiguous(conv2d_output_format(input, weight));
+    return contiguous_cpu_output(out, conv2d_output_format(input, weight));
   }
   const int64_t L = g.out_pixels(), in_sample = g.in_channels * g.in_h * g.in_w;
   const int64_t block_rows = rows_per_block(g, input.element_size());
@@ -378,7 +379,7 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
       }
     });
   });
-  return out.contiguous(conv2d_output_format(input, weight));
+  return contiguous_cpu_output(out, conv2d_output_format(input, weight));
 }
 
 Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
@@ -394,7 +395,7 @@ Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
   const auto x = input.contiguous();         // (N, C, H, W)
   const auto dy = grad_output.contiguous();  // (N, Cout, Ho, Wo)
   at::Tensor dinput, dweight, dbias;
-  if (output_mask[0]) dinput = at::empty(input.sizes(), input.options());
+  if (output_mask[0]) dinput = empty_cpu_output(input.sizes(), input.options());
   if (need_bias) dbias = at::empty({g.out_channels}, weight.options());
 
   // The direct kernels take what they can; the GEMM loop below does the rest. Plain names, not a
@@ -454,7 +455,7 @@ Conv2dGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
       }
     });
   });
-  if (output_mask[0]) dinput = dinput.contiguous(conv2d_output_format(input, weight));
+  if (output_mask[0]) dinput = contiguous_cpu_output(dinput, conv2d_output_format(input, weight));
   if (need_weight) {
     dweight = partial_dweight[0];
     for (int64_t t = 1; t < partial_count; ++t) dweight.add_(partial_dweight[t]);

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "cpu_isa.h"
+#include "cpu_output_memory.h"
 #include "pool2d/cpu/variants.h"
 #include "pool2d/pool2d_entries.h"
 
@@ -26,7 +27,7 @@ struct CpuLoops {
   static constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
 
   static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
-    return at::empty(sizes, options);
+    return empty_cpu_output(sizes, options);
   }
 
   static void max_forward(const at::Tensor& x, const at::Tensor& out, const at::Tensor& indices,

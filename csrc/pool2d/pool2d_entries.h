@@ -64,7 +64,6 @@ struct Pool2dEntries {
     const bool channels_last = pool2d_channels_last(input);
     const auto format = pool2d_memory_format(channels_last);
     auto dx = Loops::empty(input.sizes(), input.options().memory_format(format));
-    advise_huge_pages(dx);
     if (dx.numel() > 0) {
       // grad_output and indices in the same layout: one set of strides serves both.
       Loops::max_backward(grad_output.contiguous(format), indices.contiguous(format), dx, g, channels_last);
@@ -121,7 +120,6 @@ struct Pool2dEntries {
     const bool channels_last = pool2d_channels_last(input);
     const auto format = pool2d_memory_format(channels_last);
     auto dx = Loops::empty(input.sizes(), input.options().memory_format(format));
-    advise_huge_pages(dx);
     if (dx.numel() > 0) Loops::avg_backward(grad_output.contiguous(format), dx, g, divisor, channels_last);
     return dx;
   }

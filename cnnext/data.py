@@ -238,6 +238,9 @@ class Loader:
     so every rank gets an equal share and DDP's gradient mean is the global batch's mean. The
     augmentation is drawn for the whole global batch and each rank applies its part, so the
     samples seen do not depend on the number of ranks.
+
+    memory_format: the layout of the image batches (torch.channels_last for a model trained in
+    channels_last, whose convolutions then need no layout copies).
     """
 
     def __init__(
@@ -251,6 +254,7 @@ class Loader:
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        memory_format: torch.memory_format = torch.contiguous_format,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
@@ -263,6 +267,7 @@ class Loader:
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
         self.seed, self.drop_last, self.epoch = seed, drop_last, 0
         self.rank, self.world_size = rank, world_size
+        self.memory_format = memory_format
 
     def __len__(self) -> int:
         """Batches per epoch (global batches: the same on every rank)."""
@@ -286,7 +291,8 @@ class Loader:
             images = self.images[index]
             if crop is not None:
                 images = _crop_flip(images, *(c[mine] for c in crop))
-            yield (images.float() / 255 - self.mean) / self.std, self.labels[index]
+            images = (images.float() / 255 - self.mean) / self.std
+            yield images.contiguous(memory_format=self.memory_format), self.labels[index]
 
 
 def _crop_flip_draw(n: int, generator: torch.Generator, padding: int = 4):

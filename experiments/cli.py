@@ -95,7 +95,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         p.add_argument(
             "--preset",
             choices=list(study.presets),
-            help="quick (default): minutes on a 2-core CPU; full: the literature's budget, for a GPU",
+            help="quick (default): minutes on a 2-core CPU; standard (where a study has it): the whole "
+            "training set, about 1.5 hours per dataset on a 2-core CPU; full: the literature's budget, "
+            "for a GPU",
         )
         p.add_argument(
             "--backend",

@@ -1,10 +1,12 @@
 """The combined report of `python -m experiments all`: every study's results in the structure of
 the original study (Task 1: FC vs CNN vs ResNet; Task 2: kernel size and depth; Task 3: custom
-layers and residual blocks) and a conclusion drawn from the numbers, in one REPORT.md whose
-images point into the studies' own folders."""
+layers and residual blocks), the original study's claims each tested against the numbers
+(findings.py), and a conclusion drawn from the numbers, in one REPORT.md whose images point into
+the studies' own folders."""
 
 from pathlib import Path
 
+from .findings import findings_section
 from .report import (
     ModelSummary,
     compare,
@@ -74,5 +76,7 @@ def write_combined_report(out: Path, done: list[tuple], command: str) -> Path:
             summary.append(
                 _headline(f"{name} ({config['dataset']})", summarize(results), len(diverged_runs(results)))
             )
+    models = {(study.name, config["dataset"]): summarize(results) for study, _, config, results in done}
+    lines += findings_section(first_config["dataset"], models)
     lines += ["## Conclusion", "", *[f"- {line}" for line in summary], ""]
     return write_markdown(out / "REPORT.md", lines)

@@ -3,11 +3,13 @@
 Keys (the same in a config file, in `--set key=value` and as keyword arguments of experiments.run):
 
     dataset, preset, backend, seeds, device, deterministic      the run as a whole
-    batch_size, train_size, test_size, augment                  the preset's data settings
+    batch_size, train_size, test_size, augment, channels_last   the preset's data settings
     epochs, lr, optimizer, schedule, weight_decay, momentum,    training of every model
       nesterov, step_size, gamma, warmup, label_smoothing         (cnnext.train.TrainConfig)
     <model>.<training field>       one model's training, e.g. CNN.lr=0.05
     <model>.<model setting>        one model's architecture, e.g. CNN.width=32, MLP.hidden=[256,128]
+    <model>.max_seeds              at most this many seeds of one model (null: all), e.g.
+                                     ResNet-20.max_seeds=3
 
 <model> is a model's label in the study (as in its report, e.g. "ResNet-8", "plain 6") or its run
 folder's name (spaces as underscores, "plain_6"). A config file is YAML (.yaml/.yml), TOML (.toml)
@@ -59,7 +61,13 @@ RECORD_ONLY = {
     "overrides",
 }
 RUN_KEYS = {"dataset": str, "preset": str, "backend": str, "seeds": int, "device": str, "deterministic": bool}
-PRESET_KEYS = {"batch_size": int, "train_size": int | None, "test_size": int | None, "augment": bool | None}
+PRESET_KEYS = {
+    "batch_size": int,
+    "train_size": int | None,
+    "test_size": int | None,
+    "augment": bool | None,
+    "channels_last": bool,
+}
 TRAIN_KEYS = typing.get_type_hints(TrainConfig)
 MODEL_BUILD_ARGUMENTS = {"backend", "in_channels", "in_features", "num_classes"}  # set by the runner
 
@@ -227,7 +235,9 @@ def apply_overrides(preset: Preset, overrides: dict) -> Preset:
         if key in PRESET_KEYS:
             value = coerce(key, value, PRESET_KEYS[key])
             changes[key] = (
-                value if key == "augment" else _positive(key, value, allow_none=key != "batch_size")
+                value
+                if key in ("augment", "channels_last")
+                else _positive(key, value, allow_none=key != "batch_size")
             )
         elif key in TRAIN_KEYS:
             models = [_replace_train(m, key, key, value) for m in models]
@@ -242,6 +252,9 @@ def apply_overrides(preset: Preset, overrides: dict) -> Preset:
             model = models[index]
             if field in TRAIN_KEYS:
                 models[index] = _replace_train(model, key, field, value)
+            elif field == "max_seeds":
+                max_seeds = _positive(key, coerce(key, value, int | None), allow_none=True)
+                models[index] = dataclasses.replace(model, max_seeds=max_seeds)
             else:
                 known = model_settings(model.family)
                 if field not in known:
@@ -273,7 +286,14 @@ def preset_from_record(record: dict) -> Preset:
                 for k, v in m["config"].items()
             }
             models.append(
-                ModelSpec(m["label"], m["family"], config, TrainConfig(**m["train"]), m.get("backend"))
+                ModelSpec(
+                    m["label"],
+                    m["family"],
+                    config,
+                    TrainConfig(**m["train"]),
+                    m.get("backend"),
+                    m.get("max_seeds"),
+                )
             )
         spec = first[0]
         return Preset(
@@ -283,6 +303,7 @@ def preset_from_record(record: dict) -> Preset:
             train_size=spec["train_size"],
             test_size=spec["test_size"],
             augment=spec["augment"],
+            channels_last=spec.get("channels_last", False),  # recorded before it existed: NCHW
             seeds=record.get("seeds", 1),
             expected=record.get("expected", ""),
         )

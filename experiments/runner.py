@@ -225,7 +225,9 @@ def run_one(
     train_set, test_set = splits
     set_seed(spec.seed)
     arguments = _model_arguments(spec, train_set)
-    model = build_model(spec.model.family, backend=spec.backend, **arguments).to(device)
+    memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+    model = build_model(spec.model.family, backend=spec.backend, **arguments)
+    model = model.to(device, memory_format=memory_format)
     if sync_bn and ranks.active:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if ranks.main:  # what cnnext.load_run needs to rebuild the model around checkpoint.pt's weights
@@ -247,9 +249,10 @@ def run_one(
         augment=spec.augment,
         device=device,
         seed=spec.seed,
+        memory_format=memory_format,
     )
     train = loader(rank=ranks.rank, world_size=ranks.world_size)
-    test = data.Loader(test_set, INFERENCE_BATCH, device=device)
+    test = data.Loader(test_set, INFERENCE_BATCH, device=device, memory_format=memory_format)
     first_images, first_labels = next(iter(loader()))  # the global first batch, whatever the ranks
     checkpoint = folder / "checkpoint.pt"
     init_norms_file = folder / "grad_norms_init.json"

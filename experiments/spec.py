@@ -21,6 +21,9 @@ class ModelSpec:
     config: dict = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     backend: str | None = None  # None: the command's --backend; a study comparing backends sets it
+    # At most this many seeds of this model (the first ones), whatever the run's seed count: a model
+    # too slow for the preset's seeds says so here. None: every seed. Config key <model>.max_seeds.
+    max_seeds: int | None = None
 
     def __hash__(self):
         return hash(self.label)
@@ -37,6 +40,7 @@ class Preset:
     test_size: int | None = None
     augment: bool | None = None  # None: the dataset's default (crop + flip for CIFAR-10)
     seeds: int = 1  # seeds per model when --seeds is not given (2+ where the study claims stability)
+    channels_last: bool = False  # train in channels_last (models and batches): faster convolutions
     expected: str = ""  # literature / measured figures this preset should reach, for the docs
 
 
@@ -51,6 +55,7 @@ class RunSpec:
     test_size: int | None
     augment: bool
     backend: str  # "cnnext" or "native": whose convolution / pooling / attention the model runs on
+    channels_last: bool = False  # models and image batches in channels_last memory format
     profile: bool = False  # also record where a training step's time goes (torch.profiler)
 
     @property

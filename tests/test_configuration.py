@@ -70,6 +70,30 @@ def test_set_wins_over_the_file_and_explicit_flags_over_the_files_run_keys(tmp_p
     assert models["CNN"].train.lr == 0.3 and models["ResNet-8"].config["depth"] == 14
 
 
+def test_the_standard_preset_caps_slow_models_seeds_and_trains_channels_last():
+    """fc-vs-cnn's standard CIFAR-10 preset: three seeds of MLP and CNN, one of ResNet-20 (its
+    max_seeds), every run channels_last; `<model>.max_seeds` and `channels_last` override that."""
+    _, _, preset, specs, _ = experiments.plan("fc-vs-cnn", dataset="cifar10", preset="standard", device="cpu")
+    runs = sorted((s.model.label, s.seed) for s in specs)
+    assert runs == sorted([(m, k) for m in ("MLP", "CNN") for k in range(3)] + [("ResNet-20", 0)])
+    assert preset.train_size is None and all(s.channels_last for s in specs)
+    assert models_of(specs)["ResNet-20"].train.label_smoothing == 0.1
+    specs = experiments.plan(
+        "fc-vs-cnn",
+        dataset="cifar10",
+        preset="standard",
+        device="cpu",
+        seeds=2,
+        channels_last=False,
+        **{"ResNet-20.max_seeds": None, "MLP.max_seeds": 1},
+    )[3]
+    runs = sorted((s.model.label, s.seed) for s in specs)
+    assert runs == sorted([("MLP", 0), ("CNN", 0), ("CNN", 1), ("ResNet-20", 0), ("ResNet-20", 1)])
+    assert not any(s.channels_last for s in specs)
+    with pytest.raises(ConfigError, match="MLP.max_seeds: must be >= 1"):
+        experiments.plan("fc-vs-cnn", dataset="synthetic", device="cpu", **{"MLP.max_seeds": 0})
+
+
 def test_set_values_are_read_as_yaml_scalars_and_checked_against_the_key(tmp_path):
     args = cli._parser("test").parse_args(
         ["fc-vs-cnn", "--set", "lr=5e-2", "--set", "nesterov=false", "--set", "MLP.hidden=[32, 16]"]

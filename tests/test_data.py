@@ -45,6 +45,17 @@ def test_loader_normalises_with_dataset_statistics():
     torch.testing.assert_close(images, expected)
 
 
+@pytest.mark.parametrize("augment", [False, True])
+def test_loader_hands_out_batches_in_the_memory_format_asked_for(augment):
+    ds = data.synthetic(n=16, channels=3, size=8)
+    plain = data.Loader(ds, batch_size=8, augment=augment, seed=2)
+    nhwc = data.Loader(ds, batch_size=8, augment=augment, seed=2, memory_format=torch.channels_last)
+    for (a, la), (b, lb) in zip(plain, nhwc, strict=True):
+        assert a.is_contiguous() and b.is_contiguous(memory_format=torch.channels_last)
+        assert not b.is_contiguous()  # really NHWC, not a layout both formats accept
+        assert torch.equal(a, b) and torch.equal(la, lb)  # the same values
+
+
 def test_random_crop_flip_moves_pixels_only_within_padding():
     images = torch.randint(1, 256, (64, 3, 8, 8), dtype=torch.uint8)
     out = data.random_crop_flip(images, torch.Generator().manual_seed(0))

@@ -49,8 +49,10 @@ class Study:
                 test_size=preset.test_size,
                 augment=augment,
                 backend=model.backend or backend,
+                channels_last=preset.channels_last,
                 profile=self.profile,
             )
             for seed in range(seeds)
             for model in preset.models
+            if model.max_seeds is None or seed < model.max_seeds
         ]

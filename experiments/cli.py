@@ -81,7 +81,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         help="every study above, then one combined REPORT.md (results/all/...)",
         question="Run every study on one dataset and write one combined report: Task 1 (FC vs CNN vs "
         "ResNet), Task 2 (kernel size, depth), Task 3 (custom layers, residual blocks), conclusion.",
-        presets={"quick": None, "full": None},
+        presets={"quick": None, "standard": None, "full": None},
     )
     for study in [*STUDIES.values(), every]:
         p = sub.add_parser(study.name, help=study.help, description=study.question)
@@ -95,9 +95,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         p.add_argument(
             "--preset",
             choices=list(study.presets),
-            help="quick (default): minutes on a 2-core CPU; standard (where a study has it): the whole "
-            "training set, about 1.5 hours per dataset on a 2-core CPU; full: the literature's budget, "
-            "for a GPU",
+            help="quick (default): minutes on a 2-core CPU; standard: the whole training set (depth: a 20k "
+            "subset), about 1.5 hours per study on a 2-core CPU; full: the literature's budget, for a GPU",
         )
         p.add_argument(
             "--backend",

@@ -94,6 +94,21 @@ def test_the_standard_preset_caps_slow_models_seeds_and_trains_channels_last():
         experiments.plan("fc-vs-cnn", dataset="synthetic", device="cpu", **{"MLP.max_seeds": 0})
 
 
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+@pytest.mark.parametrize("study", sorted(experiments.STUDIES))
+def test_every_study_has_a_standard_preset_on_the_whole_training_set_with_three_seeds(study, dataset):
+    """What issue 22 asks of `standard`: the full training sets (depth: a 20k subset, said in its
+    docstring: twelve networks), three seeds (a model too slow for them says so: max_seeds), in
+    channels_last, and more epochs than quick."""
+    _, _, preset, specs, _ = experiments.plan(study, dataset=dataset, preset="standard", device="cpu")
+    _, _, quick, quick_specs, _ = experiments.plan(study, dataset=dataset, preset="quick", device="cpu")
+    assert preset.seeds == 3 and all(s.channels_last for s in specs)
+    assert preset.train_size is None or (study == "depth" and preset.train_size == 20_000)
+    capped = [m.label for m in preset.models if m.max_seeds is not None]
+    assert capped == (["ResNet-20"] if (study, dataset) == ("fc-vs-cnn", "cifar10") else [])
+    assert max(s.model.train.epochs for s in specs) > max(s.model.train.epochs for s in quick_specs)
+
+
 def test_set_values_are_read_as_yaml_scalars_and_checked_against_the_key(tmp_path):
     args = cli._parser("test").parse_args(
         ["fc-vs-cnn", "--set", "lr=5e-2", "--set", "nesterov=false", "--set", "MLP.hidden=[32, 16]"]

@@ -143,3 +143,27 @@ def test_the_wide_block_stability_claim_compares_spreads(stds, wobbles, expected
     rows = findings.claims_for("mnist", {("residual-blocks", "mnist"): models})
     (wide,) = [v for claim, v, _, _ in rows if claim.statement.startswith("The wide block")]
     assert wide == expected
+
+
+@pytest.mark.parametrize(
+    "wide_kernels, expected",
+    [
+        ((99.0, 99.05), "confirmed"),  # as accurate as 3x3 (within the spread) at more compute
+        ((99.6, 99.0), "refuted"),  # 5x5 beyond the spread: 3x3 is not the best balance
+        ((None, None), "inconclusive"),  # one seed of each: untested
+    ],
+)
+def test_the_3x3_balance_claim_holds_when_no_wider_kernel_is_clearly_more_accurate(wide_kernels, expected):
+    def seeds(mean):
+        return [mean - 0.1, mean, mean + 0.1] if mean is not None else [99.0]
+
+    k3 = [99.0] if wide_kernels[0] is None else seeds(99.0)
+    models = _models(
+        _runs("CNN 3x3", "cnn", k3, flops=1),
+        _runs("CNN 5x5", "cnn", seeds(wide_kernels[0]), flops=3),
+        _runs("CNN 7x7", "cnn", seeds(wide_kernels[1]), flops=5),
+        _runs("CNN 1x1+3x3", "cnn", k3, flops=1),
+    )
+    rows = findings.claims_for("mnist", {("kernel-size", "mnist"): models})
+    (balance,) = [v for claim, v, _, _ in rows if claim.statement.startswith("3x3")]
+    assert balance == expected

@@ -360,10 +360,15 @@ def run(
 
 
 def run_every_study(
-    dataset: str = "mnist", task1_datasets: list[str] | None = None, out: str | Path = "results", **options
+    dataset: str = "mnist",
+    task1_datasets: list[str] | None = None,
+    out: str | Path = "results",
+    studies: list[str] | None = None,
+    **options,
 ) -> CombinedResult:
     """Every study on `dataset` (fc-vs-cnn also on each of `task1_datasets`, as in the original
-    study), then one combined REPORT.md under out/all/. `options` are run()'s."""
+    study), or only `studies` (names, in the usual order), then one combined REPORT.md under
+    out/all/, whose claims table says "not run" for the studies left out. `options` are run()'s."""
     from .combined import write_combined_report
     from .studies.base import DATASETS
 
@@ -371,7 +376,12 @@ def run_every_study(
     unknown = [d for d in task1 if d not in DATASETS]
     if unknown:
         raise ConfigError(f"task1_datasets: unknown {unknown}; choose from {', '.join(DATASETS)}")
-    order = [("fc-vs-cnn", d) for d in task1] + [(name, dataset) for name in STUDIES if name != "fc-vs-cnn"]
+    chosen = list(STUDIES) if studies is None else studies
+    unknown = [name for name in chosen if name not in STUDIES]
+    if unknown or not chosen:
+        raise ConfigError(f"studies: unknown {unknown or 'none given'}; choose from {', '.join(STUDIES)}")
+    order = [("fc-vs-cnn", d) for d in task1 if "fc-vs-cnn" in chosen]
+    order += [(name, dataset) for name in STUDIES if name != "fc-vs-cnn" and name in chosen]
     for name, d in order:  # every study's configuration checked before the first one runs
         plan(name, dataset=d, **{k: v for k, v in options.items() if k not in _RUN_ONLY})
     done = [run(name, dataset=d, out=out, **options) for name, d in order]

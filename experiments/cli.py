@@ -175,6 +175,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                 help="comma-separated datasets of the fc-vs-cnn task (default: --dataset only); the "
                 "original study's: mnist,cifar10",
             )
+            p.add_argument(
+                "--studies",
+                help="comma-separated studies to run (default: every one), e.g. "
+                "fc-vs-cnn,kernel-size,residual-blocks",
+            )
         group = p.add_argument_group("shorthands for --set (they change the run id)")
         group.add_argument("--epochs", type=_positive_int, help="epochs of every model (>= 1)")
         group.add_argument("--train-size", type=_positive_int, help="stratified training subset (>= 1 image)")
@@ -228,7 +233,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m experiments") -> 
             return _list_runs(args, options)
         if args.study == "all":
             task1 = args.task1_datasets.split(",") if args.task1_datasets else None
-            combined = api.run_every_study(args.dataset or "mnist", task1, **options)
+            chosen = args.studies.split(",") if args.studies else None
+            combined = api.run_every_study(args.dataset or "mnist", task1, studies=chosen, **options)
             if combined.report.exists() and not args.no_report and distributed.current().main:
                 print(f"combined report: {combined.report}")
             studies = combined.studies

@@ -148,6 +148,8 @@ def test_bad_usage(capsys):
     assert "argument --seeds: must be >= 1, got 0" in capsys.readouterr().err
     assert main(["all", "--task1-datasets", "mnist,imagenet"]) == 2
     assert "task1_datasets: unknown ['imagenet']" in capsys.readouterr().err
+    assert main(["all", "--studies", "fc-vs-cnn,depht"]) == 2
+    assert "studies: unknown ['depht']; choose from fc-vs-cnn, " in capsys.readouterr().err
 
 
 def test_help_lists_the_studies():

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnext
-from experiments import cli
+from experiments import cli, findings
 from experiments.export import export
 from experiments.studies import STUDIES
 
@@ -192,6 +192,29 @@ def _write_fake_mnist(root, train_count=100, test_count=50):
         (raw / f"{split}-labels-idx1-ubyte").write_bytes(
             struct.pack(">II", 2049, count) + labels.numpy().tobytes()
         )
+
+
+def test_all_on_chosen_studies_tests_their_claims_and_says_the_others_did_not_run(tmp_path):
+    """`all --studies`: only those studies run; the combined report's claims table has a row per
+    claim of the original study, verdicts for the ones these studies test, "not run" for the rest."""
+    results = tmp_path / "results"
+    args = ["all", "--dataset", "synthetic", "--studies", "kernel-size,residual-blocks", *SMOKE]
+    assert cli.main([*args, "--out", str(results)]) == 0
+    assert sorted(p.name for p in results.iterdir()) == ["all", "kernel-size", "residual-blocks"]
+    (combined,) = (results / "all").iterdir()
+    text = (combined / "REPORT.md").read_text()
+    table = text.split("## The original study's claims, tested", 1)[1].split("## Conclusion", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| T")]
+    assert len(rows) == len(findings.CLAIMS)
+    for row in rows:
+        tested = row.startswith(("| T2 kernel size", "| T3 residual blocks"))
+        verdict = row.rsplit("| **", 1)[1].split("**", 1)[0]
+        assert (verdict != "not run") == tested, row
+        if tested:  # one seed per model (SMOKE): accuracy gaps untested, costs measured
+            assert "kernel-size on synthetic: " in row or "residual-blocks on synthetic: " in row
+    assert "| T1 MNIST | The FC net is acceptable but below the CNN. | fc-vs-cnn did not run on mnist" in (
+        table
+    )
 
 
 def test_two_dataset_all_report_links_each_picture_once_and_every_link_resolves(tmp_path):

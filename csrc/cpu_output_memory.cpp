@@ -132,13 +132,18 @@ class ReusingCpuAllocator final : public c10::Allocator {
   }
 };
 
-ReusingCpuAllocator allocator;
+// Never destroyed, like the cache: storages made during static destruction or by other threads at
+// exit still find it.
+ReusingCpuAllocator& allocator() {
+  static auto* instance = new ReusingCpuAllocator();
+  return *instance;
+}
 
 }  // namespace
 
 at::Tensor empty_cpu_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   if (!options.device().is_cpu() || options.pinned_memory()) return at::empty(sizes, options);
-  return at::detail::empty_generic(sizes, &allocator, c10::DispatchKeySet(c10::DispatchKey::CPU),
+  return at::detail::empty_generic(sizes, &allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU),
                                    c10::typeMetaToScalarType(options.dtype()), options.memory_format_opt());
 }
 

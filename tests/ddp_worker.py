@@ -63,6 +63,11 @@ if mode == "train":
                 model, train, test, cfg, checkpoint=out / f"{name}.pt", progress=False, on_epoch=on_epoch
             )
         except Stop:
+            # Shut the process group down as the normal end does: a rank leaving with it open can
+            # take the other down mid-teardown (seen once in CI: SIGABRT, "terminate called
+            # without an active exception", in the rank still inside gloo).
+            dist.barrier()
+            dist.destroy_process_group()
             sys.exit(0)
         torch.save(model.state_dict(), out / f"rank{rank}-{name}-params.pt")
         if rank == 0:

@@ -134,27 +134,6 @@ void avg_backward_nchw_scatter(const scalar_t* dy, scalar_t* dx, const Pool2dGeo
   });
 }
 
-// One block of a channels_last grad_input pixel: the shares of the windows covering it, summed in
-// registers in output order and stored once (kBlockLength as in gather_taps_block).
-template <int64_t kBlockLength, typename scalar_t>
-CNNEXT_NO_MEMSET_IDIOM void gather_shares_block(const scalar_t* __restrict__ dy, const scalar_t* scale,
-                                                const Cover* rows, const Cover* rows_end, const Cover* cols,
-                                                const Cover* cols_end, int64_t OW, int64_t C,
-                                                scalar_t* __restrict__ pixel, int64_t len) {
-  const int64_t n = kBlockLength ? kBlockLength : len;
-  scalar_t sum[kBlockLength ? kBlockLength : kChannelBlock];
-  for (int64_t ch = 0; ch < n; ++ch) sum[ch] = scalar_t(0);
-  for (const Cover* r = rows; r != rows_end; ++r) {
-    for (const Cover* c = cols; c != cols_end; ++c) {
-      const int64_t o = r->out * OW + c->out;
-      const scalar_t inv = scale[o];
-      const scalar_t* __restrict__ src = dy + o * C;
-      for (int64_t ch = 0; ch < n; ++ch) sum[ch] += src[ch] * inv;
-    }
-  }
-  for (int64_t ch = 0; ch < n; ++ch) pixel[ch] = sum[ch];
-}
-
 // Any window but global (tiling 2x2 and adaptive ones too): tasks own grad_input rows of a sample,
 // each pixel gathers the shares of the windows covering it (AxisCovers) and is written once,
 // inside the parallel loop (the scatter it replaced zero-filled its slice, then added each share
@@ -173,21 +152,15 @@ void avg_backward_channels_last_gather(const scalar_t* dy, scalar_t* dx, const P
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / H, ih = task % H;
       const scalar_t* sample_dy = dy + n * OH * OW * C;
+      const auto add = [&](const Cover& r, const Cover& c, int64_t c0, scalar_t* __restrict__ sum,
+                           int64_t len) {
+        const int64_t o = r.out * OW + c.out;
+        const scalar_t inv = windows.scale[o];
+        const scalar_t* __restrict__ src = sample_dy + o * C + c0;
+        for (int64_t ch = 0; ch < len; ++ch) sum[ch] += src[ch] * inv;
+      };
       scalar_t* line = dx + (n * H + ih) * W * C;  // (W, C)
-      for (int64_t iw = 0; iw < W; ++iw) {
-        scalar_t* pixel = line + iw * C;
-        for_channel_blocks(
-            C,
-            [&](int64_t c0) {
-              gather_shares_block<kChannelBlock>(sample_dy + c0, windows.scale.data(), rows.begin(ih),
-                                                 rows.end(ih), cols.begin(iw), cols.end(iw), OW, C,
-                                                 pixel + c0, 0);
-            },
-            [&](int64_t c0, int64_t len) {
-              gather_shares_block<0>(sample_dy + c0, windows.scale.data(), rows.begin(ih), rows.end(ih),
-                                     cols.begin(iw), cols.end(iw), OW, C, pixel + c0, len);
-            });
-      }
+      for (int64_t iw = 0; iw < W; ++iw) gather_pixel(rows, ih, cols, iw, C, line + iw * C, add);
     }
   });
 }

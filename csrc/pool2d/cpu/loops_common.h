@@ -200,6 +200,38 @@ class AxisCovers {
   std::vector<Cover> covers_;
 };
 
+// One block of a gathered pixel: `add(row cover, column cover, c0, sum, n)` adds one covering
+// window's contribution to channels [c0, c0 + n) into sum[0, n); the sums stay in registers over
+// the covering windows (in output order) and are stored once. kBlockLength fixed at compile time
+// is what lets them stay there; 0: a short last block of `len` channels.
+template <int64_t kBlockLength, typename scalar_t, typename Add>
+CNNEXT_NO_MEMSET_IDIOM void gather_block(const Cover* rows, const Cover* rows_end, const Cover* cols,
+                                         const Cover* cols_end, int64_t c0, scalar_t* __restrict__ pixel,
+                                         int64_t len, const Add& add) {
+  const int64_t n = kBlockLength ? kBlockLength : len;
+  scalar_t sum[kBlockLength ? kBlockLength : kChannelBlock];
+  for (int64_t ch = 0; ch < n; ++ch) sum[ch] = scalar_t(0);
+  for (const Cover* r = rows; r != rows_end; ++r)
+    for (const Cover* c = cols; c != cols_end; ++c) add(*r, *c, c0, sum, n);
+  for (int64_t ch = 0; ch < n; ++ch) pixel[c0 + ch] = sum[ch];
+}
+
+// channels_last grad_input pixel (ih, iw) summed from the windows covering it (AxisCovers of rows
+// and columns), block of channels by block, each element written once (the gather-style backwards).
+template <typename scalar_t, typename Add>
+void gather_pixel(const AxisCovers& rows, int64_t ih, const AxisCovers& cols, int64_t iw, int64_t C,
+                  scalar_t* pixel, const Add& add) {
+  for_channel_blocks(
+      C,
+      [&](int64_t c0) {
+        gather_block<kChannelBlock>(rows.begin(ih), rows.end(ih), cols.begin(iw), cols.end(iw), c0, pixel, 0,
+                                    add);
+      },
+      [&](int64_t c0, int64_t len) {
+        gather_block<0>(rows.begin(ih), rows.end(ih), cols.begin(iw), cols.end(iw), c0, pixel, len, add);
+      });
+}
+
 // v where `keep`, else +0, without a branch (argmax taps are random: branches mispredict) and
 // without v * 0 (NaN for an infinite v).
 template <typename scalar_t>

@@ -189,32 +189,6 @@ void max_backward_nchw_scatter(const scalar_t* dy, const index_t* indices, scala
   });
 }
 
-// One block of a channels_last grad_input pixel, gathered: each window covering the pixel
-// contributes, channel by channel, its gradient where its saved tap is the one reading this pixel
-// and +0 elsewhere (a branch-free select the compiler vectorises), summed in registers over the
-// covering windows in output order and stored once. kBlockLength fixed at compile time keeps the
-// sums in registers; 0: a short last block of `len` channels.
-template <int64_t kBlockLength, typename scalar_t>
-CNNEXT_NO_MEMSET_IDIOM void gather_taps_block(const scalar_t* __restrict__ dy,
-                                              const uint8_t* __restrict__ taps, const Cover* rows,
-                                              const Cover* rows_end, const Cover* cols, const Cover* cols_end,
-                                              int64_t OW, int64_t C, int64_t kernel_w,
-                                              scalar_t* __restrict__ pixel, int64_t len) {
-  const int64_t n = kBlockLength ? kBlockLength : len;
-  scalar_t sum[kBlockLength ? kBlockLength : kChannelBlock];
-  for (int64_t ch = 0; ch < n; ++ch) sum[ch] = scalar_t(0);
-  for (const Cover* r = rows; r != rows_end; ++r) {
-    for (const Cover* c = cols; c != cols_end; ++c) {
-      const int64_t o = (r->out * OW + c->out) * C;
-      const uint8_t k = static_cast<uint8_t>(r->tap * kernel_w + c->tap);
-      const scalar_t* __restrict__ src = dy + o;
-      const uint8_t* __restrict__ tap = taps + o;
-      for (int64_t ch = 0; ch < n; ++ch) sum[ch] += keep_if(src[ch], tap[ch] == k);
-    }
-  }
-  for (int64_t ch = 0; ch < n; ++ch) pixel[ch] = sum[ch];
-}
-
 // Whether every channel's saved tap of one window names a tap inside the input: the window's taps
 // [r.lo, r.hi) x [c.lo, c.hi) (interior windows: any tap below kernel_h * kernel_w).
 bool window_taps_inside(const uint8_t* __restrict__ taps, int64_t C, Span r, Span c,
@@ -271,21 +245,18 @@ void max_backward_channels_last_tap_gather(const scalar_t* dy, const uint8_t* ta
           TORCH_CHECK(false, "_max_pool2d_backward: window taps outside the input");  // unreachable
         }
       }
+      // Each covering window's gradient where its saved tap is the one reading this pixel, +0
+      // elsewhere: a branch-free select the compiler vectorises.
+      const auto add = [&](const Cover& r, const Cover& c, int64_t c0, scalar_t* __restrict__ sum,
+                           int64_t len) {
+        const int64_t o = (r.out * OW + c.out) * C + c0;
+        const uint8_t k = static_cast<uint8_t>(r.tap * g.kernel_w + c.tap);
+        const scalar_t* __restrict__ src = sample_dy + o;
+        const uint8_t* __restrict__ tap = sample_taps + o;
+        for (int64_t ch = 0; ch < len; ++ch) sum[ch] += keep_if(src[ch], tap[ch] == k);
+      };
       scalar_t* line = dx + (n * H + ih) * W * C;  // (W, C)
-      for (int64_t iw = 0; iw < W; ++iw) {
-        scalar_t* pixel = line + iw * C;
-        for_channel_blocks(
-            C,
-            [&](int64_t c0) {
-              gather_taps_block<kChannelBlock>(sample_dy + c0, sample_taps + c0, rows.begin(ih), rows.end(ih),
-                                               cols.begin(iw), cols.end(iw), OW, C, g.kernel_w, pixel + c0,
-                                               0);
-            },
-            [&](int64_t c0, int64_t len) {
-              gather_taps_block<0>(sample_dy + c0, sample_taps + c0, rows.begin(ih), rows.end(ih),
-                                   cols.begin(iw), cols.end(iw), OW, C, g.kernel_w, pixel + c0, len);
-            });
-      }
+      for (int64_t iw = 0; iw < W; ++iw) gather_pixel(rows, ih, cols, iw, C, line + iw * C, add);
     }
   });
 }

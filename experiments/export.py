@@ -2,6 +2,13 @@
 links; links to files that are not images (the per-study reports, metrics) become plain text.
 
     python -m experiments.export results/all/mnist-quick-cnnext-cpu docs/quick-mnist
+    python -m experiments.export --records results/all/cifar10-standard-cnnext-cpu docs/standard-cifar10
+
+--records also copies the run records of every study the report shows (config.json, and per run
+result.json, metrics.jsonl, model.json, grad_norms_init.json; no checkpoints) to
+dest/records/<study>/<run-id>/: copied back under a results root, they are finished runs, so the
+same command resumes from them and `--report-only` rebuilds the report (a study run over several
+sessions, or extended later, starts from what was published).
 """
 
 import argparse
@@ -9,10 +16,29 @@ import re
 import shutil
 from pathlib import Path
 
+# What a run's folder holds besides its checkpoint: enough for --report-only and for resuming.
+RUN_RECORDS = ("result.json", "metrics.jsonl", "model.json", "grad_norms_init.json")
 
-def export(report: Path, dest: Path) -> Path:
+
+def copy_records(study_run: Path, dest: Path) -> None:
+    """A study run folder's configuration and its finished runs' records (not their checkpoints)
+    to dest/<study>/<run-id>/."""
+    target = dest / study_run.parent.name / study_run.name
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(study_run / "config.json", target / "config.json")
+    for run in sorted((study_run / "runs").iterdir()):
+        if not (run / "result.json").exists():
+            continue  # unfinished: its checkpoint, not copied, is what would resume it
+        (target / "runs" / run.name).mkdir(parents=True, exist_ok=True)
+        for name in RUN_RECORDS:
+            if (run / name).exists():
+                shutil.copyfile(run / name, target / "runs" / run.name / name)
+
+
+def export(report: Path, dest: Path, records: bool = False) -> Path:
     source = report.parent
     dest.mkdir(parents=True, exist_ok=True)
+    study_runs: set[Path] = set()
 
     def relink(match: re.Match) -> str:
         text, link = match[1], match[2]
@@ -28,11 +54,18 @@ def export(report: Path, dest: Path) -> Path:
         )
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, dest / name)
+        if parts[-2] == "plots" and (path.parent.parent / "config.json").exists():
+            study_runs.add(path.parent.parent)
         return f"[{text}]({name})"
 
     text = re.sub(r"\[([^\]]*)\]\(([^)]+)\)", relink, report.read_text())
     out = dest / "REPORT.md"
     out.write_text(text)
+    if records:
+        if (report.parent / "config.json").exists():  # a single study's report
+            study_runs.add(report.parent)
+        for study_run in sorted(study_runs):
+            copy_records(study_run, dest / "records")
     return out
 
 
@@ -42,8 +75,13 @@ def main() -> None:
     )
     parser.add_argument("run", type=Path, help="a study or `all` run folder (with REPORT.md)")
     parser.add_argument("dest", type=Path)
+    parser.add_argument(
+        "--records",
+        action="store_true",
+        help="also copy the shown studies' run records (no checkpoints) to DEST/records/<study>/<run-id>/",
+    )
     args = parser.parse_args()
-    print(export(args.run / "REPORT.md", args.dest))
+    print(export(args.run / "REPORT.md", args.dest, records=args.records))
 
 
 if __name__ == "__main__":

@@ -89,3 +89,34 @@ def test_export_makes_a_self_contained_copy(tmp_path):
     links = re.findall(r"\]\(([^)]+)\)", text)
     assert links and all(link.endswith(".png") and (copy.parent / link).exists() for link in links)
     assert "| CNN 3x3 |" in text
+    assert not (tmp_path / "docs" / "records").exists()  # only with records=True
+
+
+def _table(report: str) -> list[str]:
+    return [line for line in report.splitlines() if line.startswith("| CNN ")]
+
+
+def test_exported_records_rebuild_the_report_without_training(tmp_path):
+    """What docs/<preset>-<dataset>/records is for: copied back under a results root, the runs are
+    finished (nothing retrains, no checkpoint travels) and --report-only writes the same table."""
+    import shutil
+
+    from experiments.export import export
+
+    folder = run_study("kernel-size", tmp_path / "results")
+    export(folder / "REPORT.md", tmp_path / "docs", records=True)
+    records = tmp_path / "docs" / "records" / "kernel-size" / folder.name
+    assert (records / "config.json").exists()
+    assert not list(records.rglob("checkpoint.pt"))
+    assert sorted(p.name for p in (records / "runs").iterdir()) == sorted(
+        p.name for p in (folder / "runs").iterdir()
+    )
+    shutil.copytree(tmp_path / "docs" / "records", tmp_path / "again")
+    rebuilt = run_study("kernel-size", tmp_path / "again", "--report-only")
+    assert rebuilt.name == folder.name
+    assert _table((rebuilt / "REPORT.md").read_text()) == _table((folder / "REPORT.md").read_text())
+    # Resuming from them: the same command finds every run finished and trains nothing.
+    before = {p: p.read_bytes() for p in (rebuilt / "runs").rglob("result.json")}
+    run_study("kernel-size", tmp_path / "again")
+    assert {p: p.read_bytes() for p in (rebuilt / "runs").rglob("result.json")} == before
+    assert not list((rebuilt / "runs").rglob("checkpoint.pt"))

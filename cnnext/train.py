@@ -73,6 +73,9 @@ class TrainConfig:
     gamma: float = 0.1
     warmup: float = 0.3  # "onecycle": fraction of training spent rising from lr / 25 to lr
     label_smoothing: float = 0.0
+    # False: weight decay only on weight matrices and kernels, not on biases or normalisation
+    # scales and shifts (one-dimensional parameters), which short schedules of small nets fit better.
+    decay_biases_and_norms: bool = True
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adamw"):
@@ -106,16 +109,26 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def parameter_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    """The optimizer's parameter groups: one with cfg.weight_decay, and unless
+    cfg.decay_biases_and_norms, a second one of the one-dimensional parameters (biases, batch-norm
+    scales and shifts) without weight decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.decay_biases_and_norms:
+        return [{"params": params, "weight_decay": cfg.weight_decay}]
+    decayed = [p for p in params if p.dim() > 1]
+    kept = [p for p in params if p.dim() <= 1]
+    groups = ({"params": decayed, "weight_decay": cfg.weight_decay}, {"params": kept, "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, cfg)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov and cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
         )
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def lr_factor(cfg: TrainConfig, progress: float) -> float:

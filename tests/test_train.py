@@ -1,6 +1,7 @@
 """The training engine: it learns, its history is complete, checkpoints are atomic and a resumed
 run reproduces an uninterrupted one exactly."""
 
+import copy
 import json
 import os
 
@@ -144,6 +145,30 @@ def test_lr_changes_every_step_and_history_records_each_epoch_start(monkeypatch)
     assert rates == pytest.approx(expected)
     assert len(set(rates)) == 2 * steps
     assert [h["lr"] for h in history] == pytest.approx([0.1 / 25, 0.1 * lr_factor(cfg, 1)])
+
+
+def test_biases_and_norms_can_be_left_out_of_weight_decay():
+    """decay_biases_and_norms=False: the same SGD step as weight decay on the kernels alone (biases
+    and batch-norm parameters move by their gradient only); the default decays every parameter."""
+    from cnnext.train import _optimizer
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(3))
+    model(torch.randn(2, 1, 6, 6))
+    for decay_all in (True, False):
+        cfg = TrainConfig(lr=0.5, momentum=0.0, weight_decay=0.1, decay_biases_and_norms=decay_all)
+        trained = copy.deepcopy(model)
+        before = [p.detach().clone() for p in trained.parameters()]
+        optimizer = _optimizer(trained, cfg)
+        assert sum(len(g["params"]) for g in optimizer.param_groups) == len(before)
+        for p in trained.parameters():
+            p.grad = torch.zeros_like(p)  # a zero gradient: any movement is weight decay
+        optimizer.step()
+        for (name, p), old in zip(trained.named_parameters(), before, strict=True):
+            decayed = decay_all or p.dim() > 1
+            expected = old * (1 - 0.5 * 0.1) if decayed else old
+            assert torch.allclose(p, expected), name
 
 
 def test_deterministic_switch():

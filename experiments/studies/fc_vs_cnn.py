@@ -15,7 +15,10 @@ Measured on the 2-core VM (2026-12-07, cnnext backend): MLP 51.88 ± 0.12%, CNN 
 ResNet-20 87.41% in 44.8 minutes of training (89.6 s per epoch): 0.6 points short of the target
 (docs/standard-cifar10). Other ResNet-20 recipes at the same 30 epochs, one seed each: a 30%
 warm-up 86.88%, a 10% warm-up with biases and batch-norm parameters left out of weight decay
-87.25% (it fits the training set better, 92.7% vs 91.9%, and the test set no better).
+87.25% (it fits the training set better, 92.7% vs 92.2%, and the test set no better). MNIST
+(2026-12-07, 18 minutes for the study): MLP 98.65 ± 0.04%, CNN 99.02 ± 0.03% (short of the 99.3%
+aimed at: this small CNN, 24k parameters, under-fits in 10 epochs), ResNet-8 99.43 ± 0.04%
+(docs/standard-mnist).
 full: the budget of the literature, for a GPU: MNIST CNN >= 99.3%, ResNet-20 >= 99.5%; CIFAR-10
 ResNet-20 about 91.3% (He et al. 2016, 91.25%; a little lower on the JPEG copy of CIFAR-10).
 """
@@ -96,7 +99,11 @@ def standard(dataset: str) -> Preset:
         batch_size=64,
         seeds=3,
         channels_last=True,
-        expected="MNIST: CNN >= 99.3%; Fashion-MNIST: CNN >= 92%",
+        expected=(
+            "target MNIST CNN >= 99.3%, Fashion-MNIST CNN >= 92%; measured on MNIST (2-core VM, 3 seeds, "
+            "18 minutes for the study): MLP 98.65 ± 0.04%, CNN 99.02 ± 0.03% (short of 99.3%), ResNet-8 "
+            "99.43 ± 0.04%; Fashion-MNIST not run (no copy on the VM)"
+        ),
     )
 
 

@@ -27,15 +27,18 @@ def test_each_build_reports_its_vectors_and_a_rate_a_core_can_reach(isa):
 def test_no_matrix_product_beats_it():
     """torch's float32 GEMM runs on the same multiply-add units: its rate is below the loop's
     (15% allowed for a noisy machine)."""
-    peak = cnnext.cpu_fma_peak(trials=5, trial_seconds=0.05)["gflops"]
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     a @ b
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    gemm = 2 * 1024**3 / best / 1e9
+    # Interleaved rounds, best of each: a neighbour's burst on the shared machine lands on one
+    # round of one side, not on every round of it (one CI run read the GEMM at 44% of the loop
+    # from a single block of five products; the same machine gives 75-80% when quiet).
+    peak = gemm = 0.0
+    for _ in range(6):
+        peak = max(peak, cnnext.cpu_fma_peak(trials=2, trial_seconds=0.02)["gflops"])
+        for _ in range(4):
+            start = time.perf_counter()
+            a @ b
+            gemm = max(gemm, 2 * 1024**3 / (time.perf_counter() - start) / 1e9)
     assert gemm < 1.15 * peak, (gemm, peak)
     # And the GEMM is not far below it: 57-85% measured on the machines seen (AMD Zen 4, Intel
     # Sapphire Rapids, 2 cores), so a loop counting twice its flops would read over 2x.

@@ -15,6 +15,7 @@ and cached as tensors under $CNNEXT_CACHE (default ~/.cache/cnnext), since the d
 read-only.
 """
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -39,13 +40,28 @@ class DatasetSpec:
     classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    augment: bool  # random crop (4-pixel padding) + horizontal flip by default when training
+    augment: bool  # whether training augments by default
+    # What augmentation keeps a label: crops from the image zero-padded by crop_padding pixels on
+    # every side, and horizontal flips only where a mirrored image is still of its class.
+    crop_padding: int
+    flips: bool
 
 
 DATASETS = {
-    "mnist": DatasetSpec(1, 28, 10, (0.1307,), (0.3081,), augment=False),
-    "fashion-mnist": DatasetSpec(1, 28, 10, (0.2860,), (0.3530,), augment=False),
-    "cifar10": DatasetSpec(3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), augment=True),
+    # A mirrored 2, 3, 4, 5, 7 or 9 is not that digit: crops only, shifts of up to 2 pixels (the
+    # digits are centred in 20 of the 28 pixels, so a shift never cuts much of one off).
+    "mnist": DatasetSpec(1, 28, 10, (0.1307,), (0.3081,), augment=False, crop_padding=2, flips=False),
+    "fashion-mnist": DatasetSpec(1, 28, 10, (0.2860,), (0.3530,), augment=False, crop_padding=4, flips=True),
+    "cifar10": DatasetSpec(
+        3,
+        32,
+        10,
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        augment=True,
+        crop_padding=4,
+        flips=True,
+    ),
 }
 
 
@@ -56,6 +72,10 @@ class ImageSet:
     classes: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # The augmentation its labels survive (DatasetSpec): crops from the image zero-padded by
+    # crop_padding pixels, and horizontal flips where `flips`.
+    crop_padding: int = 4
+    flips: bool = True
 
     def __len__(self) -> int:
         return self.labels.numel()
@@ -88,9 +108,7 @@ def load(
             ds = cls(str(root), train=train, download=download)
         except RuntimeError as error:
             raise _missing(name, root, f"{cls.__name__}/raw/*-ubyte (torchvision's layout)") from error
-        return ImageSet(
-            ds.data.unsqueeze(1).contiguous(), ds.targets.long(), list(ds.classes), spec.mean, spec.std
-        )
+        return _image_set(ds.data.unsqueeze(1).contiguous(), ds.targets.long(), list(ds.classes), spec)
     return _load_cifar10(root, train, download, spec)
 
 
@@ -141,13 +159,17 @@ def _load_cifar10(root: Path, train: bool, download: bool, spec: DatasetSpec) ->
     if (root / "cifar-10-batches-py").is_dir() or (download and not folder.is_dir()):
         ds = torchvision.datasets.CIFAR10(str(root), train=train, download=download)
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-        return ImageSet(images, torch.tensor(ds.targets), list(ds.classes), spec.mean, spec.std)
+        return _image_set(images, torch.tensor(ds.targets), list(ds.classes), spec)
     if not folder.is_dir():
         raise _missing(
             "cifar10", root, "cifar-10-batches-py/ or cifar-10-images/{train,test}/<class>/*.jpg|png"
         )
     images, labels, classes = _cached_image_folder(folder)
-    return ImageSet(images, labels, classes, spec.mean, spec.std)
+    return _image_set(images, labels, classes, spec)
+
+
+def _image_set(images: Tensor, labels: Tensor, classes: list[str], spec: DatasetSpec) -> ImageSet:
+    return ImageSet(images, labels, classes, spec.mean, spec.std, spec.crop_padding, spec.flips)
 
 
 def _cached_image_folder(folder: Path) -> tuple[Tensor, Tensor, list[str]]:
@@ -221,15 +243,17 @@ def stratified_subset(data: ImageSet, size: int, seed: int = 0) -> ImageSet:
         quota = size // len(classes) + (1 if i < size % len(classes) else 0)
         chosen.append(members[torch.randperm(members.numel(), generator=generator)[:quota]])
     index = torch.cat(chosen).sort().values
-    return ImageSet(data.images[index], data.labels[index], data.classes, data.mean, data.std)
+    return dataclasses.replace(data, images=data.images[index], labels=data.labels[index])
 
 
 class Loader:
     """Batches of (normalised float images, labels) from an ImageSet held on `device`.
 
     Shuffling uses its own generator (seed + epoch), so a run is reproducible and a resumed run
-    sees the same batches. augment=True applies a random crop after 4-pixel zero padding and a
-    random horizontal flip per image, batched on the device.
+    sees the same batches. augment=True applies, per image and batched on the device, what the
+    image set's labels survive: a random crop of the original size from the image zero-padded by
+    data.crop_padding pixels (4 for CIFAR-10, 2 for MNIST), then, where data.flips (not for
+    MNIST's digits), a horizontal flip with probability 1/2.
 
     Data-parallel training (rank, world_size): `batch_size` stays the global batch. Every rank
     draws the same permutation and, from each global batch, takes every world_size-th sample
@@ -265,6 +289,7 @@ class Loader:
         self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        self.crop_padding, self.flips = data.crop_padding, data.flips
         self.seed, self.drop_last, self.epoch = seed, drop_last, 0
         self.rank, self.world_size = rank, world_size
         self.memory_format = memory_format
@@ -285,21 +310,26 @@ class Loader:
             index = order[start : start + self.batch_size]
             if self.world_size > 1 and index.numel() % self.world_size:  # top up the last batch
                 index = torch.cat([index, order[: self.world_size - index.numel() % self.world_size]])
-            crop = _crop_flip_draw(index.numel(), generator) if self.augment else None
+            crop = (
+                _crop_flip_draw(index.numel(), generator, self.crop_padding, self.flips)
+                if self.augment
+                else None
+            )
             mine = slice(self.rank, None, self.world_size)
             index = index[mine].to(self.images.device)
             images = self.images[index]
             if crop is not None:
-                images = _crop_flip(images, *(c[mine] for c in crop))
+                images = _crop_flip(images, *(c[mine] for c in crop), self.crop_padding)
             images = (images.float() / 255 - self.mean) / self.std
             yield images.contiguous(memory_format=self.memory_format), self.labels[index]
 
 
-def _crop_flip_draw(n: int, generator: torch.Generator, padding: int = 4):
-    """Per image: vertical and horizontal crop offsets in [0, 2 padding] and whether to flip."""
+def _crop_flip_draw(n: int, generator: torch.Generator, padding: int = 4, flips: bool = True):
+    """Per image: vertical and horizontal crop offsets in [0, 2 padding] and whether to flip (never,
+    where not `flips`)."""
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    flip = torch.rand(n, generator=generator) < 0.5
+    flip = torch.rand(n, generator=generator) < 0.5 if flips else torch.zeros(n, dtype=torch.bool)
     return dy, dx, flip
 
 
@@ -316,7 +346,10 @@ def _crop_flip(images: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, padding: in
     )
 
 
-def random_crop_flip(images: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
-    """Per image: a random crop of the original size from the zero-padded image, then a horizontal
-    flip with probability 1/2. Batched gathers, no per-image Python loop."""
-    return _crop_flip(images, *_crop_flip_draw(images.shape[0], generator, padding), padding)
+def random_crop_flip(
+    images: Tensor, generator: torch.Generator, padding: int = 4, flips: bool = True
+) -> Tensor:
+    """Per image: a random crop of the original size from the image zero-padded by `padding`
+    pixels, then, where `flips`, a horizontal flip with probability 1/2. Batched gathers, no
+    per-image Python loop."""
+    return _crop_flip(images, *_crop_flip_draw(images.shape[0], generator, padding, flips), padding)

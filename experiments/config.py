@@ -4,6 +4,7 @@ Keys (the same in a config file, in `--set key=value` and as keyword arguments o
 
     dataset, preset, backend, seeds, device, deterministic      the run as a whole
     batch_size, train_size, test_size, augment, channels_last   the preset's data settings
+      (augment: crops + flips, or crops only where flips change labels: cnnext.data)
     epochs, lr, optimizer, schedule, weight_decay, momentum,    training of every model
       nesterov, step_size, gamma, warmup, label_smoothing,        (cnnext.train.TrainConfig)
       decay_biases_and_norms

@@ -56,18 +56,51 @@ def test_loader_hands_out_batches_in_the_memory_format_asked_for(augment):
         assert torch.equal(a, b) and torch.equal(la, lb)  # the same values
 
 
-def test_random_crop_flip_moves_pixels_only_within_padding():
+def shifts(image: torch.Tensor, padding: int) -> list[torch.Tensor]:
+    """Every crop of the image's size from the image zero-padded by `padding` pixels."""
+    size = image.shape[-1]
+    padded = torch.nn.functional.pad(image, (padding,) * 4)
+    span = range(2 * padding + 1)
+    return [padded[..., y : y + size, x : x + size] for y in span for x in span]
+
+
+@pytest.mark.parametrize("padding, flips", [(4, True), (2, False), (1, True)])
+def test_random_crop_flip_moves_pixels_only_within_padding(padding, flips):
     images = torch.randint(1, 256, (64, 3, 8, 8), dtype=torch.uint8)
-    out = data.random_crop_flip(images, torch.Generator().manual_seed(0))
+    out = data.random_crop_flip(images, torch.Generator().manual_seed(0), padding, flips)
     assert out.shape == images.shape and out.dtype == torch.uint8
+    mirrored = 0
     for original, cropped in zip(images, out, strict=True):
-        # Every output is some shift (|dy|, |dx| <= 4, zero fill) of the image or of its mirror.
-        candidates = []
-        for source in (original, original.flip(-1)):
-            padded = torch.nn.functional.pad(source, (4, 4, 4, 4))
-            candidates += [padded[:, y : y + 8, x : x + 8] for y in range(9) for x in range(9)]
-        assert any(torch.equal(cropped, c) for c in candidates)
+        # Every output is some shift (|dy|, |dx| <= padding, zero fill) of the image or, only where
+        # flips are allowed, of its mirror.
+        if not any(torch.equal(cropped, c) for c in shifts(original, padding)):
+            assert flips and any(torch.equal(cropped, c) for c in shifts(original.flip(-1), padding))
+            mirrored += 1
     assert not torch.equal(out, images)
+    assert (mirrored > 10) == flips  # about half of 64 where flips are drawn, none otherwise
+
+
+def test_loader_augments_each_set_as_its_labels_allow():
+    """MNIST's digits are shifted by at most 2 pixels and never mirrored; CIFAR-10's images are
+    shifted by up to 4 and mirrored about half the time."""
+    assert (data.DATASETS["mnist"].crop_padding, data.DATASETS["mnist"].flips) == (2, False)
+    assert (data.DATASETS["cifar10"].crop_padding, data.DATASETS["cifar10"].flips) == (4, True)
+    for padding, flips in [(2, False), (4, True)]:
+        ds = data.synthetic(n=64, channels=1, size=12, seed=5)
+        ds.crop_padding, ds.flips = padding, flips
+        ds.mean, ds.std = (0.0,), (1 / 255,)  # batches hold the uint8 values as floats
+        assert data.stratified_subset(ds, 32).flips == flips  # a subset keeps its set's augmentation
+        images, labels = next(iter(data.Loader(ds, batch_size=64, augment=True, seed=3)))
+        kinds = []
+        for original, batch_image in zip(ds.images, images.round().to(torch.uint8), strict=True):
+            for kind, source in (("shift", original), ("mirror", original.flip(-1))):
+                if any(torch.equal(batch_image, c) for c in shifts(source, padding)):
+                    kinds.append(kind)
+                    break
+            else:
+                raise AssertionError(f"an image is not a crop within {padding} pixels")
+        assert ("mirror" in kinds) == flips and kinds.count("shift") > 10
+        assert torch.equal(labels, ds.labels)
 
 
 def test_missing_data_says_where_to_put_it(tmp_path):
@@ -108,6 +141,7 @@ REAL = pytest.mark.skipif(
 def test_real_mnist_matches_the_published_statistics():
     train, test = data.load("mnist", train=True), data.load("mnist", train=False)
     assert len(train) == 60000 and len(test) == 10000
+    assert (train.crop_padding, train.flips) == (2, False)  # digits are not mirrored
     pixels = train.images.float() / 255
     assert abs(pixels.mean().item() - 0.1307) < 1e-3 and abs(pixels.std().item() - 0.3081) < 1e-3
     assert torch.bincount(test.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

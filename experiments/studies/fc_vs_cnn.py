@@ -93,8 +93,11 @@ def standard(dataset: str) -> Preset:
         "standard",
         (
             ModelSpec("MLP", "mlp", {"hidden": (512, 256)}, sgd(10, lr=0.05)),
-            ModelSpec("CNN", "cnn", {"depth": 3, "width": 16}, sgd(10)),
-            ModelSpec("ResNet-8", "resnet", {"depth": 8}, sgd(4)),
+            # Six conv units: three (one per stage) reached 99.02 +- 0.03% and, one-seed probes,
+            # no more with twice the width, twice the epochs or 2-pixel crops (99.14, 98.94,
+            # 99.16%); six reached 99.64% in one probe.
+            ModelSpec("CNN", "cnn", {"depth": 6, "width": 16}, sgd(10)),
+            ModelSpec("ResNet-8", "resnet", {"depth": 8}, sgd(10)),  # the same epochs as the CNN
         ),
         batch_size=64,
         seeds=3,

@@ -11,6 +11,7 @@ same keys, or a study's recorded config.json to replay it.
 """
 
 import dataclasses
+import json
 import shutil
 import sys
 import time
@@ -200,6 +201,20 @@ def plan(
     return Plan(chosen, settings, resolved, specs, run_id)
 
 
+def _keep_first_start(path: Path, recorded: dict) -> dict:
+    """The record of a study invoked again (resumed, extended by seeds, or run inside `all`): its
+    first start and command stay, and this invocation is appended to "resumed", so the report
+    says when and how the study began, not when it was last touched."""
+    keys = ("started", "command", "git_commit")
+    try:
+        earlier = json.loads(path.read_text())
+        first = {key: earlier[key] for key in keys}
+        resumed = list(earlier.get("resumed", []))
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: this is the first
+        return recorded
+    return {**recorded, **first, "resumed": [*resumed, {key: recorded[key] for key in keys}]}
+
+
 def run(
     study: str,
     *,
@@ -314,7 +329,7 @@ def run(
     }
     mine = specs if shard is None else [s for i, s in enumerate(specs) if i % shard[1] == shard[0]]
     if ranks.main and not report_only:
-        write_json(folder / "config.json", recorded)
+        write_json(folder / "config.json", _keep_first_start(folder / "config.json", recorded))
     show = not quiet and ranks.main
     if show:
         share = "" if shard is None else f" (shard {shard[0]}/{shard[1]}: {len(mine)} of them)"

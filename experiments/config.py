@@ -59,6 +59,7 @@ RECORD_ONLY = {
     "train_images",
     "test_images",
     "started",
+    "resumed",
     "expected",
     "overrides",
 }

@@ -107,11 +107,17 @@ def test_interrupted_study_resumes_to_the_same_results(tmp_path, monkeypatch, fi
     assert not (folder / "runs" / "CNN-seed0" / "result.json").exists()
     assert len((folder / "runs" / "CNN-seed0" / "metrics.jsonl").read_text().splitlines()) == 1
     mlp_written = (folder / "runs" / "MLP-seed0" / "result.json").stat().st_mtime_ns
+    first_record = json.loads((folder / "config.json").read_text())
+    assert "resumed" not in first_record
 
     monkeypatch.setattr(runner, "fit", real_fit)
     assert main([*ARGS, "--out", str(tmp_path)]) == 0
     assert folder.name == finished.name  # the same command finds the same run folder
     assert (folder / "runs" / "MLP-seed0" / "result.json").stat().st_mtime_ns == mlp_written  # not redone
+    # The record keeps when and how the study began and lists the invocation that resumed it.
+    record = json.loads((folder / "config.json").read_text())
+    assert (record["started"], record["command"]) == (first_record["started"], first_record["command"])
+    assert len(record["resumed"]) == 1 and record["resumed"][0]["started"] >= first_record["started"]
     for label in ("MLP", "CNN", "ResNet-8"):
         resumed = json.loads((folder / "runs" / f"{label}-seed0" / "result.json").read_text())
         straight = json.loads((finished / "runs" / f"{label}-seed0" / "result.json").read_text())

@@ -56,12 +56,15 @@ def test_loader_hands_out_batches_in_the_memory_format_asked_for(augment):
         assert torch.equal(a, b) and torch.equal(la, lb)  # the same values
 
 
-def shifts(image: torch.Tensor, padding: int) -> list[torch.Tensor]:
-    """Every crop of the image's size from the image zero-padded by `padding` pixels."""
-    size = image.shape[-1]
-    padded = torch.nn.functional.pad(image, (padding,) * 4)
-    span = range(2 * padding + 1)
-    return [padded[..., y : y + size, x : x + size] for y in span for x in span]
+def crop_kind(cropped: torch.Tensor, original: torch.Tensor, padding: int) -> str | None:
+    """Whether `cropped` is a crop of the original's size from the original zero-padded by
+    `padding` pixels ("shift"), one from its mirror image ("mirror"), or neither (None)."""
+    size, span = original.shape[-1], range(2 * padding + 1)
+    for kind, source in (("shift", original), ("mirror", original.flip(-1))):
+        padded = torch.nn.functional.pad(source, (padding,) * 4)
+        if any(torch.equal(cropped, padded[..., y : y + size, x : x + size]) for y in span for x in span):
+            return kind
+    return None
 
 
 @pytest.mark.parametrize("padding, flips", [(4, True), (2, False), (1, True)])
@@ -69,15 +72,12 @@ def test_random_crop_flip_moves_pixels_only_within_padding(padding, flips):
     images = torch.randint(1, 256, (64, 3, 8, 8), dtype=torch.uint8)
     out = data.random_crop_flip(images, torch.Generator().manual_seed(0), padding, flips)
     assert out.shape == images.shape and out.dtype == torch.uint8
-    mirrored = 0
-    for original, cropped in zip(images, out, strict=True):
-        # Every output is some shift (|dy|, |dx| <= padding, zero fill) of the image or, only where
-        # flips are allowed, of its mirror.
-        if not any(torch.equal(cropped, c) for c in shifts(original, padding)):
-            assert flips and any(torch.equal(cropped, c) for c in shifts(original.flip(-1), padding))
-            mirrored += 1
+    # Every output is some shift (|dy|, |dx| <= padding, zero fill) of the image or, only where
+    # flips are allowed, of its mirror.
+    kinds = [crop_kind(cropped, original, padding) for original, cropped in zip(images, out, strict=True)]
+    assert None not in kinds and ("mirror" in kinds) == flips
     assert not torch.equal(out, images)
-    assert (mirrored > 10) == flips  # about half of 64 where flips are drawn, none otherwise
+    assert (kinds.count("mirror") > 10) == flips  # about half of 64 where flips are drawn, none otherwise
 
 
 def test_loader_augments_each_set_as_its_labels_allow():
@@ -91,14 +91,9 @@ def test_loader_augments_each_set_as_its_labels_allow():
         ds.mean, ds.std = (0.0,), (1 / 255,)  # batches hold the uint8 values as floats
         assert data.stratified_subset(ds, 32).flips == flips  # a subset keeps its set's augmentation
         images, labels = next(iter(data.Loader(ds, batch_size=64, augment=True, seed=3)))
-        kinds = []
-        for original, batch_image in zip(ds.images, images.round().to(torch.uint8), strict=True):
-            for kind, source in (("shift", original), ("mirror", original.flip(-1))):
-                if any(torch.equal(batch_image, c) for c in shifts(source, padding)):
-                    kinds.append(kind)
-                    break
-            else:
-                raise AssertionError(f"an image is not a crop within {padding} pixels")
+        batch = images.round().to(torch.uint8)
+        kinds = [crop_kind(image, source, padding) for source, image in zip(ds.images, batch, strict=True)]
+        assert None not in kinds, f"an image is not a crop within {padding} pixels"
         assert ("mirror" in kinds) == flips and kinds.count("shift") > 10
         assert torch.equal(labels, ds.labels)
 

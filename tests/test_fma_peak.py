@@ -30,8 +30,7 @@ def test_no_matrix_product_beats_it():
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     a @ b
     # Interleaved rounds, best of each: a neighbour's burst on the shared machine lands on one
-    # round of one side, not on every round of it (one CI run read the GEMM at 44% of the loop
-    # from a single block of five products; the same machine gives 75-80% when quiet).
+    # round of one side, not on every round of it.
     peak = gemm = 0.0
     for _ in range(6):
         peak = max(peak, cnnext.cpu_fma_peak(trials=2, trial_seconds=0.02)["gflops"])

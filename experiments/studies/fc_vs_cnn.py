@@ -11,7 +11,7 @@ standard: the whole training set, sized for about 1.5 hours per dataset on the 2
 channels_last (the faster layout of both backends' convolutions there); MLP and CNN three seeds,
 the residual net as many as fit (CIFAR-10: ResNet-20, one seed, 30 epochs of a one-cycle schedule
 with a 15% warm-up, label smoothing, flips and crops, aimed at >= 88% in about 45 minutes).
-Measured on the 2-core VM (2026-12-07, cnnext backend): MLP 51.88 ± 0.12%, CNN 73.77 ± 0.54%,
+Measured on the 2-core AMD EPYC VM (2026-12-07, cnnext backend): MLP 51.88 ± 0.12%, CNN 73.77 ± 0.54%,
 ResNet-20 87.41% in 44.8 minutes of training (89.6 s per epoch): 0.6 points short of the target
 (docs/standard-cifar10). Other ResNet-20 recipes at the same 30 epochs, one seed each: a 30%
 warm-up 86.88%, a 10% warm-up with biases and batch-norm parameters left out of weight decay

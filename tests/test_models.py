@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import cnnext
 from cnnext.models import build_model, count_flops, count_parameters, list_models
+from cnnext.models.cnn import ConvUnit
 
 # Small configurations of every registered family (parity runs them on both backends).
 FAMILY_CONFIGS = {
@@ -134,6 +135,21 @@ def test_cnn_depth_counts_conv_layers():
     for depth in (2, 7, 20):
         convs = [m for m in build_model("cnn", depth=depth).modules() if isinstance(m, torch.nn.Conv2d)]
         assert len(convs) == depth
+
+
+@pytest.mark.parametrize("depth, width", [(4, 16), (6, 16), (9, 32)])
+def test_factorised_cnn_has_fewer_parameters_and_flops_than_the_plain_one(depth, width):
+    # The point of a 1x1+3x3 pair is to cut parameters; widening units (after each downsampling)
+    # are where a badly sized 1x1 adds them instead.
+    plain = build_model("cnn", depth=depth, width=width)
+    factorised = build_model("cnn", depth=depth, width=width, factorized=True)
+    assert count_parameters(factorised) < count_parameters(plain)
+    assert count_flops(factorised, (3, 32, 32)) < count_flops(plain, (3, 32, 32))
+    units = [m for m in factorised.modules() if isinstance(m, ConvUnit)]
+    reduces = [u.body[0] for u in units if u.body[0].kernel_size == (1, 1)]
+    assert len(reduces) == depth - 1  # every unit but the one reading the image
+    for unit, reduce in zip(units[1:], reduces, strict=True):
+        assert reduce.out_channels == min(reduce.in_channels, unit.body[-2].out_channels) // 2
 
 
 def test_resnet20_flops():

@@ -14,9 +14,10 @@ POOLINGS = ("max", "avg", "strided")
 
 
 class ConvUnit(torch.nn.Module):
-    """conv(k x k) + BN + ReLU, or with factorized=True conv(1x1 to width/2) + BN + ReLU then
-    conv(k x k); with residual=True the input is added before the last ReLU (1x1 projection when
-    the shape changes). batch_norm=False drops the BNs (the convs get biases instead)."""
+    """conv(k x k) + BN + ReLU, or with factorized=True conv(1x1 down to half the smaller of the
+    in and out widths) + BN + ReLU then conv(k x k); with residual=True the input is added before
+    the last ReLU (1x1 projection when the shape changes). batch_norm=False drops the BNs (the
+    convs get biases instead)."""
 
     def __init__(
         self,
@@ -37,7 +38,10 @@ class ConvUnit(torch.nn.Module):
 
         convs: list[torch.nn.Module] = []
         if factorized:
-            mid = max(out_ch // 2, 1)
+            # Half the smaller width, not half of out_ch: a unit that widens (in_ch = out_ch/2,
+            # after each downsampling) would otherwise keep its k x k conv's input width and add
+            # the 1x1 on top, costing more parameters than the plain unit it replaces.
+            mid = max(min(in_ch, out_ch) // 2, 1)
             convs += [*conv_norm(in_ch, mid, 1), torch.nn.ReLU()]
             in_mid = mid
         else:

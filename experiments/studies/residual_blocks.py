@@ -46,7 +46,13 @@ def standard(dataset: str) -> Preset:
     epochs = 4 if dataset == "cifar10" else 3
     batch = 128 if dataset == "cifar10" else 64
     preset = _preset("standard", SMALL, epochs=epochs, batch_size=batch, seeds=3)
-    return replace(preset, channels_last=True)
+    expected = (
+        "measured on CIFAR-10 (2-core Intel VM, 3 seeds, 58 minutes of training): ResNet-14 basic "
+        "75.69 ± 0.05%, ResNet-20 bottleneck 71.25 ± 0.72%, WRN-16-1 74.79 ± 0.51%"
+        if dataset == "cifar10"
+        else ""
+    )
+    return replace(preset, channels_last=True, expected=expected)
 
 
 def full(dataset: str) -> Preset:

@@ -9,12 +9,19 @@ result.json, metrics.jsonl, model.json, grad_norms_init.json; no checkpoints) to
 dest/records/<study>/<run-id>/: copied back under a results root, they are finished runs, so the
 same command resumes from them and `--report-only` rebuilds the report (a study run over several
 sessions, or extended later, starts from what was published).
+
+Exporting again into the same folder replaces what an earlier export put there: picture folders
+(dest/<study>/<run-id>/ of a study's name, nothing but .png files) that the new report does not
+show are removed, and so are, with --records, the records of study runs it does not show. Anything
+else in dest (notes and records kept by hand) is left alone.
 """
 
 import argparse
 import re
 import shutil
 from pathlib import Path
+
+from .studies import STUDIES
 
 # What a run's folder holds besides its checkpoint: enough for --report-only and for resuming.
 RUN_RECORDS = ("result.json", "metrics.jsonl", "model.json", "grad_norms_init.json")
@@ -35,10 +42,39 @@ def copy_records(study_run: Path, dest: Path) -> None:
                 shutil.copyfile(run / name, target / "runs" / run.name / name)
 
 
+def _is_picture_folder(folder: Path) -> bool:
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return bool(files) and all(p.suffix == ".png" for p in files)
+
+
+def prune_stale(dest: Path, shown: set[Path], study_runs: set[Path], records: bool) -> list[Path]:
+    """Removes what an earlier export left in dest that this one does not show (see the module's
+    docstring); returns the removed folders."""
+    stale = [
+        folder
+        for folder in dest.glob("*/*")
+        if folder.parent.name in STUDIES
+        and folder.is_dir()
+        and folder not in shown
+        and _is_picture_folder(folder)
+    ]
+    if records:
+        kept = {(run.parent.name, run.name) for run in study_runs}
+        stale += [
+            folder
+            for folder in (dest / "records").glob("*/*")
+            if (folder / "config.json").exists() and (folder.parent.name, folder.name) not in kept
+        ]
+    for folder in stale:
+        shutil.rmtree(folder)
+    return stale
+
+
 def export(report: Path, dest: Path, records: bool = False) -> Path:
     source = report.parent
     dest.mkdir(parents=True, exist_ok=True)
     study_runs: set[Path] = set()
+    shown: set[Path] = set()  # dest/<study>/<run-id> folders of the pictures written
 
     def relink(match: re.Match) -> str:
         text, link = match[1], match[2]
@@ -54,6 +90,7 @@ def export(report: Path, dest: Path, records: bool = False) -> Path:
         )
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, dest / name)
+        shown.add((dest / name).parent)
         if parts[-2] == "plots" and (path.parent.parent / "config.json").exists():
             study_runs.add(path.parent.parent)
         return f"[{text}]({name})"
@@ -66,6 +103,8 @@ def export(report: Path, dest: Path, records: bool = False) -> Path:
             study_runs.add(report.parent)
         for study_run in sorted(study_runs):
             copy_records(study_run, dest / "records")
+    for folder in prune_stale(dest, shown, study_runs, records):
+        print(f"removed {folder} (from an earlier export; this report does not show it)")
     return out
 
 

@@ -92,6 +92,31 @@ def test_export_makes_a_self_contained_copy(tmp_path):
     assert not (tmp_path / "docs" / "records").exists()  # only with records=True
 
 
+def test_exporting_again_removes_what_the_new_report_does_not_show(tmp_path):
+    from experiments.export import export
+
+    folder = run_study("kernel-size", tmp_path / "results")
+    docs = tmp_path / "docs"
+    # What an earlier export of another run id left, and what people keep beside it by hand.
+    stale_pictures = docs / "kernel-size" / "synthetic-quick-cnnext-cpu-000000"
+    stale_records = docs / "records" / "kernel-size" / "synthetic-quick-cnnext-cpu-000000"
+    for path in (stale_pictures / "timing.png", stale_records / "config.json"):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"old")
+    kept = [docs / "earlier-recipe" / "runs" / "result.json", docs / "earlier-recipe" / "plots" / "a.png"]
+    for path in kept:
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+    (docs / "earlier-recipe" / "README.md").write_text("notes")
+
+    copy = export(folder / "REPORT.md", docs, records=True)
+    assert not stale_pictures.exists() and not stale_records.exists()
+    assert all(path.exists() for path in kept)  # a folder with a README is not a picture folder
+    links = re.findall(r"\]\(([^)]+)\)", copy.read_text())
+    assert links and all((docs / link).exists() for link in links)
+    assert (docs / "records" / "kernel-size" / folder.name / "config.json").exists()
+
+
 def _table(report: str) -> list[str]:
     return [line for line in report.splitlines() if line.startswith("| CNN ")]
 

@@ -310,7 +310,7 @@ def _t3_wide(models):
     parts = []
     for what, value in (
         ("seed-to-seed std (points)", lambda m: m.accuracy_std),
-        ("epoch-to-epoch std over the last three epochs (points)", lambda m: m.late_fluctuation),
+        ("largest epoch-to-epoch fall of the test accuracy, second half (points)", lambda m: m.late_fall),
     ):
         smaller = [value(wide) < value(m) for m in (basic, bottleneck)]
         larger = [value(wide) > value(m) for m in (basic, bottleneck)]

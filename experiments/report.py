@@ -74,14 +74,17 @@ class ModelSummary:
         return 100 * (self.curve("train_accuracy")[-1] - self.curve("test_accuracy")[-1])
 
     @property
-    def late_fluctuation(self) -> float:
-        """Std (points) of the test accuracy over the last three epochs, mean over seeds: how
-        steady training ends."""
-        spreads = []
+    def late_fall(self) -> float:
+        """Largest fall (points) of the test accuracy from one epoch to the next over the second
+        half of training, mean over seeds; 0 when it only rose. How unsteady training ends, apart
+        from how fast it still climbs: the spread of the last epochs' accuracies would count the
+        climb, so after a few epochs the slowest learner would read the steadiest."""
+        falls = []
         for run in self.runs:
-            tail = [100 * h["test_accuracy"] for h in run["history"][-3:]]
-            spreads.append(statistics.pstdev(tail) if len(tail) > 1 else 0.0)
-        return statistics.mean(spreads)
+            accuracy = [100 * h["test_accuracy"] for h in run["history"]]
+            steps = range(max(1, len(accuracy) // 2), len(accuracy))
+            falls.append(max([accuracy[i - 1] - accuracy[i] for i in steps] + [0.0]))
+        return statistics.mean(falls)
 
 
 def summarize(results: list[dict], context: str = "") -> list[ModelSummary]:
@@ -252,12 +255,13 @@ def conclusions(models: list[ModelSummary]) -> list[str]:
         "Train minus test accuracy in the last epoch (points; train accuracy is the running mean over "
         f"that epoch's batches in training mode, so it reads low after few epochs): {gaps}."
     )
-    steadiest = min(models, key=lambda m: m.late_fluctuation)
     if all(m.epochs >= 3 for m in models):
-        fluct = ", ".join(f"{m.label} {m.late_fluctuation:.2f}" for m in models)
+        falls = ", ".join(f"{m.label} {m.late_fall:.2f}" for m in models)
+        least = min(m.late_fall for m in models)
+        steadiest = " and ".join(m.label for m in models if m.late_fall == least)
         lines.append(
-            f"Stability: std of the test accuracy over the last three epochs (points): {fluct}; "
-            f"steadiest: {steadiest.label}."
+            "Stability: largest epoch-to-epoch fall of the test accuracy in the second half of "
+            f"training (points, mean over seeds; 0: it only rose): {falls}; steadiest: {steadiest}."
         )
     for m in models:
         errors = _hardest_class(m)

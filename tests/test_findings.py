@@ -4,7 +4,7 @@ test against the seed-to-seed spread, the verdict rules, and the table of the co
 import pytest
 
 from experiments import findings
-from experiments.report import summarize
+from experiments.report import conclusions, summarize
 
 
 def _runs(label, family, accuracies, config=None, *, parameters=1000, flops=10**6, train_gap=0.0, wobble=0.0):
@@ -121,6 +121,28 @@ def test_the_residual_generalises_better_part_reads_the_train_test_gap():
     res = _by_label(models)["ResNet-8"]
     part = findings.less("train − test accuracy (points)", res, cnn, findings.generalisation_gap, "+.2f")
     assert part.holds is True and "ResNet-8 +0.00 vs CNN +2.00" in part.text
+
+
+def _with_curves(label, curves):
+    """One run per test-accuracy curve (points per epoch)."""
+    runs = _runs(label, "resnet", [curve[-1] for curve in curves], {"depth": 14})
+    for run, curve in zip(runs, curves, strict=True):
+        run["history"] = [{"test_accuracy": a / 100, "train_accuracy": a / 100} for a in curve]
+        run.update(confusion=[[1, 0], [0, 1]], classes=["a", "b"])  # conclusions() reads these too
+    return runs
+
+
+def test_stability_reads_falls_in_the_second_half_not_the_climb():
+    (climbing, slow, falling) = _models(
+        _with_curves("climbing", [[40, 60, 70, 75], [40, 55, 70, 80]]),  # steep but steady
+        _with_curves("slow", [[40, 42, 43, 44], [40, 41, 42, 43]]),
+        # falls of 3 and 1 in the second half (the 10-point fall in the first half does not count)
+        _with_curves("falling", [[50, 40, 70, 67], [50, 40, 70, 69]]),
+    )
+    assert climbing.late_fall == slow.late_fall == 0.0
+    assert falling.late_fall == pytest.approx(2.0)
+    (line,) = [line for line in conclusions([climbing, slow, falling]) if line.startswith("Stability")]
+    assert "climbing 0.00, slow 0.00, falling 2.00; steadiest: climbing and slow." in line
 
 
 @pytest.mark.parametrize(

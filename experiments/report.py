@@ -258,10 +258,11 @@ def conclusions(models: list[ModelSummary]) -> list[str]:
     if all(m.epochs >= 3 for m in models):
         falls = ", ".join(f"{m.label} {m.late_fall:.2f}" for m in models)
         least = min(m.late_fall for m in models)
-        steadiest = " and ".join(m.label for m in models if m.late_fall == least)
+        steadiest = [m.label for m in models if m.late_fall == least]
+        verdict = "all alike" if len(steadiest) == len(models) else "steadiest: " + " and ".join(steadiest)
         lines.append(
             "Stability: largest epoch-to-epoch fall of the test accuracy in the second half of "
-            f"training (points, mean over seeds; 0: it only rose): {falls}; steadiest: {steadiest}."
+            f"training (points, mean over seeds; 0: it only rose): {falls}; {verdict}."
         )
     for m in models:
         errors = _hardest_class(m)

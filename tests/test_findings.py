@@ -143,6 +143,8 @@ def test_stability_reads_falls_in_the_second_half_not_the_climb():
     assert falling.late_fall == pytest.approx(2.0)
     (line,) = [line for line in conclusions([climbing, slow, falling]) if line.startswith("Stability")]
     assert "climbing 0.00, slow 0.00, falling 2.00; steadiest: climbing and slow." in line
+    (line,) = [line for line in conclusions([climbing, slow]) if line.startswith("Stability")]
+    assert line.endswith("climbing 0.00, slow 0.00; all alike.")
 
 
 @pytest.mark.parametrize(

@@ -256,9 +256,9 @@ def conclusions(models: list[ModelSummary]) -> list[str]:
         f"that epoch's batches in training mode, so it reads low after few epochs): {gaps}."
     )
     if all(m.epochs >= 3 for m in models):
-        falls = ", ".join(f"{m.label} {m.late_fall:.2f}" for m in models)
-        least = min(m.late_fall for m in models)
-        steadiest = [m.label for m in models if m.late_fall == least]
+        fall = {m.label: m.late_fall for m in models}  # each a pass over every run's history
+        falls = ", ".join(f"{label} {value:.2f}" for label, value in fall.items())
+        steadiest = [label for label, value in fall.items() if value == min(fall.values())]
         verdict = "all alike" if len(steadiest) == len(models) else "steadiest: " + " and ".join(steadiest)
         lines.append(
             "Stability: largest epoch-to-epoch fall of the test accuracy in the second half of "

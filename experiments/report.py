@@ -258,7 +258,8 @@ def conclusions(models: list[ModelSummary]) -> list[str]:
     if all(m.epochs >= 3 for m in models):
         fall = {m.label: m.late_fall for m in models}  # each a pass over every run's history
         falls = ", ".join(f"{label} {value:.2f}" for label, value in fall.items())
-        steadiest = [label for label, value in fall.items() if value == min(fall.values())]
+        least = min(fall.values())
+        steadiest = [label for label, value in fall.items() if value == least]
         verdict = "all alike" if len(steadiest) == len(models) else "steadiest: " + " and ".join(steadiest)
         lines.append(
             "Stability: largest epoch-to-epoch fall of the test accuracy in the second half of "

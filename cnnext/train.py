@@ -13,7 +13,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -76,6 +76,10 @@ class TrainConfig:
     # False: weight decay only on weight matrices and kernels, not on biases or normalisation
     # scales and shifts (one-dimensional parameters), which short schedules of small nets fit better.
     decay_biases_and_norms: bool = True
+    # Largest global L2 norm of a step's gradient (torch.nn.utils.clip_grad_norm_); None: no
+    # clipping. Deep networks without normalisation need it at the learning rates that train their
+    # shallow peers: one oversized step at the peak of the schedule can kill every ReLU for good.
+    max_grad_norm: float | None = field(default=None, metadata={"run_id_omits_default": True})
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adamw"):
@@ -86,6 +90,8 @@ class TrainConfig:
             raise ValueError(f"warmup must be a fraction in (0, 1), got {self.warmup}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
 
 
 def set_seed(seed: int, deterministic: bool | None = None) -> None:
@@ -345,7 +351,9 @@ def _resume(checkpoint, cfg, model, optimizer, group) -> tuple[list[dict], int]:
     if checkpoint is None or not checkpoint.exists():
         return [], 0
     state = load_checkpoint(checkpoint)
-    if state["config"] != asdict(cfg):
+    # A field added to TrainConfig after the checkpoint was written reads as its default there.
+    recorded = {**asdict(TrainConfig()), **state["config"]}
+    if recorded != asdict(cfg):
         raise ValueError(f"checkpoint {checkpoint} was written with another configuration: {state['config']}")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -394,6 +402,8 @@ def _train_epoch(
         for i, (_, p) in enumerate(named):
             if p.grad is not None:
                 grad_sq[i] += p.grad.detach().double().pow(2).sum()
+        if cfg.max_grad_norm is not None:  # after the norms above: they record the raw gradient
+            torch.nn.utils.clip_grad_norm_(group.net.parameters(), cfg.max_grad_norm)
         optimizer.step()
         total_loss += loss.detach().double() * labels.numel()
         correct += (logits.argmax(1) == labels).sum()

@@ -7,7 +7,7 @@ Keys (the same in a config file, in `--set key=value` and as keyword arguments o
       (augment: crops + flips, or crops only where flips change labels: cnnext.data)
     epochs, lr, optimizer, schedule, weight_decay, momentum,    training of every model
       nesterov, step_size, gamma, warmup, label_smoothing,        (cnnext.train.TrainConfig)
-      decay_biases_and_norms
+      decay_biases_and_norms, max_grad_norm (null: no clipping)
     <model>.<training field>       one model's training, e.g. CNN.lr=0.05
     <model>.<model setting>        one model's architecture, e.g. CNN.width=32, MLP.hidden=[256,128]
     <model>.max_seeds              at most this many seeds of one model (null: all), e.g.

@@ -4,7 +4,7 @@ per study (studies/*.py), so what `quick` and `full` mean is read in the code, n
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from cnnext.train import TrainConfig
 
@@ -66,9 +66,20 @@ class RunSpec:
         return asdict(self)
 
 
+def _identity_fields(value) -> dict | str:
+    """A dataclass as the mapping its fingerprint hashes: its fields, less those marked
+    "run_id_omits_default" while they hold their default, so a knob added after studies were
+    recorded leaves their run ids (and hence their resumption) as they were."""
+    if not hasattr(value, "__dataclass_fields__"):
+        return str(value)
+    return {
+        f.name: getattr(value, f.name)
+        for f in fields(value)
+        if not (f.metadata.get("run_id_omits_default") and getattr(value, f.name) == f.default)
+    }
+
+
 def fingerprint(value) -> str:
     """A short stable hash of plain data (dataclasses included)."""
-    text = json.dumps(
-        value, sort_keys=True, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)
-    )
+    text = json.dumps(value, sort_keys=True, default=_identity_fields)
     return hashlib.sha1(text.encode()).hexdigest()[:6]

@@ -226,6 +226,7 @@ BAD_INPUTS = {
     "wrong element type": (["--set", "MLP.hidden=[8, wide]"], r"MLP.hidden\[1\]: expected an integer"),
     "out of range": (["--set", "epochs=0"], "epochs: epochs must be >= 1, got 0"),
     "bad choice": (["--set", "schedule=linear"], "schedule: schedule must be one of"),
+    "no clipping norm": (["--set", "max_grad_norm=0"], "max_grad_norm: max_grad_norm must be > 0 or None"),
     "negative size": (["--set", "train_size=-5"], "train_size: must be >= 1, got -5"),
     "not key=value": (["--set", "lr"], "--set 'lr': expected key=value"),
     "unsupported device": (
@@ -268,6 +269,23 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(case, tmp_path, capsys):
     error = capsys.readouterr().err
     assert re.search(message, error) or message in error, error
     assert not out.exists()
+
+
+def test_a_knob_at_its_default_leaves_run_ids_as_recorded():
+    """Fields marked run_id_omits_default (added after studies were recorded) change a study's run
+    id only when set, so a study recorded before them resumes in its own folder."""
+    from dataclasses import asdict
+
+    from experiments.spec import fingerprint
+
+    default = train.TrainConfig()
+    without_field = {k: v for k, v in asdict(default).items() if k != "max_grad_norm"}
+    assert fingerprint(default) == fingerprint(without_field)
+    assert fingerprint(train.TrainConfig(max_grad_norm=1.0)) != fingerprint(default)
+    plain = experiments.plan("depth", dataset="synthetic", preset="quick")
+    clipped = experiments.plan("depth", dataset="synthetic", preset="quick", max_grad_norm=1.0)
+    assert plain.run_id != clipped.run_id
+    assert {s.model.train.max_grad_norm for s in clipped.specs} == {1.0}
 
 
 def test_api_errors_are_exceptions_naming_the_key(tmp_path):

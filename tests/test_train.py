@@ -101,6 +101,50 @@ def test_checkpoint_is_replaced_atomically(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["run.pt"]  # and the partial file is removed
 
 
+def test_resume_reads_a_field_missing_from_an_older_checkpoint_as_its_default(tmp_path, monkeypatch):
+    """A checkpoint written before a TrainConfig field existed resumes under the default of that
+    field, and is refused when the field is set to something else."""
+    import cnnext.train as engine
+
+    checkpoint = tmp_path / "run.pt"
+    config = TrainConfig(epochs=2, lr=0.05)
+    train, test = loaders()
+    with pytest.raises(KeyboardInterrupt):
+        fit(small_model(), InterruptAt(train, epoch=1), test, config, checkpoint=checkpoint, progress=False)
+    original = engine.load_checkpoint
+
+    def older(path):
+        state = original(path)
+        del state["config"]["max_grad_norm"]
+        return state
+
+    monkeypatch.setattr(engine, "load_checkpoint", older)
+    assert len(fit(small_model(), *loaders(), config, checkpoint=checkpoint, progress=False)) == 2
+    clipped = TrainConfig(epochs=2, lr=0.05, max_grad_norm=1.0)
+    with pytest.raises(ValueError, match="written with another configuration"):
+        fit(small_model(), *loaders(), clipped, checkpoint=checkpoint, progress=False)
+
+
+def test_max_grad_norm_clips_each_step_and_the_history_keeps_the_raw_norms(monkeypatch):
+    train, test = loaders()
+    applied, original = [], torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):  # the global norm of the gradient each step applies
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        applied.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    fit(small_model(), train, test, TrainConfig(epochs=1, lr=0.05), progress=False)
+    assert max(applied) > 0.05  # the unclipped gradients of this model are larger than the cap
+    applied.clear()
+    clipped = TrainConfig(epochs=1, lr=0.05, max_grad_norm=0.05)
+    history = fit(small_model(), train, test, clipped, progress=False)
+    assert len(applied) == len(train) and max(applied) <= 0.05 * (1 + 1e-5)
+    raw = sum(v**2 for v in history[0]["grad_norms"].values()) ** 0.5
+    assert raw > 0.05  # recorded before clipping: the vanishing-gradient plots see the true gradient
+
+
 def test_evaluate_and_bad_config():
     _, test = loaders()
     result = evaluate(small_model(), test)
@@ -111,6 +155,8 @@ def test_evaluate_and_bad_config():
         TrainConfig(schedule="linear")
     with pytest.raises(ValueError, match="warmup must be"):
         TrainConfig(schedule="onecycle", warmup=1.0)
+    with pytest.raises(ValueError, match="max_grad_norm must be > 0 or None, got -1"):
+        TrainConfig(max_grad_norm=-1)
 
 
 def test_schedules_have_their_shapes():

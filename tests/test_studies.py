@@ -68,6 +68,30 @@ def test_custom_layers_pairs_backends_and_profiles(tmp_path):
     assert "Where a training step's time goes" in report
 
 
+def test_profile_rows_name_the_kernel_the_time_belongs_to():
+    """The premise of custom_layers.profiled_op, checked on this torch: under autograd a cnnext
+    op's forward kernel time lands in the generated wrapper's row, not in cnnext::<op>'s."""
+    import torch
+    from torch.profiler import profile
+
+    from cnnext import nn as cnn
+    from experiments.studies.custom_layers import profiled_op
+
+    assert profiled_op("GeneratedBackwardFor_cnnext_conv2d_default") == "`cnnext::conv2d` forward kernel"
+    assert profiled_op("GeneratedBackwardFor_cnnext__max_pool2d_with_taps_defaultBackward") == (
+        "`cnnext::_max_pool2d_with_taps` autograd node (Python)"
+    )
+    assert profiled_op("aten::native_batch_norm") == "`aten::native_batch_norm`"
+    conv = cnn.Conv2d(32, 32, 3, padding=1)
+    x = torch.randn(32, 32, 16, 16, requires_grad=True)
+    conv(x)
+    with profile() as prof:
+        for _ in range(3):
+            conv(x)
+    self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    assert self_us["GeneratedBackwardFor_cnnext_conv2d_default"] > 5 * self_us["cnnext::conv2d"]
+
+
 def test_depth_reports_gradient_ratios(tmp_path):
     folder = run_study("depth", tmp_path)
     report = (folder / "REPORT.md").read_text()

@@ -37,17 +37,24 @@ def quick(dataset: str) -> Preset:
 
 
 def standard(dataset: str) -> Preset:
-    """The whole training set, three seeds, channels_last (both backends): about 45 minutes on
-    MNIST on the 2-core CPU."""
+    """The whole training set, three seeds, channels_last (both backends): 21 minutes of training
+    on MNIST on the 2-core Intel VM."""
     if dataset == "synthetic":
         return replace(quick(dataset), name="standard", seeds=2, channels_last=True)
     epochs = 4 if dataset == "cifar10" else 5
+    measured = {
+        "mnist": "measured on MNIST (2-core Intel VM, 3 seeds, 21 minutes of training), native / "
+        "cnnext: CNN 98.93 ± 0.03% / 98.90 ± 0.04% (cnnext 1.07x native's training speed), "
+        "CNN+attention 99.41 ± 0.06% / 99.34 ± 0.02% (1.02x), ResNet-8 99.45 ± 0.03% / 99.45 ± 0.01% "
+        "(0.93x)",
+    }
     return Preset(
         "standard",
         _pairs(_variants(16, 8), epochs=epochs),
         batch_size=128 if dataset == "cifar10" else 64,
         seeds=3,
         channels_last=True,
+        expected=measured.get(dataset, ""),
     )
 
 

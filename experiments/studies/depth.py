@@ -56,14 +56,19 @@ def quick(dataset: str) -> Preset:
 
 
 def standard(dataset: str) -> Preset:
-    """Twelve networks, three seeds, the whole training set, gradients clipped to norm 1: about 40
-    minutes of training on MNIST on the 2-core CPU. (On a 20k subset, the first version of this
-    preset, plain 6 stayed at chance in one seed of three and plain 2 reached 70%: the claims
+    """Twelve networks, three seeds, the whole training set, gradients clipped to norm 1: 34
+    minutes of training on MNIST on the 2-core Intel VM. (On a 20k subset, the first version of
+    this preset, plain 6 stayed at chance in one seed of three and plain 2 reached 70%: the claims
     about depth were tested on nets that had not finished learning.)"""
     if dataset == "synthetic":
         return replace(quick(dataset), name="standard", seeds=2, channels_last=True)
     preset = _preset("standard", width=8, epochs=5, batch_size=64, max_grad_norm=1.0)
-    return replace(preset, seeds=3, channels_last=True)
+    measured = {
+        "mnist": "measured on MNIST (2-core Intel VM, 3 seeds, 34 minutes of training), depth 2 / 4 / "
+        "6 / 8 / 12 / 20: plain 86.28 / 97.04 / 96.85 / 38.76 (two seeds at chance) / 11.35 / 11.35% "
+        "(chance), residual 83.35 / 97.11 / 98.17 / 98.53 / 99.06 / 99.23%",
+    }
+    return replace(preset, seeds=3, channels_last=True, expected=measured.get(dataset, ""))
 
 
 def full(dataset: str) -> Preset:

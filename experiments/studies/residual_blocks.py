@@ -40,19 +40,19 @@ def quick(dataset: str) -> Preset:
 
 def standard(dataset: str) -> Preset:
     """The small matched budget on the whole training set, three seeds (the stability claim needs
-    them), channels_last: about 1.2 hours on MNIST on the 2-core CPU."""
+    them), channels_last: 34 minutes of training on MNIST, 58 on CIFAR-10, on the 2-core Intel VM."""
     if dataset == "synthetic":
         return replace(quick(dataset), name="standard", seeds=3, channels_last=True)
     epochs = 4 if dataset == "cifar10" else 3
     batch = 128 if dataset == "cifar10" else 64
     preset = _preset("standard", SMALL, epochs=epochs, batch_size=batch, seeds=3)
-    expected = (
-        "measured on CIFAR-10 (2-core Intel VM, 3 seeds, 58 minutes of training): ResNet-14 basic "
-        "75.69 ± 0.05%, ResNet-20 bottleneck 71.25 ± 0.72%, WRN-16-1 74.79 ± 0.51%"
-        if dataset == "cifar10"
-        else ""
-    )
-    return replace(preset, channels_last=True, expected=expected)
+    measured = {
+        "cifar10": "measured on CIFAR-10 (2-core Intel VM, 3 seeds, 58 minutes of training): ResNet-14 "
+        "basic 75.69 ± 0.05%, ResNet-20 bottleneck 71.25 ± 0.72%, WRN-16-1 74.79 ± 0.51%",
+        "mnist": "measured on MNIST (2-core Intel VM, 3 seeds, 34 minutes of training): ResNet-14 basic "
+        "99.56 ± 0.03%, ResNet-20 bottleneck 99.43 ± 0.02%, WRN-16-1 99.55 ± 0.02%",
+    }
+    return replace(preset, channels_last=True, expected=measured.get(dataset, ""))
 
 
 def full(dataset: str) -> Preset:

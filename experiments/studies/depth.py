@@ -8,10 +8,11 @@ the classifier's gradient at initialisation, and the network stays at chance). W
 normalisation, as in the other studies, gradients stay balanced at these depths.
 
 The standard and full presets clip every model's gradient to norm 1 (plain and residual alike):
-without it, residual nets of depth 12-20 trained for a while and then died at the peak of the
-learning rate (MNIST, 20k subset: residual 20 at chance in three seeds of three, residual 12 in
-one), which tested the learning rate rather than the residual connection. Clipping does not help
-a plain net whose gradient vanishes: it only caps steps that are too large."""
+without it, residual nets of depth 12-20 died near the peak of the learning rate or never
+started (MNIST, 20k subset: residual 20 at chance in two seeds and diverged in the third, residual
+12 at chance in one of three), which tested the learning rate rather than the residual
+connection. Clipping does not help a plain net whose gradient vanishes: it only caps steps that
+are too large."""
 
 from dataclasses import replace
 

@@ -163,19 +163,22 @@ def depth_profiles(models, path: Path, depth_of, group_of) -> Path:
 
 
 def metric_vs(models, path: Path, x_of, group_of, xlabel: str) -> Path:
-    """Test accuracy (error bars: std over seeds) against a numeric property, one line per group."""
+    """Test accuracy against a numeric property, one line per group: the mean over seeds with
+    error bars of one std, cut at 0 and 100 %, and each seed as a faint dot, since a model that
+    trains in some seeds and stays at chance in others has a mean that no seed reached."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for group in dict.fromkeys(group_of(m) for m in models):
         members = sorted((m for m in models if group_of(m) == group), key=x_of)
-        ax.errorbar(
-            [x_of(m) for m in members],
-            [m.accuracy for m in members],
-            yerr=[m.accuracy_std for m in members],
-            marker="o",
-            capsize=3,
-            label=group,
+        means = [m.accuracy for m in members]
+        below = [min(m.accuracy_std, mean) for m, mean in zip(members, means, strict=True)]
+        above = [min(m.accuracy_std, 100 - mean) for m, mean in zip(members, means, strict=True)]
+        line = ax.errorbar(
+            [x_of(m) for m in members], means, yerr=[below, above], marker="o", capsize=3, label=group
         )
-    ax.set(xlabel=xlabel, ylabel="test accuracy %", title=f"accuracy vs {xlabel}")
+        seeds = [(x_of(m), 100 * r["test_accuracy"]) for m in members for r in m.runs]
+        ax.scatter(*zip(*seeds, strict=True), s=12, alpha=0.4, color=line[0].get_color(), zorder=3)
+    ax.set_xticks(sorted({x_of(m) for m in models}))
+    ax.set(xlabel=xlabel, ylabel="test accuracy %", title=f"accuracy vs {xlabel} (dots: seeds)")
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path, models)
